@@ -1,0 +1,1 @@
+"""The benchmark: problems, data loaders, runner, results store and reports."""

@@ -1,0 +1,150 @@
+"""Hessian-vector products of a functional loss, by several backends.
+
+``hvp(loss_fn, params, vec, backend=...)`` returns ``H(params) @ vec`` as a tuple shaped
+like ``params``. Backends:
+
+- ``"autograd"`` (default): Pearlmutter's double backward,
+  ``Hv = d/dw <grad f(w), v>`` via two :func:`torch.autograd.grad` calls.
+- ``"forward"``: forward-over-reverse, :func:`torch.func.jvp` of :func:`torch.func.grad`.
+- ``"complex-step"``: seed 002 eq. 10, ``Hv = Im(grad f(w + i h v)) / h``; exact to
+  rounding for any ``h`` small enough (no subtractive cancellation). See
+  :mod:`secondorder.curvature.complex_step`.
+- ``"finite-difference"``: ``(g(w + h v) - g(w)) / h`` (``scheme="forward"``) or
+  ``(g(w + h v) - g(w - h v)) / (2h)`` (``scheme="central"``); for comparison only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.curvature import complex_step
+from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
+
+BACKENDS = ("autograd", "forward", "complex-step", "finite-difference")
+
+__all__ = ["BACKENDS", "hvp", "gradient", "check_backend"]
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` or raise ``ValueError`` naming the valid ones."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Invalid HVP backend: {backend!r}; choose one of {BACKENDS}")
+    return backend
+
+
+def _leaves(params: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return tuple(p.detach().requires_grad_(True) for p in params)
+
+
+def gradient(loss_fn: LossFunction, params: Sequence[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Loss and gradient at ``params`` (no graph kept).
+
+    Raises:
+        ValueError: if the loss is not a scalar.
+        NonFiniteLossError: if the loss is NaN or infinite.
+    """
+    params = check_params(params)
+    xs = _leaves(params)
+    with torch.enable_grad():
+        loss = check_scalar_loss(loss_fn(xs))
+        grads = torch.autograd.grad(loss, xs, allow_unused=True)
+    grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
+    return loss.detach(), grads
+
+
+def _hvp_autograd(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[Tensor, ...]):
+    xs = _leaves(params)
+    with torch.enable_grad():
+        loss = check_scalar_loss(loss_fn(xs))
+        grads = torch.autograd.grad(loss, xs, create_graph=True, allow_unused=True)
+        pairs = [(x, g, v) for x, g, v in zip(xs, grads, vec) if g is not None and g.requires_grad]
+        if not pairs:
+            return tl.zeros_like(params)
+        inner = tl.dot([g for _, g, _ in pairs], [v for _, _, v in pairs])
+        hv = torch.autograd.grad(inner, xs, allow_unused=True)
+    return tuple(torch.zeros_like(x) if h is None else h for x, h in zip(xs, hv))
+
+
+def _hvp_forward(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[Tensor, ...]):
+    def grad_fn(ps):
+        return torch.func.grad(lambda q: check_scalar_loss(loss_fn(q), check_finite=False))(ps)
+
+    _, hv = torch.func.jvp(grad_fn, (tuple(p.detach() for p in params),), (tuple(vec),))
+    return tuple(hv)
+
+
+def _hvp_finite_difference(
+    loss_fn: LossFunction,
+    params: tuple[Tensor, ...],
+    vec: tuple[Tensor, ...],
+    h: float,
+    scheme: str,
+):
+    plus = tl.add(tl.clone(params), vec, h)
+    _, g_plus = gradient(loss_fn, plus)
+    if scheme == "forward":
+        _, g0 = gradient(loss_fn, params)
+        return tl.scale(tl.sub(g_plus, g0), 1.0 / h)
+    minus = tl.add(tl.clone(params), vec, -h)
+    _, g_minus = gradient(loss_fn, minus)
+    return tl.scale(tl.sub(g_plus, g_minus), 0.5 / h)
+
+
+def hvp(
+    loss_fn: LossFunction,
+    params: Sequence[Tensor],
+    vec: Sequence[Tensor],
+    backend: str = "autograd",
+    *,
+    h: float | None = None,
+    scheme: str = "central",
+) -> tuple[Tensor, ...]:
+    """Hessian-vector product ``H(params) @ vec``.
+
+    Args:
+        loss_fn: scalar loss of a list of tensors (see
+            :func:`~secondorder.curvature.functional_loss`).
+        params: the point, a sequence of tensors.
+        vec: the direction, shaped like ``params``.
+        backend: one of :data:`BACKENDS` (module docstring).
+        h: step for ``"complex-step"`` (default 1e-20 in float64, 1e-10 in float32... see
+            :func:`~secondorder.curvature.complex_step.default_step`) and
+            ``"finite-difference"`` (default ``eps**(1/2)`` forward, ``eps**(1/3)`` central).
+        scheme: ``"forward"`` or ``"central"`` for ``"finite-difference"``.
+
+    Returns:
+        A tuple of tensors shaped like ``params``.
+
+    Raises:
+        ValueError: bad backend or scheme, ``vec`` not shaped like ``params``, non-scalar loss.
+        NonFiniteLossError: NaN or infinite loss.
+        ComplexStepUnsupportedError: ``"complex-step"`` through an op without a rule.
+
+    Example:
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> f = lambda ps: 0.5 * ps[0] @ A @ ps[0]
+        >>> hvp(f, [torch.zeros(2, dtype=torch.float64)], [torch.tensor([1.0, 0.0], dtype=torch.float64)])[0]
+        tensor([2., 1.], dtype=torch.float64)
+    """
+    check_backend(backend)
+    params = check_params(params)
+    tl.check_like(vec, params, "vec")
+    vec = tuple(v.detach().to(dtype=p.dtype) for v, p in zip(vec, params))
+    if backend == "autograd":
+        return _hvp_autograd(loss_fn, params, vec)
+    if backend == "forward":
+        return _hvp_forward(loss_fn, params, vec)
+    if backend == "complex-step":
+        return complex_step.complex_step_hvp(loss_fn, params, vec, h=h)
+    if scheme not in ("forward", "central"):
+        raise ValueError(f"Invalid finite-difference scheme: {scheme!r}; use 'forward' or 'central'")
+    eps = torch.finfo(params[0].dtype).eps
+    if h is None:
+        h = eps ** (0.5 if scheme == "forward" else 1.0 / 3.0)
+    if not h > 0:
+        raise ValueError(f"Invalid finite-difference step: h={h}; it must be positive")
+    return _hvp_finite_difference(loss_fn, params, vec, float(h), scheme)
