@@ -18,9 +18,8 @@ preconditioner=None, callback=None, check_every=1) -> CGResult``
     ``None`` for the Euclidean norm; ``hits_boundary`` says whether the step is on the
     boundary.
 
-``lanczos(matvec, v0, num_steps, *, reorthogonalize=True) -> LanczosResult(alphas, betas,
-basis)``: Lanczos tridiagonalization with full reorthogonalization; ``basis`` is a list of
-the orthonormal vectors (tuples).
+Lanczos tridiagonalization lives in :mod:`secondorder.curvature.lanczos` (spectra and the
+ARC subproblem both use it).
 
 ``CGResult(solution, iterations, status, residual_norm, negative_curvature, hits_boundary,
 iterates)``: ``status`` in {"converged", "max_iter", "negative_curvature", "boundary",
