@@ -23,6 +23,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature import complex_step
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
+from secondorder.curvature.operators import HessianOperator
 
 BACKENDS = ("autograd", "forward", "complex-step", "finite-difference")
 
@@ -57,16 +58,8 @@ def gradient(loss_fn: LossFunction, params: Sequence[Tensor]) -> tuple[Tensor, t
 
 
 def _hvp_autograd(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[Tensor, ...]):
-    xs = _leaves(params)
-    with torch.enable_grad():
-        loss = check_scalar_loss(loss_fn(xs))
-        grads = torch.autograd.grad(loss, xs, create_graph=True, allow_unused=True)
-        pairs = [(x, g, v) for x, g, v in zip(xs, grads, vec) if g is not None and g.requires_grad]
-        if not pairs:
-            return tl.zeros_like(params)
-        inner = tl.dot([g for _, g, _ in pairs], [v for _, _, v in pairs])
-        hv = torch.autograd.grad(inner, xs, allow_unused=True)
-    return tuple(torch.zeros_like(x) if h is None else h for x, h in zip(xs, hv))
+    # Pearlmutter: one forward, a first backward with create_graph, a second backward.
+    return HessianOperator(loss_fn, params)._matvec(vec)
 
 
 def _hvp_forward(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[Tensor, ...]):

@@ -130,17 +130,18 @@ class HessianOperator(CurvatureOperator):
     def _matvec(self, vec: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self._grads is None:
             raise RuntimeError("this HessianOperator's graph has been freed")
-        out = [torch.zeros_like(p) for p in self.params]
         if not self._live:
-            return tuple(out)
+            return tuple(torch.zeros_like(p) for p in self.params)
         hv = torch.autograd.grad(
             [self._grads[i] for i in self._live],
             self.params,
-            grad_outputs=[vec[i].to(self.params[i].dtype) for i in self._live],
+            grad_outputs=[vec[i] for i in self._live],
             retain_graph=True,
             allow_unused=True,
         )
-        return tuple(o if h is None else h for o, h in zip(out, hv))
+        if len(self._live) == len(self.params) and all(h is not None for h in hv):
+            return hv
+        return tuple(torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv))
 
     def free(self) -> None:
         """Release the gradient graph; later products raise ``RuntimeError``."""
