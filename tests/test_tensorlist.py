@@ -1,0 +1,57 @@
+"""tensorlist arithmetic against the same operations on flattened float64 vectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from secondorder import tensorlist as tl
+
+
+@pytest.fixture(name="pair")
+def pair_fixture():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 1, 3)]
+    a = tuple(torch.randn(s, generator=g, dtype=torch.float64) for s in shapes)
+    b = tuple(torch.randn(s, generator=g, dtype=torch.float64) for s in shapes)
+    return a, b
+
+
+def test_reductions_match_flat_vectors(pair):
+    a, b = pair
+    fa, fb = tl.flatten(a), tl.flatten(b)
+    assert fa.numel() == 12 + 5 + 6
+    assert torch.allclose(tl.dot(a, b), fa @ fb, rtol=1e-14)
+    assert torch.allclose(tl.norm(a), fa.norm(), rtol=1e-14)
+    assert tl.dot(a, b).dim() == 0 and tl.norm(a).dim() == 0
+
+
+def test_linear_operations_match_flat_vectors(pair):
+    a, b = pair
+    fa, fb = tl.flatten(a), tl.flatten(b)
+    s = torch.tensor(-0.7, dtype=torch.float64)
+    assert torch.equal(tl.flatten(tl.add(a, b, 2.5)), fa + 2.5 * fb)
+    assert torch.allclose(tl.flatten(tl.add(a, b, s)), fa + s * fb, rtol=1e-15)
+    assert torch.allclose(tl.flatten(tl.axpy(3.0, a, b)), fb + 3.0 * fa, rtol=1e-15)
+    assert torch.equal(tl.flatten(tl.sub(a, b)), fa - fb)
+    assert torch.equal(tl.flatten(tl.scale(a, 4.0)), 4.0 * fa)
+    assert torch.equal(tl.flatten(tl.mul(a, b)), fa * fb)
+    assert torch.equal(tl.flatten(tl.neg(a)), -fa)
+    assert torch.allclose(tl.flatten(tl.lincomb([2.0, -1.0], [a, b])), 2 * fa - fb, rtol=1e-15)
+
+
+def test_unflatten_round_trip_and_shape_error(pair):
+    a, _ = pair
+    back = tl.unflatten(tl.flatten(a), a)
+    assert all(torch.equal(x, y) for x, y in zip(a, back))
+    with pytest.raises(ValueError, match=r"expected a 1-D tensor with 23 entries, got shape \(22,\)"):
+        tl.unflatten(torch.zeros(22, dtype=torch.float64), a)
+
+
+def test_all_finite_and_clone(pair):
+    a, _ = pair
+    assert bool(tl.all_finite(a))
+    c = tl.clone(a)
+    c[1][2] = float("nan")
+    assert not bool(tl.all_finite(c))
+    assert bool(torch.isfinite(a[1]).all())  # the clone did not alias
