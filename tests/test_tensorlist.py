@@ -30,7 +30,7 @@ def test_linear_operations_match_flat_vectors(pair):
     a, b = pair
     fa, fb = tl.flatten(a), tl.flatten(b)
     s = torch.tensor(-0.7, dtype=torch.float64)
-    assert torch.equal(tl.flatten(tl.add(a, b, 2.5)), fa + 2.5 * fb)
+    assert torch.allclose(tl.flatten(tl.add(a, b, 2.5)), fa + 2.5 * fb, rtol=1e-15)  # fused multiply-add
     assert torch.allclose(tl.flatten(tl.add(a, b, s)), fa + s * fb, rtol=1e-15)
     assert torch.allclose(tl.flatten(tl.axpy(3.0, a, b)), fb + 3.0 * fa, rtol=1e-15)
     assert torch.equal(tl.flatten(tl.sub(a, b)), fa - fb)
