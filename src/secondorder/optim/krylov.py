@@ -1,28 +1,380 @@
-"""Krylov solvers on lists of tensors, written once and reused. (STUB: being implemented.)
+"""Krylov solvers on lists of tensors, written once and reused.
 
-Contract (fixed; optimizers code against it). ``matvec(v: tuple) -> tuple`` applies a
-symmetric operator (e.g. ``HessianOperator.matvec``); vectors are tuples of tensors.
+``matvec(v: tuple) -> tuple`` applies a symmetric operator (e.g.
+:meth:`HessianOperator.matvec <secondorder.curvature.operators.HessianOperator.matvec>`);
+vectors are tuples of tensors shaped like the parameters.
 
-``truncated_cg(matvec, b, *, x0=None, rtol=1e-5, atol=0.0, max_iter=None,
-preconditioner=None, callback=None, check_every=1) -> CGResult``
-    Solves ``A x = b`` by (preconditioned) CG, stopping on convergence
-    ``|r| <= max(rtol*|b|, atol)``, on ``max_iter``, on negative or zero curvature
-    ``p^T A p <= 0`` (returns the last iterate, or ``b`` scaled to a steepest-descent step if
-    it happens at the first iteration; the direction is in ``negative_curvature``), or when
-    ``callback(i, x, r)`` returns True (Martens' relative-progress rule is written as such a
-    callback). ``preconditioner(r) -> tuple`` applies ``M^{-1}``.
+- :func:`truncated_cg`: (preconditioned) conjugate gradients for ``A x = b`` that stops on
+  convergence, on an iteration budget, on negative curvature (the truncated Newton rule of
+  Nocedal & Wright Alg. 7.1) or on a user callback (Martens' relative-progress rule).
+- :func:`steihaug_cg`: Steihaug-Toint CG for the trust-region subproblem (Nocedal & Wright
+  Alg. 7.2) in the ellipsoidal norm ``||s||_M = sqrt(s^T M s)`` of seed 001 (eq. 7).
 
-``steihaug_cg(matvec, grad, radius, *, metric=None, rtol=..., max_iter=None) -> CGResult``
-    Steihaug-Toint CG for ``min g^T s + s^T B s / 2`` s.t. ``||s||_M <= radius``; ``metric``
-    is a tuple of positive diagonal tensors ``M`` (ellipsoidal norm ``sqrt(s^T M s)``),
-    ``None`` for the Euclidean norm; ``hits_boundary`` says whether the step is on the
-    boundary.
+Both run without host synchronization inside the loop: every scalar is a 0-dim tensor on
+the vectors' device, termination is a 0-dim boolean ``active`` flag, and each update is
+masked (a finished solve takes steps of length 0 and keeps its search direction). The host
+reads the flag only every ``check_every`` iterations. ``check_every=1`` (the default) is
+one sync per iteration, which costs nothing on a CPU; on an accelerator a larger value
+removes the syncs at the price of up to ``check_every - 1`` wasted (masked) products after
+termination. Results never depend on ``check_every``.
 
 Lanczos tridiagonalization lives in :mod:`secondorder.curvature.lanczos` (spectra and the
 ARC subproblem both use it).
-
-``CGResult(solution, iterations, status, residual_norm, negative_curvature, hits_boundary,
-iterates)``: ``status`` in {"converged", "max_iter", "negative_curvature", "boundary",
-"callback"}; ``iterates`` (when ``keep_iterates`` is given as a list of iteration
-numbers) maps those iterations to their x (for Martens' CG backtracking).
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.tensorlist import TensorList
+
+MatVec = Callable[[TensorList], Sequence[Tensor]]
+Preconditioner = Callable[[TensorList], Sequence[Tensor]]
+CGCallback = Callable[[int, TensorList, TensorList], "bool | Tensor"]
+
+STATUSES = ("max_iter", "converged", "negative_curvature", "callback", "boundary")
+
+__all__ = ["CGResult", "STATUSES", "steihaug_cg", "truncated_cg"]
+
+# Status codes kept in a 0-dim integer tensor during the loop (index into STATUSES).
+_RUNNING, _CONVERGED, _NEGATIVE, _CALLBACK, _BOUNDARY = 0, 1, 2, 3, 4
+
+
+@dataclass
+class CGResult:
+    """Outcome of :func:`truncated_cg` or :func:`steihaug_cg`.
+
+    Attributes:
+        solution: the returned vector (tuple of tensors shaped like ``b``).
+        iterations: products with the operator done by the iteration (the extra product
+            that forms the initial residual from ``x0`` is not counted).
+        status: ``"converged"``, ``"max_iter"``, ``"negative_curvature"``, ``"callback"``
+            or ``"boundary"`` (the step reached the trust-region boundary with positive
+            curvature; a negative-curvature exit of :func:`steihaug_cg` also lies on the
+            boundary and reports ``"negative_curvature"``).
+        residual_norm: ``||b - A x||`` for :func:`truncated_cg`, ``||g + B s||`` for
+            :func:`steihaug_cg` (Euclidean, 0-dim tensor, no host sync).
+        negative_curvature: the search direction ``p`` with ``p^T A p <= 0`` that stopped
+            the solve, else ``None``.
+        hits_boundary: whether the solution lies on the trust-region boundary (always
+            ``False`` for :func:`truncated_cg`).
+        iterates: ``{iteration: x}`` for the iterations listed in ``keep_iterates`` that
+            were reached (iteration 0 is the starting point).
+    """
+
+    solution: TensorList
+    iterations: int
+    status: str
+    residual_norm: Tensor
+    negative_curvature: TensorList | None = None
+    hits_boundary: bool = False
+    iterates: dict[int, TensorList] = field(default_factory=dict)
+
+
+def _where(cond: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> TensorList:
+    return tuple(torch.where(cond, x, y) for x, y in zip(a, b, strict=True))
+
+
+def _check_common(rtol: float, atol: float, max_iter: int | None, check_every: int) -> None:
+    if not rtol >= 0:
+        raise ValueError(f"Invalid rtol value: {rtol}; it must be >= 0")
+    if not atol >= 0:
+        raise ValueError(f"Invalid atol value: {atol}; it must be >= 0")
+    if max_iter is not None and max_iter < 0:
+        raise ValueError(f"Invalid max_iter value: {max_iter}; it must be >= 0")
+    if check_every < 1:
+        raise ValueError(f"Invalid check_every value: {check_every}; it must be >= 1")
+
+
+def _as_vector(vec: Sequence[Tensor], name: str) -> TensorList:
+    if isinstance(vec, Tensor):
+        raise ValueError(
+            f"{name} must be a sequence of tensors, got a single tensor of shape "
+            f"{tuple(vec.shape)}; wrap it: [tensor]"
+        )
+    vec = tuple(vec)
+    if len(vec) == 0:
+        raise ValueError(f"{name} is empty: there is nothing to solve for")
+    return tuple(v.detach() for v in vec)
+
+
+def truncated_cg(
+    matvec: MatVec,
+    b: Sequence[Tensor],
+    *,
+    x0: Sequence[Tensor] | None = None,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    max_iter: int | None = None,
+    preconditioner: Preconditioner | None = None,
+    callback: CGCallback | None = None,
+    check_every: int = 1,
+    keep_iterates: Iterable[int] | None = None,
+) -> CGResult:
+    """Solve ``A x = b`` by (preconditioned) conjugate gradients, truncated Newton style.
+
+    Preconditioned CG (Nocedal & Wright Alg. 5.3) with the stopping rules of the truncated
+    Newton method (Nocedal & Wright Alg. 7.1; seed 002 solves ``H dw = -g`` this way):
+
+    - convergence: ``||b - A x|| <= max(rtol * ||b||, atol)`` (Euclidean norm);
+    - ``max_iter`` products (default: the dimension of ``b``);
+    - negative or zero curvature ``p^T A p <= 0``: the solve stops and returns the last
+      iterate, whose model value is lower than at the start. When this happens at the first
+      iteration (no step taken yet) it returns ``x0 + tau * p0`` with ``p0 = M^{-1} r0``
+      (``r0 = b`` when ``x0`` is None, so this is the steepest-descent direction ``b`` for
+      ``b = -g``) scaled to ``tau = r0^T p0 / |p0^T A p0|`` -- the minimizer along ``p0``
+      of the model with the curvature replaced by its absolute value -- or ``tau = 1``
+      when the curvature is exactly zero. ``negative_curvature`` holds ``p``.
+    - ``callback(i, x, r)`` returning True (a Python bool, or a 0-dim bool tensor, which
+      avoids a host sync) after iteration ``i`` with iterate ``x`` and residual
+      ``r = b - A x``. Martens' relative-progress rule for Hessian-free is such a callback.
+
+    Args:
+        matvec: the symmetric operator ``v -> A v`` on tuples of tensors.
+        b: the right-hand side (e.g. ``-g`` for a Newton step).
+        x0: the starting point (default zero; a nonzero ``x0`` costs one extra product).
+        rtol: relative residual tolerance.
+        atol: absolute residual tolerance.
+        max_iter: most products in the iteration (default: number of entries of ``b``).
+        preconditioner: ``r -> M^{-1} r`` for a symmetric positive definite ``M``.
+        callback: custom stopping rule, called after every iteration (see above). With
+            ``check_every > 1`` it may be called up to ``check_every - 1`` more times after
+            termination with the final, unchanged ``x`` and ``r``.
+        check_every: read the termination flag on the host every this many iterations
+            (see the module docstring); results do not depend on it.
+        keep_iterates: iteration numbers whose iterate to keep in ``CGResult.iterates``
+            (Martens' CG backtracking); only iterations actually reached are kept.
+
+    Returns:
+        A :class:`CGResult`.
+
+    Raises:
+        ValueError: if ``b`` is a single tensor or empty, ``x0`` is not shaped like ``b``,
+            or a tolerance, ``max_iter`` or ``check_every`` is out of range.
+
+    Example:
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> b = (torch.tensor([1.0, 2.0], dtype=torch.float64),)
+        >>> res = truncated_cg(lambda v: (A @ v[0],), b)
+        >>> res.status, res.iterations, res.solution[0]
+        ('converged', 2, tensor([0.0909, 0.6364], dtype=torch.float64))
+    """
+    _check_common(rtol, atol, max_iter, check_every)
+    b = _as_vector(b, "b")
+    if max_iter is None:
+        max_iter = sum(t.numel() for t in b)
+    keep = set(keep_iterates) if keep_iterates is not None else set()
+    like = b[0]
+
+    if x0 is None:
+        x = tl.zeros_like(b)
+        r = b
+    else:
+        tl.check_like(x0, b, "x0")
+        x = tuple(t.detach() for t in x0)
+        r = tl.sub(b, tuple(matvec(x)))
+    tol = torch.clamp(rtol * tl.norm(b), min=atol).to(like.device)
+    z = r if preconditioner is None else tuple(preconditioner(r))
+    p = z
+    rz = tl.dot(r, z)
+    active = tl.norm(r) > tol
+    status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
+    done_iters = torch.zeros((), dtype=torch.long, device=like.device)
+    iterates: dict[int, TensorList] = {}
+    if 0 in keep:
+        iterates[0] = tl.clone(x)
+
+    for i in range(max_iter):
+        if i % check_every == 0 and not bool(active):
+            break
+        ap = tuple(matvec(p))
+        pap = tl.dot(p, ap)
+        done_iters = done_iters + active.long()
+        negative = active & (pap <= 0)
+        positive = active & ~negative
+        alpha = torch.where(positive, rz / pap, torch.zeros_like(pap))
+        if i == 0:
+            # Nothing to return yet: step along p0 with |curvature| (docstring).
+            tau = torch.where(pap != 0, rz / pap.abs(), torch.ones_like(pap))
+            alpha = torch.where(negative, tau, alpha)
+        x = tl.add(x, p, alpha)
+        r = tl.sub(r, tl.scale(ap, alpha))
+        converged = positive & (tl.norm(r) <= tol)
+        status = torch.where(negative, _NEGATIVE, torch.where(converged, _CONVERGED, status))
+        active = positive & ~converged
+        if callback is not None:
+            stop = callback(i + 1, x, r)
+            stop = torch.as_tensor(stop, dtype=torch.bool, device=like.device)
+            stop = active & stop
+            status = torch.where(stop, _CALLBACK, status)
+            active = active & ~stop
+        z = r if preconditioner is None else tuple(preconditioner(r))
+        rz_new = tl.dot(r, z)
+        beta = rz_new / rz
+        p = _where(active, tl.add(z, p, beta), p)
+        rz = torch.where(active, rz_new, rz)
+        if (i + 1) in keep:
+            iterates[i + 1] = tl.clone(x)
+
+    code, iterations = (int(v) for v in torch.stack([status, done_iters]).tolist())
+    iterates = {k: v for k, v in iterates.items() if k <= iterations}
+    return CGResult(
+        solution=x,
+        iterations=iterations,
+        status=STATUSES[code],
+        residual_norm=tl.norm(r),
+        negative_curvature=p if code == _NEGATIVE else None,
+        hits_boundary=False,
+        iterates=iterates,
+    )
+
+
+def _boundary_roots(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Roots ``tau_- <= 0 <= tau_+`` of ``a tau^2 + 2 b tau + c = 0`` (``a > 0, c <= 0``).
+
+    Computed without cancellation (each root uses the form whose terms share a sign).
+    """
+    disc = torch.sqrt(torch.clamp(b * b - a * c, min=0))
+    q = -(b + torch.where(b >= 0, disc, -disc))  # q has the sign of -b, |q| = |b| + disc
+    safe_q = torch.where(q != 0, q, torch.ones_like(q))
+    r1 = q / a
+    r2 = torch.where(q != 0, c / safe_q, -r1)
+    return torch.minimum(r1, r2), torch.maximum(r1, r2)
+
+
+def steihaug_cg(
+    matvec: MatVec,
+    grad: Sequence[Tensor],
+    radius: float | Tensor,
+    *,
+    metric: Sequence[Tensor] | None = None,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    max_iter: int | None = None,
+    check_every: int = 1,
+) -> CGResult:
+    """Steihaug-Toint CG for the trust-region subproblem in an ellipsoidal norm.
+
+    Approximately solves (seed 001 eq. 7; Nocedal & Wright Alg. 7.2)::
+
+        min_s  m(s) = g^T s + s^T B s / 2   subject to   ||s||_M = sqrt(s^T M s) <= radius
+
+    with ``M`` diagonal positive (``metric``; ``None`` is the Euclidean norm). Following
+    Conn, Gould & Toint (Trust-Region Methods, Alg. 7.5.1) this is CG preconditioned with
+    ``M^{-1}``: substituting ``s = M^{-1/2} u`` turns the problem into a Euclidean one, and
+    the preconditioned iterates are exactly the transformed Euclidean Steihaug iterates, so
+    their ``M``-norm increases monotonically and the first step is the Cauchy point. The
+    iteration stops
+
+    - when ``p^T B p <= 0``: the step goes to the boundary along ``p`` choosing, of the two
+      intersections, the one with the lower model value (N&W Alg. 7.2);
+    - when the next iterate would leave the region: the step stops at the boundary
+      (positive root of ``||s + tau p||_M = radius``, computed in the ``M``-norm);
+    - on convergence ``||g + B s||_{M^{-1}} <= max(rtol * ||g||_{M^{-1}}, atol)`` (the
+      Euclidean residual test of the transformed problem);
+    - after ``max_iter`` products (default: the dimension).
+
+    Args:
+        matvec: the symmetric operator ``v -> B v``.
+        grad: the gradient ``g`` (tuple of tensors).
+        radius: the trust-region radius (positive).
+        metric: the diagonal of ``M``, tensors shaped like ``grad`` with positive entries
+            (not checked, to avoid a host sync), or ``None``.
+        rtol: relative residual tolerance (in the ``M^{-1}``-norm).
+        atol: absolute residual tolerance.
+        max_iter: most products (default: number of entries of ``grad``).
+        check_every: read the termination flag on the host every this many iterations
+            (module docstring).
+
+    Returns:
+        A :class:`CGResult`; ``hits_boundary`` tells whether ``||s||_M == radius``.
+
+    Raises:
+        ValueError: if ``radius`` is not positive, ``grad`` is empty or a single tensor,
+            ``metric`` is not shaped like ``grad``, or a tolerance, ``max_iter`` or
+            ``check_every`` is out of range.
+
+    Example:
+        >>> B = torch.eye(2, dtype=torch.float64)
+        >>> g = (torch.tensor([3.0, 4.0], dtype=torch.float64),)
+        >>> res = steihaug_cg(lambda v: (B @ v[0],), g, radius=1.0)
+        >>> res.status, res.solution[0]
+        ('boundary', tensor([-0.6000, -0.8000], dtype=torch.float64))
+    """
+    _check_common(rtol, atol, max_iter, check_every)
+    if not float(radius) > 0:
+        raise ValueError(f"Invalid radius value: {float(radius)}; it must be positive")
+    g = _as_vector(grad, "grad")
+    like = g[0]
+    if metric is not None:
+        tl.check_like(metric, g, "metric")
+        metric = tuple(m.detach() for m in metric)
+        inv_metric = tuple(torch.reciprocal(m) for m in metric)
+    if max_iter is None:
+        max_iter = sum(t.numel() for t in g)
+
+    def m_dot(a: TensorList, b: TensorList) -> Tensor:
+        return tl.dot(a, b) if metric is None else tl.dot(a, tl.mul(metric, b))
+
+    radius_t = torch.as_tensor(radius, dtype=like.dtype, device=like.device)
+    radius2 = radius_t * radius_t
+    s = tl.zeros_like(g)
+    r = tl.neg(g)  # r = -(g + B s): the residual of B s = -g
+    z = r if metric is None else tl.mul(inv_metric, r)
+    p = z
+    rz = tl.dot(r, z)
+    tol = torch.clamp(rtol * torch.sqrt(rz), min=atol)
+    active = torch.sqrt(rz) > tol
+    status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
+    done_iters = torch.zeros((), dtype=torch.long, device=like.device)
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+
+    for i in range(max_iter):
+        if i % check_every == 0 and not bool(active):
+            break
+        bp = tuple(matvec(p))
+        pbp = tl.dot(p, bp)
+        done_iters = done_iters + active.long()
+        negative = active & (pbp <= 0)
+        # ||s + tau p||_M^2 = ss + 2 tau sp + tau^2 pp
+        ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
+        tau_lo, tau_hi = _boundary_roots(pp, sp, ss - radius2)
+        alpha = rz / torch.where(negative, torch.ones_like(pbp), pbp)
+        outside = active & ~negative & (ss + 2 * alpha * sp + alpha * alpha * pp >= radius2)
+        # Model change along p from s: -tau r^T p + tau^2 p^T B p / 2 (pick the lower root).
+        rp = tl.dot(r, p)
+        m_lo = -tau_lo * rp + 0.5 * tau_lo * tau_lo * pbp
+        m_hi = -tau_hi * rp + 0.5 * tau_hi * tau_hi * pbp
+        tau_neg = torch.where(m_lo < m_hi, tau_lo, tau_hi)
+        step = torch.where(negative, tau_neg, torch.where(outside, tau_hi, alpha))
+        step = torch.where(active, step, zero)
+        s = tl.add(s, p, step)
+        r = tl.sub(r, tl.scale(bp, step))
+        interior = active & ~negative & ~outside
+        z = r if metric is None else tl.mul(inv_metric, r)
+        rz_new = tl.dot(r, z)
+        converged = interior & (torch.sqrt(rz_new) <= tol)
+        status = torch.where(
+            negative,
+            _NEGATIVE,
+            torch.where(outside, _BOUNDARY, torch.where(converged, _CONVERGED, status)),
+        )
+        active = interior & ~converged
+        p = _where(active, tl.add(z, p, rz_new / rz), p)
+        rz = torch.where(active, rz_new, rz)
+
+    code, iterations = (int(v) for v in torch.stack([status, done_iters]).tolist())
+    return CGResult(
+        solution=s,
+        iterations=iterations,
+        status=STATUSES[code],
+        residual_norm=tl.norm(r),
+        negative_curvature=p if code == _NEGATIVE else None,
+        hits_boundary=code in (_NEGATIVE, _BOUNDARY),
+        iterates={},
+    )

@@ -1,0 +1,391 @@
+"""Tests of the shared Krylov solvers against dense float64 oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from secondorder import tensorlist as tl
+from secondorder.optim.krylov import steihaug_cg, truncated_cg
+
+DT = torch.float64
+SHAPES = [(3,), (2, 2), (1,)]  # an 8-dim vector split across tensors of several shapes
+N = 8
+
+
+def split(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    like = tuple(torch.empty(s, dtype=DT) for s in SHAPES)
+    return tuple(t.clone() for t in tl.unflatten(v, like))
+
+
+def op(A: torch.Tensor):
+    def matvec(vec):
+        return split(A @ tl.flatten(vec))
+
+    return matvec
+
+
+def counted(A: torch.Tensor):
+    calls = []
+
+    def matvec(vec):
+        calls.append(1)
+        return split(A @ tl.flatten(vec))
+
+    return matvec, calls
+
+
+def spd(n: int, seed: int, cond: float = 10.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
+    eig = torch.logspace(0, torch.log10(torch.tensor(cond)).item(), n, dtype=DT)
+    return q @ torch.diag(eig) @ q.T
+
+
+def indefinite(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
+    eig = torch.linspace(-2.0, 3.0, n, dtype=DT)
+    return q @ torch.diag(eig) @ q.T
+
+
+def rand(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+# ----------------------------------------------------------------------------- truncated_cg
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_truncated_cg_matches_dense_solve(seed):
+    A, b = spd(N, seed, cond=100.0), rand(N, 10 + seed)
+    res = truncated_cg(op(A), split(b), rtol=1e-13, max_iter=4 * N)
+    assert res.status == "converged"
+    x = tl.flatten(res.solution)
+    torch.testing.assert_close(x, torch.linalg.solve(A, b), rtol=0, atol=1e-10)
+    assert [t.shape for t in res.solution] == [torch.Size(s) for s in SHAPES]
+    torch.testing.assert_close(res.residual_norm, torch.linalg.norm(b - A @ x))
+
+
+def test_truncated_cg_converges_in_n_steps():
+    A, b = spd(N, 3, cond=5.0), rand(N, 4)
+    res = truncated_cg(op(A), split(b), rtol=1e-12, max_iter=3 * N)
+    assert res.status == "converged"
+    assert res.iterations == N
+    torch.testing.assert_close(
+        tl.flatten(res.solution), torch.linalg.solve(A, b), atol=1e-12, rtol=0
+    )
+
+
+def test_truncated_cg_respects_max_iter_and_counts_products():
+    A, b = spd(N, 5, cond=1e3), rand(N, 6)
+    matvec, calls = counted(A)
+    res = truncated_cg(matvec, split(b), rtol=1e-14, max_iter=3)
+    assert res.status == "max_iter"
+    assert res.iterations == 3 and len(calls) == 3
+    # three CG steps minimize the A-norm error over the Krylov space K_3(A, b)
+    K = torch.stack([b, A @ b, A @ A @ b], dim=1)
+    coef = torch.linalg.solve(K.T @ A @ K, K.T @ b)
+    torch.testing.assert_close(tl.flatten(res.solution), K @ coef, atol=1e-10, rtol=0)
+
+
+def test_preconditioner_reduces_iterations():
+    n = 40
+    g = torch.Generator().manual_seed(0)
+    d = torch.logspace(0, 5, n, dtype=DT)
+    E = 0.01 * torch.randn(n, n, generator=g, dtype=DT)
+    A = torch.diag(d) + (E + E.T) / 2  # diagonally dominant, condition ~1e5
+    b = torch.randn(n, generator=g, dtype=DT)
+    matvec = lambda v: (A @ v[0],)  # noqa: E731
+    plain = truncated_cg(matvec, (b,), rtol=1e-10, max_iter=1000)
+    jacobi = truncated_cg(
+        matvec, (b,), rtol=1e-10, max_iter=1000, preconditioner=lambda r: (r[0] / d,)
+    )
+    exact = torch.linalg.solve(A, b)
+    assert plain.status == jacobi.status == "converged"
+    torch.testing.assert_close(jacobi.solution[0], exact, rtol=1e-8, atol=0)
+    assert jacobi.iterations < plain.iterations / 3, (jacobi.iterations, plain.iterations)
+
+
+def test_negative_curvature_at_first_iteration_returns_scaled_b():
+    A = torch.diag(torch.tensor([-1.0, 2.0, 3.0], dtype=DT))
+    b = torch.tensor([2.0, 0.0, 0.0], dtype=DT)
+    res = truncated_cg(lambda v: (A @ v[0],), (b,))
+    assert res.status == "negative_curvature" and res.iterations == 1
+    p = res.negative_curvature[0]
+    assert (p @ A @ p).item() <= 0
+    # tau = b^T b / |b^T A b| = 4 / 4
+    torch.testing.assert_close(res.solution[0], b)
+    # zero curvature: tau = 1
+    Z = torch.diag(torch.tensor([0.0, 2.0], dtype=DT))
+    b2 = torch.tensor([3.0, 0.0], dtype=DT)
+    res = truncated_cg(lambda v: (Z @ v[0],), (b2,))
+    assert res.status == "negative_curvature"
+    torch.testing.assert_close(res.solution[0], b2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_negative_curvature_later_returns_last_iterate(seed):
+    A, b = indefinite(N, seed), rand(N, 20 + seed)
+    A = A + torch.diag(torch.full((N,), 0.0, dtype=DT))
+    res = truncated_cg(op(A), split(b), rtol=1e-12, keep_iterates=range(N + 1))
+    assert res.status == "negative_curvature"
+    p = tl.flatten(res.negative_curvature)
+    assert (p @ A @ p).item() <= 0
+    k = res.iterations
+    x = tl.flatten(res.solution)
+    if k > 1:
+        # the last iterate is returned unchanged
+        torch.testing.assert_close(x, tl.flatten(res.iterates[k - 1]), rtol=0, atol=0)
+        # and it decreased the model q(x) = x^T A x / 2 - b^T x below q(0) = 0
+        assert (0.5 * x @ A @ x - b @ x).item() < 0
+    torch.testing.assert_close(res.residual_norm, torch.linalg.norm(b - A @ x))
+
+
+def test_callback_stops_and_sees_iterate_and_residual():
+    A, b = spd(N, 7, cond=1e3), rand(N, 8)
+    seen = []
+
+    def callback(i, x, r):
+        xf, rf = tl.flatten(x), tl.flatten(r)
+        torch.testing.assert_close(rf, b - A @ xf)
+        seen.append(i)
+        return i >= 3
+
+    res = truncated_cg(op(A), split(b), rtol=1e-14, callback=callback)
+    assert res.status == "callback" and res.iterations == 3 and seen == [1, 2, 3]
+    ref = truncated_cg(op(A), split(b), rtol=1e-14, max_iter=3)
+    torch.testing.assert_close(tl.flatten(res.solution), tl.flatten(ref.solution), rtol=0, atol=0)
+
+
+def test_callback_may_return_a_tensor_and_martens_quadratic_from_residual():
+    """A 0-dim tensor stop flag (no host sync); phi(x) = -x^T (b + r) / 2 needs no product."""
+    A, b = spd(N, 9, cond=1e3), rand(N, 9)
+    phis = []
+
+    def callback(i, x, r):
+        phi = -0.5 * tl.dot(x, tl.add(split(b), r))
+        xf = tl.flatten(x)
+        torch.testing.assert_close(phi, 0.5 * xf @ A @ xf - b @ xf)
+        phis.append(phi)
+        return phi < -0.99 * (-0.5 * b @ torch.linalg.solve(A, b))
+
+    res = truncated_cg(op(A), split(b), rtol=1e-14, callback=callback)
+    assert res.status == "callback"
+    assert all(float(phis[j + 1]) <= float(phis[j]) for j in range(len(phis) - 1))
+    assert res.iterations == len(phis) < N
+
+
+@pytest.mark.parametrize("case", ["converged", "negative", "callback", "max_iter"])
+def test_check_every_does_not_change_results(case):
+    A = indefinite(N, 1) if case == "negative" else spd(N, 2, cond=100.0)
+    b = rand(N, 3)
+    kw = {"rtol": 1e-12}
+    if case == "callback":
+        kw["callback"] = lambda i, x, r: i >= 4
+    if case == "max_iter":
+        kw["max_iter"] = 5
+    one = truncated_cg(op(A), split(b), check_every=1, **kw)
+    four = truncated_cg(op(A), split(b), check_every=4, **kw)
+    big = truncated_cg(op(A), split(b), check_every=1000, **kw)
+    for other in (four, big):
+        assert other.status == one.status and other.iterations == one.iterations
+        torch.testing.assert_close(
+            tl.flatten(other.solution), tl.flatten(one.solution), rtol=0, atol=0
+        )
+
+
+def test_keep_iterates_match_truncated_runs():
+    A, b = spd(N, 4, cond=100.0), rand(N, 5)
+    res = truncated_cg(op(A), split(b), rtol=1e-12, keep_iterates=[0, 2, 5, 50])
+    assert sorted(res.iterates) == [0, 2, 5]
+    assert torch.count_nonzero(tl.flatten(res.iterates[0])) == 0
+    for k in (2, 5):
+        ref = truncated_cg(op(A), split(b), rtol=1e-12, max_iter=k)
+        torch.testing.assert_close(
+            tl.flatten(res.iterates[k]), tl.flatten(ref.solution), rtol=0, atol=0
+        )
+
+
+def test_x0_warm_start():
+    A, b = spd(N, 6, cond=100.0), rand(N, 7)
+    exact = torch.linalg.solve(A, b)
+    matvec, calls = counted(A)
+    res = truncated_cg(matvec, split(b), x0=split(exact), rtol=1e-8)
+    assert res.status == "converged" and res.iterations == 0 and len(calls) == 1
+    res = truncated_cg(op(A), split(b), x0=split(exact + 0.1 * rand(N, 8)), rtol=1e-14)
+    torch.testing.assert_close(tl.flatten(res.solution), exact, atol=1e-10, rtol=0)
+
+
+def test_zero_rhs_converges_immediately():
+    matvec, calls = counted(spd(N, 0))
+    res = truncated_cg(matvec, split(torch.zeros(N, dtype=DT)))
+    assert res.status == "converged" and res.iterations == 0 and calls == []
+    assert float(tl.norm(res.solution)) == 0.0
+
+
+def test_truncated_cg_bad_inputs():
+    A = spd(N, 0)
+    b = split(rand(N, 0))
+    with pytest.raises(ValueError, match="Invalid rtol value: -1"):
+        truncated_cg(op(A), b, rtol=-1)
+    with pytest.raises(ValueError, match="Invalid atol value: -0.5"):
+        truncated_cg(op(A), b, atol=-0.5)
+    with pytest.raises(ValueError, match="Invalid max_iter value: -2"):
+        truncated_cg(op(A), b, max_iter=-2)
+    with pytest.raises(ValueError, match="Invalid check_every value: 0"):
+        truncated_cg(op(A), b, check_every=0)
+    with pytest.raises(ValueError, match="b must be a sequence of tensors"):
+        truncated_cg(op(A), rand(N, 0))
+    with pytest.raises(ValueError, match="b is empty"):
+        truncated_cg(op(A), ())
+    with pytest.raises(ValueError, match=r"x0\[1\] has shape \(4,\)"):
+        truncated_cg(op(A), b, x0=(b[0], torch.zeros(4, dtype=DT), b[2]))
+
+
+# ----------------------------------------------------------------------------- steihaug_cg
+
+
+def model(A, g, s):
+    return (g @ s + 0.5 * s @ A @ s).item()
+
+
+def m_norm(s, m=None):
+    return torch.sqrt(s @ s if m is None else s @ (m * s)).item()
+
+
+def cauchy_point(A, g, radius, m=None):
+    """Cauchy point of the M-norm trust-region problem (N&W eq. 4.11-4.12 after s = M^-1/2 u)."""
+    m = torch.ones_like(g) if m is None else m
+    h = m.rsqrt()
+    gu, Au = h * g, h[:, None] * A * h[None, :]
+    curv = gu @ Au @ gu
+    gn = torch.linalg.norm(gu)
+    tau = 1.0 if curv <= 0 else min(1.0, (gn**3 / (radius * curv)).item())
+    return h * (-tau * radius / gn * gu)
+
+
+def rand_metric(seed):
+    return torch.exp(rand(N, 100 + seed))  # positive, spread over ~e^{-2}..e^{2}
+
+
+def test_steihaug_interior_equals_newton_step():
+    A, g = spd(N, 0, cond=50.0), rand(N, 1)
+    newton = -torch.linalg.solve(A, g)
+    for m in (None, rand_metric(0)):
+        res = steihaug_cg(
+            op(A),
+            split(g),
+            radius=1e3,
+            metric=None if m is None else split(m),
+            rtol=1e-13,
+            max_iter=4 * N,
+        )
+        assert res.status == "converged" and not res.hits_boundary
+        torch.testing.assert_close(tl.flatten(res.solution), newton, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+@pytest.mark.parametrize("use_metric", [False, True])
+def test_steihaug_boundary_and_cauchy_decrease(seed, kind, use_metric):
+    A = spd(N, seed, cond=1e3) if kind == "spd" else indefinite(N, seed)
+    g = rand(N, 50 + seed)
+    m = rand_metric(seed) if use_metric else None
+    newton_norm = m_norm(torch.linalg.solve(A, g), m)
+    radius = 0.3 * newton_norm if kind == "spd" else 0.5 + seed
+    res = steihaug_cg(op(A), split(g), radius, metric=None if m is None else split(m), rtol=1e-12)
+    s = tl.flatten(res.solution)
+    if kind == "spd":
+        assert res.status == "boundary"
+    assert res.hits_boundary
+    assert abs(m_norm(s, m) - radius) <= 1e-10 * radius
+    assert model(A, g, s) <= model(A, g, cauchy_point(A, g, radius, m)) + 1e-12
+    torch.testing.assert_close(res.residual_norm, torch.linalg.norm(g + A @ s))
+    if res.status == "negative_curvature":
+        p = tl.flatten(res.negative_curvature)
+        assert (p @ A @ p).item() <= 0
+
+
+def test_steihaug_identity_metric_equals_euclidean_path():
+    for A in (spd(N, 1, cond=100.0), indefinite(N, 2)):
+        g = rand(N, 3)
+        for radius in (0.1, 1.0, 100.0):
+            eu = steihaug_cg(op(A), split(g), radius, rtol=1e-12)
+            mi = steihaug_cg(
+                op(A), split(g), radius, metric=split(torch.ones(N, dtype=DT)), rtol=1e-12
+            )
+            assert (eu.status, eu.iterations, eu.hits_boundary) == (
+                mi.status,
+                mi.iterations,
+                mi.hits_boundary,
+            )
+            torch.testing.assert_close(
+                tl.flatten(mi.solution), tl.flatten(eu.solution), atol=1e-14, rtol=0
+            )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_steihaug_metric_equals_transformed_euclidean_problem(seed):
+    m = rand_metric(seed)
+    h = m.rsqrt()
+    for A in (spd(N, seed, cond=100.0), indefinite(N, seed)):
+        g = rand(N, 60 + seed)
+        Au, gu = h[:, None] * A * h[None, :], h * g
+        for radius in (0.05, 0.7, 1e3):
+            ell = steihaug_cg(op(A), split(g), radius, metric=split(m), rtol=1e-10, max_iter=4 * N)
+            eu = steihaug_cg(op(Au), split(gu), radius, rtol=1e-10, max_iter=4 * N)
+            assert ell.status == eu.status
+            if ell.status != "converged":  # late CG iterations may differ by rounding
+                assert ell.iterations == eu.iterations
+            # the same iteration in exact arithmetic; rounding differs (the metric spans e^4)
+            s_ell, s_eu = tl.flatten(ell.solution), h * tl.flatten(eu.solution)
+            torch.testing.assert_close(s_ell, s_eu, atol=1e-10, rtol=1e-9)
+
+
+def test_steihaug_first_step_negative_curvature_goes_to_boundary_downhill():
+    A = torch.diag(torch.tensor([-2.0, 1.0], dtype=DT))
+    g = torch.tensor([1.0, 0.0], dtype=DT)
+    res = steihaug_cg(lambda v: (A @ v[0],), (g,), radius=3.0)
+    assert res.status == "negative_curvature" and res.hits_boundary and res.iterations == 1
+    torch.testing.assert_close(res.solution[0], torch.tensor([-3.0, 0.0], dtype=DT))
+
+
+def test_steihaug_negative_curvature_picks_lower_intersection():
+    """After a step, the two boundary intersections along p differ; the lower model wins."""
+    checked = 0
+    for seed in range(10):
+        A, g = indefinite(N, seed), rand(N, seed)
+        res = steihaug_cg(op(A), split(g), 2.0, rtol=1e-12)
+        if res.status != "negative_curvature" or res.iterations < 2:
+            continue
+        s, p = tl.flatten(res.solution), tl.flatten(res.negative_curvature)
+        # the other intersection of the line s + t p with the sphere
+        t_other = -2 * (s @ p) / (p @ p)
+        assert model(A, g, s) <= model(A, g, s + t_other * p) + 1e-12
+        checked += 1
+    assert checked >= 2
+
+
+def test_steihaug_zero_gradient_and_check_every():
+    A = indefinite(N, 0)
+    res = steihaug_cg(op(A), split(torch.zeros(N, dtype=DT)), 1.0)
+    assert res.status == "converged" and res.iterations == 0 and not res.hits_boundary
+    g = rand(N, 1)
+    for radius in (0.5, 50.0):
+        a = steihaug_cg(op(spd(N, 1)), split(g), radius, rtol=1e-12)
+        b = steihaug_cg(op(spd(N, 1)), split(g), radius, rtol=1e-12, check_every=3)
+        assert (a.status, a.iterations) == (b.status, b.iterations)
+        torch.testing.assert_close(tl.flatten(a.solution), tl.flatten(b.solution), rtol=0, atol=0)
+
+
+def test_steihaug_bad_inputs():
+    A, g = spd(N, 0), split(rand(N, 0))
+    with pytest.raises(ValueError, match="Invalid radius value: 0.0"):
+        steihaug_cg(op(A), g, 0.0)
+    with pytest.raises(ValueError, match="Invalid radius value: -1.0"):
+        steihaug_cg(op(A), g, torch.tensor(-1.0))
+    with pytest.raises(ValueError, match=r"metric has 1 tensors but there are 3"):
+        steihaug_cg(op(A), g, 1.0, metric=(torch.ones(N, dtype=DT),))
+    with pytest.raises(ValueError, match="Invalid check_every value: 0"):
+        steihaug_cg(op(A), g, 1.0, check_every=0)
