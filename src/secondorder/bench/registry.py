@@ -1,0 +1,214 @@
+"""The optimizers the benchmark knows: factory, defaults, the grid of the main knob, protocol.
+
+First-order baselines come from :mod:`torch.optim`; second-order methods are looked up by
+class name in :mod:`secondorder.optim` when first needed (``getattr``), so the benchmark
+runs with whatever subset is importable and lists the others as unavailable.
+
+Two closure protocols (see :mod:`secondorder.optim.base`):
+
+- ``"torch"``: the closure zeroes the gradients, calls ``backward()`` and returns the loss.
+- ``"secondorder"``: the closure returns the per-sample losses and does not call backward;
+  entries with ``global_closure=True`` also get ``step(closure, global_closure=...)``, a
+  closure on the full training set (seed 002 Alg. 1 line 1, the global gradient).
+
+Knob grids (DeepOBS-style log grids): learning rates on ``10^{-4..0}`` in half decades
+(``"full"``), decades (``"default"``), or three values (``"quick"``); trust-region radius,
+cubic regularization ``sigma``, Hessian-free damping and the Newton-Krylov Taylor ratio
+(seed 002, default 0.05) have their own grids.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "GRID_LEVELS",
+    "OptimizerSpec",
+    "REGISTRY",
+    "available_optimizers",
+    "get_optimizer",
+    "list_optimizers",
+    "unavailable_optimizers",
+]
+
+GRID_LEVELS = ("quick", "default", "full")
+
+_LR_FULL = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+_LR_DEFAULT = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_LR_QUICK = (1e-3, 1e-2, 1e-1)
+# Line-search methods take lr as the initial step of the search: a short grid near 1.
+_LS_FULL = (0.01, 0.03, 0.1, 0.3, 1.0)
+_LS_DEFAULT = (0.1, 1.0)
+_LS_QUICK = (1.0,)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One registered optimizer.
+
+    Attributes:
+        name: registry key (``"sgd_momentum"``, ``"NewtonCG"``...).
+        class_name: class in ``module``.
+        module: ``"torch.optim"`` or ``"secondorder.optim"``.
+        protocol: ``"torch"`` or ``"secondorder"`` (module docstring).
+        knob: the tuned hyperparameter.
+        grids: knob values per grid level (:data:`GRID_LEVELS`).
+        defaults: fixed keyword arguments passed to the class.
+        full_batch: runs on the whole training set on ``full_batch`` problems.
+        global_closure: pass ``global_closure=`` (full training set) to ``step``.
+        first_order: a first-order baseline (used to set time-to-target targets).
+        description: one line for ``secondorder list``.
+    """
+
+    name: str
+    class_name: str
+    module: str
+    protocol: str
+    knob: str
+    grids: Mapping[str, tuple[float, ...]]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    full_batch: bool = False
+    global_closure: bool = False
+    first_order: bool = False
+    description: str = ""
+
+    def grid(self, level: str = "default") -> tuple[float, ...]:
+        """Knob values for ``level``; raises ``ValueError`` naming the valid levels."""
+        if level not in GRID_LEVELS:
+            raise ValueError(f"Invalid grid level: {level!r}; choose one of {GRID_LEVELS}")
+        return tuple(self.grids[level])
+
+    def resolve(self) -> type[torch.optim.Optimizer]:
+        """The optimizer class.
+
+        Raises:
+            ImportError: if the module or the class cannot be imported (yet).
+        """
+        mod = importlib.import_module(self.module)
+        cls = getattr(mod, self.class_name, None)
+        if cls is None:
+            raise ImportError(f"{self.module} has no {self.class_name}")
+        return cls
+
+    def unavailable_reason(self) -> str | None:
+        """``None`` if the class imports, else why not."""
+        try:
+            self.resolve()
+        except Exception as e:  # noqa: BLE001 -- any import-time failure makes it unavailable
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def hyperparameters(self, value: float | None = None) -> dict[str, Any]:
+        """Defaults with the knob set to ``value`` (or the defaults alone)."""
+        h = dict(self.defaults)
+        if value is not None:
+            h[self.knob] = value
+        return h
+
+    def build(
+        self, params: Iterable[torch.Tensor], **hyperparameters: Any
+    ) -> torch.optim.Optimizer:
+        """Instantiate on ``params`` with ``defaults`` updated by ``hyperparameters``."""
+        kwargs = dict(self.defaults)
+        kwargs.update(hyperparameters)
+        return self.resolve()(params, **kwargs)
+
+
+def _lr(level_full=_LR_FULL, level_default=_LR_DEFAULT, level_quick=_LR_QUICK):
+    return {"full": level_full, "default": level_default, "quick": level_quick}
+
+
+def _torch(name, cls, description, **defaults) -> OptimizerSpec:
+    return OptimizerSpec(
+        name, cls, "torch.optim", "torch", "lr", _lr(), defaults, first_order=True,
+        description=description,
+    )
+
+
+def _so(name, knob, grids, description, *, full_batch=False, global_closure=False, **defaults):
+    return OptimizerSpec(
+        name, name, "secondorder.optim", "secondorder", knob, grids, defaults,
+        full_batch=full_batch, global_closure=global_closure, description=description,
+    )
+
+
+_REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
+    _torch("sgd", "SGD", "torch.optim.SGD, plain stochastic gradient descent"),
+    _torch("sgd_momentum", "SGD", "torch.optim.SGD with heavy-ball momentum 0.9", momentum=0.9),
+    _torch("adam", "Adam", "torch.optim.Adam (Kingma & Ba 2015)"),
+    _torch("adagrad", "Adagrad", "torch.optim.Adagrad (Duchi et al. 2011)"),
+    _so("LBFGS", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+        "limited-memory BFGS with line search (seed 000 Alg. 1, seed 003)", full_batch=True),
+    _so("NonlinearCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+        "nonlinear conjugate gradients with line search (seed 003)", full_batch=True),
+    _so("NewtonCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+        "line-search Newton-CG, truncated CG on Hessian-vector products (seed 003)",
+        full_batch=True),
+    _so("BarzilaiBorwein", "lr", _lr(),
+        "Barzilai-Borwein adaptive step size (seed 000 Alg. 3)", full_batch=True),
+    _so("AdaHessian", "lr", _lr(),
+        "AdaHessian: Hutchinson Hessian diagonal with momentum (seed 000 Alg. 2)"),
+    _so("TrustRegion", "radius",
+        {"full": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "default": (0.01, 0.1, 1.0),
+         "quick": (0.1, 1.0)},
+        "stochastic trust region with ellipsoidal norms (seed 001)"),
+    _so("AdaptiveCubic", "sigma",
+        {"full": (0.01, 0.1, 1.0, 10.0, 100.0), "default": (0.1, 1.0, 10.0), "quick": (1.0, 10.0)},
+        "adaptive cubic regularization (Cartis et al. 2011; seed 001)"),
+    _so("HessianFree", "damping",
+        {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
+         "quick": (1e-2, 1.0)},
+        "Hessian-free optimization with Levenberg-Marquardt damping (Martens 2010)"),
+    _so("NewtonKrylov", "taylor_ratio",
+        {"full": (0.01, 0.02, 0.05, 0.1, 0.2), "default": (0.02, 0.05, 0.2), "quick": (0.05,)},
+        "complex-step Newton-Krylov with Taylor-ratio step sizing (seed 002 Alg. 1)",
+        global_closure=True),
+    _so("LSCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+        "least-squares CG baseline (seed 002 Sec. 3)"),
+    _so("LevenbergMarquardt", "damping",
+        {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
+         "quick": (1e-2, 1.0)},
+        "Levenberg-Marquardt damped Newton baseline (seed 002 Sec. 3)"),
+)
+
+#: All registered optimizers by name, in report order.
+REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in _REGISTRY_LIST}
+
+
+def list_optimizers() -> list[str]:
+    """All registered names (available or not), in report order."""
+    return list(REGISTRY)
+
+
+def get_optimizer(name: str) -> OptimizerSpec:
+    """The spec registered as ``name``.
+
+    Raises:
+        ValueError: naming the valid names if ``name`` is not registered.
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown optimizer {name!r}; valid names: {', '.join(REGISTRY)}"
+        ) from None
+
+
+def available_optimizers() -> list[str]:
+    """Registered names whose class imports now."""
+    return [n for n, s in REGISTRY.items() if s.unavailable_reason() is None]
+
+
+def unavailable_optimizers() -> dict[str, str]:
+    """Registered names whose class does not import, with the reason."""
+    out = {}
+    for n, s in REGISTRY.items():
+        reason = s.unavailable_reason()
+        if reason is not None:
+            out[n] = reason
+    return out

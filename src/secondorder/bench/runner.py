@@ -1,0 +1,280 @@
+"""One benchmark run: a problem, an optimizer and its hyperparameters, a seed, a budget.
+
+The run builds ``problem.make_model(seed)``, draws training batches with a
+``torch.Generator`` seeded by ``seed`` (reshuffled each pass, DeepOBS-style), and steps
+the optimizer with the closure protocol its registry entry names. Costs are counted by
+:class:`~secondorder.bench.accounting.CostMeter`.
+
+At step 0, ``evals_per_epoch`` times per pass through the training data and at the end,
+it records train/validation/test loss (mean of the per-sample losses over the whole split)
+and accuracy, the wall time spent **training only** (evaluation excluded, as in AlgoPerf),
+and the cumulative counts.
+
+Outcomes (``RunResult.status``): ``finished``; ``diverged`` when a training loss is NaN or
+infinite or exceeds ``divergence_factor`` times the initial training loss (what was recorded
+so far is kept, plus the diverging point); ``failed`` when the optimizer raises (the message
+is kept). Neither ever propagates an exception to the sweep.
+
+Budgets (:class:`Budget`, any combination, the first reached stops the run): ``epochs`` are
+passes of the data iterator through the training set (one full-batch step = one epoch);
+``backprops`` are harness-measured backprop-equivalents (see
+:mod:`~secondorder.bench.accounting`); ``seconds`` are training wall time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from secondorder.bench.accounting import CostMeter
+from secondorder.bench.registry import OptimizerSpec
+from secondorder.errors import NonFiniteLossError
+
+__all__ = ["Budget", "RunResult", "evaluate_split", "run"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a run stops: the first of the given limits reached.
+
+    Raises:
+        ValueError: if no limit is given or one is not positive.
+    """
+
+    epochs: float | None = None
+    backprops: float | None = None
+    seconds: float | None = None
+
+    def __post_init__(self):
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        if not given:
+            raise ValueError("Invalid budget: give epochs, backprops or seconds")
+        for k, v in given.items():
+            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+                raise ValueError(f"Invalid budget {k}: {v}; it must be a positive number")
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        status: ``"finished"``, ``"diverged"`` or ``"failed"``.
+        measurements: one dict per evaluation (keys of
+            :data:`secondorder.bench.store.MEASUREMENT_COLUMNS` plus ``optimizer_counters``).
+        error: the exception or divergence message, else ``None``.
+    """
+
+    status: str
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module, problem, split, chunk: int = 4096
+) -> tuple[float, float | None]:
+    """Mean per-sample loss and accuracy of ``model`` on ``split`` (accuracy ``None`` if the
+    problem has none). One host sync per chunk."""
+    n = len(split)
+    total = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.float64)
+    for i in range(0, n, chunk):
+        x, y = split.inputs[i:i + chunk], split.targets[i:i + chunk]
+        out = model(x)
+        total += problem.loss(out, y).double().sum()
+        if problem.accuracy is not None:
+            correct += problem.accuracy(out, y).double() * len(x)
+    loss = float(total) / n
+    acc = None if problem.accuracy is None else float(correct) / n
+    return loss, acc
+
+
+def _make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y, last: list):
+    if spec.protocol == "torch":
+        def closure():
+            optimizer.zero_grad()
+            loss = problem.loss(model(x), y).mean()
+            loss.backward()
+            last[0] = loss.detach()
+            return loss
+    else:
+        def closure():
+            losses = problem.loss(model(x), y)
+            last[0] = losses.detach().mean()
+            return losses
+    return closure
+
+
+def run(
+    problem,
+    spec: OptimizerSpec,
+    hyperparameters: Mapping[str, Any],
+    seed: int,
+    budget: Budget,
+    *,
+    evals_per_epoch: int = 1,
+    divergence_factor: float = 1e3,
+    progress: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Train once and record measurements (module docstring).
+
+    Args:
+        problem: a :class:`secondorder.bench.problems.Problem`.
+        spec: the optimizer's registry entry.
+        hyperparameters: keyword arguments for the optimizer (over ``spec.defaults``).
+        seed: model initialization and batch order.
+        budget: when to stop.
+        evals_per_epoch: evaluations per pass through the training data (at least 1).
+        divergence_factor: a training loss above this times the initial one diverges.
+        progress: show a tqdm bar over steps.
+        on_step: called with the step number after each step (tests use it).
+
+    Returns:
+        A :class:`RunResult`; this function does not raise for optimizer failures.
+
+    Raises:
+        ValueError: for a bad ``evals_per_epoch`` or ``divergence_factor``.
+    """
+    if evals_per_epoch < 1:
+        raise ValueError(f"Invalid evals_per_epoch: {evals_per_epoch}; it must be >= 1")
+    if not divergence_factor > 1:
+        raise ValueError(f"Invalid divergence_factor: {divergence_factor}; it must be > 1")
+    torch.manual_seed(seed)
+    model = problem.make_model(seed)
+    train = problem.train
+    n = len(train)
+    full = problem.full_batch and spec.full_batch
+    batch_size = n if full else min(int(problem.batch_size), n)
+    steps_per_epoch = math.ceil(n / batch_size)
+    eval_every = max(1, steps_per_epoch // evals_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    measurements: list[dict[str, Any]] = []
+    result = RunResult("finished", measurements)
+
+    meter = CostMeter(model, train_size=n)
+    try:
+        try:
+            optimizer = spec.build(model.parameters(), **dict(hyperparameters))
+        except Exception as e:  # noqa: BLE001 -- a bad setting is a failed run, not a crash
+            result.status, result.error = "failed", f"{type(e).__name__}: {e}"
+            return result
+        if spec.protocol == "secondorder" and hasattr(optimizer, "samples_per_evaluation"):
+            optimizer.samples_per_evaluation = batch_size
+        step_kwargs = {}
+        if spec.global_closure:
+            step_kwargs["global_closure"] = _make_closure(
+                spec, model, optimizer, problem, train.inputs, train.targets, [None]
+            )
+        train_time = 0.0
+        samples_drawn = 0
+        step = 0
+
+        def record(train_loss_hint: float | None = None) -> dict[str, Any]:
+            with meter.paused(), torch.no_grad():
+                was_training = model.training
+                model.eval()
+                tr = evaluate_split(model, problem, train)
+                va = evaluate_split(model, problem, problem.validation)
+                te = evaluate_split(model, problem, problem.test)
+                model.train(was_training)
+            m = {
+                "step": step, "data_epoch": samples_drawn / n, "wall_time": train_time,
+                "train_loss": tr[0], "train_acc": tr[1], "val_loss": va[0], "val_acc": va[1],
+                "test_loss": te[0], "test_acc": te[1],
+            }
+            m.update(meter.costs.as_dict())
+            m["epoch"] = m.pop("epochs")
+            counters = getattr(optimizer, "counters", None)
+            if counters is not None and hasattr(counters, "as_dict"):
+                m["optimizer_counters"] = counters.as_dict()
+            measurements.append(m)
+            return m
+
+        initial = record()["train_loss"]
+        if not math.isfinite(initial):
+            result.status, result.error = "diverged", f"initial training loss is {initial}"
+            return result
+        threshold = divergence_factor * max(abs(initial), 1e-8)
+
+        def out_of_budget() -> bool:
+            if budget.epochs is not None and samples_drawn / n >= budget.epochs - 1e-9:
+                return True
+            if budget.backprops is not None and meter.costs.backprops >= budget.backprops:
+                return True
+            return budget.seconds is not None and train_time >= budget.seconds
+
+        total_steps = None
+        if budget.epochs is not None:
+            total_steps = math.ceil(budget.epochs * steps_per_epoch - 1e-9)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_steps, desc=f"{problem.name}/{spec.name}", leave=False)
+        model.train()
+        last: list[Tensor | None] = [None]
+        perm = torch.randperm(n, generator=gen)
+        pos = 0
+        while not out_of_budget():
+            t0 = time.perf_counter()
+            if full:
+                x, y = train.inputs, train.targets
+            else:
+                if pos >= n:
+                    perm, pos = torch.randperm(n, generator=gen), 0
+                idx = perm[pos:pos + batch_size]
+                pos += batch_size
+                x, y = train.inputs[idx], train.targets[idx]
+            closure = _make_closure(spec, model, optimizer, problem, x, y, last)
+            try:
+                optimizer.step(closure, **step_kwargs)
+            except NonFiniteLossError as e:
+                train_time += time.perf_counter() - t0
+                step += 1
+                samples_drawn += len(x)
+                result.status, result.error = "diverged", f"{type(e).__name__}: {e}"
+                record()
+                return result
+            except Exception as e:  # noqa: BLE001 -- recorded, never crashes a sweep
+                result.status, result.error = "failed", f"{type(e).__name__}: {e}"
+                return result
+            loss_now = float(last[0]) if last[0] is not None else float("nan")
+            train_time += time.perf_counter() - t0
+            step += 1
+            samples_drawn += len(x)
+            if bar is not None:
+                bar.update(1)
+            if on_step is not None:
+                on_step(step)
+            if not math.isfinite(loss_now) or loss_now > threshold:
+                result.status = "diverged"
+                result.error = (
+                    f"training loss {loss_now:.4g} at step {step} "
+                    f"(initial {initial:.4g}, limit {threshold:.4g})"
+                )
+                record()
+                return result
+            if step % eval_every == 0 or out_of_budget():
+                m = record()
+                if not math.isfinite(m["train_loss"]) or m["train_loss"] > threshold:
+                    result.status = "diverged"
+                    result.error = f"training loss {m['train_loss']:.4g} at step {step}"
+                    return result
+        if bar is not None:
+            bar.close()
+        if not measurements or measurements[-1]["step"] != step:
+            record()
+        return result
+    finally:
+        meter.close()
