@@ -1,0 +1,264 @@
+"""AdaHessian: Adam with a Hutchinson estimate of the Hessian diagonal (seed 000 Alg. 2).
+
+Yao et al. (2020), "ADAHESSIAN: an adaptive second order optimizer for machine learning";
+the update follows their reference code (github amirgholami/adahessian, which
+``torch_optimizer.Adahessian`` copies) term by term. At step ``t`` (all operations
+elementwise):
+
+- ``D_t``: Hutchinson's estimate ``mean_s z_s * (H z_s)`` of the Hessian diagonal with
+  ``n_samples`` Rademacher probes (:func:`~secondorder.curvature.diagonal.hutchinson_diagonal`);
+- ``D_t^(s)``: its spatial average ``|D_t|`` (seed 000 Alg. 2 step 3; convolution kernels
+  averaged over each ``kh x kw`` filter, other tensors over ``spatial_average_block_size``
+  consecutive entries of the last dimension,
+  :func:`~secondorder.curvature.diagonal.spatially_averaged`);
+- ``m_t = b1 m_{t-1} + (1 - b1) g_t``, ``v_t = b2 v_{t-1} + (1 - b2) D_t^(s)^2``;
+- ``denom = (v_t / (1 - b2^t))^(k/2) + eps`` (Hessian power ``k``; Alg. 2's
+  ``(\\bar D_t)^k``);
+- ``x_t = x_{t-1} - lr * (m_t / (1 - b1^t) / denom + weight_decay * x_{t-1})`` (decoupled
+  weight decay, exactly the reference's ``p - lr * (exp_avg / bc1 / denom + wd * p)``).
+
+With ``update_each = u > 1`` the diagonal is re-estimated only every ``u``-th step (the
+other steps differentiate without ``create_graph`` and reuse the last ``D^(s)``; ``v_t``
+still decays every step), as in D. Samuel's ``ada-hessian`` implementation.
+
+Rademacher probes are drawn with
+:func:`~secondorder.curvature.diagonal.rademacher_like` on ``generator`` (sample by
+sample, parameter by parameter, in :meth:`~SecondOrderOptimizer.params` order), so a
+seeded generator reproduces a run; its state is saved in ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from secondorder.curvature.diagonal import hutchinson_diagonal, spatially_averaged
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+
+__all__ = ["AdaHessian", "adahessian_update"]
+
+
+@torch.no_grad()
+def adahessian_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    diagonals: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_hessian_diag_sqs: Sequence[Tensor],
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    hessian_power: float,
+) -> None:
+    """One AdaHessian update, in place on ``params`` and the two moment buffers.
+
+    The functional core of :class:`AdaHessian` (module docstring, seed 000 Alg. 2 steps
+    4-7); ``diagonals`` is the (spatially averaged) Hessian diagonal ``D_t^(s)``.
+
+    Args:
+        params: parameters, updated in place.
+        grads: the gradient ``g_t``.
+        diagonals: ``D_t^(s)``, shaped like ``params``.
+        exp_avgs: ``m_{t-1}``, updated in place to ``m_t``.
+        exp_hessian_diag_sqs: ``v_{t-1}``, updated in place to ``v_t``.
+        step: ``t >= 1``, for the bias corrections.
+        lr: learning rate.
+        beta1: gradient momentum.
+        beta2: Hessian momentum.
+        eps: added to the denominator.
+        weight_decay: decoupled weight decay.
+        hessian_power: ``k`` in ``[0, 1]``.
+
+    Example:
+        >>> p, m, v = [torch.ones(1)], [torch.zeros(1)], [torch.zeros(1)]
+        >>> adahessian_update(p, [torch.ones(1)], [2 * torch.ones(1)], m, v, step=1, lr=0.1,
+        ...                   beta1=0.9, beta2=0.999, eps=0.0, weight_decay=0.0, hessian_power=1.0)
+        >>> p[0]  # 1 - 0.1 * g / |D| = 1 - 0.1 / 2
+        tensor([0.9500])
+    """
+    params, exp_avgs, exp_hs = list(params), list(exp_avgs), list(exp_hessian_diag_sqs)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, list(grads), alpha=1.0 - beta1)
+    torch._foreach_mul_(exp_hs, beta2)
+    torch._foreach_addcmul_(exp_hs, list(diagonals), list(diagonals), value=1.0 - beta2)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    denom = torch._foreach_div(exp_hs, bias_correction2)
+    if hessian_power == 1.0:
+        torch._foreach_sqrt_(denom)
+    else:
+        torch._foreach_pow_(denom, hessian_power / 2.0)
+    torch._foreach_add_(denom, eps)
+    if weight_decay != 0.0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr / bias_correction1)
+
+
+class AdaHessian(SecondOrderOptimizer):
+    """AdaHessian (Yao et al. 2020; seed 000 Alg. 2); the update is in the module docstring.
+
+    Each step calls the closure once, differentiates it with ``create_graph=True`` when the
+    diagonal is due (every ``update_each`` steps) and takes ``n_samples`` Hessian-vector
+    products on that one graph, which is freed before ``step`` returns.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (the reference default 0.15).
+        betas: ``(beta1, beta2)``, gradient and Hessian momentum, each in ``[0, 1)``.
+        eps: added to the denominator, ``> 0``.
+        weight_decay: decoupled weight decay, ``>= 0``.
+        hessian_power: ``k`` in ``[0, 1]``.
+        update_each: re-estimate the diagonal every this many steps (``>= 1``).
+        n_samples: Rademacher probes per estimate (``>= 1``).
+        spatial_average_block_size: block length for averaging ``|D|`` over non-convolution
+            tensors; ``None`` (the reference behaviour) averages only 4-D convolution kernels
+            over their spatial positions.
+        generator: random generator for the probes (on the parameters' device or the CPU).
+
+    Raises:
+        ValueError: for any hyperparameter out of range (the message names it).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+        >>> opt = AdaHessian([w], lr=0.5)
+        >>> for _ in range(60):
+        ...     _ = opt.step(lambda: (w**2).sum())
+        >>> bool(w.abs().max() < 1e-2)
+        True
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.15,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        weight_decay: float = 0.0,
+        hessian_power: float = 1.0,
+        update_each: int = 1,
+        n_samples: int = 1,
+        spatial_average_block_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        if not lr > 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Invalid betas: {betas}; give a pair (beta1, beta2)")
+        for i, b in enumerate(betas):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b}; it must be in [0, 1)")
+        if not eps > 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}; it must be positive")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}; it must be >= 0")
+        if not 0.0 <= hessian_power <= 1.0:
+            raise ValueError(f"Invalid Hessian power value: {hessian_power}; it must be in [0, 1]")
+        if isinstance(update_each, bool) or not isinstance(update_each, int) or update_each < 1:
+            raise ValueError(f"Invalid update_each: {update_each}; it must be an integer >= 1")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"Invalid n_samples: {n_samples}; it must be an integer >= 1")
+        b = spatial_average_block_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(
+                f"Invalid spatial_average_block_size: {b}; it must be None or an integer >= 1"
+            )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"Invalid generator: {type(generator).__name__}; pass a torch.Generator or None"
+            )
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            hessian_power=hessian_power,
+        )
+        super().__init__(params, defaults)
+        self.update_each = update_each
+        self.n_samples = n_samples
+        self.spatial_average_block_size = b
+        self.generator = generator
+        self.register_state_dict_pre_hook(AdaHessian._save_generator)
+        self.register_load_state_dict_post_hook(AdaHessian._load_generator)
+
+    # ---------------------------------------------------------------- generator state
+    @staticmethod
+    def _save_generator(optimizer: AdaHessian) -> None:
+        if optimizer.generator is not None:
+            optimizer._global()["generator_state"] = optimizer.generator.get_state()
+
+    @staticmethod
+    def _load_generator(optimizer: AdaHessian) -> None:
+        state = optimizer.state.get("global", {})
+        if optimizer.generator is not None and "generator_state" in state:
+            optimizer.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
+
+    def _global(self) -> dict[str, Any]:
+        return self.state.setdefault("global", {"step": 0})
+
+    # ---------------------------------------------------------------- step
+    def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
+        """One AdaHessian step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (no backward).
+
+        Returns:
+            The loss before the step (detached).
+        """
+        glob = self._global()
+        refresh = glob["step"] % self.update_each == 0
+        ev = self.evaluate(closure, create_graph=refresh)
+        params = self.params()
+        if refresh:
+            try:
+                diag = hutchinson_diagonal(
+                    ev.hessian, num_samples=self.n_samples, generator=self.generator
+                )
+            finally:
+                ev.hessian.free()
+            diag = spatially_averaged(diag, self.spatial_average_block_size)
+        else:
+            diag = tuple(self.state[p]["hessian_diag"] for p in params)
+        glob["step"] += 1
+        step = glob["step"]
+
+        by_group: dict[int, list[int]] = {}
+        for i, group in enumerate(self.group_of()):
+            by_group.setdefault(id(group), []).append(i)
+        for group in self.param_groups:
+            idx = by_group.get(id(group))
+            if not idx:
+                continue
+            ps = [params[i] for i in idx]
+            states = [self.state[p] for p in ps]
+            for p, st, i in zip(ps, states, idx, strict=True):
+                if "exp_avg" not in st:
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_hessian_diag_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                st["hessian_diag"] = diag[i]
+            beta1, beta2 = group["betas"]
+            adahessian_update(
+                ps,
+                [ev.grads[i] for i in idx],
+                [diag[i] for i in idx],
+                [st["exp_avg"] for st in states],
+                [st["exp_hessian_diag_sq"] for st in states],
+                step=step,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                hessian_power=group["hessian_power"],
+            )
+        return ev.loss
