@@ -1,0 +1,286 @@
+"""L-BFGS that never returns NaN: two-loop recursion, line searches, stochastic safeguards.
+
+The direction is ``d = -H g`` with ``H`` the L-BFGS inverse-Hessian approximation from the
+last ``history_size`` pairs ``s = x_{k+1} - x_k``, ``y = g_{k+1} - g_k`` and the initial
+scaling ``H_0 = (s^T y / y^T y) I`` (seed 000 Alg. 1; Nocedal & Wright Alg. 7.4/7.5). The
+math lives in :func:`secondorder.optim.quasi_newton.two_loop` and
+:class:`~secondorder.optim.quasi_newton.LBFGSMemory`; this module is the optimizer shell.
+
+Seed 000 reports that ``torch.optim.LBFGS`` "did not converge at all and returned NaN" in
+mini-batch training. The safeguards here:
+
+* **Curvature check** once, in the memory: a pair with ``s^T y <= curvature_eps |s| |y|`` is
+  skipped (``curvature_rule="skip"``) or Powell-damped (``"powell"``).
+* **Consistent pairs.** With a line search, ``y`` is measured on the batch of the step that
+  took it (the line search evaluates the same closure at ``x_{k+1}``), never as the
+  difference of two different batches' gradients. ``overlap_closure`` measures ``y`` on a
+  sub-batch instead (multi-batch L-BFGS, Berahas, Nocedal & Takac 2016): pass a closure over
+  the samples this batch shares with the next one (or any fixed sub-batch); it is evaluated
+  at ``x_k`` and ``x_{k+1}`` (two gradients on the overlap, counted).
+* **Restart**: when ``-H g`` is not a descent direction the memory is reset and the step is
+  steepest descent.
+* **Rollback**: when the loss or gradient at a new point is NaN/Inf, the parameters go back
+  to the last finite iterate, the memory is reset and the next initial step is halved.
+
+In ``full_batch`` mode the closure is assumed to compute the same function at every call
+(the whole data set, or seed 003's fixed-batch objective eq. 28), so the loss and gradient
+the line search computed at the accepted point are reused by the next ``step`` instead of
+calling the closure again: about one gradient per iteration, where ``torch.optim.LBFGS``
+called once per step pays one more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.optim import line_search as ls
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.quasi_newton import CURVATURE_RULES, LBFGSMemory, LineObjective
+
+__all__ = ["LBFGS", "LINE_SEARCHES"]
+
+LINE_SEARCHES = ("strong_wolfe", "armijo", None)
+
+
+def _max_abs(v: tuple[Tensor, ...]) -> float:
+    return float(torch.stack([x.abs().max() for x in v]).max()) if v else 0.0
+
+
+class LBFGS(SecondOrderOptimizer):
+    """Limited-memory BFGS with a line search and stochastic safeguards (see module doc).
+
+    Hyperparameters are global: they are read from the first param group (extra groups only
+    partition the parameters).
+
+    Args:
+        params: parameters or param groups.
+        lr: initial step of the line search (the fixed step when ``line_search=None``). The
+            very first iteration, and the first after a reset, starts from
+            ``lr * min(1, 1 / |g|_1)`` as ``torch.optim.LBFGS`` does.
+        history_size: number of curvature pairs kept (>= 1).
+        line_search: ``"strong_wolfe"`` (Nocedal & Wright Alg. 3.5/3.6), ``"armijo"``
+            (backtracking, Alg. 3.1) or ``None`` (fixed step ``lr``).
+        max_iter: iterations per ``step`` call (each reuses the closure).
+        tolerance_grad: stop when ``max |g| <= tolerance_grad``.
+        tolerance_change: stop when the step or the loss change falls below it.
+        c1: sufficient-decrease constant.
+        c2: curvature constant of the strong Wolfe conditions.
+        max_ls_evals: closure calls allowed per line search.
+        curvature_eps: pairs with ``s^T y <= curvature_eps |s| |y|`` are skipped or damped.
+        curvature_rule: ``"skip"`` or ``"powell"``.
+        full_batch: reuse the line search's loss and gradient at the next step (the closure
+            must then compute the same function at every call).
+
+    Example:
+        >>> import torch
+        >>> x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> a = torch.tensor([1.0, 10.0], dtype=torch.float64)
+        >>> opt = LBFGS([x], full_batch=True)
+        >>> for _ in range(10):
+        ...     _ = opt.step(lambda: 0.5 * (a * (x - 1) ** 2).sum())
+        >>> bool(torch.allclose(x, torch.ones(2, dtype=torch.float64)))
+        True
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1.0,
+        history_size: int = 10,
+        line_search: str | None = "strong_wolfe",
+        max_iter: int = 1,
+        tolerance_grad: float = 1e-7,
+        tolerance_change: float = 1e-9,
+        c1: float = 1e-4,
+        c2: float = 0.9,
+        max_ls_evals: int = 25,
+        curvature_eps: float = 1e-8,
+        curvature_rule: str = "skip",
+        full_batch: bool = False,
+    ):
+        if not lr > 0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (isinstance(history_size, int) and history_size >= 1):
+            raise ValueError(f"Invalid history_size: {history_size} (need an integer >= 1)")
+        if line_search not in LINE_SEARCHES:
+            raise ValueError(f"Invalid line_search: {line_search!r} (choose from {LINE_SEARCHES})")
+        if not (isinstance(max_iter, int) and max_iter >= 1):
+            raise ValueError(f"Invalid max_iter: {max_iter} (need an integer >= 1)")
+        if not tolerance_grad >= 0:
+            raise ValueError(f"Invalid tolerance_grad: {tolerance_grad}")
+        if not tolerance_change >= 0:
+            raise ValueError(f"Invalid tolerance_change: {tolerance_change}")
+        if not 0 < c1 < 1:
+            raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
+        if not c1 < c2 < 1:
+            raise ValueError(f"Invalid c2: {c2} (need c1 < c2 < 1)")
+        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
+            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}")
+        if not curvature_eps >= 0:
+            raise ValueError(f"Invalid curvature_eps: {curvature_eps}")
+        if curvature_rule not in CURVATURE_RULES:
+            raise ValueError(
+                f"Invalid curvature_rule: {curvature_rule!r} (choose from {CURVATURE_RULES})"
+            )
+        defaults = dict(
+            lr=lr,
+            history_size=history_size,
+            line_search=line_search,
+            max_iter=max_iter,
+            tolerance_grad=tolerance_grad,
+            tolerance_change=tolerance_change,
+            c1=c1,
+            c2=c2,
+            max_ls_evals=max_ls_evals,
+            curvature_eps=curvature_eps,
+            curvature_rule=curvature_rule,
+            full_batch=full_batch,
+        )
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ helpers
+    def _global(self) -> dict[str, Any]:
+        st = self.state["global"]
+        st.setdefault("fresh", True)
+        st.setdefault("step_scale", 1.0)
+        st.setdefault("n_iter", 0)
+        return st
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.params())
+
+    def _start(self, closure: Closure, st: dict[str, Any], full_batch: bool):
+        cache = st.pop("cache", None)
+        if full_batch and cache is not None and cache[2] == self._versions():
+            return cache[0], cache[1]
+        ev = self.evaluate(closure)
+        return ev.loss, ev.grads
+
+    def _finite(self, loss: Tensor, grad: tuple[Tensor, ...] | None) -> bool:
+        ok = torch.isfinite(loss)
+        if grad is not None:
+            ok = ok & tl.all_finite(grad)
+        return bool(ok)
+
+    # ------------------------------------------------------------------ step
+    def step(self, closure: Closure, overlap_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        """Run up to ``max_iter`` L-BFGS iterations on ``closure``.
+
+        Args:
+            closure: returns the loss (or per-sample losses) without calling backward.
+            overlap_closure: optional closure over a sub-batch on which ``y`` is measured
+                (multi-batch L-BFGS, see the module doc).
+
+        Returns:
+            The loss at the start of the step (as ``torch.optim.LBFGS``).
+        """
+        grp = self.param_groups[0]
+        st = self._global()
+        mem = LBFGSMemory(st, grp["history_size"], grp["curvature_eps"], grp["curvature_rule"])
+        full_batch = grp["full_batch"]
+        loss, g = self._start(closure, st, full_batch)
+        orig_loss = loss
+        if not self._finite(loss, g):
+            if "x_good" not in st:
+                return orig_loss
+            self.set_params(st["x_good"])
+            self._reset(st, mem)
+            st["step_scale"] *= 0.5
+            ev = self.evaluate(closure)
+            loss, g = ev.loss, ev.grads
+            if not self._finite(loss, g):
+                return orig_loss
+        pending = st.pop("pending", None)
+        if pending is not None:
+            mem.update(pending[0], tl.sub(g, pending[1]))
+
+        lr = grp["lr"]
+        tol_change = grp["tolerance_change"]
+        search = grp["line_search"]
+        at_current = True  # (loss, g) are at the current parameters
+        for it in range(grp["max_iter"]):
+            if _max_abs(g) <= grp["tolerance_grad"]:
+                break
+            x0 = tl.clone(self.params())
+            st["x_good"] = x0
+            d = tl.neg(mem.solve(g))
+            gtd = tl.dot(g, d)
+            if not bool(gtd < 0):  # not a descent direction: restart from steepest descent
+                mem.reset()
+                st["fresh"] = True
+                d = tl.neg(g)
+                gtd = -tl.dot(g, g)
+            if float(gtd) > -tol_change:
+                break
+            if st["fresh"]:
+                g1 = float(sum(x.abs().sum() for x in g))
+                t0 = min(1.0, 1.0 / g1) * lr * st["step_scale"]
+            else:
+                t0 = lr * st["step_scale"]
+            g_ov0 = None
+            if overlap_closure is not None:
+                g_ov0 = self.evaluate(overlap_closure).grads
+            phi = LineObjective(self, closure, x0, d)
+            new_loss: Tensor | None = None
+            new_g: tuple[Tensor, ...] | None = None
+            if search == "strong_wolfe":
+                res = ls.strong_wolfe(
+                    phi, d, loss, g, step=t0, c1=grp["c1"], c2=grp["c2"],
+                    tolerance_change=tol_change, max_evals=grp["max_ls_evals"],
+                )
+                t, new_loss, new_g = float(res.step), res.loss, res.grad
+            elif search == "armijo":
+                res = ls.backtracking(
+                    phi, loss, gtd, step=t0, c1=grp["c1"], max_evals=grp["max_ls_evals"],
+                    need_grad=True,
+                )
+                t, new_loss, new_g = float(res.step), res.loss, res.grad
+            else:
+                t = t0
+            phi.move(t)
+            if new_g is None and it < grp["max_iter"] - 1:
+                new_loss, new_g = phi(t)
+            s = tl.scale(d, t)
+            st["n_iter"] += 1
+            y = None
+            if overlap_closure is not None:
+                ev_o = self.evaluate(overlap_closure)
+                if ev_o.is_finite():
+                    y = tl.sub(ev_o.grads, g_ov0)
+            elif new_g is not None:
+                y = tl.sub(new_g, g)
+            if new_g is None:  # fixed step, last iteration: g at the new point comes next step
+                if y is not None:
+                    mem.update(s, y)
+                elif overlap_closure is None:
+                    st["pending"] = (s, g)
+                st["fresh"] = False
+                at_current = False
+                break
+            if not self._finite(new_loss, new_g):
+                self.set_params(x0)
+                self._reset(st, mem)
+                st["step_scale"] *= 0.5
+                break
+            st["step_scale"] = 1.0
+            if y is not None:
+                mem.update(s, y)
+            st["fresh"] = False
+            prev_loss = loss
+            loss, g = new_loss, new_g
+            if _max_abs(s) <= tol_change or abs(float(loss - prev_loss)) < tol_change:
+                break
+        if full_batch and at_current:
+            st["cache"] = (loss, g, self._versions())
+        return orig_loss
+
+    def _reset(self, st: dict[str, Any], mem: LBFGSMemory) -> None:
+        mem.reset()
+        st["fresh"] = True
+        st.pop("pending", None)
+        st.pop("cache", None)

@@ -1,0 +1,180 @@
+"""Pieces shared by the line-search optimizers: the L-BFGS memory and the line objective.
+
+:class:`LBFGSMemory` is the quasi-Newton memory as a strategy object (pytorch-minimize's
+``bfgs.py`` shape): :meth:`LBFGSMemory.solve` applies the inverse-Hessian approximation by the
+two-loop recursion (seed 000 Alg. 1; Nocedal & Wright Alg. 7.4) and :meth:`LBFGSMemory.update`
+adds a curvature pair, doing the curvature-condition skip or Powell damping once, here. The
+memory keeps its tensors in a plain dict (the optimizer's ``state["global"]``) as tuples that
+are replaced, never mutated, so ``state_dict()`` round-trips and two optimizers loaded from
+one state never share a list that one of them appends to.
+
+:class:`LineObjective` is the ``phi(t)`` of the line-search contract
+(:mod:`secondorder.optim.line_search`): it moves an optimizer's parameters to ``x0 + t d``
+and evaluates its closure there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+
+__all__ = ["CURVATURE_RULES", "LBFGSMemory", "LineObjective", "two_loop"]
+
+CURVATURE_RULES = ("skip", "powell")
+
+
+def two_loop(
+    grad: Sequence[Tensor],
+    s_hist: Sequence[Sequence[Tensor]],
+    y_hist: Sequence[Sequence[Tensor]],
+    rho_hist: Sequence[Tensor],
+    gamma: Tensor | float,
+) -> tuple[Tensor, ...]:
+    """``H grad`` by the L-BFGS two-loop recursion (seed 000 Alg. 1, Nocedal & Wright Alg. 7.4).
+
+    Args:
+        grad: the vector to multiply (a tuple of tensors).
+        s_hist: steps ``s_i``, oldest first.
+        y_hist: gradient differences ``y_i``, oldest first.
+        rho_hist: ``1 / (s_i^T y_i)`` as 0-dim tensors.
+        gamma: the initial scaling ``H_0 = gamma I``, usually ``s^T y / y^T y`` of the newest
+            pair.
+
+    Returns:
+        ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no host sync).
+    """
+    q = tuple(grad)
+    alphas = []
+    for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
+        a = rho * tl.dot(s, q)
+        q = tl.add(q, y, -a)
+        alphas.append(a)
+    r = tl.scale(q, gamma)
+    for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
+        b = rho * tl.dot(y, r)
+        r = tl.add(r, s, a - b)
+    return r
+
+
+class LBFGSMemory:
+    """The last ``history_size`` curvature pairs, stored in ``store`` (a dict).
+
+    Args:
+        store: where the pairs live (``optimizer.state["global"]``); keys ``lbfgs_s``,
+            ``lbfgs_y``, ``lbfgs_rho`` (tuples, oldest first) and ``lbfgs_gamma``.
+        history_size: pairs kept.
+        curvature_eps: a pair is acceptable when ``s^T y > curvature_eps * |s| |y|``.
+        curvature_rule: ``"skip"`` drops an unacceptable pair; ``"powell"`` damps it
+            (Nocedal & Wright Proc. 18.2 with ``B = I / gamma``): ``y <- theta y + (1 - theta)
+            B s`` so that ``s^T y = 0.2 s^T B s``.
+    """
+
+    def __init__(
+        self,
+        store: dict[str, Any],
+        history_size: int,
+        curvature_eps: float = 1e-8,
+        curvature_rule: str = "skip",
+    ):
+        self.store = store
+        self.history_size = history_size
+        self.curvature_eps = curvature_eps
+        self.curvature_rule = curvature_rule
+        store.setdefault("lbfgs_s", ())
+        store.setdefault("lbfgs_y", ())
+        store.setdefault("lbfgs_rho", ())
+        store.setdefault("lbfgs_gamma", None)
+
+    def __len__(self) -> int:
+        return len(self.store["lbfgs_s"])
+
+    def reset(self) -> None:
+        """Forget all pairs (the next direction is steepest descent)."""
+        self.store.update(lbfgs_s=(), lbfgs_y=(), lbfgs_rho=(), lbfgs_gamma=None)
+
+    def solve(self, grad: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """``H grad`` (``grad`` itself when the memory is empty)."""
+        st = self.store
+        if not st["lbfgs_s"]:
+            return tuple(grad)
+        return two_loop(grad, st["lbfgs_s"], st["lbfgs_y"], st["lbfgs_rho"], st["lbfgs_gamma"])
+
+    def update(self, s: Sequence[Tensor], y: Sequence[Tensor]) -> bool:
+        """Add the pair ``(s, y)`` after the curvature check (one host sync).
+
+        Returns:
+            Whether a pair (possibly damped) was stored.
+        """
+        s, y = tuple(s), tuple(y)
+        sy = tl.dot(s, y)
+        ss = tl.dot(s, s)
+        yy = tl.dot(y, y)
+        ok = bool(torch.isfinite(sy) & torch.isfinite(yy))
+        if not ok or float(ss) == 0.0:
+            return False
+        if float(sy) <= self.curvature_eps * float((ss * yy).sqrt()):
+            if self.curvature_rule != "powell":
+                return False
+            gamma = self.store["lbfgs_gamma"]
+            inv_gamma = 1.0 if gamma is None else 1.0 / gamma
+            sbs = ss * inv_gamma
+            theta = 0.8 * sbs / (sbs - sy)
+            y = tl.add(tl.scale(y, theta), s, (1 - theta) * inv_gamma)
+            sy = tl.dot(s, y)
+            yy = tl.dot(y, y)
+        st = self.store
+        m = self.history_size
+        st["lbfgs_s"] = (*st["lbfgs_s"], s)[-m:]
+        st["lbfgs_y"] = (*st["lbfgs_y"], y)[-m:]
+        st["lbfgs_rho"] = (*st["lbfgs_rho"], 1.0 / sy)[-m:]
+        st["lbfgs_gamma"] = sy / yy
+        return True
+
+
+class LineObjective:
+    """``phi(t)``: set the parameters to ``x0 + t d`` and evaluate the closure there.
+
+    Args:
+        optimizer: a :class:`~secondorder.optim.base.SecondOrderOptimizer`.
+        closure: the closure of the current step.
+        x0: the starting point (detached copies of the parameters).
+        direction: the search direction ``d``.
+
+    Attributes:
+        evaluations: calls so far.
+        last_t: the ``t`` the parameters are at now.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        closure: Callable[[], Tensor],
+        x0: Sequence[Tensor],
+        direction: Sequence[Tensor],
+    ):
+        self.opt = optimizer
+        self.closure = closure
+        self.x0 = tuple(x0)
+        self.direction = tuple(direction)
+        self.evaluations = 0
+        self.last_t: float | None = None
+
+    def move(self, t: float) -> None:
+        """Put the parameters at ``x0 + t d`` (no evaluation)."""
+        t = float(t)
+        if self.last_t != t:
+            self.opt.set_params(tl.add(self.x0, self.direction, t))
+            self.last_t = t
+
+    def __call__(
+        self, t: float, need_grad: bool = True
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        self.move(t)
+        self.evaluations += 1
+        ev = self.opt.evaluate(self.closure, grad=need_grad)
+        return ev.loss, ev.grads
