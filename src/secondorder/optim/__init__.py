@@ -5,3 +5,6 @@ from secondorder.optim.krylov import CGResult, steihaug_cg, truncated_cg
 
 __all__ = ["Closure", "CostCounter", "Evaluation", "SecondOrderOptimizer"]
 __all__ += ["CGResult", "steihaug_cg", "truncated_cg"]
+from secondorder.optim.adahessian import AdaHessian, adahessian_update  # noqa: E402
+
+__all__ += ["AdaHessian", "adahessian_update"]
