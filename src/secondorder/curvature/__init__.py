@@ -1,18 +1,52 @@
 """How curvature is obtained: products, operators, diagonals, spectra."""
 
+from secondorder.curvature.checks import TaylorTestResult, gradient_test, hvp_test
+from secondorder.curvature.dataset import DatasetHessianOperator, batch_mean
+from secondorder.curvature.dense import hessian
+from secondorder.curvature.diagonal import hessian_diagonal, spatially_averaged
+from secondorder.curvature.diagonal_mass import (
+    diagonal_mass,
+    ols_diagonal_mass,
+    wigner_diagonal_mass,
+)
 from secondorder.curvature.functional import LossFunction, functional_loss
 from secondorder.curvature.hvp import BACKENDS, gradient, hvp
 from secondorder.curvature.lanczos import LanczosResult, lanczos
+from secondorder.curvature.layer_hessians import layer_hessians
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
+from secondorder.curvature.spectrum import (
+    SpectralDensity,
+    TraceEstimate,
+    eigenvalues,
+    spectral_density,
+    trace,
+)
 
 __all__ = [
     "BACKENDS",
     "CurvatureOperator",
+    "DatasetHessianOperator",
     "HessianOperator",
     "LanczosResult",
     "LossFunction",
+    "SpectralDensity",
+    "TaylorTestResult",
+    "TraceEstimate",
+    "batch_mean",
+    "diagonal_mass",
+    "eigenvalues",
     "functional_loss",
     "gradient",
+    "gradient_test",
+    "hessian",
+    "hessian_diagonal",
     "hvp",
+    "hvp_test",
     "lanczos",
+    "layer_hessians",
+    "ols_diagonal_mass",
+    "spatially_averaged",
+    "spectral_density",
+    "trace",
+    "wigner_diagonal_mass",
 ]
