@@ -1,0 +1,328 @@
+"""Adaptive cubic regularization (ARC) with adaptive norms.
+
+Cartis, Gould & Toint (2011, "ARC part I", Alg. 2.1) minimize at each step the cubic model::
+
+    m(s) = g^T s + s^T B s / 2 + sigma / 3 * ||s||_M^3
+
+and adapt ``sigma`` by the ratio ``rho`` of actual to predicted decrease. Seed 001 (Sec. 4,
+footnote 5) notes that its ellipsoidal norms transfer directly from trust regions to cubic
+regularization; ``M`` is any norm of :mod:`secondorder.optim.norms`.
+
+The subproblem is solved in a Krylov subspace (Cartis et al. 2011 Sec. 6.2): with
+``s = M^{-1/2} u`` the model becomes Euclidean in ``u``; Lanczos on ``M^{-1/2} B M^{-1/2}``
+started at ``M^{-1/2} g`` (:func:`secondorder.curvature.lanczos.lanczos`) gives an
+orthonormal basis ``Q`` and the tridiagonal ``T = Q^T (M^{-1/2} B M^{-1/2}) Q``, and since
+``M^{-1/2} g = ||M^{-1/2} g|| q_1`` the model restricted to ``u = Q y`` is::
+
+    ||M^{-1/2} g|| y_1 + y^T T y / 2 + sigma / 3 * ||y||^3
+
+which :func:`solve_cubic_tridiagonal` minimizes exactly through the secular equation
+``(T + lambda I) y = -||M^{-1/2} g|| e_1``, ``lambda = sigma ||y||``,
+``lambda >= max(0, -lambda_min(T))`` (Cartis et al. 2011 Thm. 3.1; Nocedal & Wright
+Sec. 4.3 for the trust-region analogue), including the hard case.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import brentq
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.curvature.lanczos import lanczos
+from secondorder.errors import NonFiniteLossError
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.curvature_source import CurvatureClosure, check_curvature, local_model
+from secondorder.optim.norms import AdaptiveNorm, make_norm
+from secondorder.tensorlist import TensorList
+
+MatVec = Callable[[TensorList], Sequence[Tensor]]
+
+__all__ = [
+    "AdaptiveCubic",
+    "CubicStep",
+    "solve_cubic_subproblem",
+    "solve_cubic_tridiagonal",
+    "update_sigma",
+]
+
+
+def solve_cubic_tridiagonal(
+    T: Tensor, gnorm: float | Tensor, sigma: float
+) -> tuple[Tensor, Tensor]:
+    """Global minimizer of ``gnorm * y_1 + y^T T y / 2 + sigma / 3 ||y||^3``.
+
+    ``T`` is symmetric (tridiagonal from Lanczos, but any small symmetric matrix works).
+    With ``T = S diag(theta) S^T`` and ``c = gnorm * S^T e_1``, the minimizer is
+    ``y(lambda) = -S diag(1 / (theta + lambda)) c`` where ``lambda`` is the root of
+    ``||y(lambda)|| = lambda / sigma`` in ``(max(0, -theta_min), inf)`` (Cartis, Gould &
+    Toint 2011 Thm. 3.1; found by Brent's method, the left side decreases and the right side
+    increases). In the hard case (``c`` has no component on the eigenvectors of
+    ``theta_min < 0`` and ``||y(-theta_min)|| < -theta_min / sigma``) the eigenvector of
+    ``theta_min`` is added to reach ``||y|| = lambda / sigma``. Solved on the host in
+    float64 (``T`` is small; one transfer per call).
+
+    Args:
+        T: ``(m, m)`` symmetric matrix.
+        gnorm: the coefficient of ``y_1`` (the norm of the gradient in the subspace).
+        sigma: the regularization weight (positive).
+
+    Returns:
+        ``(y, decrease)``: the minimizer (on ``T``'s device and dtype) and ``-m(y) >= 0``.
+
+    Raises:
+        ValueError: if ``sigma`` is not positive or ``T`` is not square.
+
+    Example:
+        >>> T = torch.tensor([[1.0]], dtype=torch.float64)
+        >>> y, dec = solve_cubic_tridiagonal(T, 2.0, 1.0)  # y + y^2/2 + |y|^3/3 -> y = -1
+        >>> y
+        tensor([-1.], dtype=torch.float64)
+    """
+    if not sigma > 0:
+        raise ValueError(f"Invalid sigma value: {sigma}; it must be positive")
+    if T.dim() != 2 or T.shape[0] != T.shape[1]:
+        raise ValueError(f"T must be a square matrix, got shape {tuple(T.shape)}")
+    tn = T.detach().to("cpu", torch.float64).numpy()
+    g0 = float(gnorm)
+    theta, S = np.linalg.eigh(0.5 * (tn + tn.T))
+    c = g0 * S[0, :]
+    lo = max(0.0, -theta[0])
+
+    def ynorm(lam: float) -> float:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.sqrt(np.sum(np.square(c / (theta + lam)))))
+
+    def phi(lam: float) -> float:
+        return ynorm(lam) - lam / sigma
+
+    eps = np.finfo(np.float64).eps
+    a = lo + 4 * eps * max(lo, abs(theta[-1]), 1e-300) if theta[0] <= 0 else 0.0
+    fa = phi(a)
+    if not fa > 0 and theta[0] <= 0:
+        # Hard case: lambda = a, fill the norm with the eigenvector(s) of theta_min.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(np.abs(c) > 0, -c / (theta + a), 0.0)
+        tau = math.sqrt(max(0.0, (a / sigma) ** 2 - float(np.sum(z * z))))
+        z[0] += -tau if c[0] > 0 else tau
+        lam = a
+    elif g0 == 0.0:
+        z, lam = np.zeros_like(c), 0.0
+    else:
+        hi = max(1.0, 2.0 * a)
+        while phi(hi) > 0:
+            hi *= 2.0
+        lam = brentq(phi, a, hi, xtol=1e-300, rtol=4 * eps, maxiter=500)
+        z = -c / (theta + lam)
+    y = S @ z
+    m = g0 * y[0] + 0.5 * float(y @ tn @ y) + sigma / 3.0 * float(np.linalg.norm(y)) ** 3
+    out = torch.as_tensor(y, dtype=T.dtype, device=T.device)
+    return out, torch.as_tensor(-m, dtype=T.dtype, device=T.device)
+
+
+@dataclass
+class CubicStep:
+    """Approximate minimizer of the cubic model.
+
+    Attributes:
+        step: ``s``.
+        predicted_decrease: ``m(0) - m(s)`` (0-dim tensor), from the Krylov model.
+        krylov_dim: Lanczos vectors used.
+    """
+
+    step: TensorList
+    predicted_decrease: Tensor
+    krylov_dim: int
+
+
+def solve_cubic_subproblem(matvec: MatVec, grad: Sequence[Tensor], sigma: float,
+                           norm: AdaptiveNorm, *, krylov_dim: int = 20) -> CubicStep:
+    """Minimize ``g^T s + s^T B s / 2 + sigma/3 ||s||_M^3`` over a Lanczos subspace.
+
+    See the module docstring. Costs ``min(krylov_dim, d)`` products; the predicted
+    decrease is read from the small problem (exact in exact arithmetic, the basis is
+    reorthogonalized), so no extra product is needed.
+
+    Args:
+        matvec: ``v -> B v``.
+        grad: ``g`` (nonzero).
+        sigma: regularization weight (positive).
+        norm: the norm ``M``.
+        krylov_dim: most Lanczos vectors.
+
+    Returns:
+        A :class:`CubicStep`.
+    """
+    def transformed(u: TensorList) -> TensorList:
+        return norm.inv_sqrt(tuple(matvec(norm.inv_sqrt(u))))
+
+    lan = lanczos(transformed, norm.inv_sqrt(grad), krylov_dim)
+    y, decrease = solve_cubic_tridiagonal(lan.tridiagonal(), lan.v0_norm, sigma)
+    step = norm.inv_sqrt(lan.combine(y.to(lan.alphas.dtype)))
+    return CubicStep(step, decrease, lan.num_steps)
+
+
+def update_sigma(sigma: float, rho: float, *, eta1: float, eta2: float, gamma: float,
+                 sigma_min: float) -> float:
+    """Cartis et al. 2011 Alg. 2.1 step 4: very successful (``rho >= eta2``) divides
+    ``sigma`` by ``gamma`` (not below ``sigma_min``), successful keeps it, unsuccessful
+    (``rho < eta1``, also a NaN ``rho``) multiplies it by ``gamma``."""
+    if rho >= eta2:
+        return max(sigma / gamma, sigma_min)
+    if rho >= eta1:
+        return sigma
+    return sigma * gamma
+
+
+class AdaptiveCubic(SecondOrderOptimizer):
+    """Adaptive cubic regularization (Cartis, Gould & Toint 2011) with adaptive norms.
+
+    ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
+    Hessian on ``hessian_closure``'s batch, or the GGN from ``ggn_closure``; see
+    :mod:`secondorder.optim.curvature_source`), updates the norm with the gradient,
+    minimizes the cubic model in a Lanczos subspace (:func:`solve_cubic_subproblem`),
+    evaluates the closure at ``w + s`` and keeps the step iff ``rho >= eta1``; ``sigma`` is
+    updated by :func:`update_sigma`. A rejected step leaves the parameters bit-identical.
+    ``sigma`` and the norm's accumulator live in ``state["global"]``.
+
+    Args:
+        params: parameters or param groups (hyperparameters are global).
+        sigma: initial regularization weight (positive).
+        norm: ``"spherical"``, ``"rmsprop"``, ``"adagrad"``, ``"full_rmsprop"``,
+            ``"full_adagrad"`` or an :class:`~secondorder.optim.norms.AdaptiveNorm`.
+        curvature: ``"hessian"`` or ``"gauss_newton"``.
+        eta1: success threshold, ``0 < eta1 <= eta2 < 1``.
+        eta2: very-success threshold.
+        gamma: ``sigma`` factor > 1.
+        beta: RMSProp decay in (0, 1).
+        epsilon: ``eps > 0`` of seed 001 eqs. 2-3.
+        power: the norm matrix is ``M = A_t^power``.
+        sigma_min: lower bound on ``sigma`` (positive).
+        krylov_dim: Lanczos vectors per step (>= 1).
+        grad_tol: no step when ``||g|| <= grad_tol``.
+
+    Raises:
+        ValueError: if a hyperparameter is out of range or a name is unknown.
+
+    Example:
+        >>> w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> opt = AdaptiveCubic([w], sigma=1e-3, norm="spherical")
+        >>> for _ in range(3):
+        ...     _ = opt.step(lambda: ((w - 1) ** 2).sum())
+        >>> bool((w - 1).abs().max() < 1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        sigma: float = 1.0,
+        norm: str | AdaptiveNorm = "rmsprop",
+        curvature: str = "hessian",
+        eta1: float = 0.1,
+        eta2: float = 0.9,
+        gamma: float = 2.0,
+        beta: float = 0.9,
+        epsilon: float = 1e-8,
+        power: float = 0.5,
+        sigma_min: float = 1e-10,
+        krylov_dim: int = 20,
+        grad_tol: float = 0.0,
+    ):
+        if not sigma > 0:
+            raise ValueError(f"Invalid sigma value: {sigma}; it must be positive")
+        if not 0.0 < eta1 < 1.0:
+            raise ValueError(f"Invalid eta1 value: {eta1}; it must be in (0, 1)")
+        if not eta1 <= eta2 < 1.0:
+            raise ValueError(f"Invalid eta2 value: {eta2}; it must be in [eta1, 1) = [{eta1}, 1)")
+        if not gamma > 1.0:
+            raise ValueError(f"Invalid gamma value: {gamma}; it must be > 1")
+        if not sigma_min > 0:
+            raise ValueError(f"Invalid sigma_min value: {sigma_min}; it must be positive")
+        if not (isinstance(krylov_dim, int) and krylov_dim >= 1):
+            raise ValueError(f"Invalid krylov_dim value: {krylov_dim}; it must be an int >= 1")
+        if not grad_tol >= 0:
+            raise ValueError(f"Invalid grad_tol value: {grad_tol}; it must be >= 0")
+        check_curvature(curvature)
+        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power)
+        defaults = dict(
+            sigma=sigma, norm=self._norm.name, curvature=curvature, eta1=eta1, eta2=eta2,
+            gamma=gamma, beta=beta, epsilon=epsilon, power=power, sigma_min=sigma_min,
+            krylov_dim=krylov_dim, grad_tol=grad_tol,
+        )
+        super().__init__(params, defaults)
+
+    @property
+    def norm(self) -> AdaptiveNorm:
+        """The regularization norm (its accumulator is synchronized with the state)."""
+        self._norm.load_state_dict(self.state["global"].get("norm", {}))
+        return self._norm
+
+    def step(
+        self,
+        closure: Closure,
+        *,
+        hessian_closure: Closure | None = None,
+        ggn_closure: CurvatureClosure | None = None,
+    ) -> Tensor:
+        """One ARC iteration.
+
+        Args:
+            closure: returns the loss on the current batch (no backward).
+            hessian_closure: optional loss closure on a separate batch for the Hessian.
+            ggn_closure: returns the GGN operator (``curvature="gauss_newton"``).
+
+        Returns:
+            The loss at the start of the step.
+
+        Raises:
+            ValueError: if the closures do not fit the curvature.
+            NonFiniteLossError: if the loss or gradient at the current point is not finite.
+        """
+        hp = self.param_groups[0]
+        gstate = self.state["global"]
+        sigma = float(gstate.get("sigma", hp["sigma"]))
+        norm = self.norm
+        model = local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
+                            ggn_closure=ggn_closure)
+        try:
+            loss, grads = model.loss, model.grads
+            gnorm = tl.norm(grads)
+            check = torch.stack([loss.reshape(()).to(gnorm.dtype), gnorm]).tolist()
+            if not all(math.isfinite(x) for x in check):
+                raise NonFiniteLossError(
+                    f"loss {check[0]} or gradient norm {check[1]} at the current point is "
+                    "not finite"
+                )
+            if check[1] <= hp["grad_tol"] or check[1] == 0.0:
+                gstate.update(sigma=sigma, rho=float("nan"), accepted=False, krylov_dim=0)
+                return loss
+            norm.update(grads)
+            gstate["norm"] = norm.state_dict()
+            sub = solve_cubic_subproblem(model.operator.matvec, grads, sigma, norm,
+                                         krylov_dim=hp["krylov_dim"])
+        finally:
+            model.free()
+
+        old = tl.clone(self.params())
+        self.add_to_params(sub.step)
+        new_loss = self.evaluate(closure, grad=False).loss
+        predicted = sub.predicted_decrease.to(new_loss.dtype)
+        rho = (loss - new_loss) / predicted
+        predicted_f, rho_f, new_f = torch.stack([predicted, rho, new_loss]).tolist()
+        success = predicted_f > 0 and math.isfinite(new_f) and rho_f >= hp["eta1"]
+        if not success:
+            self.set_params(old)
+            rho_f = rho_f if math.isfinite(rho_f) and predicted_f > 0 else -math.inf
+        gstate.update(
+            sigma=update_sigma(sigma, rho_f, eta1=hp["eta1"], eta2=hp["eta2"],
+                               gamma=hp["gamma"], sigma_min=hp["sigma_min"]),
+            rho=rho_f, accepted=success, krylov_dim=sub.krylov_dim,
+        )
+        return loss

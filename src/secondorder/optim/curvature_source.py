@@ -1,0 +1,128 @@
+"""Where the trust-region, ARC and Hessian-free optimizers get their local quadratic model.
+
+One step needs the loss and gradient on the closure's batch and a curvature operator ``B``:
+
+- ``curvature="hessian"``: the Hessian of the closure's loss (one graph serves gradient and
+  products), or -- as seed 001 does (Alg. 1 line 3, sub-sampled ``B_t``) -- the Hessian of
+  ``hessian_closure``'s loss, a closure on a separate (usually smaller) batch;
+- ``curvature="gauss_newton"``: the generalized Gauss-Newton matrix (Martens 2010;
+  Schraudolph 2002). The optimizer does not see the model, so ``step`` takes a
+  ``ggn_closure`` returning a :class:`~secondorder.curvature.operators.CurvatureOperator`
+  at the current parameters, e.g. ``lambda: GGNOperator.from_model(model, criterion, x, y)``
+  on the batch of the caller's choice. Any operator with the same contract works (a Fisher,
+  a damped or a block-diagonal approximation).
+
+Every product is counted in the optimizer's ``counters.hvps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.curvature.operators import CurvatureOperator, HessianOperator
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+
+CURVATURES = ("hessian", "gauss_newton")
+CurvatureClosure = Callable[[], CurvatureOperator]
+
+__all__ = ["CURVATURES", "CurvatureClosure", "LocalModel", "check_curvature", "local_model"]
+
+
+def check_curvature(curvature: str) -> str:
+    """Return ``curvature`` or raise ``ValueError`` naming the valid choices."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"Invalid curvature: {curvature!r}; choose one of {CURVATURES}")
+    return curvature
+
+
+@dataclass
+class LocalModel:
+    """Loss, gradient and curvature operator at the current parameters.
+
+    Attributes:
+        loss: the closure's mean loss (detached, 0-dim).
+        grads: its gradient (tuple).
+        samples: samples of the closure's batch (0 when unknown).
+        operator: the curvature operator; ``operator.matvec`` applies ``B``.
+    """
+
+    loss: Tensor
+    grads: tuple[Tensor, ...]
+    samples: int
+    operator: CurvatureOperator
+
+    def free(self) -> None:
+        """Release the graph held by a Hessian operator."""
+        if isinstance(self.operator, HessianOperator):
+            self.operator.free()
+
+
+def check_closures(curvature: str, hessian_closure: Closure | None,
+                   ggn_closure: CurvatureClosure | None) -> None:
+    """Check that the extra closures given to ``step`` fit the curvature.
+
+    Raises:
+        ValueError: ``gauss_newton`` without ``ggn_closure``, or a closure that the chosen
+            curvature does not use.
+    """
+    if curvature == "gauss_newton":
+        if ggn_closure is None:
+            raise ValueError(
+                "curvature='gauss_newton' needs step(closure, ggn_closure=...), a function "
+                "returning the GGN operator at the current parameters, e.g. "
+                "lambda: GGNOperator.from_model(model, criterion, inputs, targets)"
+            )
+        if hessian_closure is not None:
+            raise ValueError(
+                "hessian_closure is only used with curvature='hessian'; with "
+                "curvature='gauss_newton' choose the curvature batch inside ggn_closure"
+            )
+    elif ggn_closure is not None:
+        raise ValueError("ggn_closure is only used with curvature='gauss_newton'")
+
+
+def local_model(
+    optimizer: SecondOrderOptimizer,
+    closure: Closure,
+    curvature: str,
+    *,
+    hessian_closure: Closure | None = None,
+    ggn_closure: CurvatureClosure | None = None,
+) -> LocalModel:
+    """Evaluate loss, gradient and the curvature operator (see the module docstring).
+
+    Args:
+        optimizer: the optimizer (its parameters, counters and :meth:`evaluate`).
+        closure: the loss on the gradient batch (no backward).
+        curvature: ``"hessian"`` or ``"gauss_newton"``.
+        hessian_closure: optional loss closure on the Hessian batch (``"hessian"`` only).
+        ggn_closure: returns the GGN operator (``"gauss_newton"`` only).
+
+    Returns:
+        A :class:`LocalModel`; call its ``free()`` when done.
+
+    Raises:
+        ValueError: if the closures do not fit the curvature, or the operator returned by
+            ``ggn_closure`` is not a :class:`CurvatureOperator` shaped like the parameters.
+    """
+    check_closures(curvature, hessian_closure, ggn_closure)
+    if curvature == "hessian" and hessian_closure is None:
+        ev = optimizer.evaluate(closure, create_graph=True)
+        return LocalModel(ev.loss, ev.grads, ev.samples, ev.hessian)
+    ev = optimizer.evaluate(closure)
+    if curvature == "hessian":
+        hev = optimizer.evaluate(hessian_closure, create_graph=True)
+        return LocalModel(ev.loss, ev.grads, ev.samples, hev.hessian)
+    op = ggn_closure()
+    if not isinstance(op, CurvatureOperator):
+        raise ValueError(
+            f"ggn_closure must return a CurvatureOperator, got {type(op).__name__}"
+        )
+    tl.check_like(op.params, optimizer.params(), "the GGN operator's params")
+    samples = int(getattr(op, "num_samples", 0) or 0)
+    op.on_product = lambda: optimizer.count_hvps(1, samples)
+    return LocalModel(ev.loss, ev.grads, ev.samples, op)

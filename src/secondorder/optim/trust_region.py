@@ -1,0 +1,329 @@
+"""Stochastic trust-region method with adaptive (ellipsoidal) norms, seed 001 Algorithm 1.
+
+Each step builds the local model (seed 001 eq. 7)::
+
+    m_t(s) = L(w_t) + g_t^T s + s^T B_t s / 2   subject to   ||s||_{A_t} <= Delta_t
+
+with ``g_t`` and ``B_t`` (Hessian or generalized Gauss-Newton) on a (sub-sampled) batch and
+``A_t`` the spherical, RMSProp or Adagrad norm of :mod:`secondorder.optim.norms`. The
+subproblem is solved by Steihaug-Toint CG in the ``A_t``-norm with the Cauchy point as a
+floor (seed 001 Assumption 2; Conn, Gould & Toint Thm. 6.3.1): if Steihaug's model decrease
+is below the Cauchy point's, the Cauchy point is taken. The ratio of actual to predicted
+decrease ``rho_t`` (Alg. 1 line 7) is measured on the closure's batch with one more loss
+evaluation at ``w_t + s_t``; the step is kept iff ``rho_t >= eta`` and the radius is
+multiplied by ``gamma`` on success and divided by it otherwise (Alg. 1 line 8).
+
+The functional core (:func:`solve_subproblem`, :func:`cauchy_point`,
+:func:`update_radius`) is independent of the optimizer shell :class:`TrustRegion`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.errors import NonFiniteLossError
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.curvature_source import (
+    CurvatureClosure,
+    check_curvature,
+    local_model,
+)
+from secondorder.optim.krylov import steihaug_cg
+from secondorder.optim.norms import AdaptiveNorm, make_norm
+from secondorder.tensorlist import TensorList
+
+MatVec = Callable[[TensorList], Sequence[Tensor]]
+
+__all__ = [
+    "SubproblemResult",
+    "TrustRegion",
+    "cauchy_point",
+    "model_decrease",
+    "solve_subproblem",
+    "update_radius",
+]
+
+
+@dataclass
+class SubproblemResult:
+    """Approximate solution of the trust-region subproblem.
+
+    Attributes:
+        step: the step ``s``.
+        predicted_decrease: ``m(0) - m(s) = -(g^T s + s^T B s / 2)`` (0-dim tensor).
+        iterations: operator products taken by Steihaug's CG.
+        status: the CG status (:data:`secondorder.optim.krylov.STATUSES`).
+        used_cauchy: 0-dim bool tensor, the Cauchy point beat Steihaug's step.
+    """
+
+    step: TensorList
+    predicted_decrease: Tensor
+    iterations: int
+    status: str
+    used_cauchy: Tensor
+
+
+def model_decrease(grad: Sequence[Tensor], step: Sequence[Tensor], bstep: Sequence[Tensor]):
+    """``m(0) - m(s) = -(g^T s + s^T B s / 2)`` given ``B s`` (0-dim tensor)."""
+    return -(tl.dot(grad, step) + 0.5 * tl.dot(step, bstep))
+
+
+def cauchy_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
+                 norm: AdaptiveNorm) -> tuple[TensorList, Tensor]:
+    """The Cauchy point in the ``M``-norm and its model decrease.
+
+    Minimizes the model along the ``M``-steepest-descent direction ``d = -M^{-1} g`` within
+    ``||s||_M <= radius`` (Conn, Gould & Toint Sec. 6.3; Nocedal & Wright eq. 4.12 for
+    ``M = I``): with ``nu^2 = g^T M^{-1} g = ||d||_M^2`` and ``kappa = d^T B d``, the step is
+    ``alpha d`` with ``alpha = min(nu^2 / kappa, radius / nu)`` if ``kappa > 0``, else
+    ``radius / nu``. Costs one product. A zero gradient gives the zero step.
+
+    Args:
+        matvec: ``v -> B v``.
+        grad: ``g``.
+        radius: the trust-region radius.
+        norm: the norm defining ``M``.
+
+    Returns:
+        ``(step, predicted_decrease)``.
+    """
+    minv_g = norm.solve(grad)
+    d = tl.neg(minv_g)
+    nu2 = tl.dot(grad, minv_g)
+    kappa = tl.dot(d, tuple(matvec(d)))
+    nu = torch.sqrt(nu2)
+    positive = nu2 > 0
+    alpha_b = radius / torch.where(positive, nu, torch.ones_like(nu))
+    alpha = torch.where(kappa > 0, torch.minimum(nu2 / kappa, alpha_b), alpha_b)
+    alpha = torch.where(positive, alpha, torch.zeros_like(alpha))
+    decrease = alpha * nu2 - 0.5 * alpha * alpha * kappa
+    return tl.scale(d, alpha), decrease
+
+
+def solve_subproblem(
+    matvec: MatVec,
+    grad: Sequence[Tensor],
+    radius: float,
+    norm: AdaptiveNorm,
+    *,
+    rtol: float = 1e-4,
+    max_iter: int | None = None,
+    cauchy_floor: bool = True,
+) -> SubproblemResult:
+    """Approximately solve ``min g^T s + s^T B s / 2`` s.t. ``||s||_M <= radius``.
+
+    Diagonal norms go straight to :func:`~secondorder.optim.krylov.steihaug_cg` with
+    ``metric=diag(M)``; a full-matrix norm is handled by the change of variables
+    ``s = M^{-1/2} u``, which turns the region into a Euclidean ball (Conn, Gould & Toint
+    Sec. 7.7): Steihaug's CG runs on ``M^{-1/2} B M^{-1/2}`` and ``M^{-1/2} g``. With
+    ``cauchy_floor`` the Cauchy point (:func:`cauchy_point`) replaces the CG step when it
+    decreases the model more (seed 001 Assumption 2); that costs two extra products (``B d``
+    and ``B s``), without it one (``B s``, for the predicted decrease).
+
+    Args:
+        matvec: ``v -> B v``.
+        grad: ``g``.
+        radius: the trust-region radius (positive).
+        norm: the trust-region norm.
+        rtol: Steihaug's relative residual tolerance.
+        max_iter: most CG products (default: the dimension).
+        cauchy_floor: compare with the Cauchy point.
+
+    Returns:
+        A :class:`SubproblemResult`.
+    """
+    grad = tuple(grad)
+    if norm.is_diagonal:
+        res = steihaug_cg(matvec, grad, radius, metric=norm.metric(), rtol=rtol,
+                          max_iter=max_iter)
+        step = res.solution
+    else:
+        def transformed(u: TensorList) -> TensorList:
+            return norm.inv_sqrt(tuple(matvec(norm.inv_sqrt(u))))
+
+        res = steihaug_cg(transformed, norm.inv_sqrt(grad), radius, rtol=rtol,
+                          max_iter=max_iter)
+        step = norm.inv_sqrt(res.solution)
+    decrease = model_decrease(grad, step, tuple(matvec(step)))
+    used = torch.zeros((), dtype=torch.bool, device=decrease.device)
+    if cauchy_floor:
+        cstep, cdecrease = cauchy_point(matvec, grad, radius, norm)
+        used = cdecrease > decrease
+        step = tuple(torch.where(used, c, s) for c, s in zip(cstep, step, strict=True))
+        decrease = torch.where(used, cdecrease, decrease)
+    return SubproblemResult(step, decrease, res.iterations, res.status, used)
+
+
+def update_radius(radius: float, success: bool, *, gamma: float, max_radius: float) -> float:
+    """Seed 001 Alg. 1 line 8: ``gamma * radius`` on success (capped), ``radius / gamma``
+    otherwise."""
+    return min(gamma * radius, max_radius) if success else radius / gamma
+
+
+class TrustRegion(SecondOrderOptimizer):
+    """Stochastic (ellipsoidal) trust-region Newton method, seed 001 Algorithm 1.
+
+    ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
+    Hessian on ``hessian_closure``'s batch, as seed 001 sub-samples ``B_t``), updates the
+    norm ``A_t`` with the gradient (Alg. 1 line 5), solves the subproblem (eq. 7) with
+    :func:`solve_subproblem`, evaluates the closure once more at ``w + s`` and accepts the
+    step iff ``rho >= eta``. A rejected step leaves the parameters bit-identical (they are
+    restored from a copy). The radius, the norm's accumulator and the last ``rho`` live in
+    ``state["global"]``.
+
+    Curvature ``"gauss_newton"``: pass ``ggn_closure`` to ``step``, returning the GGN
+    operator at the current parameters (see :mod:`secondorder.optim.curvature_source`).
+
+    Args:
+        params: parameters or param groups (the hyperparameters are global: the first
+            group's are used).
+        radius: initial radius ``Delta_0 > 0`` (in the ``A_t``-norm).
+        norm: ``"spherical"``, ``"rmsprop"`` (seed 001 eq. 3), ``"adagrad"`` (eq. 2),
+            ``"full_rmsprop"``, ``"full_adagrad"`` (dense ``d x d``, small models), or an
+            :class:`~secondorder.optim.norms.AdaptiveNorm` instance.
+        curvature: ``"hessian"`` or ``"gauss_newton"``.
+        eta: acceptance threshold in (0, 1) (seed 001 Alg. 1; default as Kohler et al.).
+        gamma: radius factor > 1.
+        beta: RMSProp decay in (0, 1).
+        epsilon: ``eps > 0`` of eqs. 2-3.
+        power: the norm matrix is ``M = A_t^power`` (0.5: seed 001 Corollary 1).
+        max_radius: cap on the radius (>= ``radius``).
+        cg_max_iter: most products per Steihaug solve (>= 1).
+        cg_rtol: Steihaug's relative residual tolerance (>= 0).
+        grad_tol: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= grad_tol`` (no step).
+        cauchy_floor: take the Cauchy point when it beats Steihaug's step.
+
+    Raises:
+        ValueError: if a hyperparameter is out of range or a name is unknown.
+
+    Example:
+        >>> w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> opt = TrustRegion([w], radius=10.0, norm="spherical")
+        >>> for _ in range(3):
+        ...     _ = opt.step(lambda: ((w - 1) ** 2).sum())
+        >>> w.detach()
+        tensor([1., 1.], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        radius: float = 1.0,
+        norm: str | AdaptiveNorm = "rmsprop",
+        curvature: str = "hessian",
+        eta: float = 0.1,
+        gamma: float = 2.0,
+        beta: float = 0.9,
+        epsilon: float = 1e-8,
+        power: float = 0.5,
+        max_radius: float = 1e4,
+        cg_max_iter: int = 250,
+        cg_rtol: float = 1e-4,
+        grad_tol: float = 0.0,
+        cauchy_floor: bool = True,
+    ):
+        if not radius > 0:
+            raise ValueError(f"Invalid radius value: {radius}; it must be positive")
+        if not 0.0 < eta < 1.0:
+            raise ValueError(f"Invalid eta value: {eta}; it must be in (0, 1)")
+        if not gamma > 1.0:
+            raise ValueError(f"Invalid gamma value: {gamma}; it must be > 1")
+        if not max_radius >= radius:
+            raise ValueError(
+                f"Invalid max_radius value: {max_radius}; it must be >= radius ({radius})"
+            )
+        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
+            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
+        if not cg_rtol >= 0:
+            raise ValueError(f"Invalid cg_rtol value: {cg_rtol}; it must be >= 0")
+        if not grad_tol >= 0:
+            raise ValueError(f"Invalid grad_tol value: {grad_tol}; it must be >= 0")
+        check_curvature(curvature)
+        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power)
+        defaults = dict(
+            radius=radius, norm=self._norm.name, curvature=curvature, eta=eta, gamma=gamma,
+            beta=beta, epsilon=epsilon, power=power, max_radius=max_radius,
+            cg_max_iter=cg_max_iter, cg_rtol=cg_rtol, grad_tol=grad_tol,
+            cauchy_floor=cauchy_floor,
+        )
+        super().__init__(params, defaults)
+
+    @property
+    def norm(self) -> AdaptiveNorm:
+        """The trust-region norm (its accumulator is synchronized with the state)."""
+        self._norm.load_state_dict(self.state["global"].get("norm", {}))
+        return self._norm
+
+    def step(
+        self,
+        closure: Closure,
+        *,
+        hessian_closure: Closure | None = None,
+        ggn_closure: CurvatureClosure | None = None,
+    ) -> Tensor:
+        """One iteration of seed 001 Algorithm 1.
+
+        Args:
+            closure: returns the loss on the current batch (no backward).
+            hessian_closure: optional loss closure on a separate batch for the Hessian.
+            ggn_closure: returns the GGN operator (``curvature="gauss_newton"``).
+
+        Returns:
+            The loss at the start of the step (on the closure's batch).
+
+        Raises:
+            ValueError: if the closures do not fit the curvature.
+            NonFiniteLossError: if the loss or gradient at the current point is not finite.
+        """
+        hp = self.param_groups[0]
+        gstate = self.state["global"]
+        radius = float(gstate.get("radius", hp["radius"]))
+        norm = self.norm
+        model = local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
+                            ggn_closure=ggn_closure)
+        try:
+            loss, grads = model.loss, model.grads
+            gnorm = tl.norm(grads)
+            check = torch.stack([loss.reshape(()).to(gnorm.dtype), gnorm]).tolist()
+            if not all(map(_finite, check)):
+                raise NonFiniteLossError(
+                    f"loss {check[0]} or gradient norm {check[1]} at the current point is "
+                    "not finite"
+                )
+            if check[1] <= hp["grad_tol"]:
+                gstate.update(radius=radius, rho=float("nan"), accepted=False, cg_iterations=0)
+                return loss
+            norm.update(grads)
+            gstate["norm"] = norm.state_dict()
+            sub = solve_subproblem(
+                model.operator.matvec, grads, radius, norm, rtol=hp["cg_rtol"],
+                max_iter=hp["cg_max_iter"], cauchy_floor=hp["cauchy_floor"],
+            )
+        finally:
+            model.free()
+
+        old = tl.clone(self.params())
+        self.add_to_params(sub.step)
+        new_loss = self.evaluate(closure, grad=False).loss
+        predicted, actual = sub.predicted_decrease, loss - new_loss
+        rho = actual / predicted
+        stats = torch.stack([predicted, rho.to(predicted.dtype), new_loss.to(predicted.dtype)])
+        predicted_f, rho_f, new_f = stats.tolist()
+        success = predicted_f > 0 and _finite(new_f) and rho_f >= hp["eta"]
+        if not success:
+            self.set_params(old)
+        gstate.update(
+            radius=update_radius(radius, success, gamma=hp["gamma"], max_radius=hp["max_radius"]),
+            rho=rho_f, accepted=success, cg_iterations=sub.iterations, cg_status=sub.status,
+        )
+        return loss
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
