@@ -34,21 +34,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.optim import line_search as ls
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.quasi_newton import CURVATURE_RULES, LBFGSMemory, LineObjective
+from secondorder.optim.quasi_newton import (
+    CURVATURE_RULES,
+    LBFGSMemory,
+    LineObjective,
+    is_finite,
+    max_abs,
+    start_evaluation,
+    versions,
+)
 
 __all__ = ["LBFGS", "LINE_SEARCHES"]
 
 LINE_SEARCHES = ("strong_wolfe", "armijo", None)
-
-
-def _max_abs(v: tuple[Tensor, ...]) -> float:
-    return float(torch.stack([x.abs().max() for x in v]).max()) if v else 0.0
 
 
 class LBFGS(SecondOrderOptimizer):
@@ -151,22 +154,6 @@ class LBFGS(SecondOrderOptimizer):
         st.setdefault("n_iter", 0)
         return st
 
-    def _versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.params())
-
-    def _start(self, closure: Closure, st: dict[str, Any], full_batch: bool):
-        cache = st.pop("cache", None)
-        if full_batch and cache is not None and cache[2] == self._versions():
-            return cache[0], cache[1]
-        ev = self.evaluate(closure)
-        return ev.loss, ev.grads
-
-    def _finite(self, loss: Tensor, grad: tuple[Tensor, ...] | None) -> bool:
-        ok = torch.isfinite(loss)
-        if grad is not None:
-            ok = ok & tl.all_finite(grad)
-        return bool(ok)
-
     # ------------------------------------------------------------------ step
     def step(self, closure: Closure, overlap_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations on ``closure``.
@@ -183,9 +170,9 @@ class LBFGS(SecondOrderOptimizer):
         st = self._global()
         mem = LBFGSMemory(st, grp["history_size"], grp["curvature_eps"], grp["curvature_rule"])
         full_batch = grp["full_batch"]
-        loss, g = self._start(closure, st, full_batch)
+        loss, g = start_evaluation(self, closure, st, full_batch)
         orig_loss = loss
-        if not self._finite(loss, g):
+        if not is_finite(loss, g):
             if "x_good" not in st:
                 return orig_loss
             self.set_params(st["x_good"])
@@ -193,7 +180,7 @@ class LBFGS(SecondOrderOptimizer):
             st["step_scale"] *= 0.5
             ev = self.evaluate(closure)
             loss, g = ev.loss, ev.grads
-            if not self._finite(loss, g):
+            if not is_finite(loss, g):
                 return orig_loss
         pending = st.pop("pending", None)
         if pending is not None:
@@ -204,7 +191,7 @@ class LBFGS(SecondOrderOptimizer):
         search = grp["line_search"]
         at_current = True  # (loss, g) are at the current parameters
         for it in range(grp["max_iter"]):
-            if _max_abs(g) <= grp["tolerance_grad"]:
+            if max_abs(g) <= grp["tolerance_grad"]:
                 break
             x0 = tl.clone(self.params())
             st["x_good"] = x0
@@ -262,7 +249,7 @@ class LBFGS(SecondOrderOptimizer):
                 st["fresh"] = False
                 at_current = False
                 break
-            if not self._finite(new_loss, new_g):
+            if not is_finite(new_loss, new_g):
                 self.set_params(x0)
                 self._reset(st, mem)
                 st["step_scale"] *= 0.5
@@ -273,10 +260,10 @@ class LBFGS(SecondOrderOptimizer):
             st["fresh"] = False
             prev_loss = loss
             loss, g = new_loss, new_g
-            if _max_abs(s) <= tol_change or abs(float(loss - prev_loss)) < tol_change:
+            if max_abs(s) <= tol_change or abs(float(loss - prev_loss)) < tol_change:
                 break
         if full_batch and at_current:
-            st["cache"] = (loss, g, self._versions())
+            st["cache"] = (loss, g, versions(self.params()))
         return orig_loss
 
     def _reset(self, st: dict[str, Any], mem: LBFGSMemory) -> None:

@@ -23,7 +23,16 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 
-__all__ = ["CURVATURE_RULES", "LBFGSMemory", "LineObjective", "two_loop"]
+__all__ = [
+    "CURVATURE_RULES",
+    "LBFGSMemory",
+    "LineObjective",
+    "is_finite",
+    "max_abs",
+    "start_evaluation",
+    "two_loop",
+    "versions",
+]
 
 CURVATURE_RULES = ("skip", "powell")
 
@@ -178,3 +187,37 @@ class LineObjective:
         self.evaluations += 1
         ev = self.opt.evaluate(self.closure, grad=need_grad)
         return ev.loss, ev.grads
+
+
+def versions(params: Sequence[Tensor]) -> tuple[int, ...]:
+    """In-place version counters of ``params`` (they change whenever a tensor is written)."""
+    return tuple(p._version for p in params)
+
+
+def start_evaluation(
+    optimizer: Any, closure: Callable[[], Tensor], store: dict[str, Any], reuse: bool
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Loss and gradient at the current point: the cached pair or a fresh evaluation.
+
+    With ``reuse`` (full-batch mode) the ``store["cache"] = (loss, grad, versions)`` left by
+    the previous step is used when the parameters have not been written since; otherwise the
+    closure is evaluated. The cache is consumed either way.
+    """
+    cache = store.pop("cache", None)
+    if reuse and cache is not None and cache[2] == versions(optimizer.params()):
+        return cache[0], cache[1]
+    ev = optimizer.evaluate(closure)
+    return ev.loss, ev.grads
+
+
+def is_finite(loss: Tensor, grad: Sequence[Tensor] | None) -> bool:
+    """Whether the loss and the gradient are finite (one host sync)."""
+    ok = torch.isfinite(loss)
+    if grad is not None:
+        ok = ok & tl.all_finite(grad)
+    return bool(ok)
+
+
+def max_abs(v: Sequence[Tensor]) -> float:
+    """``max_i |v_i|`` as a float (one host sync)."""
+    return float(torch.stack([x.abs().max() for x in v]).max()) if len(v) else 0.0

@@ -1,0 +1,245 @@
+"""Truncated Newton (Newton-CG) with Hessian-vector products and optional Hessian sub-sampling.
+
+Each step solves ``H p = -g`` approximately by CG (:func:`secondorder.optim.krylov.truncated_cg`)
+with exact Hessian-vector products (Pearlmutter, through the closure's own gradient graph:
+:attr:`~secondorder.optim.base.Evaluation.hessian`), then moves ``x + t p`` (seed 003 eq. 1;
+Nocedal & Wright Alg. 7.1). ``t`` comes from a line search, or is the fixed ``lr`` with
+``line_search=None`` (seed 003's "Newton (noLS)": ``x_{k+1} = x_k - lr H^{-1} g``).
+
+* **Forcing**: CG stops when ``|r| <= eta_k |g_k|``. ``"eisenstat_walker"`` is
+  Eisenstat & Walker (1996) choice 2, ``eta_k = 0.9 (|g_k| / |g_{k-1}|)^2`` safeguarded by
+  ``0.9 eta_{k-1}^2`` when that exceeds 0.1, capped at 0.5 (superlinear near a minimizer); a
+  float is a constant ``eta``.
+* **Negative curvature**: CG stops and returns its last iterate, or a steepest-descent step
+  when it meets ``p^T H p <= 0`` at the first iteration (the contract of ``truncated_cg``).
+* **Hessian sub-sampling** (Xu, Roosta & Mahoney): with ``hessian_fraction`` the closure must
+  return per-sample losses; one forward serves both the full gradient and the Hessian of a
+  random ``hessian_fraction`` of the samples (counted as one loss evaluation, one gradient on
+  all samples, one on the subset, and HVPs on the subset). Or pass
+  ``step(closure, hessian_closure)`` to take the Hessian on a separate sub-batch (one more
+  forward, counted).
+
+The graph is freed before ``step`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.curvature.operators import HessianOperator
+from secondorder.optim import krylov
+from secondorder.optim import line_search as ls
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.quasi_newton import LineObjective, is_finite, max_abs
+
+__all__ = ["NewtonCG", "eisenstat_walker"]
+
+NEWTON_LINE_SEARCHES = ("armijo", "strong_wolfe", None)
+
+
+def eisenstat_walker(
+    grad_norm: float, prev_grad_norm: float | None, prev_eta: float | None, eta_max: float = 0.5
+) -> float:
+    """Eisenstat-Walker forcing term, choice 2 (gamma = 0.9, alpha = 2), with safeguard.
+
+    Args:
+        grad_norm: ``|g_k|``.
+        prev_grad_norm: ``|g_{k-1}|`` (None at the first iteration).
+        prev_eta: ``eta_{k-1}`` (None at the first iteration).
+        eta_max: upper bound (also the first value).
+
+    Returns:
+        ``eta_k`` in ``(0, eta_max]``.
+    """
+    if prev_grad_norm is None or prev_eta is None or prev_grad_norm == 0:
+        return eta_max
+    eta = 0.9 * (grad_norm / prev_grad_norm) ** 2
+    safeguard = 0.9 * prev_eta**2
+    if safeguard > 0.1:
+        eta = max(eta, safeguard)
+    return float(min(max(eta, 1e-12), eta_max))
+
+
+class NewtonCG(SecondOrderOptimizer):
+    """Truncated Newton with CG on exact (or sub-sampled) Hessian products (see module doc).
+
+    Hyperparameters are global (read from the first param group).
+
+    Args:
+        params: parameters or param groups.
+        lr: initial step of the line search, or the fixed step with ``line_search=None``.
+        line_search: ``"armijo"`` (backtracking on loss values only), ``"strong_wolfe"`` or
+            ``None``.
+        cg_max_iter: CG iterations per step (``None``: number of parameters, capped at 250).
+        forcing: ``"eisenstat_walker"`` or a constant relative CG tolerance in ``(0, 1)``.
+        hessian_fraction: fraction in ``(0, 1]`` of the closure's per-sample losses whose
+            Hessian is used (``None``: all samples).
+        tolerance_grad: no step when ``max |g| <= tolerance_grad``.
+        c1: sufficient-decrease constant.
+        c2: curvature constant for ``"strong_wolfe"``.
+        max_ls_evals: closure calls allowed per line search.
+        generator: random generator for the Hessian sub-sample.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1.0,
+        line_search: str | None = "armijo",
+        cg_max_iter: int | None = None,
+        forcing: str | float = "eisenstat_walker",
+        hessian_fraction: float | None = None,
+        tolerance_grad: float = 1e-7,
+        c1: float = 1e-4,
+        c2: float = 0.9,
+        max_ls_evals: int = 30,
+        generator: torch.Generator | None = None,
+    ):
+        if not lr > 0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if line_search not in NEWTON_LINE_SEARCHES:
+            raise ValueError(
+                f"Invalid line_search: {line_search!r} (choose from {NEWTON_LINE_SEARCHES})"
+            )
+        if cg_max_iter is not None and not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
+            raise ValueError(f"Invalid cg_max_iter: {cg_max_iter} (need None or an int >= 1)")
+        if isinstance(forcing, str):
+            if forcing != "eisenstat_walker":
+                raise ValueError(
+                    f"Invalid forcing: {forcing!r} (use 'eisenstat_walker' or a float)"
+                )
+        elif not 0 < forcing < 1:
+            raise ValueError(f"Invalid forcing: {forcing} (need 0 < forcing < 1)")
+        if hessian_fraction is not None and not 0 < hessian_fraction <= 1:
+            raise ValueError(f"Invalid hessian_fraction: {hessian_fraction} (need 0 < f <= 1)")
+        if not tolerance_grad >= 0:
+            raise ValueError(f"Invalid tolerance_grad: {tolerance_grad}")
+        if not 0 < c1 < 1:
+            raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
+        if not c1 < c2 < 1:
+            raise ValueError(f"Invalid c2: {c2} (need c1 < c2 < 1)")
+        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
+            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}")
+        defaults = dict(
+            lr=lr,
+            line_search=line_search,
+            cg_max_iter=cg_max_iter,
+            forcing=forcing,
+            hessian_fraction=hessian_fraction,
+            tolerance_grad=tolerance_grad,
+            c1=c1,
+            c2=c2,
+            max_ls_evals=max_ls_evals,
+        )
+        super().__init__(params, defaults)
+        self.generator = generator
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate_with_hessian(self, closure: Closure, hessian_closure: Closure | None, frac):
+        if hessian_closure is not None:
+            ev = self.evaluate(closure)
+            hev = self.evaluate(hessian_closure, create_graph=True)
+            return ev.loss, ev.grads, hev.hessian
+        if frac is None:
+            ev = self.evaluate(closure, create_graph=True)
+            return ev.loss, ev.grads, ev.hessian
+        with torch.enable_grad():
+            out = closure()
+        if not (isinstance(out, Tensor) and out.dim() == 1):
+            raise ValueError(
+                "hessian_fraction needs a closure that returns per-sample losses (a 1-D tensor, "
+                f"e.g. reduction='none'); got {type(out).__name__} of shape "
+                f"{tuple(getattr(out, 'shape', ()))}"
+            )
+        n = out.numel()
+        k = max(1, int(round(frac * n)))
+        idx = torch.randperm(n, generator=self.generator)[:k].to(out.device)
+        params = self.params()
+        with torch.enable_grad():
+            loss, sub_loss = out.mean(), out[idx].mean()
+            g_sub = torch.autograd.grad(sub_loss, params, create_graph=True, allow_unused=True)
+            # retain the forward: the Hessian products still run through it
+            g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        g = tuple(
+            torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g, strict=True)
+        )
+        hess = HessianOperator.from_gradient(params, g_sub, sub_loss)
+        hess.on_product = lambda: self.count_hvps(1, k)
+        c = self.counters  # one forward (n samples), gradients on n and on k samples
+        c.loss_evals += 1
+        c.loss_samples += n
+        c.gradients += 2
+        c.gradient_samples += n + k
+        return loss.detach(), g, hess
+
+    # ------------------------------------------------------------------ step
+    def step(self, closure: Closure, hessian_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        """One truncated Newton step.
+
+        Args:
+            closure: returns the loss (per-sample losses with ``hessian_fraction``) without
+                calling backward.
+            hessian_closure: optional closure over a sub-batch whose Hessian is used.
+
+        Returns:
+            The loss at the start of the step.
+
+        Raises:
+            ValueError: with ``hessian_fraction``, if the closure does not return per-sample
+                losses.
+        """
+        grp = self.param_groups[0]
+        st = self.state["global"]
+        frac = grp["hessian_fraction"]
+        loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
+        try:
+            if not is_finite(loss, g):
+                if "x_good" in st:
+                    self.set_params(st["x_good"])
+                return loss
+            if max_abs(g) <= grp["tolerance_grad"]:
+                return loss
+            gnorm = float(tl.norm(g))
+            if grp["forcing"] == "eisenstat_walker":
+                eta = eisenstat_walker(gnorm, st.get("gnorm"), st.get("eta"))
+            else:
+                eta = float(grp["forcing"])
+            n = sum(p.numel() for p in self.params())
+            max_iter = grp["cg_max_iter"] or min(n, 250)
+            res = krylov.truncated_cg(hess.matvec, tl.neg(g), rtol=eta, max_iter=max_iter)
+        finally:
+            if hess is not None:
+                hess.free()
+        p = tuple(res.solution)
+        gtd = tl.dot(g, p)
+        if not bool(torch.isfinite(gtd) & (gtd < 0)):  # safeguard: steepest descent
+            p = tl.neg(g)
+            gtd = -tl.dot(g, g)
+        st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
+        x0 = tl.clone(self.params())
+        st["x_good"] = x0
+        search = grp["line_search"]
+        phi = LineObjective(self, closure, x0, p)
+        if search == "armijo":
+            res_ls = ls.backtracking(
+                lambda t: phi(t, need_grad=False), loss, gtd, step=grp["lr"], c1=grp["c1"],
+                max_evals=grp["max_ls_evals"],
+            )
+            t, new_loss = float(res_ls.step), res_ls.loss
+        elif search == "strong_wolfe":
+            res_ls = ls.strong_wolfe(
+                phi, p, loss, g, step=grp["lr"], c1=grp["c1"], c2=grp["c2"],
+                max_evals=grp["max_ls_evals"],
+            )
+            t, new_loss = float(res_ls.step), res_ls.loss
+        else:
+            t, new_loss = grp["lr"], None
+        phi.move(t)
+        if new_loss is not None and not bool(torch.isfinite(new_loss)):
+            self.set_params(x0)
+        return loss
