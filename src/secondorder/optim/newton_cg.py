@@ -227,7 +227,7 @@ class NewtonCG(SecondOrderOptimizer):
         phi = LineObjective(self, closure, x0, p)
         if search == "armijo":
             res_ls = ls.backtracking(
-                lambda t: phi(t, need_grad=False), loss, gtd, step=grp["lr"], c1=grp["c1"],
+                phi, loss, gtd, step=grp["lr"], c1=grp["c1"],
                 max_evals=grp["max_ls_evals"],
             )
             t, new_loss = float(res_ls.step), res_ls.loss

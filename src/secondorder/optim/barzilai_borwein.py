@@ -1,0 +1,235 @@
+"""Barzilai-Borwein step sizes: seed 000's SGD-BB (Alg. 3) and deterministic BB1/BB2.
+
+BB approximates the Hessian by ``eta^{-1} I`` with ``eta`` solving
+``min_eta |eta^{-1} s - y|^2`` (seed 000 sec. 2.2; Barzilai & Borwein 1988), ``s`` and ``y``
+the last step and gradient change.
+
+``mode="sgd_bb"`` is seed 000 Alg. 3 (SGD-BB, Tan et al. 2016): plain SGD steps
+``x <- x - eta_k g_B`` inside epoch ``k``, while an exponentially weighted gradient
+``g_{k,t+1} = (1 - beta) g_{k,t} + beta g_B`` (``g_{k,0} = 0``) is accumulated. At the start
+of epoch ``k >= 2`` the step is set from the two previous epochs' end points,
+``s = x_{k-1,T} - x_{k-2,T}``, ``y = g_{k-1,T} - g_{k-2,T}``:
+``eta_k = |s|^2 / (T |s^T y|)``, kept if it lies in ``[tau_min, tau_max] / (k + 1)``, else
+``tau_0 / (k + 1)``. Epochs 0 and 1 use ``lr``. (The seed prints ``s <- x_{k-1,T} / T -
+x_{k-2,T}``; the ``1/T`` belongs to the step, as in Tan et al.'s SGD-BB, which is what is
+implemented.) The epoch boundary is given by ``epoch_length`` (``T``, steps per epoch): the
+optimizer counts its steps.
+
+``mode="bb1"`` / ``"bb2"`` are deterministic full-batch gradient methods with
+``alpha = s^T s / s^T y`` (BB1) or ``s^T y / y^T y`` (BB2), globalized by the nonmonotone
+line search of Grippo, Lampariello & Lucidi against the largest of the last ``memory``
+losses (Raydan 1997), from :func:`secondorder.optim.line_search.nonmonotone_backtracking`.
+The closure must compute the same function at every call: the line search's loss and
+gradient are reused by the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.optim import line_search as ls
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.quasi_newton import LineObjective, is_finite, start_evaluation, versions
+
+__all__ = ["BB_MODES", "BarzilaiBorwein", "bb_step", "sgd_bb_step_size"]
+
+BB_MODES = ("sgd_bb", "bb1", "bb2")
+
+
+def sgd_bb_step_size(
+    s: tuple[Tensor, ...],
+    y: tuple[Tensor, ...],
+    epoch: int,
+    epoch_length: int,
+    tau_0: float,
+    tau_min: float,
+    tau_max: float,
+) -> float:
+    """Seed 000 Alg. 3's step for epoch ``k = epoch``: ``|s|^2 / (T |s^T y|)``, bounded.
+
+    Returns:
+        ``eta_k`` if it lies in ``[tau_min/(k+1), tau_max/(k+1)]``, else ``tau_0/(k+1)``.
+    """
+    eta = float(tl.dot(s, s) / (epoch_length * tl.dot(s, y).abs()))
+    lo, hi = tau_min / (epoch + 1), tau_max / (epoch + 1)
+    if eta == eta and lo <= eta <= hi:  # (eta == eta: not NaN)
+        return eta
+    return tau_0 / (epoch + 1)
+
+
+def bb_step(s: tuple[Tensor, ...], y: tuple[Tensor, ...], mode: str) -> Tensor:
+    """The BB1 (``s^T s / s^T y``) or BB2 (``s^T y / y^T y``) step, a 0-dim tensor."""
+    sy = tl.dot(s, y)
+    if mode == "bb1":
+        return tl.dot(s, s) / sy
+    return sy / tl.dot(y, y)
+
+
+class BarzilaiBorwein(SecondOrderOptimizer):
+    """Barzilai-Borwein step sizes (see module doc). Hyperparameters are global.
+
+    Args:
+        params: parameters or param groups.
+        lr: the step of epochs 0 and 1 (``"sgd_bb"``) or of the first iteration (BB1/BB2).
+        mode: ``"sgd_bb"`` (seed 000 Alg. 3), ``"bb1"`` or ``"bb2"``.
+        epoch_length: steps per epoch ``T`` (required for ``"sgd_bb"``).
+        beta: gradient weighting ``beta`` in ``(0, 1]`` of Alg. 3.
+        tau_0: fallback step scale of Alg. 3 (``None``: ``lr``).
+        tau_min: lower bound scale of Alg. 3.
+        tau_max: upper bound scale of Alg. 3.
+        memory: losses remembered by the nonmonotone line search (BB1/BB2; 1 is monotone).
+        c1: sufficient-decrease constant of that line search.
+        step_bounds: BB1/BB2 steps are clipped to this interval; a step from
+            ``s^T y <= 0`` is replaced by the upper bound.
+        max_ls_evals: closure calls allowed per line search.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.01,
+        mode: str = "sgd_bb",
+        epoch_length: int | None = None,
+        beta: float = 0.1,
+        tau_0: float | None = None,
+        tau_min: float = 1e-6,
+        tau_max: float = 10.0,
+        memory: int = 10,
+        c1: float = 1e-4,
+        step_bounds: tuple[float, float] = (1e-10, 1e10),
+        max_ls_evals: int = 30,
+    ):
+        if not lr > 0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if mode not in BB_MODES:
+            raise ValueError(f"Invalid mode: {mode!r} (choose from {BB_MODES})")
+        if mode == "sgd_bb" and not (isinstance(epoch_length, int) and epoch_length >= 1):
+            raise ValueError(
+                f"Invalid epoch_length: {epoch_length} (mode 'sgd_bb' needs the number of "
+                "steps per epoch, an int >= 1)"
+            )
+        if not 0 < beta <= 1:
+            raise ValueError(f"Invalid beta: {beta} (need 0 < beta <= 1)")
+        tau_0 = lr if tau_0 is None else tau_0
+        if not tau_0 > 0:
+            raise ValueError(f"Invalid tau_0: {tau_0}")
+        if not 0 <= tau_min <= tau_max:
+            raise ValueError(
+                f"Invalid tau_min/tau_max: {tau_min}, {tau_max} (need 0 <= min <= max)"
+            )
+        if not (isinstance(memory, int) and memory >= 1):
+            raise ValueError(f"Invalid memory: {memory} (need an int >= 1)")
+        if not 0 < c1 < 1:
+            raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
+        if not 0 < step_bounds[0] < step_bounds[1]:
+            raise ValueError(f"Invalid step_bounds: {step_bounds} (need 0 < low < high)")
+        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
+            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}")
+        defaults = dict(
+            lr=lr, mode=mode, epoch_length=epoch_length, beta=beta, tau_0=tau_0,
+            tau_min=tau_min, tau_max=tau_max, memory=memory, c1=c1,
+            step_bounds=tuple(step_bounds), max_ls_evals=max_ls_evals,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    @property
+    def step_size(self) -> float:
+        """The step in use: ``eta_k`` of the current epoch (SGD-BB) or the last BB step."""
+        st = self.state["global"]
+        return float(st.get("eta", self.param_groups[0]["lr"]))
+
+    def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
+        """One SGD-BB step (mini-batch) or one BB1/BB2 iteration (full batch).
+
+        Args:
+            closure: returns the loss (or per-sample losses) without calling backward.
+
+        Returns:
+            The loss at the start of the step.
+        """
+        grp = self.param_groups[0]
+        if grp["mode"] == "sgd_bb":
+            return self._sgd_bb(closure, grp)
+        return self._bb(closure, grp)
+
+    # ------------------------------------------------------------------ seed 000 Alg. 3
+    def _sgd_bb(self, closure: Closure, grp: dict[str, Any]) -> Tensor:
+        st = self.state["global"]
+        st.setdefault("epoch", 0)
+        st.setdefault("t", 0)
+        st.setdefault("eta", grp["lr"])
+        ev = self.evaluate(closure)
+        if not ev.is_finite():  # a non-finite batch gradient is skipped, not applied
+            return ev.loss
+        self.add_to_params(ev.grads, -st["eta"])
+        beta = grp["beta"]
+        g_avg = st.get("g_avg")
+        st["g_avg"] = tl.scale(ev.grads, beta) if g_avg is None else tl.add(
+            tl.scale(g_avg, 1 - beta), ev.grads, beta
+        )
+        st["t"] += 1
+        if st["t"] == grp["epoch_length"]:
+            ends = (*st.get("ends", ()), (tl.clone(self.params()), st["g_avg"]))[-2:]
+            st["ends"] = ends
+            st["epoch"] += 1
+            st["t"] = 0
+            st["g_avg"] = None
+            k = st["epoch"]
+            if k > 1:
+                (x2, g2), (x1, g1) = ends
+                st["eta"] = sgd_bb_step_size(
+                    tl.sub(x1, x2), tl.sub(g1, g2), k, grp["epoch_length"], grp["tau_0"],
+                    grp["tau_min"], grp["tau_max"],
+                )
+        return ev.loss
+
+    # ------------------------------------------------------------------ BB1 / BB2
+    def _bb(self, closure: Closure, grp: dict[str, Any]) -> Tensor:
+        st = self.state["global"]
+        loss, g = start_evaluation(self, closure, st, True)
+        if not is_finite(loss, g):
+            if "x_good" not in st:
+                return loss
+            self.set_params(st["x_good"])
+            for k in ("s", "y", "losses"):
+                st.pop(k, None)
+            ev = self.evaluate(closure)
+            loss, g = ev.loss, ev.grads
+            if not is_finite(loss, g):
+                return loss
+        lo, hi = grp["step_bounds"]
+        if "s" in st:
+            a = bb_step(st["s"], st["y"], grp["mode"])
+            alpha = float(a) if bool(a > 0) else hi
+            alpha = min(max(alpha, lo), hi)
+        else:
+            alpha = grp["lr"]
+        st["eta"] = alpha
+        losses = (*st.get("losses", ()), float(loss))[-grp["memory"] :]
+        st["losses"] = losses
+        d = tl.neg(g)
+        slope = -tl.dot(g, g)
+        if float(slope) == 0.0:
+            return loss
+        x0 = tl.clone(self.params())
+        st["x_good"] = x0
+        phi = LineObjective(self, closure, x0, d)
+        res = ls.nonmonotone_backtracking(
+            phi, max(losses), slope, loss0=loss, step=alpha, c1=grp["c1"],
+            max_evals=grp["max_ls_evals"], need_grad=True,
+        )  # fmt: skip
+        t = float(res.step)
+        phi.move(t)
+        if t == 0.0 or res.grad is None or not is_finite(res.loss, res.grad):
+            self.set_params(x0)
+            st.pop("s", None)
+            st["cache"] = (loss, g, versions(self.params()))
+            return loss
+        st["s"] = tl.scale(d, t)
+        st["y"] = tl.sub(res.grad, g)
+        st["cache"] = (res.loss, res.grad, versions(self.params()))
+        return loss
