@@ -8,3 +8,12 @@ __all__ += ["CGResult", "steihaug_cg", "truncated_cg"]
 from secondorder.optim.adahessian import AdaHessian, adahessian_update  # noqa: E402
 
 __all__ += ["AdaHessian", "adahessian_update"]
+from secondorder.optim.barzilai_borwein import BarzilaiBorwein  # noqa: E402
+from secondorder.optim.lbfgs import LBFGS  # noqa: E402
+from secondorder.optim.newton_cg import NewtonCG  # noqa: E402
+from secondorder.optim.nonlinear_cg import NonlinearCG  # noqa: E402
+from secondorder.optim.quasi_newton import LBFGSMemory, two_loop  # noqa: E402
+from secondorder.optim.sampled_objective import SampledObjective  # noqa: E402
+
+__all__ += ["BarzilaiBorwein", "LBFGS", "LBFGSMemory", "NewtonCG", "NonlinearCG"]
+__all__ += ["SampledObjective", "two_loop"]
