@@ -5,6 +5,14 @@ from secondorder.optim.krylov import CGResult, steihaug_cg, truncated_cg
 
 __all__ = ["Closure", "CostCounter", "Evaluation", "SecondOrderOptimizer"]
 __all__ += ["CGResult", "steihaug_cg", "truncated_cg"]
+from secondorder.optim.line_search import (  # noqa: E402
+    LineSearchResult,
+    backtracking,
+    nonmonotone_backtracking,
+    strong_wolfe,
+)
+
+__all__ += ["LineSearchResult", "backtracking", "nonmonotone_backtracking", "strong_wolfe"]
 from secondorder.optim.adahessian import AdaHessian, adahessian_update  # noqa: E402
 
 __all__ += ["AdaHessian", "adahessian_update"]
