@@ -9,6 +9,7 @@ Tables:
 - ``measurements``: the per-evaluation records of a run (losses, accuracies, wall time
   without evaluation, harness cost counts, the optimizer's own counters as JSON).
 - ``environment``: versions, device, threads, host and platform of each process that ran.
+- ``meta``: per-sweep facts as JSON (the sweep's configuration, skipped optimizers).
 
 Several worker processes write at once safely: one connection per process, WAL journal,
 ``busy_timeout`` and ``BEGIN IMMEDIATE`` transactions. A run is first inserted as
@@ -69,6 +70,9 @@ CREATE TABLE IF NOT EXISTS environment (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded REAL, python TEXT, torch TEXT, numpy TEXT, secondorder TEXT,
     device TEXT, threads INTEGER, hostname TEXT, platform TEXT, pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS meta (
+    sweep TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (sweep, key)
 );
 """
 
@@ -233,6 +237,26 @@ class Store:
                 "UPDATE runs SET status=?, finished=?, error=? WHERE id=?",
                 (status, time.time(), error, run_id),
             )
+
+    def set_meta(self, sweep: str, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-serializable) under ``(sweep, key)``, replacing any."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO meta (sweep, key, value) VALUES (?, ?, ?)",
+                (sweep, key, canonical_json(value)),
+            )
+
+    def get_meta(self, sweep: str, key: str, default: Any = None) -> Any:
+        """The value stored under ``(sweep, key)``, or ``default``."""
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE sweep=? AND key=?", (sweep, key)
+        ).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def sweeps(self) -> list[str]:
+        """Names of the sweeps that have runs, the most recently active last."""
+        rows = self.conn.execute("SELECT sweep, MAX(id) FROM runs GROUP BY sweep ORDER BY 2")
+        return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ reads
     @staticmethod
