@@ -155,13 +155,14 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     raw = _read_bytes(path, expected)
     header = 4 * (1 + ndim)
+    if len(raw) >= 4:
+        found = struct.unpack(">i", raw[:4])[0]
+        if found != magic:
+            raise DataFormatError(f"{path}: wrong magic number {found}; expected {expected}")
     if len(raw) < header:
         raise DataFormatError(
             f"{path}: {len(raw)} bytes, shorter than the {header}-byte header; expected {expected}"
         )
-    found = struct.unpack(">i", raw[:4])[0]
-    if found != magic:
-        raise DataFormatError(f"{path}: wrong magic number {found}; expected {expected}")
     dims = struct.unpack(f">{ndim}i", raw[4:header])
     if any(d < 0 for d in dims):
         raise DataFormatError(f"{path}: negative dimension in header {dims}; expected {expected}")
