@@ -10,6 +10,7 @@ from secondorder.curvature.diagonal_mass import (
     wigner_diagonal_mass,
 )
 from secondorder.curvature.functional import LossFunction, functional_loss
+from secondorder.curvature.ggn import GGNOperator, ggnvp
 from secondorder.curvature.hvp import BACKENDS, gradient, hvp
 from secondorder.curvature.lanczos import LanczosResult, lanczos
 from secondorder.curvature.layer_hessians import layer_hessians
@@ -26,6 +27,7 @@ __all__ = [
     "BACKENDS",
     "CurvatureOperator",
     "DatasetHessianOperator",
+    "GGNOperator",
     "HessianOperator",
     "LanczosResult",
     "LossFunction",
@@ -36,6 +38,7 @@ __all__ = [
     "diagonal_mass",
     "eigenvalues",
     "functional_loss",
+    "ggnvp",
     "gradient",
     "gradient_test",
     "hessian",
