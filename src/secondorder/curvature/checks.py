@@ -25,7 +25,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
-from secondorder.curvature.hvp import gradient, hvp
+from secondorder.curvature.hvp import check_backend, gradient, hvp
 
 __all__ = ["TaylorTestResult", "gradient_test", "hvp_test"]
 
@@ -206,6 +206,7 @@ def hvp_test(
         ValueError: ``hessian_vector`` without ``direction``, bad shapes, bad ``steps`` or
             ``backend``.
     """
+    check_backend(backend)
     if hessian_vector is not None and direction is None:
         raise ValueError("hessian_vector is H d for a given d: pass the direction too")
     params, direction, steps, f0, shifted = _prepare(
