@@ -1,0 +1,498 @@
+"""Stochastic Newton-Krylov with batch screening and Taylor-ratio step sizing (seed 002 Alg. 1).
+
+One :meth:`NewtonKrylov.step` processes one mini-batch ``B_j`` of Algorithm 1 (lines 4-49):
+
+1. **Global gradient** ``g`` (line 1, refreshed at line 48): the gradient of
+   ``global_closure`` (the full data or a large batch), recomputed after every
+   ``global_refresh`` accepted steps. Without ``global_closure`` the batch gradient ``g_j``
+   stands in for ``g`` and the batch loss for ``f``: pre-batch screening is then vacuous
+   (a batch never opposes itself) and the step is sized on the batch loss.
+2. **Pre-batch screening** (lines 4-8): a batch with ``g_j . g < 0`` is skipped: no
+   Hessian work, parameters unchanged.
+3. **Krylov loop with early termination** (lines 10-28, :func:`krylov_direction`): CG on
+   ``H_j dw = -g`` with the batch Hessian ``H_j``, warm-started at the previous batch's
+   direction ``dw~``. The curvature ``kappa = p^T H_j p`` is read before each product;
+   the loop stops at ``kappa < 0``; for ``0 <= kappa < 1e-8`` it is replaced,
+   temporarily, by ``0.01 ||p||`` (line 19).
+4. **Post-batch screening** (lines 29-30, :func:`post_screen`): a direction with
+   ``dw . g > 0`` has its component along ``g`` reflected, so that it becomes a descent
+   direction for the global loss.
+5. **Error-based step sizing** (lines 33-47, :func:`taylor_step_size`): the step ``gamma``
+   is stretched (x1.5) or shrunk (x0.5) until the Taylor ratio (eq. 13)
+
+   ``eta = |(f(w + gamma dw) - f(w) - E_Q) / (f(w + gamma dw) - f(w))|``, with
+   ``E_Q = gamma g^T dw + gamma^2 dw^T H_j dw / 2`` (eq. 12),
+
+   lies in ``[eta~/2, eta~]``; ``gamma = 1`` is kept when ``eta <= eta~`` already. After
+   ``max_step_adjust`` failed attempts the step falls back to ``gamma = 1e-6``.
+
+Where the printed algorithm is ambiguous or inconsistent, this implementation chooses:
+
+- ``alpha_i = ||r_i||^2 / kappa`` (line 21 prints ``||r_i|| / kappa``; the squared norm is
+  CG's step, the one for which ``E_Q`` decreases monotonically as the text relies on);
+- ``kappa == 0`` is damped like ``0 < kappa < 1e-8`` (line 18 would divide by zero);
+- line 30 prints ``dw <- (1 + dw.g / (|dw| |g|)) dw``, a positive rescaling that cannot
+  change the sign of ``dw . g``; the text says post-screening "removes any search
+  components along g so that dw ... remains a global descent". We reflect that component,
+  ``dw <- dw - 2 (dw.g / |g|^2) g``, which keeps ``|dw|`` and the part orthogonal to ``g``
+  and makes ``dw . g < 0``;
+- line 36's "initial test size" ``s = |eta~ / eta|`` is used as the first shrunken step;
+- a step is accepted only if it lowers ``f`` (with ``global_closure``: the global loss is
+  monotone over accepted steps); the 1e-6 fallback is applied only if it lowers ``f``,
+  else the step is rejected and the parameters are left unchanged;
+- when the loop stops at negative curvature before moving (zero warm start), the
+  direction is the first residual ``p_0 = -g`` (steepest descent), sized by the ratio.
+
+Backends: ``"autograd"`` (default) keeps the batch gradient's graph and takes every
+product ``H_j p`` with one double backward, ``kappa = p . (H_j p)`` on the same product;
+``"complex-step"`` uses seed 002's CSDD: ``kappa`` from
+:func:`~secondorder.curvature.vhv.vhv` (CSDD2, eq. 11) and ``H_j p`` from
+:func:`~secondorder.curvature.hvp.hvp` (CSDD, eq. 10); the product is skipped when the
+loop terminates on ``kappa``. For ``"complex-step"`` the batch closure must also accept
+the parameter tensors: ``closure(ps)`` returns the loss with ``ps`` in place of the
+parameters, e.g. built from :func:`~secondorder.curvature.functional_loss`::
+
+    loss_fn, params = functional_loss(model, criterion, x, y)
+    closure = lambda ps=None: loss_fn(params if ps is None else ps)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.curvature.hvp import hvp
+from secondorder.curvature.vhv import vhv
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+
+BACKENDS = ("autograd", "complex-step")
+Product = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
+Curvature = Callable[[tuple[Tensor, ...]], Tensor]
+
+__all__ = [
+    "BACKENDS",
+    "KrylovDirection",
+    "NewtonKrylov",
+    "StepSize",
+    "krylov_direction",
+    "post_screen",
+    "taylor_ratio",
+    "taylor_step_size",
+]
+
+
+# --------------------------------------------------------------------------- Krylov loop
+@dataclass
+class KrylovDirection:
+    """Result of :func:`krylov_direction`.
+
+    Attributes:
+        direction: ``dw``, a tuple shaped like the gradient.
+        quadratic: ``dw^T H dw`` (0-dim tensor), for ``E_Q``.
+        iterations: curvature evaluations done (Krylov iterations started).
+        status: ``"converged"``, ``"max_iter"`` or ``"negative_curvature"``.
+        damped: how many times the temporary damping of line 19 was applied.
+    """
+
+    direction: tuple[Tensor, ...]
+    quadratic: Tensor
+    iterations: int
+    status: str
+    damped: int
+
+
+def krylov_direction(
+    product: Product,
+    curvature: Curvature,
+    grad: Sequence[Tensor],
+    *,
+    x0: Sequence[Tensor] | None = None,
+    rtol: float = 1e-4,
+    max_iter: int = 20,
+    damping_threshold: float = 1e-8,
+    damping_scale: float = 0.01,
+) -> KrylovDirection:
+    """Seed 002 Alg. 1 lines 10-28: CG on ``H dw = -g`` with early termination.
+
+    Args:
+        product: ``p -> H p``.
+        curvature: ``p -> p^T H p`` (0-dim tensor); called before ``product(p)``.
+        grad: ``g`` (the global gradient in Alg. 1).
+        x0: warm start ``dw~`` (default zero; a nonzero one costs one product).
+        rtol: stop when ``||r|| <= rtol ||g||``.
+        max_iter: most Krylov iterations.
+        damping_threshold: curvatures in ``[0, damping_threshold)`` are damped (line 18).
+        damping_scale: the damped curvature is ``damping_scale * ||p||`` (line 19).
+
+    Returns:
+        A :class:`KrylovDirection`; the module docstring lists the choices made.
+
+    Example:
+        >>> A = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+        >>> prod = lambda v: (A @ v[0],)
+        >>> curv = lambda p: p[0] @ A @ p[0]
+        >>> krylov_direction(prod, curv, (torch.tensor([2.0, 4.0], dtype=torch.float64),)).direction
+        (tensor([-1., -1.], dtype=torch.float64),)
+    """
+    g = tuple(t.detach() for t in grad)
+    tol2 = float(rtol * tl.norm(g)) ** 2
+    if x0 is None:
+        x = tl.zeros_like(g)
+        r = tl.neg(g)
+        moved = False
+    else:
+        x = tuple(t.detach() for t in x0)
+        r = tl.neg(tl.add(g, product(x)))
+        moved = True
+    p = r
+    rr = tl.dot(r, r)
+    status, damped, iterations = "max_iter", 0, 0
+    quad = None
+    for _ in range(max_iter):
+        if float(rr) <= tol2:
+            status = "converged"
+            break
+        kappa = curvature(p)
+        iterations += 1
+        k = float(kappa)
+        if k < 0:
+            status = "negative_curvature"
+            if not moved:
+                # Nothing to return yet: steepest descent p_0 = -g, curvature kappa_0.
+                x, quad = p, kappa
+            break
+        if k < damping_threshold:
+            kappa = damping_scale * tl.norm(p)
+            damped += 1
+        alpha = rr / kappa
+        q = product(p)
+        x = tl.add(x, p, alpha)
+        r = tl.sub(r, tl.scale(q, alpha))
+        rr_new = tl.dot(r, r)
+        p = tl.add(r, p, rr_new / rr)
+        rr = rr_new
+        moved = True
+    else:
+        if float(rr) <= tol2:
+            status = "converged"
+    if quad is None:
+        # r = -(g + H x) holds exactly (r is updated with true products), so
+        # x^T H x = -x . (r + g).
+        quad = -tl.dot(x, tl.add(r, g))
+    return KrylovDirection(x, quad, iterations, status, damped)
+
+
+def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor]) -> tuple[tuple, bool]:
+    """Seed 002 Alg. 1 lines 29-30: make ``dw`` a descent direction for ``g``.
+
+    If ``dw . g > 0``, the component of ``dw`` along ``g`` is reflected:
+    ``dw - 2 (dw . g / |g|^2) g`` (module docstring: our reading of line 30).
+
+    Returns:
+        ``(direction, screened)``: the (possibly) corrected direction and whether it was.
+
+    Example:
+        >>> d, s = post_screen((torch.tensor([1.0, 1.0]),), (torch.tensor([1.0, 0.0]),))
+        >>> d[0], s
+        (tensor([-1.,  1.]), True)
+    """
+    d = tuple(direction)
+    s = tl.dot(d, grad)
+    if not float(s) > 0:
+        return d, False
+    return tl.add(d, grad, -2.0 * s / tl.dot(grad, grad)), True
+
+
+# --------------------------------------------------------------------------- step sizing
+def taylor_ratio(f0: float, f1: float, slope: float, quad: float, gamma: float) -> float:
+    """Seed 002 eq. 13: ``|(f1 - f0 - E_Q) / (f1 - f0)|`` at step ``gamma``.
+
+    ``E_Q = gamma slope + gamma^2 quad / 2`` (eq. 12 along ``gamma dw``); ``inf`` when
+    ``f1 == f0``.
+
+    Example:
+        >>> taylor_ratio(1.0, 0.5, -1.0, 1.0, 1.0)  # E_Q = -0.5 = f1 - f0: exact model
+        0.0
+    """
+    df = f1 - f0
+    if df == 0.0 or not math.isfinite(df):
+        return math.inf
+    eq = gamma * slope + 0.5 * gamma * gamma * quad
+    return abs((df - eq) / df)
+
+
+@dataclass
+class StepSize:
+    """Result of :func:`taylor_step_size`.
+
+    Attributes:
+        step: the accepted ``gamma`` (0.0 when rejected).
+        loss: ``f(w + step dw)`` (``f(w)`` when rejected).
+        ratio: the Taylor ratio at ``step`` (``nan`` when rejected).
+        evaluations: calls of ``phi``.
+        status: ``"accepted"``, ``"fallback"`` (the 1e-6 step) or ``"rejected"``.
+    """
+
+    step: float
+    loss: float
+    ratio: float
+    evaluations: int
+    status: str
+
+
+def taylor_step_size(
+    phi: Callable[[float], float],
+    f0: float,
+    slope: float,
+    quad: float,
+    *,
+    eta: float = 0.05,
+    max_adjust: int = 10,
+    fallback: float = 1e-6,
+) -> StepSize:
+    """Seed 002 Alg. 1 lines 33-46: size ``gamma`` so the Taylor ratio is in ``[eta/2, eta]``.
+
+    Args:
+        phi: ``gamma -> f(w + gamma dw)``.
+        f0: ``f(w)``.
+        slope: ``g^T dw`` (negative for a descent direction).
+        quad: ``dw^T H dw``.
+        eta: the target ``eta~``.
+        max_adjust: most stretch/shrink attempts after ``gamma = 1``.
+        fallback: the step taken when they all fail (if it lowers ``f``).
+
+    Returns:
+        A :class:`StepSize`. Only a step with ``f(w + gamma dw) < f(w)`` is accepted.
+
+    Example:
+        >>> phi = lambda t: 0.5 * (1.0 - t) ** 2  # f(w + t dw) for f(x) = x^2/2, w = 1, dw = -1
+        >>> taylor_step_size(phi, 0.5, -1.0, 1.0).step  # the quadratic model is exact
+        1.0
+    """
+    gamma = 1.0
+    f = phi(gamma)
+    n = 1
+    ratio = taylor_ratio(f0, f, slope, quad, gamma)
+    if f < f0 and ratio <= eta:
+        return StepSize(gamma, f, ratio, n, "accepted")
+    # Line 36: an initial test size from the ratio (only ever a shrink here).
+    gamma = min(0.5, eta / ratio) if math.isfinite(ratio) and ratio > 0 else 0.5
+    for _ in range(max_adjust):
+        f = phi(gamma)
+        n += 1
+        ratio = taylor_ratio(f0, f, slope, quad, gamma)
+        if f < f0 and 0.5 * eta <= ratio <= eta:
+            return StepSize(gamma, f, ratio, n, "accepted")
+        gamma *= 0.5 if (ratio > eta or not f < f0) else 1.5
+    f = phi(fallback)
+    n += 1
+    if f < f0:
+        return StepSize(fallback, f, taylor_ratio(f0, f, slope, quad, fallback), n, "fallback")
+    return StepSize(0.0, f0, math.nan, n, "rejected")
+
+
+# --------------------------------------------------------------------------- optimizer
+class NewtonKrylov(SecondOrderOptimizer):
+    """Seed 002's stochastic Newton-Krylov method (Alg. 1; module docstring).
+
+    ``step(closure, global_closure=None)`` processes one mini-batch: ``closure`` returns
+    the batch loss, ``global_closure`` the loss on the full data (or a large batch), both
+    without calling backward. The outcome of the last step is in
+    ``optimizer.state["global"]["last_status"]``: ``"skipped"`` (pre-batch screening),
+    ``"accepted"``, ``"fallback"``, ``"rejected"`` or ``"no_direction"``.
+
+    Args:
+        params: parameters or parameter groups (hyperparameters are global).
+        taylor_ratio: the target Taylor ratio ``eta~`` (seed 002: 0.05), in ``(0, 1)``.
+        max_krylov: most Krylov iterations per batch (``>= 1``).
+        rtol: the Krylov loop stops when ``||r|| <= rtol ||g||``.
+        backend: ``"autograd"`` or ``"complex-step"`` (module docstring).
+        global_refresh: recompute the global gradient after this many accepted steps
+            (seed 002: 1, line 48).
+        warm_start: the Krylov loop starts at ``warm_start`` times the previous direction
+            (line 10's ``dw~``; 0 starts from zero), in ``[0, 1]``.
+        max_step_adjust: stretch/shrink attempts before the fallback step.
+        fallback_step: the step when the attempts fail (seed 002: 1e-6), ``> 0``.
+        damping_threshold: curvatures below it are damped (seed 002: 1e-8), ``>= 0``.
+        damping_scale: the damped curvature is ``damping_scale * ||p||`` (seed 002: 0.01).
+
+    Raises:
+        ValueError: for a hyperparameter out of range (the message names it).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        taylor_ratio: float = 0.05,
+        max_krylov: int = 20,
+        rtol: float = 1e-4,
+        backend: str = "autograd",
+        global_refresh: int = 1,
+        warm_start: float = 1.0,
+        max_step_adjust: int = 10,
+        fallback_step: float = 1e-6,
+        damping_threshold: float = 1e-8,
+        damping_scale: float = 0.01,
+    ):
+        if not 0.0 < taylor_ratio < 1.0:
+            raise ValueError(f"Invalid taylor_ratio: {taylor_ratio}; it must be in (0, 1)")
+        _check_int("max_krylov", max_krylov, 1)
+        if not rtol >= 0.0:
+            raise ValueError(f"Invalid rtol: {rtol}; it must be >= 0")
+        if backend not in BACKENDS:
+            raise ValueError(f"Invalid backend: {backend!r}; choose one of {BACKENDS}")
+        _check_int("global_refresh", global_refresh, 1)
+        if not 0.0 <= warm_start <= 1.0:
+            raise ValueError(f"Invalid warm_start: {warm_start}; it must be in [0, 1]")
+        _check_int("max_step_adjust", max_step_adjust, 0)
+        if not fallback_step > 0.0:
+            raise ValueError(f"Invalid fallback_step: {fallback_step}; it must be positive")
+        if not damping_threshold >= 0.0:
+            raise ValueError(f"Invalid damping_threshold: {damping_threshold}; it must be >= 0")
+        if not damping_scale > 0.0:
+            raise ValueError(f"Invalid damping_scale: {damping_scale}; it must be positive")
+        defaults = dict(
+            taylor_ratio=taylor_ratio,
+            max_krylov=max_krylov,
+            rtol=rtol,
+            backend=backend,
+            global_refresh=global_refresh,
+            warm_start=warm_start,
+            max_step_adjust=max_step_adjust,
+            fallback_step=fallback_step,
+            damping_threshold=damping_threshold,
+            damping_scale=damping_scale,
+        )
+        super().__init__(params, defaults)
+        self.hp = defaults
+
+    def _global(self) -> dict[str, Any]:
+        return self.state.setdefault(
+            "global",
+            {"global_grad": None, "global_loss": None, "age": 0, "warm": None,
+             "steps": 0, "skipped": 0, "rejected": 0, "fallbacks": 0},
+        )  # fmt: skip
+
+    def _curvature_fns(self, ev, closure: Closure) -> tuple[Product, Curvature]:
+        hp = self.hp
+        if hp["backend"] == "autograd":
+            H = ev.hessian
+            cache: dict[int, tuple[Tensor, ...]] = {}
+
+            def curvature(p):
+                hp_ = H.matvec(p)
+                cache.clear()
+                cache[id(p)] = hp_
+                return tl.dot(p, hp_)
+
+            def product(p):
+                out = cache.pop(id(p), None)
+                return out if out is not None else H.matvec(p)
+
+            return product, curvature
+        params = self.params()
+
+        def loss_fn(ps):
+            return closure(ps)
+
+        def curvature(p):
+            self.count_hvps(1, ev.samples)
+            return vhv(loss_fn, params, p, backend="complex-step")
+
+        def product(p):
+            self.count_hvps(1, ev.samples)
+            return hvp(loss_fn, params, p, backend="complex-step")
+
+        return product, curvature
+
+    def step(  # type: ignore[override]
+        self, closure: Closure, global_closure: Closure | None = None
+    ) -> Tensor:
+        """Process one mini-batch (seed 002 Alg. 1 lines 4-49).
+
+        Args:
+            closure: the batch loss (no backward); with ``backend="complex-step"`` it also
+                accepts the parameter tensors (module docstring).
+            global_closure: the loss on the full data or a large batch (no backward). When
+                omitted, the batch gradient and loss stand in for the global ones.
+
+        Returns:
+            The batch loss before the step (detached).
+        """
+        hp = self.hp
+        G = self._global()
+        G["steps"] += 1
+        if global_closure is not None and (
+            G["global_grad"] is None or G["age"] >= hp["global_refresh"]
+        ):
+            gev = self.evaluate(global_closure)
+            G["global_grad"], G["global_loss"], G["age"] = gev.grads, gev.loss, 0
+
+        ev = self.evaluate(closure, create_graph=hp["backend"] == "autograd")
+        try:
+            if global_closure is not None:
+                g, f0, phi_closure = G["global_grad"], G["global_loss"], global_closure
+                # Pre-batch screening, lines 5-8.
+                if float(tl.dot(ev.grads, g)) < 0:
+                    G["skipped"] += 1
+                    G["last_status"] = "skipped"
+                    return ev.loss
+            else:
+                g, f0, phi_closure = ev.grads, ev.loss, closure
+            product, curvature = self._curvature_fns(ev, closure)
+            warm = G["warm"]
+            x0 = None if warm is None or hp["warm_start"] == 0.0 else tl.scale(
+                warm, hp["warm_start"]
+            )
+            kd = krylov_direction(
+                product, curvature, g, x0=x0, rtol=hp["rtol"], max_iter=hp["max_krylov"],
+                damping_threshold=hp["damping_threshold"], damping_scale=hp["damping_scale"],
+            )  # fmt: skip
+            d, screened = post_screen(kd.direction, g)
+            quad = curvature(d) if screened else kd.quadratic
+        finally:
+            if ev.hessian is not None:
+                ev.hessian.free()
+        G["last_krylov"] = {"iterations": kd.iterations, "status": kd.status,
+                            "damped": kd.damped, "screened": screened}  # fmt: skip
+        slope, quad = (float(v) for v in torch.stack([tl.dot(d, g), quad.reshape(())]).tolist())
+        if not slope < 0:
+            G["last_status"] = "no_direction"
+            G["warm"] = None
+            return ev.loss
+
+        w0 = tl.clone(self.params())
+
+        def phi(gamma: float) -> float:
+            self.set_params(tl.add(w0, d, gamma))
+            return float(self.evaluate(phi_closure, grad=False).loss)
+
+        ss = taylor_step_size(
+            phi, float(f0), slope, quad, eta=hp["taylor_ratio"],
+            max_adjust=hp["max_step_adjust"], fallback=hp["fallback_step"],
+        )  # fmt: skip
+        self.set_params(tl.add(w0, d, ss.step) if ss.step > 0 else w0)
+        G["last_status"] = ss.status
+        G["last_step_size"] = ss.step
+        if ss.status == "rejected":
+            G["rejected"] += 1
+            G["warm"] = None
+            return ev.loss
+        if ss.status == "fallback":
+            G["fallbacks"] += 1
+        G["warm"] = d
+        G["age"] += 1
+        if global_closure is not None:
+            G["global_loss"] = torch.as_tensor(ss.loss, dtype=ev.loss.dtype)
+        return ev.loss
+
+
+def _check_int(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"Invalid {name}: {value}; it must be an integer >= {low}")
