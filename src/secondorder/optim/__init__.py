@@ -25,3 +25,8 @@ from secondorder.optim.sampled_objective import SampledObjective  # noqa: E402
 
 __all__ += ["BarzilaiBorwein", "LBFGS", "LBFGSMemory", "NewtonCG", "NonlinearCG"]
 __all__ += ["SampledObjective", "two_loop"]
+from secondorder.optim.levenberg_marquardt import LevenbergMarquardt  # noqa: E402
+from secondorder.optim.lscg import LSCG  # noqa: E402
+from secondorder.optim.newton_krylov import NewtonKrylov  # noqa: E402
+
+__all__ += ["LSCG", "LevenbergMarquardt", "NewtonKrylov"]

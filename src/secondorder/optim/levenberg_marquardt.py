@@ -1,0 +1,187 @@
+"""Levenberg-Marquardt damped Newton-CG (seed 002's LM baseline).
+
+Seed 002 ("Challenges in stochastic optimization"; Moré 1978) describes the LM remedy for
+an indefinite or singular Hessian: add a diagonal damping ``lambda I`` and solve
+
+    ``(H + lambda I) dw = -g``
+
+by truncated CG (:func:`~secondorder.optim.krylov.truncated_cg`, which stops at
+negative curvature of the damped operator). ``lambda`` adapts with the reduction ratio of
+the undamped quadratic model ``m(dw) = g^T dw + dw^T H dw / 2`` (Moré 1978; the
+Levenberg-Marquardt rule of Martens 2010 Sec. 4.1):
+
+    ``rho = (f(w + dw) - f(w)) / m(dw)``;
+    ``rho < 1/4``: ``lambda <- lambda * increase``; ``rho > 3/4``: ``lambda <- lambda * decrease``.
+
+The step is taken only if it lowers the loss (``rho > 0``); otherwise the parameters are
+left unchanged and ``lambda`` grows, which shortens the next step toward ``-g / lambda``.
+One step costs one gradient graph, the CG products plus one product for ``dw^T H dw``,
+and one extra loss evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from secondorder import tensorlist as tl
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.krylov import CGResult, truncated_cg
+
+__all__ = ["LevenbergMarquardt", "LMDirection", "lm_direction", "update_damping"]
+
+
+@dataclass
+class LMDirection:
+    """Result of :func:`lm_direction`.
+
+    Attributes:
+        direction: ``dw``.
+        model_decrease: ``m(dw) = g^T dw + dw^T H dw / 2`` with the undamped ``H`` (0-dim).
+        cg: the :class:`~secondorder.optim.krylov.CGResult` of the damped solve.
+    """
+
+    direction: tuple[Tensor, ...]
+    model_decrease: Tensor
+    cg: CGResult
+
+
+def lm_direction(
+    operator: Any,
+    grad: Sequence[Tensor],
+    damping: float,
+    *,
+    rtol: float = 1e-5,
+    max_iter: int | None = None,
+) -> LMDirection:
+    """Truncated CG on ``(H + damping I) dw = -g`` and the undamped model value.
+
+    Args:
+        operator: ``H``, anything with ``matvec(v) -> H v`` on tuples of tensors.
+        grad: ``g``.
+        damping: ``lambda >= 0``.
+        rtol: CG's relative residual tolerance.
+        max_iter: most CG iterations.
+
+    Returns:
+        An :class:`LMDirection`.
+
+    Example:
+        >>> import torch
+        >>> class Diag:
+        ...     def matvec(self, v):
+        ...         return (torch.tensor([1.0, 3.0], dtype=torch.float64) * v[0],)
+        >>> lm_direction(Diag(), (torch.tensor([2.0, 4.0], dtype=torch.float64),), 1.0).direction
+        (tensor([-1., -1.], dtype=torch.float64),)
+    """
+    g = tuple(t.detach() for t in grad)
+
+    def damped(v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return tl.add(tuple(operator.matvec(v)), v, damping)
+
+    res = truncated_cg(damped, tl.neg(g), rtol=rtol, max_iter=max_iter)
+    d = tuple(res.solution)
+    hd = tuple(operator.matvec(d))
+    model = tl.dot(g, d) + 0.5 * tl.dot(d, hd)
+    return LMDirection(d, model, res)
+
+
+def update_damping(
+    damping: float, rho: float, *, increase: float = 1.5, decrease: float = 2.0 / 3.0,
+    min_damping: float = 1e-8,
+) -> float:
+    """Levenberg-Marquardt rule (Martens 2010 Sec. 4.1) on the reduction ratio ``rho``.
+
+    Example:
+        >>> update_damping(1.0, 0.9), update_damping(1.0, 0.1), update_damping(1.0, 0.5)
+        (0.6666666666666666, 1.5, 1.0)
+    """
+    if not rho >= 0.25:  # also NaN
+        return damping * increase
+    if rho > 0.75:
+        return max(damping * decrease, min_damping)
+    return damping
+
+
+class LevenbergMarquardt(SecondOrderOptimizer):
+    """LM-damped Newton-CG (module docstring).
+
+    The damping lives in ``optimizer.state["global"]["damping"]``; the last step's ``rho``,
+    ``accepted`` and CG status are stored beside it.
+
+    Args:
+        params: parameters or parameter groups (hyperparameters are global).
+        damping: initial ``lambda``, ``> 0``.
+        increase: factor on ``lambda`` when ``rho < 1/4``, ``> 1``.
+        decrease: factor on ``lambda`` when ``rho > 3/4``, in ``(0, 1)``.
+        min_damping: floor of ``lambda``, ``>= 0``.
+        max_cg: most CG iterations per step (``>= 1``).
+        rtol: CG's relative residual tolerance, ``>= 0``.
+
+    Raises:
+        ValueError: for a hyperparameter out of range (the message names it).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        damping: float = 1.0,
+        increase: float = 1.5,
+        decrease: float = 2.0 / 3.0,
+        min_damping: float = 1e-8,
+        max_cg: int = 50,
+        rtol: float = 1e-5,
+    ):
+        if not damping > 0.0:
+            raise ValueError(f"Invalid damping: {damping}; it must be positive")
+        if not increase > 1.0:
+            raise ValueError(f"Invalid increase: {increase}; it must be > 1")
+        if not 0.0 < decrease < 1.0:
+            raise ValueError(f"Invalid decrease: {decrease}; it must be in (0, 1)")
+        if not min_damping >= 0.0:
+            raise ValueError(f"Invalid min_damping: {min_damping}; it must be >= 0")
+        if isinstance(max_cg, bool) or not isinstance(max_cg, int) or max_cg < 1:
+            raise ValueError(f"Invalid max_cg: {max_cg}; it must be an integer >= 1")
+        if not rtol >= 0.0:
+            raise ValueError(f"Invalid rtol: {rtol}; it must be >= 0")
+        defaults = dict(damping=damping, increase=increase, decrease=decrease,
+                        min_damping=min_damping, max_cg=max_cg, rtol=rtol)  # fmt: skip
+        super().__init__(params, defaults)
+        self.hp = defaults
+
+    def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
+        """One damped Newton-CG step; accepted only if it lowers the loss.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (no backward).
+
+        Returns:
+            The loss before the step (detached).
+        """
+        hp = self.hp
+        G = self.state.setdefault("global", {"damping": float(hp["damping"])})
+        ev = self.evaluate(closure, create_graph=True)
+        try:
+            res = lm_direction(
+                ev.hessian, ev.grads, G["damping"], rtol=hp["rtol"], max_iter=hp["max_cg"]
+            )
+        finally:
+            ev.hessian.free()
+        w0 = tl.clone(self.params())
+        self.set_params(tl.add(w0, res.direction))
+        f1 = float(self.evaluate(closure, grad=False).loss)
+        f0, model = float(ev.loss), float(res.model_decrease)
+        rho = (f1 - f0) / model if model < 0 and math.isfinite(f1) else -math.inf
+        accepted = rho > 0
+        if not accepted:
+            self.set_params(w0)
+        G["damping"] = update_damping(
+            G["damping"], rho, increase=hp["increase"], decrease=hp["decrease"],
+            min_damping=hp["min_damping"],
+        )  # fmt: skip
+        G.update(rho=rho, accepted=accepted, cg_status=res.cg.status)
+        return ev.loss
