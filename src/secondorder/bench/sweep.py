@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from secondorder.bench.registry import get_optimizer
 from secondorder.bench.runner import Budget, run
@@ -339,6 +338,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     m = float(x.mean())
     if x.size == 1:
         return m, math.nan
+    from scipy import stats  # imported here: worker processes never need it (1 s of import)
+
     half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return m, half
 

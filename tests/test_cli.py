@@ -1,0 +1,111 @@
+"""End to end through the command line, in-process: database rows, report, resume."""
+
+import sqlite3
+
+import pytest
+
+from secondorder import cli
+from secondorder.bench.store import Store
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ARGS = ["bench", "--problems", "logistic2d,rosenbrock", "--optimizers", "sgd", "adam",
+        "--seeds", "1", "--budget", "1", "--grid", "quick", "--no-progress"]
+
+
+def _counts(db):
+    with sqlite3.connect(db) as c:
+        return tuple(c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                     for t in ("runs", "measurements"))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert cli.main([*ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_bench_writes_database_and_report(bench, capsys):
+    db = bench / "results.sqlite"
+    # 2 problems x 2 optimizers x 3 learning rates, 1 seed; 1 epoch -> 2 evaluations each.
+    assert _counts(db) == (12, 24)
+    with Store(db) as st:
+        runs = st.runs()
+        assert {r["status"] for r in runs} <= {"finished", "diverged"}
+        assert {(r["problem"], r["optimizer"]) for r in runs} == {
+            (p, o) for p in ("logistic2d", "rosenbrock") for o in ("sgd", "adam")}
+        assert st.environment()
+    md = (bench / "report.md").read_text()
+    for text in ("## Summary", "### logistic2d", "### rosenbrock", "### Table 1: logistic2d",
+                 "### Tables 3-4: rosenbrock", "| Method | Setting | Final train loss"):
+        assert text in md
+    assert any(line.startswith("| adam | lr=") for line in md.splitlines())
+    figs = sorted((bench / "figures").glob("*.png"))
+    assert len(figs) == 7 and all(f.read_bytes()[:8] == PNG_MAGIC for f in figs)
+    assert (bench / "report.html").read_text().count("<img ") == 7
+
+
+def test_rerun_resumes_and_adds_nothing(bench, capsys):
+    db = bench / "results.sqlite"
+    before = _counts(db)
+    assert cli.main([*ARGS, "--out", str(bench)]) == 0
+    assert _counts(db) == before
+    assert "new or redone: 0" in capsys.readouterr().out
+
+
+def test_killed_run_is_redone(bench):
+    db = bench / "results.sqlite"
+    before = _counts(db)
+    with sqlite3.connect(db) as c:
+        rid = c.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+        c.execute("UPDATE runs SET status='running', finished=NULL WHERE id=?", (rid,))
+        c.execute("DELETE FROM measurements WHERE run_id=? AND step > 0", (rid,))
+    assert _counts(db) == (before[0], before[1] - 1)
+    assert cli.main([*ARGS, "--out", str(bench)]) == 0
+    assert _counts(db) == before
+    with Store(db) as st:
+        assert not st.runs(status="running")
+
+
+def test_diverging_setting_is_recorded_and_the_sweep_goes_on_with_workers(tmp_path):
+    # SGD with learning rate 1 on Rosenbrock (from (-1.2, 1)) blows up at once.
+    args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--seeds", "2",
+            "--budget", "20", "--grid", "default", "--no-progress", "--out", str(tmp_path),
+            "--workers", "2"]
+    assert cli.main(args) == 0
+    with Store(tmp_path / "results.sqlite") as st:
+        runs = st.runs()
+        statuses = {r["hyperparameters"]["lr"]: r["status"] for r in runs if r["seed"] == 0}
+        assert statuses[1.0] == "diverged" and statuses[1e-4] == "finished"
+        assert len(statuses) == 5
+        # Two worker processes: 5 tuning runs plus seed 1 of the selected setting.
+        assert len(runs) == 6 and not st.runs(status="running")
+    assert "| sgd | lr=0.0001 |" in (tmp_path / "report.md").read_text() or \
+        "| sgd | lr=0.001 |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_and_list_commands(bench, capsys):
+    (bench / "report.md").unlink()
+    assert cli.main(["report", "--out", str(bench)]) == 0
+    assert "## Summary" in (bench / "report.md").read_text()
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "logistic2d" in out and "sgd_momentum" in out
+    assert "knob lr: default grid [0.0001, 0.001, 0.01, 0.1, 1.0]" in out
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert cli.main(["bench", "--problems", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown problem 'nope'; valid: " in err and "rosenbrock" in err
+    assert cli.main(["bench", "--optimizers", "sgd,zzz", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown optimizer 'zzz'; valid: " in err and "adam" in err
+    missing = tmp_path / "no-such-data"
+    assert cli.main(["bench", "--data-dir", str(missing), "--out", str(tmp_path)]) == 2
+    assert f"data directory '{missing}' does not exist" in capsys.readouterr().err
+    assert cli.main(["report", "--out", str(tmp_path / "empty")]) == 2
+    assert "no results database at" in capsys.readouterr().err
+    assert cli.main(["bench", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "Invalid seeds: 0" in capsys.readouterr().err
+
