@@ -1,6 +1,12 @@
 """How curvature is obtained: products, operators, diagonals, spectra."""
 
+from secondorder.curvature.bicomplex import Bicomplex
 from secondorder.curvature.checks import TaylorTestResult, gradient_test, hvp_test
+from secondorder.curvature.complex_step import (
+    complex_step_directional,
+    complex_step_hvp,
+    default_step,
+)
 from secondorder.curvature.dataset import DatasetHessianOperator, batch_mean
 from secondorder.curvature.dense import hessian
 from secondorder.curvature.diagonal import hessian_diagonal, spatially_averaged
@@ -22,9 +28,11 @@ from secondorder.curvature.spectrum import (
     spectral_density,
     trace,
 )
+from secondorder.curvature.vhv import vhv
 
 __all__ = [
     "BACKENDS",
+    "Bicomplex",
     "CurvatureOperator",
     "DatasetHessianOperator",
     "GGNOperator",
@@ -35,6 +43,9 @@ __all__ = [
     "TaylorTestResult",
     "TraceEstimate",
     "batch_mean",
+    "complex_step_directional",
+    "complex_step_hvp",
+    "default_step",
     "diagonal_mass",
     "eigenvalues",
     "functional_loss",
@@ -51,5 +62,6 @@ __all__ = [
     "spatially_averaged",
     "spectral_density",
     "trace",
+    "vhv",
     "wigner_diagonal_mass",
 ]
