@@ -1,0 +1,137 @@
+"""NewtonCG: scipy 'Newton-CG' oracle, one-step quadratic, noLS, sub-sampling, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from problems import (
+    digits_data,
+    digits_mlp,
+    logistic_regression,
+    minibatches,
+    quadratic,
+    rosenbrock,
+    scipy_minimize,
+)
+
+from secondorder.optim import NewtonCG
+from secondorder.optim.newton_cg import eisenstat_walker
+
+
+@pytest.mark.parametrize("make", [logistic_regression, rosenbrock])
+@pytest.mark.parametrize("search", ["armijo", "strong_wolfe"])
+def test_reaches_scipy_newton_cg_minimizer_within_1_5x_iterations(make, search):
+    p = make()
+    ref = scipy_minimize(p, "Newton-CG", xtol=1e-12)
+    x = p.param()
+    opt = NewtonCG([x], line_search=search, tolerance_grad=1e-12)
+    for _ in range(int(1.5 * ref.nit)):
+        opt.step(lambda: p.loss(x))
+    xs = torch.as_tensor(ref.x)
+    assert abs(float(p.loss(x.detach())) - ref.fun) <= 1e-6 * max(1.0, abs(ref.fun))
+    assert float((x.detach() - xs).abs().max()) <= 1e-4 * max(1.0, float(xs.abs().max()))
+
+
+def test_quadratic_one_step_with_exact_cg():
+    p = quadratic(n=20, cond=100.0)
+    x = p.param()
+    opt = NewtonCG([x], forcing=1e-12, cg_max_iter=100)
+    opt.step(lambda: p.loss(x))
+    assert torch.allclose(x.detach(), p.solution, atol=1e-9)
+
+
+def test_no_line_search_is_the_fixed_step():
+    p = quadratic(n=10, cond=10.0)
+    x = p.param()
+    opt = NewtonCG([x], lr=0.3, line_search=None, forcing=1e-12, cg_max_iter=50)
+    opt.step(lambda: p.loss(x))
+    g0 = p.A @ p.x0 - p.b
+    expected = p.x0 - 0.3 * torch.linalg.solve(p.A, g0)
+    assert torch.allclose(x.detach(), expected, atol=1e-10)
+    assert opt.counters.loss_evals == 1  # no line search: one evaluation per step
+
+
+def test_negative_curvature_at_first_cg_iteration_gives_descent():
+    # f = -x^2/2 + y^2: the Hessian is indefinite along the gradient direction at (1, 0)
+    x = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = NewtonCG([x], line_search="armijo")
+    loss0 = float(-0.5 * x[0] ** 2 + x[1] ** 2)
+    opt.step(lambda: -0.5 * x[0] ** 2 + x[1] ** 2)
+    assert opt.state["global"]["cg_status"] == "negative_curvature"
+    assert float(-0.5 * x[0] ** 2 + x[1] ** 2) < loss0
+
+
+def test_hessian_subsampling_counts_and_converges():
+    p = logistic_regression()
+    x = p.param()
+    opt = NewtonCG([x], hessian_fraction=0.1, generator=torch.Generator().manual_seed(0))
+    for _ in range(15):
+        opt.step(lambda: p.per_sample(x))
+    ref = scipy_minimize(p, "Newton-CG", xtol=1e-12)
+    assert abs(float(p.loss(x.detach())) - ref.fun) <= 1e-5 * ref.fun  # linear rate
+    c = opt.counters
+    assert c.hvp_samples == c.hvps * 57  # round(0.1 * 569) samples per product
+    assert c.gradient_samples == 15 * (569 + 57)
+
+
+def test_hessian_fraction_needs_per_sample_losses():
+    p = logistic_regression()
+    x = p.param()
+    opt = NewtonCG([x], hessian_fraction=0.5)
+    with pytest.raises(ValueError, match="per-sample losses"):
+        opt.step(lambda: p.loss(x))
+
+
+def test_eisenstat_walker_choice_2():
+    assert eisenstat_walker(1.0, None, None) == 0.5
+    assert eisenstat_walker(0.1, 1.0, 0.3) == pytest.approx(0.9 * 0.01)
+    # safeguard: 0.9 * 0.5^2 = 0.225 > 0.1 keeps eta from dropping too fast
+    assert eisenstat_walker(0.01, 1.0, 0.5) == pytest.approx(0.225)
+
+
+def test_minibatch_mlp_digits_lowers_loss_without_nan():
+    X, y = digits_data(torch.float64)
+    ce = torch.nn.functional.cross_entropy
+    for seed in range(3):
+        model = digits_mlp(seed, dtype=torch.float64)
+        opt = NewtonCG(model.parameters(), cg_max_iter=10)
+        for epoch in range(2):
+            for idx in minibatches(len(X), 128, seed * 10 + epoch):
+                opt.step(lambda i=idx, m=model: ce(m(X[i]), y[i]))
+                assert all(bool(torch.isfinite(q).all()) for q in model.parameters())
+        assert float(ce(model(X), y)) < 0.3
+
+
+def test_state_dict_round_trip_in_lockstep():
+    p = rosenbrock()
+    x1 = p.param()
+    o1 = NewtonCG([x1])
+    for _ in range(3):
+        o1.step(lambda: p.loss(x1))
+    x2 = x1.detach().clone().requires_grad_(True)
+    o2 = NewtonCG([x2])
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+    for _ in range(5):
+        o1.step(lambda: p.loss(x1))
+        o2.step(lambda: p.loss(x2))
+        assert torch.equal(x1, x2)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(lr=0.0), "Invalid learning rate: 0.0"),
+        (dict(line_search="wolfe"), "Invalid line_search: 'wolfe'"),
+        (dict(cg_max_iter=0), "Invalid cg_max_iter: 0"),
+        (dict(forcing="ew"), "Invalid forcing: 'ew'"),
+        (dict(forcing=1.5), "Invalid forcing: 1.5"),
+        (dict(hessian_fraction=0.0), "Invalid hessian_fraction: 0.0"),
+        (dict(c1=1.0), "Invalid c1: 1.0"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals: 0"),
+    ],
+)
+def test_bad_hyperparameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        NewtonCG([torch.zeros(2, requires_grad=True)], **kw)

@@ -1,0 +1,105 @@
+"""NonlinearCG: scipy 'CG' oracle, beta formulas, digits MLP, state_dict, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from problems import (
+    digits_data,
+    digits_mlp,
+    logistic_regression,
+    minibatches,
+    rosenbrock,
+    scipy_minimize,
+)
+
+from secondorder.optim import NonlinearCG
+from secondorder.optim.nonlinear_cg import BETA_RULES, cg_beta
+
+
+@pytest.mark.parametrize("make", [logistic_regression, rosenbrock])
+def test_reaches_scipy_cg_minimizer_within_1_5x_iterations(make):
+    p = make()
+    ref = scipy_minimize(p, "CG", gtol=1e-9)
+    x = p.param()
+    opt = NonlinearCG([x], full_batch=True, tolerance_grad=1e-12, tolerance_change=1e-16)
+    for _ in range(int(1.5 * ref.nit)):
+        opt.step(lambda: p.loss(x))
+    xs = torch.as_tensor(ref.x)
+    assert abs(float(p.loss(x.detach())) - ref.fun) <= 1e-6 * max(1.0, abs(ref.fun))
+    assert float((x.detach() - xs).abs().max()) <= 1e-4 * max(1.0, float(xs.abs().max()))
+
+
+def test_beta_formulas_closed_form():
+    g = (torch.tensor([1.0, 2.0], dtype=torch.float64),)
+    go = (torch.tensor([2.0, 0.0], dtype=torch.float64),)
+    d = (torch.tensor([-2.0, 1.0], dtype=torch.float64),)
+    # y = (-1, 2); g.y = 3; |g|^2 = 5; |go|^2 = 4; d.y = 4; |y|^2 = 5; d.g = 0
+    assert float(cg_beta("fletcher_reeves", g, go, d)) == pytest.approx(5 / 4)
+    assert float(cg_beta("polak_ribiere_plus", g, go, d)) == pytest.approx(3 / 4)
+    assert float(cg_beta("hestenes_stiefel", g, go, d)) == pytest.approx(3 / 4)
+    assert float(cg_beta("dai_yuan", g, go, d)) == pytest.approx(5 / 4)
+    assert float(cg_beta("hager_zhang", g, go, d)) == pytest.approx((3 - 2 * 5 / 4 * 0) / 4)
+    g2 = (torch.tensor([1.0, 0.0], dtype=torch.float64),)
+    assert float(cg_beta("polak_ribiere_plus", g2, go, d)) == 0.0  # g.y = -1: PR+ clamps
+
+
+@pytest.mark.parametrize("beta", BETA_RULES)
+def test_every_beta_is_exact_cg_on_a_quadratic(beta):
+    # with exact line searches all formulas coincide with linear CG: n steps on n = 2 dims
+    A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = NonlinearCG([x], beta=beta, c1=1e-10, c2=1e-8, full_batch=True, tolerance_change=1e-16,
+                      powell_restart=False, max_ls_evals=50)
+    for _ in range(4):
+        opt.step(lambda: 0.5 * x @ (A @ x) - b @ x)
+    assert torch.allclose(x.detach(), torch.linalg.solve(A, b), atol=1e-6)
+
+
+def test_minibatch_mlp_digits_lowers_loss_without_nan():
+    X, y = digits_data(torch.float64)
+    ce = torch.nn.functional.cross_entropy
+    for seed in range(3):
+        model = digits_mlp(seed, dtype=torch.float64)
+        opt = NonlinearCG(model.parameters())
+        for epoch in range(3):
+            for idx in minibatches(len(X), 128, seed * 10 + epoch):
+                opt.step(lambda i=idx, m=model: ce(m(X[i]), y[i]))
+                assert all(bool(torch.isfinite(q).all()) for q in model.parameters())
+        assert float(ce(model(X), y)) < 0.5
+
+
+def test_state_dict_round_trip_in_lockstep():
+    p = rosenbrock()
+    x1 = p.param()
+    o1 = NonlinearCG([x1], full_batch=True)
+    for _ in range(5):
+        o1.step(lambda: p.loss(x1))
+    x2 = x1.detach().clone().requires_grad_(True)
+    o2 = NonlinearCG([x2], full_batch=True)
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+    for _ in range(10):
+        o1.step(lambda: p.loss(x1))
+        o2.step(lambda: p.loss(x2))
+        assert torch.equal(x1, x2)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+        (dict(beta="pr"), "Invalid beta: 'pr'"),
+        (dict(restart_every=0), "Invalid restart_every: 0"),
+        (dict(max_iter=0), "Invalid max_iter: 0"),
+        (dict(c1=0.0), "Invalid c1: 0.0"),
+        (dict(c2=2.0), "Invalid c2: 2.0"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals: 0"),
+        (dict(tolerance_grad=-1.0), "Invalid tolerance_grad: -1.0"),
+    ],
+)
+def test_bad_hyperparameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        NonlinearCG([torch.zeros(2, requires_grad=True)], **kw)
