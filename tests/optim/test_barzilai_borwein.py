@@ -1,0 +1,110 @@
+"""BarzilaiBorwein: Alg. 3 replayed by hand, BB1/BB2 convergence, digits MLP, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from problems import digits_data, digits_mlp, minibatches, quadratic
+
+from secondorder.optim import BarzilaiBorwein
+from secondorder.optim.barzilai_borwein import bb_step
+
+
+def test_sgd_bb_matches_algorithm_3_by_hand():
+    p = quadratic(n=5, cond=10.0)
+    T, beta, lr, tau0, tmin, tmax = 4, 0.5, 0.05, 0.2, 1e-3, 5.0
+    gen = torch.Generator().manual_seed(0)
+    noise = [torch.randn(5, generator=gen, dtype=torch.float64) * 0.1 for _ in range(5 * T)]
+    x = p.param()
+    opt = BarzilaiBorwein([x], lr=lr, epoch_length=T, beta=beta, tau_0=tau0, tau_min=tmin,
+                          tau_max=tmax)
+    for k in range(5 * T):
+        opt.step(lambda k=k: p.loss(x) + noise[k] @ x)
+    # reference: seed 000 Alg. 3, literally
+    xr, eta, ends = p.x0.clone(), lr, []
+    for k in range(5):
+        if k > 1:
+            (x2, g2), (x1, g1) = ends[-2:]
+            s, y = x1 - x2, g1 - g2
+            e = float(s @ s / (T * (s @ y).abs()))
+            eta = e if tmin / (k + 1) <= e <= tmax / (k + 1) else tau0 / (k + 1)
+        g_avg = torch.zeros(5, dtype=torch.float64)
+        for t in range(T):
+            grad = p.A @ xr - p.b + noise[k * T + t]
+            xr = xr - eta * grad
+            g_avg = (1 - beta) * g_avg + beta * grad
+        ends.append((xr.clone(), g_avg))
+    assert torch.allclose(x.detach(), xr, atol=1e-12)
+    (x2, g2), (x1, g1) = ends[-2:]  # the step of the next epoch, k = 5
+    s, y = x1 - x2, g1 - g2
+    e = float(s @ s / (T * (s @ y).abs()))
+    eta = e if tmin / 6 <= e <= tmax / 6 else tau0 / 6
+    assert opt.step_size == pytest.approx(eta, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["bb1", "bb2"])
+def test_deterministic_bb_solves_quadratic(mode):
+    p = quadratic(n=20, cond=100.0)
+    x = p.param()
+    opt = BarzilaiBorwein([x], lr=0.01, mode=mode)
+    for _ in range(150):
+        opt.step(lambda: p.loss(x))
+    assert torch.allclose(x.detach(), p.solution, atol=1e-6)
+    # the line search's gradient is reused: one gradient per iteration plus backtracks
+    assert opt.counters.gradients <= 1.3 * 150 + 1
+
+
+def test_bb_steps_closed_form():
+    s = (torch.tensor([1.0, 2.0], dtype=torch.float64),)
+    y = (torch.tensor([2.0, 1.0], dtype=torch.float64),)
+    assert float(bb_step(s, y, "bb1")) == pytest.approx(5 / 4)
+    assert float(bb_step(s, y, "bb2")) == pytest.approx(4 / 5)
+
+
+def test_minibatch_mlp_digits_lowers_loss_without_nan():
+    X, y = digits_data(torch.float64)
+    ce = torch.nn.functional.cross_entropy
+    steps = len(X) // 64
+    for seed in range(3):
+        model = digits_mlp(seed, dtype=torch.float64)
+        opt = BarzilaiBorwein(model.parameters(), lr=0.5, epoch_length=steps, tau_0=0.5)
+        for epoch in range(5):
+            for idx in minibatches(len(X), 64, seed * 10 + epoch):
+                opt.step(lambda i=idx, m=model: ce(m(X[i]), y[i]))
+                assert all(bool(torch.isfinite(q).all()) for q in model.parameters())
+        assert float(ce(model(X), y)) < 0.5
+
+
+def test_state_dict_round_trip_in_lockstep():
+    p = quadratic(n=5)
+    x1 = p.param()
+    o1 = BarzilaiBorwein([x1], mode="bb1")
+    for _ in range(4):
+        o1.step(lambda: p.loss(x1))
+    x2 = x1.detach().clone().requires_grad_(True)
+    o2 = BarzilaiBorwein([x2], mode="bb1")
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+    for _ in range(6):
+        o1.step(lambda: p.loss(x1))
+        o2.step(lambda: p.loss(x2))
+        assert torch.equal(x1, x2)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(lr=0.0, epoch_length=3), "Invalid learning rate: 0.0"),
+        (dict(mode="bb3"), "Invalid mode: 'bb3'"),
+        (dict(), "Invalid epoch_length: None"),
+        (dict(epoch_length=3, beta=0.0), "Invalid beta: 0.0"),
+        (dict(epoch_length=3, tau_0=-1.0), "Invalid tau_0: -1.0"),
+        (dict(epoch_length=3, tau_min=2.0, tau_max=1.0), "Invalid tau_min/tau_max: 2.0, 1.0"),
+        (dict(mode="bb1", memory=0), "Invalid memory: 0"),
+        (dict(mode="bb1", step_bounds=(1.0, 0.5)), r"Invalid step_bounds: \(1.0, 0.5\)"),
+    ],
+)
+def test_bad_hyperparameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        BarzilaiBorwein([torch.zeros(2, requires_grad=True)], **kw)
