@@ -316,7 +316,10 @@ class NewtonKrylov(SecondOrderOptimizer):
         global_refresh: recompute the global gradient after this many accepted steps
             (seed 002: 1, line 48).
         warm_start: the Krylov loop starts at ``warm_start`` times the previous direction
-            (line 10's ``dw~``; 0 starts from zero), in ``[0, 1]``.
+            (line 10's ``dw~``), in ``[0, 1]``. The default 0 starts from zero: warm
+            starting at the full previous direction (1.0) measured far worse (digits MLP,
+            2 epochs of batch 128: full loss 1.25 against 0.17), as a direction the Taylor
+            ratio shrank to a tiny step is carried over whole and shrunk again.
         max_step_adjust: stretch/shrink attempts before the fallback step.
         fallback_step: the step when the attempts fail (seed 002: 1e-6), ``> 0``.
         damping_threshold: curvatures below it are damped (seed 002: 1e-8), ``>= 0``.
@@ -334,7 +337,7 @@ class NewtonKrylov(SecondOrderOptimizer):
         rtol: float = 1e-4,
         backend: str = "autograd",
         global_refresh: int = 1,
-        warm_start: float = 1.0,
+        warm_start: float = 0.0,
         max_step_adjust: int = 10,
         fallback_step: float = 1e-6,
         damping_threshold: float = 1e-8,
