@@ -410,3 +410,44 @@ def test_libsvm_multiclass_uses_softmax(tmp_path):
     out = problem.make_model(0)(problem.train.inputs)
     assert out.shape == (len(problem.train), 4)  # 3 logits + penalty column
     assert sorted(set(problem.train.targets.tolist())) == [0, 1, 2]
+
+
+# ----------------------------------------------------------- every file-based problem
+
+FILE_PROBLEM_SHAPES = {
+    "mnist_mlp1": ("mnist", (4, 11)),  # 10 logits + L2 penalty column
+    "mnist_mlp2": ("mnist", (4, 11)),
+    "mnist_lenet5": ("mnist", (4, 10)),
+    "mnist_autoencoder": ("mnist", (4, 784)),
+    "fmnist_mlp1": ("fashion-mnist", (4, 11)),
+    "fmnist_mlp2": ("fashion-mnist", (4, 11)),
+    "fmnist_2c2d": ("fashion-mnist", (4, 10)),
+    "kmnist_mlp1": ("kmnist", (4, 11)),
+    "cifar10_cnn": ("cifar-10-batches-py", (4, 10)),
+    "cifar10_vgg11": ("cifar-10-batches-py", (4, 10)),
+    "cifar10_3c3d": ("cifar-10-batches-py", (4, 11)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FILE_PROBLEM_SHAPES))
+def test_every_file_problem_builds_from_tiny_files(tmp_path, name):
+    folder, out_shape = FILE_PROBLEM_SHAPES[name]
+    if folder.startswith("cifar"):
+        (tmp_path / folder).mkdir()
+        write_cifar_batch(tmp_path / folder / "test_batch", 30)
+    else:
+        write_mnist(tmp_path / folder, 30)
+    problem = get_problem(name, data_dir=tmp_path)
+    assert [len(problem.train), len(problem.validation), len(problem.test)] == [21, 3, 6]
+    assert "file" in problem.tags and problem.description
+    model = problem.make_model(0).eval()
+    with torch.no_grad():
+        out = model(problem.train.inputs[:4])
+        loss = problem.loss(out, problem.train.targets[:4])
+    assert out.shape == out_shape
+    assert loss.shape == (4,) and torch.isfinite(loss).all()
+    if name == "mnist_autoencoder":
+        assert problem.accuracy is None
+        torch.testing.assert_close(problem.train.targets, problem.train.inputs.reshape(21, 784))
+    else:
+        assert 0.0 <= problem.accuracy(out, problem.train.targets[:4]).item() <= 1.0

@@ -680,7 +680,8 @@ def image_splits(image_set: data.ImageSet, seed: int) -> tuple[Split, Split, Spl
         mean = floats[0].mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
         std = floats[0].std(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
         std = np.where(std > 0, std, 1.0)
-        floats = [((x - mean) / std).astype(np.float32) for x in floats]
+        mean, std = mean.astype(np.float32), std.astype(np.float32)  # no float64 copies
+        floats = [(x - mean) / std for x in floats]
     return tuple(  # type: ignore[return-value]
         Split(torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y)))
         for x, (_, y) in zip(floats, parts, strict=True)
