@@ -62,6 +62,10 @@ class OptimizerSpec:
         full_batch: runs on the whole training set on ``full_batch`` problems.
         global_closure: pass ``global_closure=`` (full training set) to ``step``.
         first_order: a first-order baseline (used to set time-to-target targets).
+        full_batch_kwargs: keyword arguments added when the method runs full batch
+            (LBFGS/NonlinearCG ``full_batch=True``; BarzilaiBorwein ``mode="bb1"``).
+        epoch_length_kwarg: keyword that receives the number of steps per epoch
+            (BarzilaiBorwein's ``epoch_length``, seed 000 Alg. 3), or ``None``.
         description: one line for ``secondorder list``.
     """
 
@@ -76,6 +80,8 @@ class OptimizerSpec:
     global_closure: bool = False
     first_order: bool = False
     description: str = ""
+    full_batch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    epoch_length_kwarg: str | None = None
 
     def grid(self, level: str = "default") -> tuple[float, ...]:
         """Knob values for ``level``; raises ``ValueError`` naming the valid levels."""
@@ -130,10 +136,12 @@ def _torch(name, cls, description, **defaults) -> OptimizerSpec:
     )
 
 
-def _so(name, knob, grids, description, *, full_batch=False, global_closure=False, **defaults):
+def _so(name, knob, grids, description, *, full_batch=False, global_closure=False,
+        full_batch_kwargs=None, epoch_length_kwarg=None, **defaults):
     return OptimizerSpec(
         name, name, "secondorder.optim", "secondorder", knob, grids, defaults,
         full_batch=full_batch, global_closure=global_closure, description=description,
+        full_batch_kwargs=full_batch_kwargs or {}, epoch_length_kwarg=epoch_length_kwarg,
     )
 
 
@@ -143,14 +151,18 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     _torch("adam", "Adam", "torch.optim.Adam (Kingma & Ba 2015)"),
     _torch("adagrad", "Adagrad", "torch.optim.Adagrad (Duchi et al. 2011)"),
     _so("LBFGS", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
-        "limited-memory BFGS with line search (seed 000 Alg. 1, seed 003)", full_batch=True),
+        "limited-memory BFGS with line search (seed 000 Alg. 1, seed 003)", full_batch=True,
+        full_batch_kwargs={"full_batch": True}),
     _so("NonlinearCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
-        "nonlinear conjugate gradients with line search (seed 003)", full_batch=True),
+        "nonlinear conjugate gradients with line search (seed 003)", full_batch=True,
+        full_batch_kwargs={"full_batch": True}),
     _so("NewtonCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
         "line-search Newton-CG, truncated CG on Hessian-vector products (seed 003)",
         full_batch=True),
     _so("BarzilaiBorwein", "lr", _lr(),
-        "Barzilai-Borwein adaptive step size (seed 000 Alg. 3)", full_batch=True),
+        "Barzilai-Borwein: SGD-BB (seed 000 Alg. 3) on mini-batches, BB1 with nonmonotone "
+        "line search full batch", full_batch=True, full_batch_kwargs={"mode": "bb1"},
+        epoch_length_kwarg="epoch_length"),
     _so("AdaHessian", "lr", _lr(),
         "AdaHessian: Hutchinson Hessian diagonal with momentum (seed 000 Alg. 2)"),
     _so("TrustRegion", "radius",

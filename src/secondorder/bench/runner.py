@@ -165,7 +165,12 @@ def run(
     meter = CostMeter(model, train_size=n)
     try:
         try:
-            optimizer = spec.build(model.parameters(), **dict(hyperparameters))
+            kwargs = dict(hyperparameters)
+            if full:
+                kwargs.update(spec.full_batch_kwargs)
+            if spec.epoch_length_kwarg is not None:
+                kwargs[spec.epoch_length_kwarg] = steps_per_epoch
+            optimizer = spec.build(model.parameters(), **kwargs)
         except Exception as e:  # noqa: BLE001 -- a bad setting is a failed run, not a crash
             result.status, result.error = "failed", f"{type(e).__name__}: {e}"
             return result
