@@ -212,3 +212,16 @@ def test_unknown_backend_and_scheme_are_errors():
         hvp(loss_fn, params, v, backend="finite-difference", scheme="backward")
     with pytest.raises(ValueError, match="Invalid finite-difference step: h=0"):
         hvp(loss_fn, params, v, backend="finite-difference", h=0)
+
+
+def test_curvature_never_changes_batch_norm_statistics_and_forward_mode_works():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ELU(), nn.Linear(5, 2)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 2, (8,))
+    loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(), x, y)
+    v = tuple(torch.randn_like(p) for p in params)
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    H = dense_hessian(loss_fn, params)
+    for backend in ["autograd", "forward", "complex-step"]:
+        assert _rel(tl.flatten(hvp(loss_fn, params, v, backend=backend)), H @ tl.flatten(v)) <= 1e-10
+    assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())

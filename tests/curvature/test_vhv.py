@@ -82,8 +82,8 @@ TOLERANCE = {"autograd": 1e-12, "forward": 1e-12, "complex-step": 1e-12,
 @pytest.mark.parametrize("name", list(MAKERS))
 def test_vhv_matches_dense_hessian(name, backend):
     if backend == "forward" and name == "batchnorm":
-        pytest.skip("torch.func forward-over-reverse fails through training-mode batch norm "
-                    "in torch 2.13 ('ZeroTensors are immutable'); hvp.py's backend, not vhv")
+        pytest.skip("torch 2.13's forward-over-reverse (torch.func and forward_ad alike) fails "
+                    "through batch norm without running statistics: 'ZeroTensors are immutable'")
     loss_fn, params, vec = _problem(MAKERS[name])
     ref = _dense_vhv(loss_fn, params, vec)
     got = vhv(loss_fn, params, vec, backend=backend)

@@ -72,7 +72,9 @@ def functional_loss(
 
     ``loss_fn(ps)`` returns ``criterion(model(inputs), targets)`` computed with the tensors
     ``ps`` in place of the model's trainable parameters (those with ``requires_grad``), in
-    their ``model.parameters()`` order; buffers (batch-norm statistics) are the model's own.
+    their ``model.parameters()`` order. Buffers (batch-norm running statistics) are read
+    from the model but each call works on copies of them, so evaluating curvature never
+    changes the model (and ``torch.func`` transforms see no mutation of captured tensors).
 
     Args:
         model: the network.
@@ -103,11 +105,14 @@ def functional_loss(
             f"{type(model).__name__} has no parameter that requires grad; nothing to differentiate"
         )
     names = [n for n, _ in named]
+    buffers = dict(model.named_buffers())
 
     def loss_fn(ps: Sequence[Tensor]) -> Tensor:
         if len(ps) != len(names):
             raise ValueError(f"loss_fn expects {len(names)} parameter tensors, got {len(ps)}")
-        out = torch.func.functional_call(model, dict(zip(names, ps)), (inputs,), strict=False)
+        tensors = {n: b.clone() for n, b in buffers.items()}
+        tensors.update(zip(names, ps))
+        out = torch.func.functional_call(model, tensors, (inputs,), strict=False)
         return criterion(out, targets)
 
     loss_fn.model = model  # type: ignore[attr-defined]  # lets complex-step name modules
