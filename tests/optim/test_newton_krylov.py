@@ -273,7 +273,7 @@ def test_digits_mlp_minibatches(seed):
     assert final < THRESHOLD_DIGITS
 
 
-THRESHOLD_DIGITS = 0.6
+THRESHOLD_DIGITS = 0.3  # from log(10) = 2.30; measured 0.12-0.16
 
 
 @pytest.mark.parametrize(
