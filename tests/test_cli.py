@@ -109,3 +109,19 @@ def test_clear_errors(tmp_path, capsys):
     assert cli.main(["bench", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "Invalid seeds: 0" in capsys.readouterr().err
 
+
+
+def test_curvature_command_on_rosenbrock_matches_the_closed_form(tmp_path, capsys):
+    assert cli.main(["curvature", "--problem", "rosenbrock", "--epochs", "2", "--top", "2",
+                     "--out", str(tmp_path)]) == 0
+    # At (-1.2, 1): H = [[1330, 480], [480, 200]], eigenvalues (1530 +- sqrt(1530^2 - 4*35600))/2.
+    disc = (1530**2 - 4 * 35600) ** 0.5
+    md = (tmp_path / "curvature_rosenbrock.md").read_text()
+    init = next(line for line in md.splitlines() if line.startswith("| initialization"))
+    assert f"{(1530 + disc) / 2:.4g}, {(1530 - disc) / 2:.4g}" in init
+    assert f"| {1530 / 2490:.3g} | 0.5 |" in init  # diagonal mass vs Wigner (d = 2)
+    for name in ("density", "mass"):
+        png = tmp_path / "figures" / f"curvature_rosenbrock_{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    assert cli.main(["curvature", "--problem", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown problem 'nope'" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from secondorder.bench.accounting import CostMeter
 from secondorder.bench.registry import OptimizerSpec
 from secondorder.errors import NonFiniteLossError
 
-__all__ = ["Budget", "RunResult", "evaluate_split", "run"]
+__all__ = ["Budget", "RunResult", "evaluate_split", "make_closure", "run"]
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,9 @@ def evaluate_split(
     return loss, acc
 
 
-def _make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y, last: list):
+def make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y, last: list):
+    """The closure of ``spec.protocol`` on the batch ``(x, y)``; it stores the detached mean
+    loss in ``last[0]``."""
     if spec.protocol == "torch":
         def closure():
             optimizer.zero_grad()
@@ -178,7 +180,7 @@ def run(
             optimizer.samples_per_evaluation = batch_size
         step_kwargs = {}
         if spec.global_closure:
-            step_kwargs["global_closure"] = _make_closure(
+            step_kwargs["global_closure"] = make_closure(
                 spec, model, optimizer, problem, train.inputs, train.targets, [None]
             )
         train_time = 0.0
@@ -241,7 +243,7 @@ def run(
                 idx = perm[pos:pos + batch_size]
                 pos += batch_size
                 x, y = train.inputs[idx], train.targets[idx]
-            closure = _make_closure(spec, model, optimizer, problem, x, y, last)
+            closure = make_closure(spec, model, optimizer, problem, x, y, last)
             try:
                 optimizer.step(closure, **step_kwargs)
             except NonFiniteLossError as e:
