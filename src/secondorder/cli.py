@@ -15,6 +15,7 @@ within 3 (see docs/benchmark.md for the measured times).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--grid", choices=("quick", "default", "full"),
                    help="knob grid (default: default; quick: quick)")
     b.add_argument("--evals-per-epoch", type=int, default=1)
-    b.add_argument("--workers", type=int, default=1, help="worker processes")
+    b.add_argument("--workers", type=int,
+                   help="worker processes (default: 2 if the machine has 2 cores, else 1)")
     b.add_argument("--data-dir", help="folder of the file-based data sets")
     b.add_argument("--out", default="secondorder-results", help="results folder")
     b.add_argument("--quick", action="store_true",
@@ -145,7 +147,8 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         elif args.budget_seconds is not None:
             budget = Budget(seconds=args.budget_seconds)
         config = SweepConfig(problems, optimizers, seeds=seeds, budget=budget, grid=grid,
-                             workers=args.workers, evals_per_epoch=args.evals_per_epoch,
+                             workers=args.workers or min(2, os.cpu_count() or 1),
+                             evals_per_epoch=args.evals_per_epoch,
                              data_dir=args.data_dir,
                              name=args.sweep or ("quick" if args.quick else "bench"))
     except ValueError as e:

@@ -180,7 +180,8 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         {"full": (0.01, 0.02, 0.05, 0.1, 0.2), "default": (0.02, 0.05, 0.2), "quick": (0.05,)},
         "complex-step Newton-Krylov with Taylor-ratio step sizing (seed 002 Alg. 1)",
         global_closure=True),
-    _so("LSCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+    # LSCG costs 50-100 HVPs per step: its default grid is the default step only.
+    _so("LSCG", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
         "least-squares CG baseline (seed 002 Sec. 3)"),
     _so("LevenbergMarquardt", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
