@@ -173,3 +173,14 @@ def test_ggn_bad_inputs():
     frozen.requires_grad_(False)
     with pytest.raises(ValueError, match="Linear has no parameter that requires grad"):
         GGNOperator.from_model(frozen, nn.MSELoss(), torch.ones(1, 2), torch.ones(1, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model = mlp(1)
+    x, y = batch(2, True)
+    expected = GGNOperator.from_model(model, nn.CrossEntropyLoss(), x, y).to_dense()
+    G = GGNOperator.from_model(model.cuda(), nn.CrossEntropyLoss(), x.cuda(), y.cuda())
+    dense = G.to_dense()
+    assert dense.is_cuda
+    torch.testing.assert_close(dense.cpu(), expected, atol=1e-12, rtol=0)

@@ -389,3 +389,31 @@ def test_steihaug_bad_inputs():
         steihaug_cg(op(A), g, 1.0, metric=(torch.ones(N, dtype=DT),))
     with pytest.raises(ValueError, match="Invalid check_every value: 0"):
         steihaug_cg(op(A), g, 1.0, check_every=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("check_every", [1, 7])
+def test_cuda_matches_cpu(check_every):
+    A, b, m = indefinite(N, 0) + 2.5 * torch.eye(N, dtype=DT), rand(N, 1), rand_metric(0)
+    cpu = truncated_cg(op(A), split(b), rtol=1e-12, preconditioner=lambda r: tl.mul(r, split(m)))
+    Ac = A.cuda()
+
+    def op_cuda(vec):
+        return split(Ac @ tl.flatten(vec))
+
+    mc = tuple(t.cuda() for t in split(m))
+    gpu = truncated_cg(
+        op_cuda, tuple(t.cuda() for t in split(b)), rtol=1e-12, check_every=check_every,
+        preconditioner=lambda r: tl.mul(r, mc),
+    )  # fmt: skip
+    assert (gpu.status, gpu.iterations) == (cpu.status, cpu.iterations)
+    assert all(t.is_cuda for t in gpu.solution) and gpu.residual_norm.is_cuda
+    torch.testing.assert_close(tl.flatten(gpu.solution).cpu(), tl.flatten(cpu.solution))
+    for radius in (0.3, 100.0):
+        s_cpu = steihaug_cg(op(indefinite(N, 1)), split(b), radius, metric=split(m))
+        s_gpu = steihaug_cg(
+            op(indefinite(N, 1).cuda()),
+            tuple(t.cuda() for t in split(b)), radius, metric=mc, check_every=check_every,
+        )  # fmt: skip
+        assert (s_gpu.status, s_gpu.iterations) == (s_cpu.status, s_cpu.iterations)
+        torch.testing.assert_close(tl.flatten(s_gpu.solution).cpu(), tl.flatten(s_cpu.solution))

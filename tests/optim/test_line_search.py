@@ -331,3 +331,21 @@ def test_strong_wolfe_errors():
         strong_wolfe(phi, d, 0.0, d, tolerance_change=-1.0)
     with pytest.raises(ValueError, match=r"grad0\[0\] has shape \(3,\)"):
         strong_wolfe(phi, d, 0.0, (torch.ones(3, dtype=DT),))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_strong_wolfe_on_cuda_matches_cpu():
+    fn, x = PROBLEMS["rosenbrock"]
+    results = []
+    for device in ("cpu", "cuda"):
+        x0 = torch.tensor(x, dtype=DT, device=device)
+        f0, g0 = value_and_grad(fn, x0)
+
+        def phi(t, x0=x0, g0=g0):
+            f, g = value_and_grad(fn, x0 - t * g0)
+            return f, (g,)
+
+        res = strong_wolfe(phi, (-g0,), f0, (g0,), step=1e-3)
+        assert res.loss.device.type == device and res.grad[0].device.type == device
+        results.append(res)
+    assert (results[0].step, results[0].evaluations) == (results[1].step, results[1].evaluations)
