@@ -23,13 +23,21 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.curvature.operators import CurvatureOperator, HessianOperator
+from secondorder.curvature.operators import CurvatureOperator
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 
 CURVATURES = ("hessian", "gauss_newton")
 CurvatureClosure = Callable[[], CurvatureOperator]
 
-__all__ = ["CURVATURES", "CurvatureClosure", "LocalModel", "check_curvature", "local_model"]
+__all__ = [
+    "CURVATURES",
+    "CurvatureClosure",
+    "LocalModel",
+    "check_closures",
+    "check_curvature",
+    "local_model",
+    "separate_operator",
+]
 
 
 def check_curvature(curvature: str) -> str:
@@ -56,9 +64,10 @@ class LocalModel:
     operator: CurvatureOperator
 
     def free(self) -> None:
-        """Release the graph held by a Hessian operator."""
-        if isinstance(self.operator, HessianOperator):
-            self.operator.free()
+        """Release the graph held by the operator (Hessian and GGN operators have one)."""
+        release = getattr(self.operator, "free", None)
+        if callable(release):
+            release()
 
 
 def check_closures(curvature: str, hessian_closure: Closure | None,
@@ -114,15 +123,36 @@ def local_model(
         ev = optimizer.evaluate(closure, create_graph=True)
         return LocalModel(ev.loss, ev.grads, ev.samples, ev.hessian)
     ev = optimizer.evaluate(closure)
+    op = separate_operator(optimizer, curvature, hessian_closure=hessian_closure,
+                           ggn_closure=ggn_closure)
+    return LocalModel(ev.loss, ev.grads, ev.samples, op)
+
+
+def separate_operator(
+    optimizer: SecondOrderOptimizer,
+    curvature: str,
+    *,
+    hessian_closure: Closure | None = None,
+    ggn_closure: CurvatureClosure | None = None,
+) -> CurvatureOperator:
+    """The curvature operator from ``hessian_closure`` or ``ggn_closure`` (counted).
+
+    Raises:
+        ValueError: if neither closure fits ``curvature``, or ``ggn_closure`` returns
+            something other than a :class:`CurvatureOperator` shaped like the parameters.
+    """
     if curvature == "hessian":
-        hev = optimizer.evaluate(hessian_closure, create_graph=True)
-        return LocalModel(ev.loss, ev.grads, ev.samples, hev.hessian)
+        if hessian_closure is None:
+            raise ValueError("curvature='hessian' from a separate batch needs hessian_closure")
+        return optimizer.evaluate(hessian_closure, create_graph=True).hessian
+    check_closures(curvature, hessian_closure, ggn_closure)
     op = ggn_closure()
     if not isinstance(op, CurvatureOperator):
         raise ValueError(
             f"ggn_closure must return a CurvatureOperator, got {type(op).__name__}"
         )
     tl.check_like(op.params, optimizer.params(), "the GGN operator's params")
-    samples = int(getattr(op, "num_samples", 0) or 0)
+    outputs = getattr(op, "outputs", None)  # GGNOperator: one row of outputs per sample
+    samples = int(outputs.shape[0]) if isinstance(outputs, Tensor) and outputs.dim() > 0 else 0
     op.on_product = lambda: optimizer.count_hvps(1, samples)
-    return LocalModel(ev.loss, ev.grads, ev.samples, op)
+    return op
