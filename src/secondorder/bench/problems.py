@@ -373,7 +373,7 @@ def _digits_softmax(seed: int) -> Problem:
         loss=Penalized(cross_entropy, add_penalty=True),
         accuracy=Penalized(multiclass_accuracy, add_penalty=False),
         batch_size=128,
-        epochs=10,
+        epochs=5,
         tags=("embedded", "classification", "convex", "seed002"),
     )
 
@@ -391,7 +391,7 @@ def _digits_mlp(seed: int) -> Problem:
         loss=cross_entropy,
         accuracy=multiclass_accuracy,
         batch_size=128,
-        epochs=10,
+        epochs=5,
         tags=("embedded", "classification", "nonconvex", "seed003"),
     )
 
@@ -409,7 +409,7 @@ def _digits_cnn(seed: int) -> Problem:
         loss=cross_entropy,
         accuracy=multiclass_accuracy,
         batch_size=128,
-        epochs=5,
+        epochs=3,
         tags=("embedded", "classification", "nonconvex", "cnn", "seed000"),
     )
 
@@ -430,7 +430,7 @@ def _digits_autoencoder(seed: int) -> Problem:
         loss=reconstruction_mse,
         accuracy=None,
         batch_size=128,
-        epochs=10,
+        epochs=5,
         tags=("embedded", "reconstruction", "nonconvex", "seed002"),
     )
 
@@ -529,7 +529,7 @@ def _logistic2d(seed: int) -> Problem:
         loss=binary_logistic,
         accuracy=binary_accuracy,
         batch_size=100,
-        epochs=10,
+        epochs=5,
         tags=("embedded", "classification", "convex", "seed003"),
     )
 
