@@ -265,3 +265,32 @@ def test_scalar_shaped_losses_are_accepted():
     assert loss.shape == () and opt.counters.loss_samples == before
     opt.step(lambda: closure().reshape(1))
     assert opt.counters.loss_samples == before + 1
+
+
+def test_loading_a_state_dict_copies_global_state():
+    model, closure, _, _ = make_problem(4)
+    opt = TinyNewtonCG(model.parameters())
+    opt.step(closure)
+    opt.state["global"]["buffer"] = torch.ones(2, dtype=DT)
+    model2, closure2, _, _ = make_problem(4)
+    opt2 = TinyNewtonCG(model2.parameters())
+    opt2.load_state_dict(opt.state_dict())  # no deepcopy by the caller
+    opt2.step(closure2)
+    opt2.state["global"]["buffer"].add_(1.0)
+    assert opt.state["global"]["k"] == 1 and opt2.state["global"]["k"] == 2
+    assert torch.equal(opt.state["global"]["buffer"], torch.ones(2, dtype=DT))
+    assert opt.counters.loss_evals == 1 and opt2.counters.loss_evals == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_checkpoint_loads_into_a_cuda_optimizer():
+    model, closure, x, y = make_problem(5)
+    opt = TinyNewtonCG(model.parameters())
+    opt.step(closure)
+    opt.state["global"]["buffer"] = torch.ones(2, dtype=DT)
+    cuda_model = nn.Linear(3, 1).to(DT).cuda()
+    cuda_model.load_state_dict(model.state_dict())
+    opt2 = TinyNewtonCG(cuda_model.parameters())
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.state["global"]["buffer"].device.type == "cuda"
+    assert all(s["d_prev"].device.type == "cuda" for k, s in opt2.state.items() if isinstance(k, torch.Tensor))

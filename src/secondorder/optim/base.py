@@ -20,6 +20,7 @@ Hessian(-like) vector products, each also in samples (see :class:`CostCounter`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -83,6 +84,23 @@ class Evaluation:
         return bool(ok)
 
 
+def _to_device(obj: Any, device: torch.device | None) -> Any:
+    """Move every tensor inside dicts, lists, tuples and plain objects to ``device``."""
+    if device is None:
+        return obj
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        moved = [_to_device(v, device) for v in obj]
+        return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for k, v in vars(obj).items():
+            setattr(obj, k, _to_device(v, device))
+    return obj
+
+
 class SecondOrderOptimizer(torch.optim.Optimizer):
     """Base class: closure protocol, differentiation, parameter access, cost counters.
 
@@ -123,6 +141,21 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             torch._foreach_add_(ps, torch._foreach_mul(list(direction), alpha))
         else:
             torch._foreach_add_(ps, list(direction), alpha=alpha)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; state that spans all groups is copied and moved to the params' device.
+
+        ``torch.optim.Optimizer`` casts per-parameter state but stores other entries (here
+        ``"global"`` and ``"counters"``) by reference; this copies them, so two optimizers
+        never share a quasi-Newton memory, and moves their tensors next to the parameters
+        (a CPU checkpoint loads into a CUDA optimizer).
+        """
+        super().load_state_dict(state_dict)
+        params = self.params()
+        device = params[0].device if params else None
+        for key in list(self.state):
+            if not isinstance(key, Tensor):
+                self.state[key] = _to_device(copy.deepcopy(self.state[key]), device)
 
     # ----------------------------------------------------------------- counters
     @property
