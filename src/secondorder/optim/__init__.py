@@ -30,3 +30,10 @@ from secondorder.optim.lscg import LSCG  # noqa: E402
 from secondorder.optim.newton_krylov import NewtonKrylov  # noqa: E402
 
 __all__ += ["LSCG", "LevenbergMarquardt", "NewtonKrylov"]
+from secondorder.optim.adaptive_cubic import AdaptiveCubic  # noqa: E402
+from secondorder.optim.hessian_free import HessianFree  # noqa: E402
+from secondorder.optim.norms import DiagonalNorm, FullMatrixNorm, SphericalNorm  # noqa: E402
+from secondorder.optim.trust_region import TrustRegion  # noqa: E402
+
+__all__ += ["AdaptiveCubic", "DiagonalNorm", "FullMatrixNorm", "HessianFree", "SphericalNorm"]
+__all__ += ["TrustRegion"]
