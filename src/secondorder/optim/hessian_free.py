@@ -102,7 +102,7 @@ def backtracking_iterations(max_iter: int, ratio: float = 1.3) -> list[int]:
 
     Example:
         >>> backtracking_iterations(10)
-        [1, 2, 3, 4, 5, 7, 10]
+        [1, 2, 3, 4, 5, 7, 9]
     """
     out, j = [], 0
     while True:
