@@ -1,0 +1,128 @@
+"""CPU/CUDA parity: every optimizer and curvature product gives the same numbers on a GPU.
+
+Skipped without CUDA (CI has none); run on a GPU machine with ``python -m pytest
+tests/test_devices.py``. Deterministic methods must match their CPU iterates in float64;
+methods that draw random probes (AdaHessian, Hutchinson) use device-local generators, so
+they are checked for the same loss decrease instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from secondorder import optim as so
+from secondorder import tensorlist as tl
+from secondorder.curvature import (
+    GGNOperator,
+    eigenvalues,
+    functional_loss,
+    hessian_diagonal,
+    hvp,
+    layer_hessians,
+    vhv,
+)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DT = torch.float64
+
+
+def _data(device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g, dtype=DT)
+    y = torch.randint(0, 3, (64,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def _model(device):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(DT).to(device)
+
+
+DETERMINISTIC = {
+    "LBFGS": lambda ps: so.LBFGS(ps),
+    "LBFGS-armijo": lambda ps: so.LBFGS(ps, line_search="armijo"),
+    "NonlinearCG": lambda ps: so.NonlinearCG(ps),
+    "NewtonCG": lambda ps: so.NewtonCG(ps),
+    "BarzilaiBorwein-bb1": lambda ps: so.BarzilaiBorwein(ps, mode="bb1", lr=0.1),
+    "TrustRegion": lambda ps: so.TrustRegion(ps),
+    "TrustRegion-spherical": lambda ps: so.TrustRegion(ps, norm="spherical"),
+    "AdaptiveCubic": lambda ps: so.AdaptiveCubic(ps),
+    "HessianFree-hessian": lambda ps: so.HessianFree(ps, curvature="hessian", preconditioner=False),
+    "NewtonKrylov": lambda ps: so.NewtonKrylov(ps),
+    "LSCG": lambda ps: so.LSCG(ps),
+    "LevenbergMarquardt": lambda ps: so.LevenbergMarquardt(ps),
+}
+
+
+def _run(make, device, steps=10):
+    model = _model(device)
+    x, y = _data(device)
+    opt = make(model.parameters())
+
+    def closure():
+        return nn.functional.cross_entropy(model(x), y)
+
+    losses = [float(opt.step(closure)) for _ in range(steps)]
+    return tl.flatten(tuple(p.detach().cpu() for p in model.parameters())), losses
+
+
+@pytest.mark.parametrize("name", list(DETERMINISTIC))
+def test_optimizer_iterates_match_cpu(name):
+    cpu, cpu_losses = _run(DETERMINISTIC[name], "cpu")
+    gpu, gpu_losses = _run(DETERMINISTIC[name], "cuda")
+    assert all(torch.isfinite(torch.tensor(gpu_losses)))
+    assert torch.allclose(gpu, cpu, rtol=1e-8, atol=1e-10), name
+    assert gpu_losses[-1] < gpu_losses[0]
+
+
+def test_adahessian_decreases_the_loss_on_cuda():
+    model = _model("cuda")
+    x, y = _data("cuda")
+    generator = torch.Generator("cuda").manual_seed(0)
+    opt = so.AdaHessian(model.parameters(), lr=0.1, generator=generator)
+
+    def closure():
+        return nn.functional.cross_entropy(model(x), y)
+
+    first = float(closure())
+    for _ in range(20):
+        opt.step(closure)
+    assert float(closure()) < 0.9 * first
+
+
+@pytest.mark.parametrize("backend", ["autograd", "forward", "complex-step", "finite-difference"])
+def test_hvp_backends_match_cpu(backend):
+    out = {}
+    for device in ["cpu", "cuda"]:
+        model = _model(device)
+        x, y = _data(device)
+        loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(), x, y)
+        v = tuple(
+            torch.linspace(-1, 1, p.numel(), dtype=DT, device=device).view_as(p) for p in params
+        )
+        out[device] = (
+            tl.flatten(hvp(loss_fn, params, v, backend=backend)).cpu(),
+            float(vhv(loss_fn, params, v, backend=backend)),
+            tl.flatten(GGNOperator.from_model(model, nn.CrossEntropyLoss(), x, y) @ v).cpu(),
+        )
+    tol = 1e-6 if backend == "finite-difference" else 1e-10
+    assert torch.allclose(out["cuda"][0], out["cpu"][0], rtol=tol, atol=tol)
+    assert abs(out["cuda"][1] - out["cpu"][1]) <= tol * max(1.0, abs(out["cpu"][1]))
+    assert torch.allclose(out["cuda"][2], out["cpu"][2], rtol=1e-10, atol=1e-12)
+
+
+def test_curvature_tools_match_cpu():
+    res = {}
+    for device in ["cpu", "cuda"]:
+        model = _model(device)
+        x, y = _data(device)
+        loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(), x, y)
+        res[device] = (
+            tl.flatten(hessian_diagonal(loss_fn, params, method="exact")).cpu(),
+            eigenvalues(loss_fn, params, k=3, num_steps=tl.flatten(params).numel()).cpu(),
+            torch.cat([b.reshape(-1) for b in layer_hessians(model, x, y)]).cpu(),
+        )
+    for a, b in zip(res["cuda"], res["cpu"], strict=True):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
