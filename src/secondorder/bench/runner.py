@@ -165,6 +165,7 @@ def run(
     result = RunResult("finished", measurements)
 
     meter = CostMeter(model, train_size=n)
+    bar = None
     try:
         try:
             kwargs = dict(hyperparameters)
@@ -224,7 +225,6 @@ def run(
         total_steps = None
         if budget.epochs is not None:
             total_steps = math.ceil(budget.epochs * steps_per_epoch - 1e-9)
-        bar = None
         if progress:
             from tqdm.auto import tqdm
 
@@ -278,10 +278,10 @@ def run(
                     result.status = "diverged"
                     result.error = f"training loss {m['train_loss']:.4g} at step {step}"
                     return result
-        if bar is not None:
-            bar.close()
         if not measurements or measurements[-1]["step"] != step:
             record()
         return result
     finally:
+        if bar is not None:
+            bar.close()
         meter.close()
