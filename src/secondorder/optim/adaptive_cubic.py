@@ -206,6 +206,8 @@ class AdaptiveCubic(SecondOrderOptimizer):
         sigma_min: lower bound on ``sigma`` (positive).
         krylov_dim: Lanczos vectors per step (>= 1).
         grad_tol: no step when ``||g|| <= grad_tol``.
+        normalize: scale ``M`` to mean diagonal 1, so that ``sigma`` is in Euclidean units
+            (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
     Raises:
         ValueError: if a hyperparameter is out of range or a name is unknown.
@@ -234,6 +236,7 @@ class AdaptiveCubic(SecondOrderOptimizer):
         sigma_min: float = 1e-10,
         krylov_dim: int = 20,
         grad_tol: float = 0.0,
+        normalize: bool = True,
     ):
         if not sigma > 0:
             raise ValueError(f"Invalid sigma value: {sigma}; it must be positive")
@@ -250,10 +253,12 @@ class AdaptiveCubic(SecondOrderOptimizer):
         if not grad_tol >= 0:
             raise ValueError(f"Invalid grad_tol value: {grad_tol}; it must be >= 0")
         check_curvature(curvature)
-        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power)
+        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power,
+                               normalize=normalize)
         defaults = dict(
             sigma=sigma, norm=self._norm.name, curvature=curvature, eta1=eta1, eta2=eta2,
-            gamma=gamma, beta=beta, epsilon=epsilon, power=power, sigma_min=sigma_min,
+            gamma=gamma, beta=beta, epsilon=epsilon, power=power, normalize=normalize,
+            sigma_min=sigma_min,
             krylov_dim=krylov_dim, grad_tol=grad_tol,
         )
         super().__init__(params, defaults)

@@ -15,6 +15,26 @@ RMSProp step ``-eta A^{-1/2} g`` minimizes the linear model in the ellipsoid of
 ``A^{1/2}``, so the norm of the region is ``||s||_M = sqrt(s^T M s)`` with ``M = A_t^{1/2}``
 by default (``power=0.5``; ``power=1`` uses ``A_t`` itself).
 
+Scale of the metric (``normalize``, on by default). The seed's argument is about the *shape*
+of the ellipsoid: in eqs. 5-6 (Corollary 1) the implicit radius is
+``eta_t ||g_t||_{A_t^{-1/2}}``, so any overall factor ``c`` in ``M -> c M`` is absorbed by the
+radius (``||s||_{cM} <= Delta`` is ``||s||_M <= Delta / sqrt(c)``), and an ARC weight ``sigma``
+likewise becomes ``sigma c^{3/2}``. The raw scale of ``A_t^{1/2}`` is that of the gradients,
+and with ``V_0 = 0`` the RMSProp average of eq. 3 starts at ``V_1 = (1 - beta) g_1^2``: a
+64-parameter tanh MLP has ``M ~ 0.3 |g| ~ 1e-2``, so an ``M``-ball of radius 1 is about ten
+Euclidean units wide and Algorithm 1 (or ARC with ``sigma = 1``) rejects step after step until
+the radius has halved (``sigma`` doubled) often enough. With ``normalize=True`` the norms use
+``M = A_t^power / (tr(A_t^power) / d)``, whose mean diagonal (mean eigenvalue) is 1: the shape
+is the seed's, the radius keeps its Euclidean meaning (averaged over directions,
+``E ||u||_M^2 = ||u||^2``; the first first-order step ``-M^{-1} g`` scaled to the boundary has
+Euclidean length exactly ``Delta``), and ``A_t = c I`` gives ``M = I``, the spherical
+region. It also makes Adam's bias correction (dividing ``V_t`` by ``1 - beta^t``) moot, since
+that is a scalar too. Uniform equivalence (seed 001 Def. 1, Lemma 2) is kept: with
+``eps <= a_i <= L^2 + eps`` the normalized eigenvalues lie in
+``[(eps / (L^2 + eps))^power, d]``. :meth:`AdaptiveNorm.diagonal` / :meth:`AdaptiveNorm.matrix`
+still return the seed's ``A_t`` itself (eqs. 2-3); ``normalize=False`` restores the raw
+``M = A_t^power``.
+
 Each norm is a small strategy object: :meth:`AdaptiveNorm.update` adds a gradient to the
 accumulator; :meth:`AdaptiveNorm.diagonal` / :meth:`AdaptiveNorm.matrix` give ``A_t``;
 the trust-region and ARC solvers use :meth:`AdaptiveNorm.metric` (the diagonal of ``M``,
@@ -164,6 +184,8 @@ class DiagonalNorm(AdaptiveNorm):
         epsilon: ``eps > 0`` added to the accumulator (keeps the norms uniformly
             equivalent, seed 001 Def. 1 and Lemma 2).
         power: ``M = A_t^power``; 0.5 is the ellipsoid of seed 001 Corollary 1.
+        normalize: divide ``A_t^power`` by its mean diagonal, so ``M`` has mean diagonal 1
+            (scale-free shape; see the module docstring). ``False``: ``M = A_t^power``.
 
     Raises:
         ValueError: if ``rule``, ``beta``, ``epsilon`` or ``power`` is out of range.
@@ -171,15 +193,18 @@ class DiagonalNorm(AdaptiveNorm):
     Example:
         >>> norm = DiagonalNorm("adagrad", epsilon=1.0, power=1.0)
         >>> norm.update((torch.tensor([1.0, 2.0]),))
-        >>> norm.diagonal()
+        >>> norm.diagonal()  # A_t of eq. 2: g^2 + eps
         (tensor([2., 5.]),)
+        >>> norm.metric()  # A_t / mean(diag A_t) = [2, 5] / 3.5
+        (tensor([0.5714, 1.4286]),)
     """
 
     def __init__(self, rule: str = "rmsprop", beta: float = 0.9, epsilon: float = 1e-8,
-                 power: float = 0.5):
+                 power: float = 0.5, normalize: bool = True):
         _check_common(rule, beta, epsilon, power)
         self.name = rule
         self.rule, self.beta, self.epsilon, self.power = rule, beta, epsilon, power
+        self.normalize = bool(normalize)
         self.accumulator: TensorList | None = None
         self.steps = 0
         self._cache: tuple[Any, TensorList] | None = None
@@ -205,9 +230,15 @@ class DiagonalNorm(AdaptiveNorm):
         return torch.diag(tl.flatten(self.diagonal()))
 
     def metric(self) -> TensorList:
-        """The diagonal of ``M = diag(A_t)^power`` (cached until the next update)."""
+        """The diagonal of ``M = diag(A_t)^power``, divided by its mean if ``normalize``
+        (cached until the next update)."""
         if self._cache is None or self._cache[0] is not self.accumulator:
             m = tuple(torch.pow(a, self.power) for a in self.diagonal())
+            if self.normalize:
+                # one scalar, kept on the device: sum over all entries / d
+                total = torch.stack([x.sum() for x in m]).sum()
+                count = sum(x.numel() for x in m)
+                m = tuple(torch._foreach_div(list(m), total / count))
             self._cache = (self.accumulator, m)
         return self._cache[1]
 
@@ -240,6 +271,8 @@ class FullMatrixNorm(AdaptiveNorm):
         beta: RMSProp decay in (0, 1).
         epsilon: ``eps > 0`` added to the diagonal.
         power: ``M = A_t^power``.
+        normalize: divide ``A_t^power`` by ``tr(A_t^power) / d`` (mean eigenvalue 1; see the
+            module docstring). ``False``: ``M = A_t^power``.
 
     Raises:
         ValueError: if ``rule``, ``beta``, ``epsilon`` or ``power`` is out of range.
@@ -248,10 +281,11 @@ class FullMatrixNorm(AdaptiveNorm):
     is_diagonal = False
 
     def __init__(self, rule: str = "rmsprop", beta: float = 0.9, epsilon: float = 1e-8,
-                 power: float = 0.5):
+                 power: float = 0.5, normalize: bool = True):
         _check_common(rule, beta, epsilon, power)
         self.name = "full_" + rule
         self.rule, self.beta, self.epsilon, self.power = rule, beta, epsilon, power
+        self.normalize = bool(normalize)
         self.accumulator: Tensor | None = None
         self.steps = 0
         self._like: TensorList | None = None
@@ -280,17 +314,21 @@ class FullMatrixNorm(AdaptiveNorm):
         return torch.diagonal(self.matrix())
 
     def _eig(self) -> tuple[Tensor, Tensor]:
+        """Eigenvalues of ``M`` (normalized if asked) and the eigenvectors of ``A_t``."""
         if self._cache is None or self._cache[0] is not self.accumulator:
             evals, evecs = torch.linalg.eigh(self.matrix())
             # A_t >= eps I in exact arithmetic; clamp the rounding below it.
-            evals = torch.clamp(evals, min=self.epsilon)
-            self._cache = (self.accumulator, evals, evecs)
+            mvals = torch.pow(torch.clamp(evals, min=self.epsilon), self.power)
+            if self.normalize:
+                mvals = mvals / mvals.mean()
+            self._cache = (self.accumulator, mvals, evecs)
         return self._cache[1], self._cache[2]
 
     def _apply_power(self, vec: Sequence[Tensor], exponent: float) -> TensorList:
-        evals, evecs = self._eig()
+        """``M^exponent vec``."""
+        mvals, evecs = self._eig()
         v = tl.flatten(vec)
-        out = evecs @ (torch.pow(evals, exponent) * (evecs.T @ v))
+        out = evecs @ (torch.pow(mvals, exponent) * (evecs.T @ v))
         return tl.unflatten(out, vec)
 
     def metric(self) -> TensorList:
@@ -302,13 +340,13 @@ class FullMatrixNorm(AdaptiveNorm):
         raise RuntimeError(f"the {self.name} norm is not diagonal; use inv_sqrt()/solve()")
 
     def solve(self, vec: Sequence[Tensor]) -> TensorList:
-        return self._apply_power(vec, -self.power)
+        return self._apply_power(vec, -1.0)
 
     def inv_sqrt(self, vec: Sequence[Tensor]) -> TensorList:
-        return self._apply_power(vec, -0.5 * self.power)
+        return self._apply_power(vec, -0.5)
 
     def norm(self, vec: Sequence[Tensor]) -> Tensor:
-        return torch.sqrt(tl.dot(vec, self._apply_power(vec, self.power)))
+        return torch.sqrt(tl.dot(vec, self._apply_power(vec, 1.0)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"accumulator": self.accumulator, "steps": self.steps}
@@ -319,8 +357,11 @@ class FullMatrixNorm(AdaptiveNorm):
 
 
 def make_norm(norm: str | AdaptiveNorm, *, beta: float = 0.9, epsilon: float = 1e-8,
-              power: float = 0.5) -> AdaptiveNorm:
+              power: float = 0.5, normalize: bool = True) -> AdaptiveNorm:
     """Build a norm from its name (one of :data:`NORMS`) or pass an instance through.
+
+    ``beta``, ``epsilon``, ``power`` and ``normalize`` go to :class:`DiagonalNorm` /
+    :class:`FullMatrixNorm` (an instance keeps its own).
 
     Raises:
         ValueError: if the name is unknown or a hyperparameter is out of range.
@@ -331,7 +372,8 @@ def make_norm(norm: str | AdaptiveNorm, *, beta: float = 0.9, epsilon: float = 1
     if norm == "spherical":
         return SphericalNorm()
     if norm in ("rmsprop", "adagrad"):
-        return DiagonalNorm(norm, beta=beta, epsilon=epsilon, power=power)
+        return DiagonalNorm(norm, beta=beta, epsilon=epsilon, power=power, normalize=normalize)
     if norm in ("full_rmsprop", "full_adagrad"):
-        return FullMatrixNorm(norm[len("full_"):], beta=beta, epsilon=epsilon, power=power)
+        return FullMatrixNorm(norm[len("full_"):], beta=beta, epsilon=epsilon, power=power,
+                              normalize=normalize)
     raise ValueError(f"Invalid norm: {norm!r}; choose one of {NORMS} or an AdaptiveNorm")

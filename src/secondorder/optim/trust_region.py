@@ -198,6 +198,8 @@ class TrustRegion(SecondOrderOptimizer):
         cg_rtol: Steihaug's relative residual tolerance (>= 0).
         grad_tol: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= grad_tol`` (no step).
         cauchy_floor: take the Cauchy point when it beats Steihaug's step.
+        normalize: scale ``M`` to mean diagonal 1, so that ``radius`` is in Euclidean units
+            (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
     Raises:
         ValueError: if a hyperparameter is out of range or a name is unknown.
@@ -227,6 +229,7 @@ class TrustRegion(SecondOrderOptimizer):
         cg_rtol: float = 1e-4,
         grad_tol: float = 0.0,
         cauchy_floor: bool = True,
+        normalize: bool = True,
     ):
         if not radius > 0:
             raise ValueError(f"Invalid radius value: {radius}; it must be positive")
@@ -245,10 +248,12 @@ class TrustRegion(SecondOrderOptimizer):
         if not grad_tol >= 0:
             raise ValueError(f"Invalid grad_tol value: {grad_tol}; it must be >= 0")
         check_curvature(curvature)
-        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power)
+        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power,
+                               normalize=normalize)
         defaults = dict(
             radius=radius, norm=self._norm.name, curvature=curvature, eta=eta, gamma=gamma,
-            beta=beta, epsilon=epsilon, power=power, max_radius=max_radius,
+            beta=beta, epsilon=epsilon, power=power, normalize=normalize,
+            max_radius=max_radius,
             cg_max_iter=cg_max_iter, cg_rtol=cg_rtol, grad_tol=grad_tol,
             cauchy_floor=cauchy_floor,
         )
