@@ -148,8 +148,12 @@ def _backtrack(
     like = next((v for v in (loss0, reference, slope0) if isinstance(v, Tensor)), None)
     vals = [slope0, reference] + ([] if loss0 is None else [loss0])
     vals = [v.detach().reshape(()).double() if isinstance(v, Tensor) else v for v in vals]
-    if any(isinstance(v, Tensor) for v in vals):  # one sync for all the tensors
-        vals = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in vals]).tolist()
+    on_device = [i for i, v in enumerate(vals) if isinstance(v, Tensor)]
+    if on_device:  # one sync for all the tensors, wherever they live
+        device = vals[on_device[0]].device
+        host = torch.stack([vals[i].to(device) for i in on_device]).tolist()
+        for i, h in zip(on_device, host, strict=True):
+            vals[i] = h
     slope, ref = float(vals[0]), float(vals[1])
     f0 = None if loss0 is None else float(vals[2])
     start_loss = None if loss0 is None else _as_loss(loss0, like)

@@ -492,7 +492,7 @@ class NewtonKrylov(SecondOrderOptimizer):
         G["warm"] = d
         G["age"] += 1
         if global_closure is not None:
-            G["global_loss"] = torch.as_tensor(ss.loss, dtype=ev.loss.dtype)
+            G["global_loss"] = torch.as_tensor(ss.loss, dtype=ev.loss.dtype, device=ev.loss.device)
         return ev.loss
 
 
