@@ -31,9 +31,9 @@ from typing import Any
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim import line_search as ls
+from secondorder.optim import _direction_search as ds
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.quasi_newton import LineObjective, is_finite, start_evaluation, versions
+from secondorder.optim.quasi_newton import LineObjective, finite_start, is_finite, versions
 
 __all__ = ["BB_MODES", "BarzilaiBorwein", "bb_step", "sgd_bb_step_size"]
 
@@ -69,8 +69,15 @@ def bb_step(s: tuple[Tensor, ...], y: tuple[Tensor, ...], mode: str) -> Tensor:
     return sy / tl.dot(y, y)
 
 
-class BarzilaiBorwein(SecondOrderOptimizer):
-    """Barzilai-Borwein step sizes (see module doc). Hyperparameters are global.
+class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
+    """Barzilai-Borwein step sizes (see module doc).
+
+    ``lr`` may differ between param groups: group ``g`` moves by ``eta (lr_g / lr_max)``
+    times its part of ``-g`` (see :mod:`secondorder.optim._direction_search`), where
+    ``eta`` is the method's step: ``lr_max`` in epochs 0 and 1 of SGD-BB and at the first
+    BB1/BB2 iteration, then the BB step measured on the actual moves (so afterwards only the
+    ratios of the ``lr`` matter). Every other hyperparameter must be the same in all groups.
+    ``lr`` is read at every step, so LR schedulers act on it.
 
     Args:
         params: parameters or param groups.
@@ -86,6 +93,9 @@ class BarzilaiBorwein(SecondOrderOptimizer):
         step_bounds: BB1/BB2 steps are clipped to this interval; a step from
             ``s^T y <= 0`` is replaced by the upper bound.
         max_ls_evals: closure calls allowed per line search.
+
+    Raises:
+        ValueError: for an invalid value or a shared hyperparameter that differs by group.
     """
 
     def __init__(
@@ -103,44 +113,47 @@ class BarzilaiBorwein(SecondOrderOptimizer):
         step_bounds: tuple[float, float] = (1e-10, 1e10),
         max_ls_evals: int = 30,
     ):
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if mode not in BB_MODES:
-            raise ValueError(f"Invalid mode: {mode!r} (choose from {BB_MODES})")
-        if mode == "sgd_bb" and not (isinstance(epoch_length, int) and epoch_length >= 1):
+        defaults = dict(
+            lr=lr, mode=mode, epoch_length=epoch_length, beta=beta,
+            tau_0=lr if tau_0 is None else tau_0, tau_min=tau_min, tau_max=tau_max,
+            memory=memory, c1=c1, step_bounds=tuple(step_bounds), max_ls_evals=max_ls_evals,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
+        ds.check_choice("mode", hp["mode"], BB_MODES)
+        if hp["mode"] == "sgd_bb" and not (
+            isinstance(hp["epoch_length"], int) and hp["epoch_length"] >= 1
+        ):
             raise ValueError(
-                f"Invalid epoch_length: {epoch_length} (mode 'sgd_bb' needs the number of "
-                "steps per epoch, an int >= 1)"
+                f"Invalid epoch_length: {hp['epoch_length']} (mode 'sgd_bb' needs the number "
+                "of steps per epoch, an int >= 1)"
             )
-        if not 0 < beta <= 1:
-            raise ValueError(f"Invalid beta: {beta} (need 0 < beta <= 1)")
-        tau_0 = lr if tau_0 is None else tau_0
-        if not tau_0 > 0:
-            raise ValueError(f"Invalid tau_0: {tau_0}")
+        if not 0 < hp["beta"] <= 1:
+            raise ValueError(f"Invalid beta: {hp['beta']} (need 0 < beta <= 1)")
+        if not hp["tau_0"] > 0:
+            raise ValueError(f"Invalid tau_0: {hp['tau_0']}")
+        tau_min, tau_max = hp["tau_min"], hp["tau_max"]
         if not 0 <= tau_min <= tau_max:
             raise ValueError(
                 f"Invalid tau_min/tau_max: {tau_min}, {tau_max} (need 0 <= min <= max)"
             )
-        if not (isinstance(memory, int) and memory >= 1):
-            raise ValueError(f"Invalid memory: {memory} (need an int >= 1)")
-        if not 0 < c1 < 1:
-            raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
-        if not 0 < step_bounds[0] < step_bounds[1]:
-            raise ValueError(f"Invalid step_bounds: {step_bounds} (need 0 < low < high)")
-        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
-            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}")
-        defaults = dict(
-            lr=lr, mode=mode, epoch_length=epoch_length, beta=beta, tau_0=tau_0,
-            tau_min=tau_min, tau_max=tau_max, memory=memory, c1=c1,
-            step_bounds=tuple(step_bounds), max_ls_evals=max_ls_evals,
-        )  # fmt: skip
-        super().__init__(params, defaults)
+        ds.check_int("memory", hp["memory"])
+        bounds = tuple(hp["step_bounds"])
+        if not 0 < bounds[0] < bounds[1]:
+            raise ValueError(f"Invalid step_bounds: {bounds} (need 0 < low < high)")
 
     @property
     def step_size(self) -> float:
-        """The step in use: ``eta_k`` of the current epoch (SGD-BB) or the last BB step."""
+        """The step in use: ``eta_k`` of the current epoch (SGD-BB) or the last BB step.
+
+        It applies to the groups with the largest ``lr``; group ``g`` steps
+        ``step_size * lr_g / lr_max``.
+        """
         st = self.state["global"]
-        return float(st.get("eta", self.param_groups[0]["lr"]))
+        return float(st.get("eta", ds.GroupScale.of(self).lr))
 
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One SGD-BB step (mini-batch) or one BB1/BB2 iteration (full batch).
@@ -150,8 +163,11 @@ class BarzilaiBorwein(SecondOrderOptimizer):
 
         Returns:
             The loss at the start of the step.
+
+        Raises:
+            ValueError: if a shared hyperparameter was changed in one group only.
         """
-        grp = self.param_groups[0]
+        grp = self.shared_hyperparameters()
         if grp["mode"] == "sgd_bb":
             return self._sgd_bb(closure, grp)
         return self._bb(closure, grp)
@@ -161,11 +177,12 @@ class BarzilaiBorwein(SecondOrderOptimizer):
         st = self.state["global"]
         st.setdefault("epoch", 0)
         st.setdefault("t", 0)
-        st.setdefault("eta", grp["lr"])
         ev = self.evaluate(closure)
         if not ev.is_finite():  # a non-finite batch gradient is skipped, not applied
             return ev.loss
-        self.add_to_params(ev.grads, -st["eta"])
+        scale = ds.GroupScale.of(self)
+        eta = st.get("eta", scale.lr)  # epochs 0 and 1: lr, read at this step
+        self.add_to_params(scale.apply(ev.grads), -eta)
         beta = grp["beta"]
         g_avg = st.get("g_avg")
         st["g_avg"] = tl.scale(ev.grads, beta) if g_avg is None else tl.add(
@@ -190,46 +207,42 @@ class BarzilaiBorwein(SecondOrderOptimizer):
     # ------------------------------------------------------------------ BB1 / BB2
     def _bb(self, closure: Closure, grp: dict[str, Any]) -> Tensor:
         st = self.state["global"]
-        loss, g = start_evaluation(self, closure, st, True)
-        if not is_finite(loss, g):
-            if "x_good" not in st:
-                return loss
-            self.set_params(st["x_good"])
+
+        def forget() -> None:
             for k in ("s", "y", "losses"):
                 st.pop(k, None)
-            ev = self.evaluate(closure)
-            loss, g = ev.loss, ev.grads
-            if not is_finite(loss, g):
-                return loss
+
+        orig_loss, loss, g = finite_start(self, closure, st, True, forget)
+        if g is None:
+            return orig_loss
+        scale = ds.GroupScale.of(self)
         lo, hi = grp["step_bounds"]
         if "s" in st:
             a = bb_step(st["s"], st["y"], grp["mode"])
             alpha = float(a) if bool(a > 0) else hi
             alpha = min(max(alpha, lo), hi)
         else:
-            alpha = grp["lr"]
+            alpha = scale.lr
         st["eta"] = alpha
         losses = (*st.get("losses", ()), float(loss))[-grp["memory"] :]
         st["losses"] = losses
-        d = tl.neg(g)
-        slope = -tl.dot(g, g)
-        if float(slope) == 0.0:
-            return loss
+        d = scale.apply(tl.neg(g))  # -diag(lr_g / lr_max) g
+        slope = -tl.dot(g, scale.apply(g))
+        if scale.lr == 0 or float(slope) == 0.0:
+            return orig_loss
         x0 = tl.clone(self.params())
         st["x_good"] = x0
         phi = LineObjective(self, closure, x0, d)
-        res = ls.nonmonotone_backtracking(
-            phi, max(losses), slope, loss0=loss, step=alpha, c1=grp["c1"],
-            max_evals=grp["max_ls_evals"], need_grad=True,
+        t, new_loss, new_g = ds.search(
+            phi, "nonmonotone", loss, g, slope, step=alpha, c1=grp["c1"],
+            max_evals=grp["max_ls_evals"], need_grad=True, reference_loss=max(losses),
         )  # fmt: skip
-        t = float(res.step)
-        phi.move(t)
-        if t == 0.0 or res.grad is None or not is_finite(res.loss, res.grad):
+        if t == 0.0 or new_g is None or not is_finite(new_loss, new_g):
             self.set_params(x0)
             st.pop("s", None)
             st["cache"] = (loss, g, versions(self.params()))
-            return loss
+            return orig_loss
         st["s"] = tl.scale(d, t)
-        st["y"] = tl.sub(res.grad, g)
-        st["cache"] = (res.loss, res.grad, versions(self.params()))
-        return loss
+        st["y"] = tl.sub(new_g, g)
+        st["cache"] = (new_loss, new_g, versions(self.params()))
+        return orig_loss

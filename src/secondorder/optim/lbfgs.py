@@ -37,15 +37,15 @@ from typing import Any
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim import line_search as ls
+from secondorder.optim import _direction_search as ds
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import (
     CURVATURE_RULES,
     LBFGSMemory,
     LineObjective,
+    finite_start,
     is_finite,
     max_abs,
-    start_evaluation,
     versions,
 )
 
@@ -54,17 +54,18 @@ __all__ = ["LBFGS", "LINE_SEARCHES"]
 LINE_SEARCHES = ("strong_wolfe", "armijo", None)
 
 
-class LBFGS(SecondOrderOptimizer):
+class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
     """Limited-memory BFGS with a line search and stochastic safeguards (see module doc).
 
-    Hyperparameters are global: they are read from the first param group (extra groups only
-    partition the parameters).
+    Param groups may differ in ``lr`` only, read at every step (per-group scaling of the
+    one direction: :mod:`secondorder.optim._direction_search`).
 
     Args:
         params: parameters or param groups.
         lr: initial step of the line search (the fixed step when ``line_search=None``). The
             very first iteration, and the first after a reset, starts from
-            ``lr * min(1, 1 / |g|_1)`` as ``torch.optim.LBFGS`` does.
+            ``lr * min(1, 1 / |diag(lr_g / lr_max) g|_1)``, i.e. ``lr * min(1, 1 / |g|_1)``
+            with one group as in ``torch.optim.LBFGS``.
         history_size: number of curvature pairs kept (>= 1).
         line_search: ``"strong_wolfe"`` (Nocedal & Wright Alg. 3.5/3.6), ``"armijo"``
             (backtracking, Alg. 3.1) or ``None`` (fixed step ``lr``).
@@ -78,6 +79,9 @@ class LBFGS(SecondOrderOptimizer):
         curvature_rule: ``"skip"`` or ``"powell"``.
         full_batch: reuse the line search's loss and gradient at the next step (the closure
             must then compute the same function at every call).
+
+    Raises:
+        ValueError: for an invalid value or a shared hyperparameter that differs by group.
 
     Example:
         >>> import torch
@@ -106,45 +110,21 @@ class LBFGS(SecondOrderOptimizer):
         curvature_rule: str = "skip",
         full_batch: bool = False,
     ):
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not (isinstance(history_size, int) and history_size >= 1):
-            raise ValueError(f"Invalid history_size: {history_size} (need an integer >= 1)")
-        if line_search not in LINE_SEARCHES:
-            raise ValueError(f"Invalid line_search: {line_search!r} (choose from {LINE_SEARCHES})")
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f"Invalid max_iter: {max_iter} (need an integer >= 1)")
-        if not tolerance_grad >= 0:
-            raise ValueError(f"Invalid tolerance_grad: {tolerance_grad}")
-        if not tolerance_change >= 0:
-            raise ValueError(f"Invalid tolerance_change: {tolerance_change}")
-        if not 0 < c1 < 1:
-            raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
-        if not c1 < c2 < 1:
-            raise ValueError(f"Invalid c2: {c2} (need c1 < c2 < 1)")
-        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
-            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}")
-        if not curvature_eps >= 0:
-            raise ValueError(f"Invalid curvature_eps: {curvature_eps}")
-        if curvature_rule not in CURVATURE_RULES:
-            raise ValueError(
-                f"Invalid curvature_rule: {curvature_rule!r} (choose from {CURVATURE_RULES})"
-            )
         defaults = dict(
-            lr=lr,
-            history_size=history_size,
-            line_search=line_search,
-            max_iter=max_iter,
-            tolerance_grad=tolerance_grad,
-            tolerance_change=tolerance_change,
-            c1=c1,
-            c2=c2,
-            max_ls_evals=max_ls_evals,
-            curvature_eps=curvature_eps,
-            curvature_rule=curvature_rule,
+            lr=lr, history_size=history_size, line_search=line_search, max_iter=max_iter,
+            tolerance_grad=tolerance_grad, tolerance_change=tolerance_change, c1=c1, c2=c2,
+            max_ls_evals=max_ls_evals, curvature_eps=curvature_eps, curvature_rule=curvature_rule,
             full_batch=full_batch,
-        )
+        )  # fmt: skip
         super().__init__(params, defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
+        ds.check_int("history_size", hp["history_size"])
+        ds.check_choice("line_search", hp["line_search"], LINE_SEARCHES)
+        ds.check_nonnegative("curvature_eps", hp["curvature_eps"])
+        ds.check_choice("curvature_rule", hp["curvature_rule"], CURVATURE_RULES)
 
     # ------------------------------------------------------------------ helpers
     def _global(self) -> dict[str, Any]:
@@ -165,47 +145,46 @@ class LBFGS(SecondOrderOptimizer):
 
         Returns:
             The loss at the start of the step (as ``torch.optim.LBFGS``).
+
+        Raises:
+            ValueError: if a shared hyperparameter was changed in one group only.
         """
-        grp = self.param_groups[0]
+        grp = self.shared_hyperparameters()
         st = self._global()
         mem = LBFGSMemory(st, grp["history_size"], grp["curvature_eps"], grp["curvature_rule"])
         full_batch = grp["full_batch"]
-        loss, g = start_evaluation(self, closure, st, full_batch)
-        orig_loss = loss
-        if not is_finite(loss, g):
-            if "x_good" not in st:
-                return orig_loss
-            self.set_params(st["x_good"])
+
+        def rollback() -> None:
             self._reset(st, mem)
             st["step_scale"] *= 0.5
-            ev = self.evaluate(closure)
-            loss, g = ev.loss, ev.grads
-            if not is_finite(loss, g):
-                return orig_loss
+
+        orig_loss, loss, g = finite_start(self, closure, st, full_batch, rollback)
+        if g is None:
+            return orig_loss
         pending = st.pop("pending", None)
         if pending is not None:
             mem.update(pending[0], tl.sub(g, pending[1]))
 
-        lr = grp["lr"]
+        scale = ds.GroupScale.of(self)
+        lr = scale.lr
         tol_change = grp["tolerance_change"]
-        search = grp["line_search"]
         at_current = True  # (loss, g) are at the current parameters
         for it in range(grp["max_iter"]):
-            if max_abs(g) <= grp["tolerance_grad"]:
+            if lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 break
             x0 = tl.clone(self.params())
             st["x_good"] = x0
-            d = tl.neg(mem.solve(g))
+            d = scale.apply(tl.neg(mem.solve(g)))
             gtd = tl.dot(g, d)
             if not bool(gtd < 0):  # not a descent direction: restart from steepest descent
                 mem.reset()
                 st["fresh"] = True
-                d = tl.neg(g)
-                gtd = -tl.dot(g, g)
+                d = scale.apply(tl.neg(g))
+                gtd = -tl.dot(g, scale.apply(g))
             if float(gtd) > -tol_change:
                 break
             if st["fresh"]:
-                g1 = float(sum(x.abs().sum() for x in g))
+                g1 = float(sum(x.abs().sum() for x in scale.apply(g)))
                 t0 = min(1.0, 1.0 / g1) * lr * st["step_scale"]
             else:
                 t0 = lr * st["step_scale"]
@@ -213,23 +192,10 @@ class LBFGS(SecondOrderOptimizer):
             if overlap_closure is not None:
                 g_ov0 = self.evaluate(overlap_closure).grads
             phi = LineObjective(self, closure, x0, d)
-            new_loss: Tensor | None = None
-            new_g: tuple[Tensor, ...] | None = None
-            if search == "strong_wolfe":
-                res = ls.strong_wolfe(
-                    phi, d, loss, g, step=t0, c1=grp["c1"], c2=grp["c2"],
-                    tolerance_change=tol_change, max_evals=grp["max_ls_evals"],
-                )
-                t, new_loss, new_g = float(res.step), res.loss, res.grad
-            elif search == "armijo":
-                res = ls.backtracking(
-                    phi, loss, gtd, step=t0, c1=grp["c1"], max_evals=grp["max_ls_evals"],
-                    need_grad=True,
-                )
-                t, new_loss, new_g = float(res.step), res.loss, res.grad
-            else:
-                t = t0
-            phi.move(t)
+            t, new_loss, new_g = ds.search(
+                phi, grp["line_search"], loss, g, gtd, step=t0, c1=grp["c1"], c2=grp["c2"],
+                tolerance_change=tol_change, max_evals=grp["max_ls_evals"], need_grad=True,
+            )  # fmt: skip
             if new_g is None and it < grp["max_iter"] - 1:
                 new_loss, new_g = phi(t)
             s = tl.scale(d, t)
@@ -251,8 +217,7 @@ class LBFGS(SecondOrderOptimizer):
                 break
             if not is_finite(new_loss, new_g):
                 self.set_params(x0)
-                self._reset(st, mem)
-                st["step_scale"] *= 0.5
+                rollback()
                 break
             st["step_scale"] = 1.0
             if y is not None:

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import HessianOperator
+from secondorder.optim import _direction_search as ds
 from secondorder.optim import krylov
-from secondorder.optim import line_search as ls
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import LineObjective, is_finite, max_abs
 
@@ -65,10 +65,11 @@ def eisenstat_walker(
     return float(min(max(eta, 1e-12), eta_max))
 
 
-class NewtonCG(SecondOrderOptimizer):
+class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
     """Truncated Newton with CG on exact (or sub-sampled) Hessian products (see module doc).
 
-    Hyperparameters are global (read from the first param group).
+    Param groups may differ in ``lr`` only, read at every step (per-group scaling of the
+    one direction: :mod:`secondorder.optim._direction_search`).
 
     Args:
         params: parameters or param groups.
@@ -84,6 +85,9 @@ class NewtonCG(SecondOrderOptimizer):
         c2: curvature constant for ``"strong_wolfe"``.
         max_ls_evals: closure calls allowed per line search.
         generator: random generator for the Hessian sub-sample.
+
+    Raises:
+        ValueError: for an invalid value or a shared hyperparameter that differs by group.
     """
 
     def __init__(
@@ -100,14 +104,20 @@ class NewtonCG(SecondOrderOptimizer):
         max_ls_evals: int = 30,
         generator: torch.Generator | None = None,
     ):
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if line_search not in NEWTON_LINE_SEARCHES:
-            raise ValueError(
-                f"Invalid line_search: {line_search!r} (choose from {NEWTON_LINE_SEARCHES})"
-            )
-        if cg_max_iter is not None and not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"Invalid cg_max_iter: {cg_max_iter} (need None or an int >= 1)")
+        defaults = dict(
+            lr=lr, line_search=line_search, cg_max_iter=cg_max_iter, forcing=forcing,
+            hessian_fraction=hessian_fraction, tolerance_grad=tolerance_grad, c1=c1, c2=c2,
+            max_ls_evals=max_ls_evals,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+        self.generator = generator
+
+    @staticmethod
+    def check_hyperparameters(hp: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
+        ds.check_choice("line_search", hp["line_search"], NEWTON_LINE_SEARCHES)
+        ds.check_int("cg_max_iter", hp["cg_max_iter"], optional=True)
+        forcing = hp["forcing"]
         if isinstance(forcing, str):
             if forcing != "eisenstat_walker":
                 raise ValueError(
@@ -115,29 +125,9 @@ class NewtonCG(SecondOrderOptimizer):
                 )
         elif not 0 < forcing < 1:
             raise ValueError(f"Invalid forcing: {forcing} (need 0 < forcing < 1)")
-        if hessian_fraction is not None and not 0 < hessian_fraction <= 1:
-            raise ValueError(f"Invalid hessian_fraction: {hessian_fraction} (need 0 < f <= 1)")
-        if not tolerance_grad >= 0:
-            raise ValueError(f"Invalid tolerance_grad: {tolerance_grad}")
-        if not 0 < c1 < 1:
-            raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
-        if not c1 < c2 < 1:
-            raise ValueError(f"Invalid c2: {c2} (need c1 < c2 < 1)")
-        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
-            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}")
-        defaults = dict(
-            lr=lr,
-            line_search=line_search,
-            cg_max_iter=cg_max_iter,
-            forcing=forcing,
-            hessian_fraction=hessian_fraction,
-            tolerance_grad=tolerance_grad,
-            c1=c1,
-            c2=c2,
-            max_ls_evals=max_ls_evals,
-        )
-        super().__init__(params, defaults)
-        self.generator = generator
+        frac = hp["hessian_fraction"]
+        if frac is not None and not 0 < frac <= 1:
+            raise ValueError(f"Invalid hessian_fraction: {frac} (need 0 < f <= 1)")
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate_with_hessian(self, closure: Closure, hessian_closure: Closure | None, frac):
@@ -193,16 +183,17 @@ class NewtonCG(SecondOrderOptimizer):
             ValueError: with ``hessian_fraction``, if the closure does not return per-sample
                 losses.
         """
-        grp = self.param_groups[0]
+        grp = self.shared_hyperparameters()
         st = self.state["global"]
         frac = grp["hessian_fraction"]
         loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
+        scale = ds.GroupScale.of(self)
         try:
             if not is_finite(loss, g):
                 if "x_good" in st:
                     self.set_params(st["x_good"])
                 return loss
-            if max_abs(g) <= grp["tolerance_grad"]:
+            if scale.lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 return loss
             gnorm = float(tl.norm(g))
             if grp["forcing"] == "eisenstat_walker":
@@ -215,31 +206,19 @@ class NewtonCG(SecondOrderOptimizer):
         finally:
             if hess is not None:
                 hess.free()
-        p = tuple(res.solution)
+        p = scale.apply(res.solution)  # the direction searched: diag(lr_g / lr_max) p
         gtd = tl.dot(g, p)
         if not bool(torch.isfinite(gtd) & (gtd < 0)):  # safeguard: steepest descent
-            p = tl.neg(g)
-            gtd = -tl.dot(g, g)
+            p = scale.apply(tl.neg(g))
+            gtd = -tl.dot(g, scale.apply(g))
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
         x0 = tl.clone(self.params())
         st["x_good"] = x0
-        search = grp["line_search"]
         phi = LineObjective(self, closure, x0, p)
-        if search == "armijo":
-            res_ls = ls.backtracking(
-                phi, loss, gtd, step=grp["lr"], c1=grp["c1"],
-                max_evals=grp["max_ls_evals"],
-            )
-            t, new_loss = float(res_ls.step), res_ls.loss
-        elif search == "strong_wolfe":
-            res_ls = ls.strong_wolfe(
-                phi, p, loss, g, step=grp["lr"], c1=grp["c1"], c2=grp["c2"],
-                max_evals=grp["max_ls_evals"],
-            )
-            t, new_loss = float(res_ls.step), res_ls.loss
-        else:
-            t, new_loss = grp["lr"], None
-        phi.move(t)
+        _, new_loss, _ = ds.search(
+            phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],
+            max_evals=grp["max_ls_evals"],
+        )  # fmt: skip
         if new_loss is not None and not bool(torch.isfinite(new_loss)):
             self.set_params(x0)
         return loss

@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim import line_search as ls
+from secondorder.optim import _direction_search as ds
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import (
     LineObjective,
+    finite_start,
     is_finite,
     max_abs,
-    start_evaluation,
     versions,
 )
 
@@ -81,15 +81,17 @@ def cg_beta(
     return torch.maximum(beta, eta)
 
 
-class NonlinearCG(SecondOrderOptimizer):
+class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
     """Nonlinear CG with a strong Wolfe line search (see module doc).
 
-    Hyperparameters are global (read from the first param group).
+    Param groups may differ in ``lr`` only, read at every step (per-group scaling of the
+    one direction: :mod:`secondorder.optim._direction_search`).
 
     Args:
         params: parameters or param groups.
         lr: cap on the initial trial step (the first iteration after a restart starts from
-            ``lr * min(1, 1 / |g|_1)``).
+            ``lr * min(1, 1 / |diag(lr_g / lr_max) g|_1)``, i.e. ``lr * min(1, 1 / |g|_1)`` with
+            one group).
         beta: ``"polak_ribiere_plus"``, ``"fletcher_reeves"``, ``"hestenes_stiefel"``,
             ``"dai_yuan"`` or ``"hager_zhang"``.
         restart_every: restart every this many iterations (``None``: number of parameters).
@@ -102,6 +104,9 @@ class NonlinearCG(SecondOrderOptimizer):
         max_ls_evals: closure calls allowed per line search.
         full_batch: reuse the line search's loss and gradient at the next step (the closure
             must then compute the same function at every call).
+
+    Raises:
+        ValueError: for an invalid value or a shared hyperparameter that differs by group.
     """
 
     def __init__(
@@ -119,40 +124,18 @@ class NonlinearCG(SecondOrderOptimizer):
         max_ls_evals: int = 25,
         full_batch: bool = False,
     ):
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if beta not in BETA_RULES:
-            raise ValueError(f"Invalid beta: {beta!r} (choose from {BETA_RULES})")
-        if restart_every is not None and not (
-            isinstance(restart_every, int) and restart_every >= 1
-        ):
-            raise ValueError(f"Invalid restart_every: {restart_every} (need None or an int >= 1)")
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f"Invalid max_iter: {max_iter} (need an integer >= 1)")
-        if not tolerance_grad >= 0:
-            raise ValueError(f"Invalid tolerance_grad: {tolerance_grad}")
-        if not tolerance_change >= 0:
-            raise ValueError(f"Invalid tolerance_change: {tolerance_change}")
-        if not 0 < c1 < 1:
-            raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
-        if not c1 < c2 < 1:
-            raise ValueError(f"Invalid c2: {c2} (need c1 < c2 < 1)")
-        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
-            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}")
         defaults = dict(
-            lr=lr,
-            beta=beta,
-            restart_every=restart_every,
-            powell_restart=powell_restart,
-            max_iter=max_iter,
-            tolerance_grad=tolerance_grad,
-            tolerance_change=tolerance_change,
-            c1=c1,
-            c2=c2,
-            max_ls_evals=max_ls_evals,
-            full_batch=full_batch,
-        )
+            lr=lr, beta=beta, restart_every=restart_every, powell_restart=powell_restart,
+            max_iter=max_iter, tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+            c1=c1, c2=c2, max_ls_evals=max_ls_evals, full_batch=full_batch,
+        )  # fmt: skip
         super().__init__(params, defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
+        ds.check_choice("beta", hp["beta"], BETA_RULES)
+        ds.check_int("restart_every", hp["restart_every"], optional=True)
 
     def _direction(self, st: dict[str, Any], g: tuple[Tensor, ...], grp: dict[str, Any]):
         restart_every = grp["restart_every"] or sum(p.numel() for p in self.params())
@@ -173,54 +156,50 @@ class NonlinearCG(SecondOrderOptimizer):
 
         Returns:
             The loss at the start of the step.
+
+        Raises:
+            ValueError: if a shared hyperparameter was changed in one group only.
         """
-        grp = self.param_groups[0]
+        grp = self.shared_hyperparameters()
         st = self.state["global"]
         st.setdefault("since_restart", 0)
         st.setdefault("step_scale", 1.0)
         full_batch = grp["full_batch"]
-        loss, g = start_evaluation(self, closure, st, full_batch)
-        orig_loss = loss
-        if not is_finite(loss, g):
-            if "x_good" not in st:
-                return orig_loss
-            self.set_params(st["x_good"])
-            self._restart(st)
-            ev = self.evaluate(closure)
-            loss, g = ev.loss, ev.grads
-            if not is_finite(loss, g):
-                return orig_loss
+        orig_loss, loss, g = finite_start(self, closure, st, full_batch, lambda: self._restart(st))
+        if g is None:
+            return orig_loss
         if not full_batch:  # a new batch: the previous loss does not predict this step
             st.pop("loss", None)
+        scale = ds.GroupScale.of(self)
         tol_change = grp["tolerance_change"]
         for _ in range(grp["max_iter"]):
-            if max_abs(g) <= grp["tolerance_grad"]:
+            if scale.lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 break
             d, restarted = self._direction(st, g, grp)
-            gtd = tl.dot(g, d)
+            step_dir = scale.apply(d)  # the direction searched: diag(lr_g / lr_max) d
+            gtd = tl.dot(g, step_dir)
             if not bool(gtd < 0):
                 d, restarted = tl.neg(g), True
-                gtd = -tl.dot(g, g)
+                step_dir = scale.apply(d)
+                gtd = -tl.dot(g, scale.apply(g))
             if float(gtd) > -tol_change:
                 break
             if restarted:
                 st["since_restart"] = 0
-            lr = grp["lr"] * st["step_scale"]
+            lr = scale.lr * st["step_scale"]
             if st.get("loss") is not None and not restarted:
                 t0 = min(lr, float(1.01 * 2 * (loss - st["loss"]) / gtd))
                 t0 = t0 if t0 > 0 else lr
             else:
-                t0 = min(1.0, 1.0 / float(sum(x.abs().sum() for x in g))) * lr
+                g1 = float(sum(x.abs().sum() for x in scale.apply(g)))
+                t0 = min(1.0, 1.0 / g1) * lr
             x0 = tl.clone(self.params())
             st["x_good"] = x0
-            phi = LineObjective(self, closure, x0, d)
-            res = ls.strong_wolfe(
-                phi, d, loss, g, step=t0, c1=grp["c1"], c2=grp["c2"],
+            phi = LineObjective(self, closure, x0, step_dir)
+            t, new_loss, new_g = ds.search(
+                phi, "strong_wolfe", loss, g, gtd, step=t0, c1=grp["c1"], c2=grp["c2"],
                 tolerance_change=tol_change, max_evals=grp["max_ls_evals"],
-            )
-            t = float(res.step)
-            phi.move(t)
-            new_loss, new_g = res.loss, res.grad
+            )  # fmt: skip
             if new_g is None:
                 new_loss, new_g = phi(t)
             if not is_finite(new_loss, new_g):
@@ -233,7 +212,7 @@ class NonlinearCG(SecondOrderOptimizer):
             st["since_restart"] += 1
             prev_loss = loss
             loss, g = new_loss, new_g
-            if t * max_abs(d) <= tol_change or abs(float(loss - prev_loss)) < tol_change:
+            if t * max_abs(step_dir) <= tol_change or abs(float(loss - prev_loss)) < tol_change:
                 break
         if full_batch:
             st["cache"] = (loss, g, versions(self.params()))

@@ -10,7 +10,9 @@ one state never share a list that one of them appends to.
 
 :class:`LineObjective` is the ``phi(t)`` of the line-search contract
 (:mod:`secondorder.optim.line_search`): it moves an optimizer's parameters to ``x0 + t d``
-and evaluates its closure there.
+and evaluates its closure there. :func:`start_evaluation` and :func:`finite_start` give the
+loss and gradient a step starts from (reusing the previous step's, rolling back past a
+NaN/Inf point).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "CURVATURE_RULES",
     "LBFGSMemory",
     "LineObjective",
+    "finite_start",
     "is_finite",
     "max_abs",
     "start_evaluation",
@@ -208,6 +211,39 @@ def start_evaluation(
         return cache[0], cache[1]
     ev = optimizer.evaluate(closure)
     return ev.loss, ev.grads
+
+
+def finite_start(
+    optimizer: Any,
+    closure: Callable[[], Tensor],
+    store: dict[str, Any],
+    reuse: bool,
+    reset: Callable[[], None],
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...] | None]:
+    """The point a step starts from, rolled back past a NaN/Inf loss or gradient.
+
+    :func:`start_evaluation` gives the loss and gradient at the current parameters. When
+    they are not finite the parameters go back to ``store["x_good"]`` (the last iterate a
+    step started from), ``reset()`` forgets what the method learned (memory, previous
+    direction, step scale) and the closure is evaluated there.
+
+    Returns:
+        ``(first_loss, loss, grad)``: the loss first computed (what ``step`` returns) and
+        the finite loss and gradient to start from; ``grad`` is ``None`` when there is no
+        finite point to start from (no ``x_good`` yet, or the closure is still not finite
+        there), and the step should return ``first_loss`` without moving.
+    """
+    loss, grad = start_evaluation(optimizer, closure, store, reuse)
+    if is_finite(loss, grad):
+        return loss, loss, grad
+    if "x_good" not in store:
+        return loss, loss, None
+    optimizer.set_params(store["x_good"])
+    reset()
+    ev = optimizer.evaluate(closure)
+    if not is_finite(ev.loss, ev.grads):
+        return loss, ev.loss, None
+    return loss, ev.loss, ev.grads
 
 
 def is_finite(loss: Tensor, grad: Sequence[Tensor] | None) -> bool:
