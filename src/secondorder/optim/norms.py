@@ -20,17 +20,20 @@ of the ellipsoid: in eqs. 5-6 (Corollary 1) the implicit radius is
 ``eta_t ||g_t||_{A_t^{-1/2}}``, so any overall factor ``c`` in ``M -> c M`` is absorbed by the
 radius (``||s||_{cM} <= Delta`` is ``||s||_M <= Delta / sqrt(c)``), and an ARC weight ``sigma``
 likewise becomes ``sigma c^{3/2}``. The raw scale of ``A_t^{1/2}`` is that of the gradients,
-and with ``V_0 = 0`` the RMSProp average of eq. 3 starts at ``V_1 = (1 - beta) g_1^2``: a
-64-parameter tanh MLP has ``M ~ 0.3 |g| ~ 1e-2``, so an ``M``-ball of radius 1 is about ten
-Euclidean units wide and Algorithm 1 (or ARC with ``sigma = 1``) rejects step after step until
-the radius has halved (``sigma`` doubled) often enough. With ``normalize=True`` the norms use
+and with ``V_0 = 0`` the RMSProp average of eq. 3 starts at ``V_1 = (1 - beta) g_1^2``: on a
+66-parameter tanh MLP (``|g_i| ~ 1e-2``) ``M = A_1^{1/2} ~ 0.3 |g|`` has mean 3.6e-3, so the
+``M``-ball of radius 1 reaches about 20 Euclidean units along a typical axis, and Algorithm 1
+(or ARC with ``sigma = 1``) rejects step after step until the radius has halved (``sigma``
+doubled) often enough -- ten rejections for ARC. With ``normalize=True`` the norms use
 ``M = A_t^power / (tr(A_t^power) / d)``, whose mean diagonal (mean eigenvalue) is 1: the shape
 is the seed's, the radius keeps its Euclidean meaning (averaged over directions,
-``E ||u||_M^2 = ||u||^2``; the first first-order step ``-M^{-1} g`` scaled to the boundary has
-Euclidean length exactly ``Delta``), and ``A_t = c I`` gives ``M = I``, the spherical
-region. It also makes Adam's bias correction (dividing ``V_t`` by ``1 - beta^t``) moot, since
-that is a scalar too. Uniform equivalence (seed 001 Def. 1, Lemma 2) is kept: with
-``eps <= a_i <= L^2 + eps`` the normalized eigenvalues lie in
+``E ||u||_M^2 = ||u||^2``; after the first update of a diagonal ``A^{1/2}`` norm, with ``eps``
+negligible, the ``M``-steepest-descent step ``-M^{-1} g`` scaled to the boundary is a sign step
+of Euclidean length ``Delta``), and ``A_t = c I`` gives ``M = I``, the spherical region (up
+to rounding). Adam's bias correction (dividing ``V_t`` by ``1 - beta^t``) would not help: it
+is a scalar too, so it changes the shape only through the relative size of ``eps``, and it
+leaves the scale tied to the gradients. Uniform equivalence (seed 001 Def. 1, Lemma 2) is
+kept: with ``eps <= a_i <= L^2 + eps`` the normalized eigenvalues lie in
 ``[(eps / (L^2 + eps))^power, d]``. :meth:`AdaptiveNorm.diagonal` / :meth:`AdaptiveNorm.matrix`
 still return the seed's ``A_t`` itself (eqs. 2-3); ``normalize=False`` restores the raw
 ``M = A_t^power``.

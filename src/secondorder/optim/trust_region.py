@@ -183,7 +183,8 @@ class TrustRegion(SecondOrderOptimizer):
     Args:
         params: parameters or param groups (the hyperparameters are global: the first
             group's are used).
-        radius: initial radius ``Delta_0 > 0`` (in the ``A_t``-norm).
+        radius: initial radius ``Delta_0 > 0`` in the norm ``||.||_M`` (Euclidean units when
+            the norm is normalized, the default).
         norm: ``"spherical"``, ``"rmsprop"`` (seed 001 eq. 3), ``"adagrad"`` (eq. 2),
             ``"full_rmsprop"``, ``"full_adagrad"`` (dense ``d x d``, small models), or an
             :class:`~secondorder.optim.norms.AdaptiveNorm` instance.
