@@ -11,12 +11,19 @@ function (numpy float64 <-> torch) so tests compare against scipy's iterates and
 * :func:`rosenbrock`: ``(a - x)^2 + b (y - x^2)^2`` (seed 003 eq. 6), a = 1, b = 100,
   from (-1.2, 1).
 * :func:`quadratic`: ``x^T A x / 2 - b^T x`` with a random SPD ``A`` of known spectrum.
-* :func:`digits_mlp`: a 64-32-10 tanh MLP on scikit-learn digits, with mini-batches.
+* :func:`digits_mlp`: a 64-32-10 tanh MLP on scikit-learn digits, with mini-batches;
+  :func:`digits_minibatch_losses` trains it with an optimizer, checking every iterate is
+  finite.
+* :func:`assert_state_dict_lockstep`: torch's ``_test_state_dict`` pattern (an optimizer
+  and its reloaded copy step in lockstep, bit for bit).
+* :func:`split_quadratic`: :func:`quadratic` with its vector split into two tensors (two
+  param groups), with the minimizer over the first tensor when the second is held fixed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import copy
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +33,17 @@ from torch import Tensor, nn
 
 __all__ = [
     "Problem",
+    "SplitQuadratic",
+    "assert_state_dict_lockstep",
     "digits_data",
+    "digits_minibatch_losses",
     "digits_mlp",
     "logistic_regression",
     "minibatches",
     "quadratic",
     "rosenbrock",
     "scipy_minimize",
+    "split_quadratic",
 ]
 
 
@@ -150,3 +161,100 @@ def minibatches(n: int, batch_size: int, seed: int) -> Iterator[Tensor]:
     perm = torch.randperm(n, generator=gen)
     for i in range(0, n - batch_size + 1, batch_size):
         yield perm[i : i + batch_size]
+
+
+def digits_minibatch_losses(
+    make_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer],
+    epochs: int,
+    batch_size: int,
+    seeds: Iterable[int] = (0, 1, 2),
+) -> list[float]:
+    """Train :func:`digits_mlp` (float64) on digits mini-batches, one run per seed.
+
+    Epoch ``e`` of seed ``s`` visits :func:`minibatches` with shuffle seed ``10 s + e``; after
+    every step all parameters must be finite (asserted).
+
+    Returns:
+        Each seed's final cross-entropy on all 1797 samples.
+    """
+    X, y = digits_data(torch.float64)
+    ce = nn.functional.cross_entropy
+    finals = []
+    for seed in seeds:
+        model = digits_mlp(seed, dtype=torch.float64)
+        opt = make_optimizer(model.parameters())
+        for epoch in range(epochs):
+            for idx in minibatches(len(X), batch_size, seed * 10 + epoch):
+                opt.step(lambda i=idx, m=model: ce(m(X[i]), y[i]))
+                assert all(bool(torch.isfinite(q).all()) for q in model.parameters())
+        with torch.no_grad():
+            finals.append(float(ce(model(X), y)))
+    return finals
+
+
+def assert_state_dict_lockstep(
+    make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
+    problem: Problem,
+    warmup: int,
+    steps: int,
+) -> None:
+    """Step ``warmup`` times, reload the state into a fresh optimizer, then step both in lockstep.
+
+    The reloaded optimizer starts from a copy of the point and a deep copy of
+    ``state_dict()``; the two iterates must stay bit-identical for ``steps`` steps.
+    """
+    x1 = problem.param()
+    o1 = make_optimizer([x1])
+    for _ in range(warmup):
+        o1.step(lambda: problem.loss(x1))
+    x2 = x1.detach().clone().requires_grad_(True)
+    o2 = make_optimizer([x2])
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+    for _ in range(steps):
+        o1.step(lambda: problem.loss(x1))
+        o2.step(lambda: problem.loss(x2))
+        assert torch.equal(x1, x2)
+
+
+@dataclass
+class SplitQuadratic:
+    """``x^T A x / 2 - b^T x`` over ``x = (u, v)``, ``u`` the first ``k`` entries.
+
+    Attributes:
+        A: the SPD matrix.
+        b: the linear term.
+        k: the size of ``u``.
+        u0: the start of ``u``.
+        v0: the start of ``v``.
+    """
+
+    A: Tensor
+    b: Tensor
+    k: int
+    u0: Tensor
+    v0: Tensor
+
+    def params(self) -> tuple[Tensor, Tensor]:
+        """Fresh leaf copies of ``(u0, v0)`` that require grad."""
+        return self.u0.clone().requires_grad_(True), self.v0.clone().requires_grad_(True)
+
+    def loss(self, u: Tensor, v: Tensor) -> Tensor:
+        x = torch.cat([u, v])
+        return 0.5 * x @ (self.A @ x) - self.b @ x
+
+    def grad(self, x: Tensor) -> Tensor:
+        """The gradient ``A x - b`` at the concatenated point."""
+        return self.A @ x - self.b
+
+    def conditional_minimizer(self, v: Tensor) -> Tensor:
+        """``argmin_u f(u, v)`` = ``A_uu^{-1} (b_u - A_uv v)``."""
+        k = self.k
+        return torch.linalg.solve(self.A[:k, :k], self.b[:k] - self.A[:k, k:] @ v)
+
+
+def split_quadratic(n: int = 6, k: int = 4, cond: float = 10.0, seed: int = 0) -> SplitQuadratic:
+    """:func:`quadratic` split into ``u`` (first ``k`` entries) and ``v``, from a random start."""
+    p = quadratic(n=n, cond=cond, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x0 = torch.randn(n, generator=gen, dtype=torch.float64)
+    return SplitQuadratic(p.A, p.b, k, x0[:k].clone(), x0[k:].clone())  # type: ignore[attr-defined]

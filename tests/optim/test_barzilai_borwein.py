@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from problems import digits_data, digits_mlp, minibatches, quadratic
+from problems import (
+    assert_state_dict_lockstep,
+    digits_data,
+    digits_minibatch_losses,
+    quadratic,
+)
 
 from secondorder.optim import BarzilaiBorwein
 from secondorder.optim.barzilai_borwein import bb_step
@@ -64,32 +67,16 @@ def test_bb_steps_closed_form():
 
 
 def test_minibatch_mlp_digits_lowers_loss_without_nan():
-    X, y = digits_data(torch.float64)
-    ce = torch.nn.functional.cross_entropy
-    steps = len(X) // 64
-    for seed in range(3):
-        model = digits_mlp(seed, dtype=torch.float64)
-        opt = BarzilaiBorwein(model.parameters(), lr=0.5, epoch_length=steps, tau_0=0.5)
-        for epoch in range(5):
-            for idx in minibatches(len(X), 64, seed * 10 + epoch):
-                opt.step(lambda i=idx, m=model: ce(m(X[i]), y[i]))
-                assert all(bool(torch.isfinite(q).all()) for q in model.parameters())
-        assert float(ce(model(X), y)) < 0.5
+    steps = len(digits_data()[0]) // 64
+
+    def make(ps):
+        return BarzilaiBorwein(ps, lr=0.5, epoch_length=steps, tau_0=0.5)
+
+    assert max(digits_minibatch_losses(make, epochs=5, batch_size=64)) < 0.5
 
 
 def test_state_dict_round_trip_in_lockstep():
-    p = quadratic(n=5)
-    x1 = p.param()
-    o1 = BarzilaiBorwein([x1], mode="bb1")
-    for _ in range(4):
-        o1.step(lambda: p.loss(x1))
-    x2 = x1.detach().clone().requires_grad_(True)
-    o2 = BarzilaiBorwein([x2], mode="bb1")
-    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
-    for _ in range(6):
-        o1.step(lambda: p.loss(x1))
-        o2.step(lambda: p.loss(x2))
-        assert torch.equal(x1, x2)
+    assert_state_dict_lockstep(lambda ps: BarzilaiBorwein(ps, mode="bb1"), quadratic(n=5), 4, 6)
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from problems import (
-    digits_data,
-    digits_mlp,
+    assert_state_dict_lockstep,
+    digits_minibatch_losses,
     logistic_regression,
-    minibatches,
     quadratic,
     rosenbrock,
     scipy_minimize,
@@ -92,31 +89,12 @@ def test_eisenstat_walker_choice_2():
 
 
 def test_minibatch_mlp_digits_lowers_loss_without_nan():
-    X, y = digits_data(torch.float64)
-    ce = torch.nn.functional.cross_entropy
-    for seed in range(3):
-        model = digits_mlp(seed, dtype=torch.float64)
-        opt = NewtonCG(model.parameters(), cg_max_iter=10)
-        for epoch in range(2):
-            for idx in minibatches(len(X), 128, seed * 10 + epoch):
-                opt.step(lambda i=idx, m=model: ce(m(X[i]), y[i]))
-                assert all(bool(torch.isfinite(q).all()) for q in model.parameters())
-        assert float(ce(model(X), y)) < 0.3
+    finals = digits_minibatch_losses(lambda ps: NewtonCG(ps, cg_max_iter=10), 2, 128)
+    assert max(finals) < 0.3
 
 
 def test_state_dict_round_trip_in_lockstep():
-    p = rosenbrock()
-    x1 = p.param()
-    o1 = NewtonCG([x1])
-    for _ in range(3):
-        o1.step(lambda: p.loss(x1))
-    x2 = x1.detach().clone().requires_grad_(True)
-    o2 = NewtonCG([x2])
-    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
-    for _ in range(5):
-        o1.step(lambda: p.loss(x1))
-        o2.step(lambda: p.loss(x2))
-        assert torch.equal(x1, x2)
+    assert_state_dict_lockstep(NewtonCG, rosenbrock(), 3, 5)
 
 
 @pytest.mark.parametrize(

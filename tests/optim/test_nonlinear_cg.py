@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from problems import (
-    digits_data,
-    digits_mlp,
+    assert_state_dict_lockstep,
+    digits_minibatch_losses,
     logistic_regression,
-    minibatches,
     rosenbrock,
     scipy_minimize,
 )
@@ -60,31 +57,12 @@ def test_every_beta_is_exact_cg_on_a_quadratic(beta):
 
 
 def test_minibatch_mlp_digits_lowers_loss_without_nan():
-    X, y = digits_data(torch.float64)
-    ce = torch.nn.functional.cross_entropy
-    for seed in range(3):
-        model = digits_mlp(seed, dtype=torch.float64)
-        opt = NonlinearCG(model.parameters())
-        for epoch in range(3):
-            for idx in minibatches(len(X), 128, seed * 10 + epoch):
-                opt.step(lambda i=idx, m=model: ce(m(X[i]), y[i]))
-                assert all(bool(torch.isfinite(q).all()) for q in model.parameters())
-        assert float(ce(model(X), y)) < 0.5
+    finals = digits_minibatch_losses(NonlinearCG, epochs=3, batch_size=128)
+    assert max(finals) < 0.5
 
 
 def test_state_dict_round_trip_in_lockstep():
-    p = rosenbrock()
-    x1 = p.param()
-    o1 = NonlinearCG([x1], full_batch=True)
-    for _ in range(5):
-        o1.step(lambda: p.loss(x1))
-    x2 = x1.detach().clone().requires_grad_(True)
-    o2 = NonlinearCG([x2], full_batch=True)
-    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
-    for _ in range(10):
-        o1.step(lambda: p.loss(x1))
-        o2.step(lambda: p.loss(x2))
-        assert torch.equal(x1, x2)
+    assert_state_dict_lockstep(lambda ps: NonlinearCG(ps, full_batch=True), rosenbrock(), 5, 10)
 
 
 @pytest.mark.parametrize(
