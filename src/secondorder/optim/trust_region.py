@@ -160,10 +160,14 @@ def solve_subproblem(
     return SubproblemResult(step, decrease, res.iterations, res.status, used)
 
 
-def update_radius(radius: float, success: bool, *, gamma: float, max_radius: float) -> float:
+def update_radius(radius: float, success: bool, *, gamma: float, max_radius: float,
+                  expand: bool = True) -> float:
     """Seed 001 Alg. 1 line 8: ``gamma * radius`` on success (capped), ``radius / gamma``
-    otherwise."""
-    return min(gamma * radius, max_radius) if success else radius / gamma
+    otherwise. With ``expand=False`` a successful step keeps the radius (the "successful but
+    not very successful" case of Conn, Gould & Toint Alg. 6.1.1)."""
+    if not success:
+        return radius / gamma
+    return min(gamma * radius, max_radius) if expand else radius
 
 
 class TrustRegion(SecondOrderOptimizer):
@@ -199,6 +203,11 @@ class TrustRegion(SecondOrderOptimizer):
         cg_rtol: Steihaug's relative residual tolerance (>= 0).
         grad_tol: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= grad_tol`` (no step).
         cauchy_floor: take the Cauchy point when it beats Steihaug's step.
+        eta_expand: ``None`` (seed 001 Alg. 1): the radius grows after every accepted step.
+            A value in ``[eta, 1)``: it grows only when ``rho >= eta_expand`` and is kept for
+            ``eta <= rho < eta_expand`` (Conn, Gould & Toint Alg. 6.1.1; Nocedal & Wright
+            Alg. 4.1 use 0.75), which avoids Alg. 1's accept/reject alternation once the
+            radius fits.
         normalize: scale ``M`` to mean diagonal 1, so that ``radius`` is in Euclidean units
             (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
@@ -231,6 +240,7 @@ class TrustRegion(SecondOrderOptimizer):
         grad_tol: float = 0.0,
         cauchy_floor: bool = True,
         normalize: bool = True,
+        eta_expand: float | None = None,
     ):
         if not radius > 0:
             raise ValueError(f"Invalid radius value: {radius}; it must be positive")
@@ -238,6 +248,11 @@ class TrustRegion(SecondOrderOptimizer):
             raise ValueError(f"Invalid eta value: {eta}; it must be in (0, 1)")
         if not gamma > 1.0:
             raise ValueError(f"Invalid gamma value: {gamma}; it must be > 1")
+        if eta_expand is not None and not eta <= eta_expand < 1.0:
+            raise ValueError(
+                f"Invalid eta_expand value: {eta_expand}; it must be None or in [eta, 1) = "
+                f"[{eta}, 1)"
+            )
         if not max_radius >= radius:
             raise ValueError(
                 f"Invalid max_radius value: {max_radius}; it must be >= radius ({radius})"
@@ -256,7 +271,7 @@ class TrustRegion(SecondOrderOptimizer):
             beta=beta, epsilon=epsilon, power=power, normalize=normalize,
             max_radius=max_radius,
             cg_max_iter=cg_max_iter, cg_rtol=cg_rtol, grad_tol=grad_tol,
-            cauchy_floor=cauchy_floor,
+            cauchy_floor=cauchy_floor, eta_expand=eta_expand,
         )
         super().__init__(params, defaults)
 
@@ -324,8 +339,11 @@ class TrustRegion(SecondOrderOptimizer):
         success = predicted_f > 0 and _finite(new_f) and rho_f >= hp["eta"]
         if not success:
             self.set_params(old)
+        eta_expand = hp.get("eta_expand")
+        expand = eta_expand is None or rho_f >= eta_expand
         gstate.update(
-            radius=update_radius(radius, success, gamma=hp["gamma"], max_radius=hp["max_radius"]),
+            radius=update_radius(radius, success, gamma=hp["gamma"], max_radius=hp["max_radius"],
+                                 expand=expand),
             rho=rho_f, accepted=success, cg_iterations=sub.iterations, cg_status=sub.status,
         )
         return loss
