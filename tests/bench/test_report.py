@@ -76,3 +76,15 @@ def test_report_files_tables_and_figures(tmp_path):
 def test_report_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results database at"):
         write_report(tmp_path / "missing.db", tmp_path)
+
+
+def test_sensitivity_figure_with_repeated_knob_values(tmp_path):
+    from secondorder.bench.report import _sensitivity
+
+    recs = [_rec(1, "sgd", 0, 0.1, [0.2, 0.6], [0, 1], status="failed"),
+            _rec(2, "sgd", 0, 0.1, [0.2, 0.7], [0, 1]),
+            _rec(3, "sgd", 0, 1.0, [0.2, 0.5], [0, 1])]
+    (ps,) = summarize(recs)
+    assert ps.methods[0].value == 0.1 and ps.methods[0].failed == 1
+    _sensitivity(ps, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC

@@ -175,7 +175,8 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     _so("HessianFree", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},
-        "Hessian-free optimization with Levenberg-Marquardt damping (Martens 2010)"),
+        "Hessian-free optimization with Levenberg-Marquardt damping (Martens 2010); the "
+        "bench uses the Hessian (its GGN mode needs a ggn_closure)", curvature="hessian"),
     _so("NewtonKrylov", "taylor_ratio",
         {"full": (0.01, 0.02, 0.05, 0.1, 0.2), "default": (0.02, 0.05, 0.2), "quick": (0.05,)},
         "complex-step Newton-Krylov with Taylor-ratio step sizing (seed 002 Alg. 1)",

@@ -271,8 +271,8 @@ def _sensitivity(ps: ProblemSummary, path: Path) -> None:
     colors = _colors([m.optimizer for m in ps.methods])
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for m in ps.methods:
-        pts = sorted((r.hyperparameters.get(m.knob), r) for r in m.tuning
-                     if r.hyperparameters.get(m.knob) is not None)
+        pts = sorted(((r.hyperparameters.get(m.knob), r) for r in m.tuning
+                      if r.hyperparameters.get(m.knob) is not None), key=lambda t: t[0])
         ok = [(v, r.last.get(ps.metric)) for v, r in pts if r.ok and r.last.get(ps.metric)
               is not None]
         bad = [v for v, r in pts if not r.ok]
