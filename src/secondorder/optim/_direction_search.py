@@ -8,9 +8,16 @@ all parameters and move along it. Their param groups may differ only in ``lr``:
   ``lr_max``, so with a line search ``t / lr_max`` is the usual unit-free multiplier and
   group ``g`` moves by ``(t / lr_max) lr_g d_g``). The line search searches along the
   scaled direction ``D = diag(lr_g / lr_max) d`` (:class:`GroupScale`). With equal ``lr``
-  the ratios are exactly 1 and ``D`` is ``d`` itself, bit for bit; a group with ``lr = 0``
-  does not move. ``lr`` is read at every ``step``, so ``torch.optim.lr_scheduler``
-  schedulers act on it.
+  the ratios are exactly 1 and ``D`` is ``d`` itself, bit for bit. ``lr`` is read at every
+  ``step``, so ``torch.optim.lr_scheduler`` schedulers act on it.
+* **A group with lr = 0 is frozen**: its parameters are left out of the problem, as if
+  they did not require grad (no gradient is computed for them, and the memory, the
+  conjugate directions, the Hessian products and the BB steps only see the other groups),
+  so the others move exactly as the single-group method on the problem with those
+  parameters fixed. (Merely scaling ``d`` by 0 would not do: a quasi-Newton or Newton
+  direction built on all parameters, restricted to the free ones, stalls short of their
+  minimizer.) When the set of frozen groups changes, the method's memory is reset. With
+  every ``lr = 0`` nothing moves.
 * **Shared structure.** Every other hyperparameter (history size, line search, beta rule,
   ``c1``/``c2``, tolerances, forcing, epoch length, mode...) defines the one direction and
   must be equal in all groups: :class:`SharedHyperparameters` checks it whenever a group is
@@ -154,7 +161,10 @@ class SharedHyperparameters:
         super().add_param_group(param_group)  # type: ignore[misc]
 
     def shared_hyperparameters(self) -> dict[str, Any]:
-        """The first group, after checking that no group changed a shared hyperparameter.
+        """Start a step: check the groups and reset the memory if the frozen set changed.
+
+        Returns:
+            The first group (the shared hyperparameters).
 
         Raises:
             ValueError: if a hyperparameter other than ``lr`` differs between groups.
@@ -162,7 +172,29 @@ class SharedHyperparameters:
         first = self.param_groups[0]
         for group in self.param_groups[1:]:
             _check_agree(self.defaults, first, group)
+        st = self.state["global"]  # type: ignore[attr-defined]
+        frozen = tuple(float(g["lr"]) == 0 for g in self.param_groups)
+        if st.get("frozen_groups", frozen) != frozen:
+            self.reset_memory()  # its vectors were shaped by the previous free parameters
+            st.pop("x_good", None)
+            st.pop("cache", None)
+        st["frozen_groups"] = frozen
         return first
+
+    def reset_memory(self) -> None:
+        """Forget the vectors a step keeps for the next (memory, previous direction...)."""
+
+    def _free_groups(self) -> list[dict[str, Any]]:
+        free = [g for g in self.param_groups if float(g["lr"]) != 0]
+        return free or self.param_groups  # every lr = 0: nothing moves (the step checks lr)
+
+    def params(self) -> tuple[Any, ...]:
+        """The trainable tensors of the groups whose ``lr`` is not 0 (see module doc)."""
+        return tuple(p for g in self._free_groups() for p in g["params"] if p.requires_grad)
+
+    def group_of(self) -> tuple[dict[str, Any], ...]:
+        """The param group of each tensor of :meth:`params`, in the same order."""
+        return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
 
 
 def _check_agree(defaults: Mapping[str, Any], first: Mapping[str, Any], other: Mapping[str, Any]):

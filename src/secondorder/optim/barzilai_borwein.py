@@ -172,6 +172,11 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
             return self._sgd_bb(closure, grp)
         return self._bb(closure, grp)
 
+    def reset_memory(self) -> None:
+        """Forget the last step and gradient change, the losses and the epoch averages."""
+        for k in ("s", "y", "losses", "g_avg", "ends"):
+            self.state["global"].pop(k, None)
+
     # ------------------------------------------------------------------ seed 000 Alg. 3
     def _sgd_bb(self, closure: Closure, grp: dict[str, Any]) -> Tensor:
         st = self.state["global"]
@@ -181,8 +186,9 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         if not ev.is_finite():  # a non-finite batch gradient is skipped, not applied
             return ev.loss
         scale = ds.GroupScale.of(self)
-        eta = st.get("eta", scale.lr)  # epochs 0 and 1: lr, read at this step
-        self.add_to_params(scale.apply(ev.grads), -eta)
+        if scale.lr > 0:  # (all lr = 0: nothing moves, not even with a BB step)
+            eta = st.get("eta", scale.lr)  # epochs 0 and 1: lr, read at this step
+            self.add_to_params(scale.apply(ev.grads), -eta)
         beta = grp["beta"]
         g_avg = st.get("g_avg")
         st["g_avg"] = tl.scale(ev.grads, beta) if g_avg is None else tl.add(
@@ -207,12 +213,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
     # ------------------------------------------------------------------ BB1 / BB2
     def _bb(self, closure: Closure, grp: dict[str, Any]) -> Tensor:
         st = self.state["global"]
-
-        def forget() -> None:
-            for k in ("s", "y", "losses"):
-                st.pop(k, None)
-
-        orig_loss, loss, g = finite_start(self, closure, st, True, forget)
+        orig_loss, loss, g = finite_start(self, closure, st, True, self.reset_memory)
         if g is None:
             return orig_loss
         scale = ds.GroupScale.of(self)

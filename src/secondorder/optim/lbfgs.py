@@ -155,7 +155,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         full_batch = grp["full_batch"]
 
         def rollback() -> None:
-            self._reset(st, mem)
+            self.reset_memory()
             st["step_scale"] *= 0.5
 
         orig_loss, loss, g = finite_start(self, closure, st, full_batch, rollback)
@@ -231,8 +231,10 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             st["cache"] = (loss, g, versions(self.params()))
         return orig_loss
 
-    def _reset(self, st: dict[str, Any], mem: LBFGSMemory) -> None:
-        mem.reset()
+    def reset_memory(self) -> None:
+        """Forget the curvature pairs: the next direction is steepest descent."""
+        st = self._global()
+        LBFGSMemory(st, self.param_groups[0]["history_size"]).reset()
         st["fresh"] = True
         st.pop("pending", None)
         st.pop("cache", None)

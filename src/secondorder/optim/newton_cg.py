@@ -129,6 +129,11 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         if frac is not None and not 0 < frac <= 1:
             raise ValueError(f"Invalid hessian_fraction: {frac} (need 0 < f <= 1)")
 
+    def reset_memory(self) -> None:
+        """Forget the previous gradient norm and forcing term (Eisenstat-Walker restarts)."""
+        for k in ("gnorm", "eta"):
+            self.state["global"].pop(k, None)
+
     # ------------------------------------------------------------------ evaluation
     def _evaluate_with_hessian(self, closure: Closure, hessian_closure: Closure | None, frac):
         if hessian_closure is not None:

@@ -165,7 +165,7 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         st.setdefault("since_restart", 0)
         st.setdefault("step_scale", 1.0)
         full_batch = grp["full_batch"]
-        orig_loss, loss, g = finite_start(self, closure, st, full_batch, lambda: self._restart(st))
+        orig_loss, loss, g = finite_start(self, closure, st, full_batch, self.reset_memory)
         if g is None:
             return orig_loss
         if not full_batch:  # a new batch: the previous loss does not predict this step
@@ -204,7 +204,7 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
                 new_loss, new_g = phi(t)
             if not is_finite(new_loss, new_g):
                 self.set_params(x0)
-                self._restart(st)
+                self.reset_memory()
                 st["step_scale"] *= 0.5
                 break
             st["step_scale"] = 1.0
@@ -218,7 +218,9 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             st["cache"] = (loss, g, versions(self.params()))
         return orig_loss
 
-    def _restart(self, st: dict[str, Any]) -> None:
+    def reset_memory(self) -> None:
+        """Forget the previous direction, gradient and loss: the next step restarts."""
+        st = self.state["global"]
         for k in ("d", "g", "loss", "cache"):
             st.pop(k, None)
         st["since_restart"] = 0
