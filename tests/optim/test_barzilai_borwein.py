@@ -9,6 +9,7 @@ from problems import (
     digits_data,
     digits_minibatch_losses,
     quadratic,
+    split_quadratic,
 )
 
 from secondorder.optim import BarzilaiBorwein
@@ -95,3 +96,53 @@ def test_state_dict_round_trip_in_lockstep():
 def test_bad_hyperparameters(kw, match):
     with pytest.raises(ValueError, match=match):
         BarzilaiBorwein([torch.zeros(2, requires_grad=True)], **kw)
+
+
+def test_sgd_bb_with_group_lrs_and_lambda_lr_matches_algorithm_3_by_hand():
+    # groups (lr, lr / 4): group g steps eta * lr_g / lr_max; epochs 0-1 use the scheduled
+    # lr_max, later epochs the BB step measured on the actual moves
+    q = split_quadratic(n=5, k=3)
+    A, b = q.A, q.b
+    T, beta, lr, tau0, tmin, tmax = 4, 0.5, 0.05, 0.2, 1e-3, 5.0
+    gen = torch.Generator().manual_seed(0)
+    noise = [torch.randn(5, generator=gen, dtype=torch.float64) * 0.1 for _ in range(5 * T)]
+    u, v = q.params()
+    opt = BarzilaiBorwein([{"params": [u]}, {"params": [v], "lr": lr / 4}], lr=lr,
+                          epoch_length=T, beta=beta, tau_0=tau0, tau_min=tmin, tau_max=tmax)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.9**i)
+    for i in range(5 * T):
+        opt.step(lambda i=i: q.loss(u, v) + noise[i] @ torch.cat([u, v]))
+        sched.step()
+    xr, eta, ends = torch.cat([q.u0, q.v0]), None, []
+    for k in range(5):
+        if k > 1:
+            (x2, g2), (x1, g1) = ends[-2:]
+            s, y = x1 - x2, g1 - g2
+            e = float(s @ s / (T * (s @ y).abs()))
+            eta = e if tmin / (k + 1) <= e <= tmax / (k + 1) else tau0 / (k + 1)
+        g_avg = torch.zeros(5, dtype=torch.float64)
+        for t in range(T):
+            i = k * T + t
+            lr_u, lr_v = lr * 0.9**i, lr / 4 * 0.9**i
+            r = torch.tensor([1.0] * 3 + [lr_v / lr_u] * 2, dtype=torch.float64)
+            grad = A @ xr - b + noise[i]
+            xr = xr - (lr_u if k < 2 else eta) * r * grad
+            g_avg = (1 - beta) * g_avg + beta * grad
+        ends.append((xr.clone(), g_avg))
+    assert eta != lr * 0.9 ** (4 * T)  # the BB step is in use
+    assert torch.allclose(torch.cat([u, v]).detach(), xr, rtol=0, atol=1e-12)
+
+
+def test_bb_first_step_is_the_scheduled_lr():
+    q = split_quadratic()
+    u, v = q.params()
+    opt = BarzilaiBorwein([{"params": [u]}, {"params": [v], "lr": 0.01}], mode="bb2", lr=0.04,
+                          memory=1)
+    for g in opt.param_groups:
+        g["lr"] /= 2  # as a scheduler would, before the first step
+    g0 = q.grad(torch.cat([q.u0, q.v0]))
+    opt.step(lambda: q.loss(u, v))
+    r = torch.tensor([1.0] * 4 + [0.25] * 2, dtype=torch.float64)
+    step = torch.cat([u, v]).detach() - torch.cat([q.u0, q.v0])
+    assert opt.step_size == 0.02  # the first trial is the current lr_max
+    assert torch.allclose(step, -0.02 * r * g0, rtol=0, atol=1e-15)

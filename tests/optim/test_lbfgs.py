@@ -10,6 +10,7 @@ from problems import (
     logistic_regression,
     rosenbrock,
     scipy_minimize,
+    split_quadratic,
 )
 
 from secondorder import tensorlist as tl
@@ -214,4 +215,79 @@ def test_torch_lbfgs_nan_where_ours_stays_finite_and_converges():
     wolfe = LBFGS([z], full_batch=True)
     for _ in range(30):
         wolfe.step(lambda: f(z))
-    assert abs(float(z)) < 1e-4
+    assert abs(float(z.detach())) < 1e-4
+
+
+def _dense_lbfgs_fixed_step(q, lrs_per_step, m=10):
+    """Reference: line_search=None with per-group lr, the BFGS inverse built densely.
+
+    ``d = -H g`` (N&W eq. 7.19 from the stored pairs, ``H_0 = s^T y / y^T y I``), each
+    group moves ``t (lr_g / lr_max) d_g`` with ``t = lr_max`` (times ``min(1, 1/|D|_1)``
+    at the first step); a pair is kept when ``s^T y > 1e-8 |s| |y|``.
+    """
+    n, k = q.A.shape[0], q.k
+    eye = torch.eye(n, dtype=torch.float64)
+    x = torch.cat([q.u0, q.v0])
+    pairs, prev, fresh, out = [], None, True, []
+    for lr_u, lr_v in lrs_per_step:
+        g = q.grad(x)
+        if prev is not None:
+            s, y = prev[0], g - prev[1]
+            if s @ y > 1e-8 * s.norm() * y.norm():
+                pairs = (pairs + [(s, y)])[-m:]
+        lr = max(lr_u, lr_v)
+        r = torch.tensor([lr_u / lr] * k + [lr_v / lr] * (n - k), dtype=torch.float64)
+        H = eye
+        if pairs:
+            s, y = pairs[-1]
+            H = (s @ y) / (y @ y) * eye
+        for s, y in pairs:
+            rho = 1 / (s @ y)
+            V = eye - rho * torch.outer(y, s)
+            H = V.T @ H @ V + rho * torch.outer(s, s)
+        d = -r * (H @ g)
+        if not g @ d < 0:
+            pairs, fresh, d = [], True, -r * g
+        t = lr * min(1.0, 1.0 / float((r * g).abs().sum())) if fresh else lr
+        prev, fresh = (t * d, g), False
+        x = x + t * d
+        out.append(x.clone())
+    return out
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_group_lrs_and_step_lr_scale_the_fixed_step_exactly(gamma):
+    q = split_quadratic()
+    u, v = q.params()
+    opt = LBFGS([{"params": [u], "lr": 0.5}, {"params": [v], "lr": 0.125}], line_search=None)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=gamma)
+    lrs = [(0.5 * gamma ** (i // 2), 0.125 * gamma ** (i // 2)) for i in range(10)]
+    for i, expected in enumerate(_dense_lbfgs_fixed_step(q, lrs)):
+        assert [g["lr"] for g in opt.param_groups] == list(lrs[i])
+        opt.step(lambda: q.loss(u, v))
+        sched.step()
+        assert torch.allclose(torch.cat([u, v]).detach(), expected, rtol=0, atol=1e-12)
+    assert float(q.loss(u.detach(), v.detach())) < float(q.loss(q.u0, q.v0)) - 0.5
+
+
+def test_step_lr_acts_as_on_torch_lbfgs():
+    p = rosenbrock()
+    x, xt = p.param(), p.param()
+    ours = LBFGS([x], full_batch=True)
+    ref = torch.optim.LBFGS([xt], lr=1, max_iter=1, max_eval=26, history_size=10,
+                            line_search_fn="strong_wolfe")
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in (ours, ref)]
+
+    def tclosure():
+        ref.zero_grad()
+        loss = p.loss(xt)
+        loss.backward()
+        return loss
+
+    for _ in range(12):
+        ours.step(lambda: p.loss(x))
+        ref.step(tclosure)
+        for s in scheds:
+            s.step()
+        assert torch.allclose(x.detach(), xt.detach(), rtol=0, atol=1e-8)
+    assert ours.param_groups[0]["lr"] == 1 / 16

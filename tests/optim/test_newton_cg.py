@@ -11,6 +11,7 @@ from problems import (
     quadratic,
     rosenbrock,
     scipy_minimize,
+    split_quadratic,
 )
 
 from secondorder.optim import NewtonCG
@@ -113,3 +114,23 @@ def test_state_dict_round_trip_in_lockstep():
 def test_bad_hyperparameters(kw, match):
     with pytest.raises(ValueError, match=match):
         NewtonCG([torch.zeros(2, requires_grad=True)], **kw)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_group_lrs_and_step_lr_scale_the_fixed_newton_step_exactly(gamma):
+    # line_search=None: group g moves lr_g p_g with p = -A^{-1} g (the lr read at each step)
+    q = split_quadratic()
+    u, v = q.params()
+    opt = NewtonCG([{"params": [u], "lr": 0.8}, {"params": [v], "lr": 0.2}], line_search=None,
+                   forcing=1e-12, cg_max_iter=50)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
+    x = torch.cat([q.u0, q.v0])
+    for i in range(4):
+        opt.step(lambda: q.loss(u, v))
+        sched.step()
+        lr = torch.tensor([0.8] * 4 + [0.2] * 2, dtype=torch.float64) * gamma**i
+        p = -torch.linalg.solve(q.A, q.grad(x))
+        assert float(q.grad(x) @ (lr * p)) < 0  # the Newton branch, not the safeguard
+        x = x + lr * p
+        assert torch.allclose(torch.cat([u, v]).detach(), x, rtol=0, atol=1e-10)
+    assert opt.counters.loss_evals == 4

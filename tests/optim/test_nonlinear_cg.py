@@ -10,9 +10,12 @@ from problems import (
     logistic_regression,
     rosenbrock,
     scipy_minimize,
+    split_quadratic,
 )
 
+from secondorder import tensorlist as tl
 from secondorder.optim import NonlinearCG
+from secondorder.optim import line_search as ls
 from secondorder.optim.nonlinear_cg import BETA_RULES, cg_beta
 
 
@@ -81,3 +84,46 @@ def test_state_dict_round_trip_in_lockstep():
 def test_bad_hyperparameters(kw, match):
     with pytest.raises(ValueError, match=match):
         NonlinearCG([torch.zeros(2, requires_grad=True)], **kw)
+
+
+def test_group_lrs_scale_the_searched_direction():
+    # reference: PR+ on the unscaled d, strong Wolfe (c2 = 0.1) along D = diag(lr_g / lr_max) d
+    # from the trial lr * min(1, 1 / |D_sd|_1) after a restart, else N&W eq. 3.60 capped by lr
+    q = split_quadratic()
+    u, v = q.params()
+    opt = NonlinearCG([{"params": [u]}, {"params": [v], "lr": 0.25}], full_batch=True,
+                      powell_restart=False)
+    r = (1.0, 0.25)
+    x = (q.u0.clone(), q.v0.clone())
+
+    def f_and_g(y):
+        g = q.grad(torch.cat(y))
+        return q.loss(*y), (g[:4], g[4:])
+
+    loss, g = f_and_g(x)
+    d_old = g_old = loss_old = None
+    for _ in range(4):
+        opt.step(lambda: q.loss(u, v))
+        beta = 0.0
+        if d_old is not None:
+            beta = max(0.0, float(tl.dot(g, tl.sub(g, g_old)) / tl.dot(g_old, g_old)))
+        d = tl.neg(g) if beta == 0 else tl.add(tl.neg(g), d_old, beta)
+        D = tuple(ri * di for ri, di in zip(r, d, strict=True))
+        gtd = float(tl.dot(g, D))
+        assert gtd < 0
+        if beta == 0:  # (re)start
+            l1 = float(sum(ri * gi.abs().sum() for ri, gi in zip(r, g, strict=True)))
+            t0 = min(1.0, 1.0 / l1)
+        else:
+            t0 = min(1.0, float(1.01 * 2 * (loss - loss_old) / gtd))
+
+        def phi(t, x=x, D=D):
+            return f_and_g(tl.add(x, D, t))
+
+        res = ls.strong_wolfe(phi, D, loss, g, step=t0, c1=1e-4, c2=0.1)
+        x = tl.add(x, D, res.step)
+        d_old, g_old, loss_old = d, g, loss
+        loss, g = res.loss, res.grad
+        assert torch.allclose(u.detach(), x[0], rtol=0, atol=1e-12)
+        assert torch.allclose(v.detach(), x[1], rtol=0, atol=1e-12)
+    assert float(loss) < float(q.loss(q.u0, q.v0)) - 0.5
