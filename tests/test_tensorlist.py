@@ -30,7 +30,9 @@ def test_linear_operations_match_flat_vectors(pair):
     a, b = pair
     fa, fb = tl.flatten(a), tl.flatten(b)
     s = torch.tensor(-0.7, dtype=torch.float64)
-    assert torch.allclose(tl.flatten(tl.add(a, b, 2.5)), fa + 2.5 * fb, rtol=1e-15)  # fused multiply-add
+    assert torch.allclose(
+        tl.flatten(tl.add(a, b, 2.5)), fa + 2.5 * fb, rtol=1e-15
+    )  # fused multiply-add
     assert torch.allclose(tl.flatten(tl.add(a, b, s)), fa + s * fb, rtol=1e-15)
     assert torch.allclose(tl.flatten(tl.axpy(3.0, a, b)), fb + 3.0 * fa, rtol=1e-15)
     assert torch.equal(tl.flatten(tl.sub(a, b)), fa - fb)
@@ -43,8 +45,10 @@ def test_linear_operations_match_flat_vectors(pair):
 def test_unflatten_round_trip_and_shape_error(pair):
     a, _ = pair
     back = tl.unflatten(tl.flatten(a), a)
-    assert all(torch.equal(x, y) for x, y in zip(a, back))
-    with pytest.raises(ValueError, match=r"expected a 1-D tensor with 23 entries, got shape \(22,\)"):
+    assert all(torch.equal(x, y) for x, y in zip(a, back, strict=True))
+    with pytest.raises(
+        ValueError, match=r"expected a 1-D tensor with 23 entries, got shape \(22,\)"
+    ):
         tl.unflatten(torch.zeros(22, dtype=torch.float64), a)
 
 

@@ -59,7 +59,7 @@ def check_like(vec: Sequence[Tensor], like: Sequence[Tensor], name: str = "vec")
         )
     if len(vec) != len(like):
         raise ValueError(f"{name} has {len(vec)} tensors but there are {len(like)} parameters")
-    for i, (v, p) in enumerate(zip(vec, like)):
+    for i, (v, p) in enumerate(zip(vec, like, strict=True)):
         if v.shape != p.shape:
             raise ValueError(
                 f"{name}[{i}] has shape {tuple(v.shape)} but parameter {i} has shape "
@@ -71,7 +71,9 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     """Inner product ``sum_i <a_i, b_i>`` as a 0-dim tensor (real part for complex)."""
     if len(a) == 0:
         return torch.zeros(())
-    return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).sum()
+    return torch.stack(
+        [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+    ).sum()
 
 
 def norm(a: Sequence[Tensor]) -> Tensor:
@@ -116,7 +118,7 @@ def neg(a: Sequence[Tensor]) -> TensorList:
 def lincomb(coeffs: Sequence[float | Tensor], vecs: Sequence[Sequence[Tensor]]) -> TensorList:
     """``sum_k coeffs[k] * vecs[k]`` (new tensors)."""
     out = scale(vecs[0], coeffs[0])
-    for c, v in zip(coeffs[1:], vecs[1:]):
+    for c, v in zip(coeffs[1:], vecs[1:], strict=True):
         out = add(out, v, c)
     return out
 

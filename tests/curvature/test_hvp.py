@@ -88,7 +88,7 @@ def test_hvp_does_not_touch_param_grads_or_values(problem):
     before = tl.clone(params)
     hvp(loss_fn, params, v)
     assert all(p.grad is None for p in params)
-    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
 
 
 def test_operator_products_match_dense_and_count(problem):
@@ -111,9 +111,12 @@ def test_operator_to_scipy_solves_with_scipy_cg():
 
     model, crit, x, y = _softmax_regression()
     model.weight.data.zero_()
+
     # L2 regularization makes the softmax-regression Hessian positive definite.
     def loss_fn(ps):
-        return crit(torch.func.functional_call(model, {"weight": ps[0], "bias": ps[1]}, (x,)), y) + 0.1 * tl.dot(ps, ps)
+        return crit(
+            torch.func.functional_call(model, {"weight": ps[0], "bias": ps[1]}, (x,)), y
+        ) + 0.1 * tl.dot(ps, ps)
 
     params = tuple(p.detach() for p in model.parameters())
     op = HessianOperator(loss_fn, params)
@@ -163,7 +166,9 @@ def test_wrong_vector_shape_is_an_error():
     loss_fn, params = _simple()
     v = [torch.ones_like(p) for p in params]
     v[2] = torch.ones(3, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"vec\[2\] has shape \(3, 3\) but parameter 2 has shape \(4, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"vec\[2\] has shape \(3, 3\) but parameter 2 has shape \(4, 8\)"
+    ):
         hvp(loss_fn, params, v)
 
 
@@ -176,7 +181,9 @@ def test_single_tensor_vector_is_an_error():
 def test_non_scalar_loss_is_an_error():
     model, _, x, y = _mlp()
     loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(reduction="none"), x, y)
-    with pytest.raises(ValueError, match=r"the loss must be a scalar, got a tensor of shape \(10,\)"):
+    with pytest.raises(
+        ValueError, match=r"the loss must be a scalar, got a tensor of shape \(10,\)"
+    ):
         hvp(loss_fn, params, [torch.ones_like(p) for p in params])
 
 
@@ -226,5 +233,7 @@ def test_curvature_never_changes_batch_norm_statistics_and_forward_mode_works():
     flat = tl.flatten(params).detach()
     H = torch.autograd.functional.hessian(lambda w: loss_fn(tl.unflatten(w, params)), flat)
     for backend in ["autograd", "forward", "complex-step"]:
-        assert _rel(tl.flatten(hvp(loss_fn, params, v, backend=backend)), H @ tl.flatten(v)) <= 1e-10
+        assert (
+            _rel(tl.flatten(hvp(loss_fn, params, v, backend=backend)), H @ tl.flatten(v)) <= 1e-10
+        )
     assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())

@@ -293,4 +293,8 @@ def test_cpu_checkpoint_loads_into_a_cuda_optimizer():
     opt2 = TinyNewtonCG(cuda_model.parameters())
     opt2.load_state_dict(opt.state_dict())
     assert opt2.state["global"]["buffer"].device.type == "cuda"
-    assert all(s["d_prev"].device.type == "cuda" for k, s in opt2.state.items() if isinstance(k, torch.Tensor))
+    assert all(
+        s["d_prev"].device.type == "cuda"
+        for k, s in opt2.state.items()
+        if isinstance(k, torch.Tensor)
+    )

@@ -91,9 +91,9 @@ def functional_loss(
         ValueError: if no parameter requires grad.
 
     Example:
-        >>> model = nn.Linear(3, 1)
-        >>> loss_fn, params = functional_loss(model, nn.MSELoss(), torch.ones(4, 3), torch.zeros(4, 1))
-        >>> bool(torch.allclose(loss_fn(params), nn.MSELoss()(model(torch.ones(4, 3)), torch.zeros(4, 1))))
+        >>> model, x, y = nn.Linear(3, 1), torch.ones(4, 3), torch.zeros(4, 1)
+        >>> loss_fn, params = functional_loss(model, nn.MSELoss(), x, y)
+        >>> bool(torch.allclose(loss_fn(params), nn.MSELoss()(model(x), y)))
         True
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -111,7 +111,7 @@ def functional_loss(
         if len(ps) != len(names):
             raise ValueError(f"loss_fn expects {len(names)} parameter tensors, got {len(ps)}")
         tensors = {n: b.clone() for n, b in buffers.items()}
-        tensors.update(zip(names, ps))
+        tensors.update(zip(names, ps, strict=True))
         out = torch.func.functional_call(model, tensors, (inputs,), strict=False)
         return criterion(out, targets)
 

@@ -53,7 +53,7 @@ def gradient(loss_fn: LossFunction, params: Sequence[Tensor]) -> tuple[Tensor, t
     with torch.enable_grad():
         loss = check_scalar_loss(loss_fn(xs))
         grads = torch.autograd.grad(loss, xs, allow_unused=True)
-    grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
+    grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads, strict=True))
     return loss.detach(), grads
 
 
@@ -120,13 +120,14 @@ def hvp(
     Example:
         >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
         >>> f = lambda ps: 0.5 * ps[0] @ A @ ps[0]
-        >>> hvp(f, [torch.zeros(2, dtype=torch.float64)], [torch.tensor([1.0, 0.0], dtype=torch.float64)])[0]
+        >>> w, v = torch.zeros(2).double(), torch.tensor([1.0, 0.0]).double()
+        >>> hvp(f, [w], [v])[0]
         tensor([2., 1.], dtype=torch.float64)
     """
     check_backend(backend)
     params = check_params(params)
     tl.check_like(vec, params, "vec")
-    vec = tuple(v.detach().to(dtype=p.dtype) for v, p in zip(vec, params))
+    vec = tuple(v.detach().to(dtype=p.dtype) for v, p in zip(vec, params, strict=True))
     if backend == "autograd":
         return _hvp_autograd(loss_fn, params, vec)
     if backend == "forward":
@@ -134,7 +135,9 @@ def hvp(
     if backend == "complex-step":
         return complex_step.complex_step_hvp(loss_fn, params, vec, h=h)
     if scheme not in ("forward", "central"):
-        raise ValueError(f"Invalid finite-difference scheme: {scheme!r}; use 'forward' or 'central'")
+        raise ValueError(
+            f"Invalid finite-difference scheme: {scheme!r}; use 'forward' or 'central'"
+        )
     eps = torch.finfo(params[0].dtype).eps
     if h is None:
         h = eps ** (0.5 if scheme == "forward" else 1.0 / 3.0)

@@ -121,7 +121,7 @@ class HessianOperator(CurvatureOperator):
         self.loss = None if loss is None else loss.detach()
         self._grads = grads
         self.gradient = tuple(
-            torch.zeros_like(x) if g is None else g.detach() for x, g in zip(xs, grads)
+            torch.zeros_like(x) if g is None else g.detach() for x, g in zip(xs, grads, strict=True)
         )
         # Only gradients that depend on the parameters carry a graph; the rest have zero
         # Hessian rows (e.g. a bias of a linear loss).
@@ -141,7 +141,9 @@ class HessianOperator(CurvatureOperator):
         )
         if len(self._live) == len(self.params) and all(h is not None for h in hv):
             return hv
-        return tuple(torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv))
+        return tuple(
+            torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv, strict=True)
+        )
 
     def free(self) -> None:
         """Release the gradient graph; later products raise ``RuntimeError``."""

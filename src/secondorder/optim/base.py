@@ -115,7 +115,9 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             the closure returns a scalar (``None``: unknown).
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]):
+    def __init__(
+        self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]
+    ):
         super().__init__(params, defaults)
         self.samples_per_evaluation: int | None = None
 
@@ -226,7 +228,9 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             hessian.on_product = lambda: self.count_hvps(1, samples)
             gs = hessian.gradient
         else:
-            gs = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
+            gs = tuple(
+                torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+            )
         return Evaluation(loss.detach(), gs, samples, hessian)
 
     def _reduce(self, out: Tensor) -> tuple[Tensor, int]:
