@@ -99,6 +99,19 @@ def test_functional_call_and_repeated_backward_are_counted():
     assert (c.forwards, c.forward_samples, c.gradients, c.hvps, c.hvp_samples) == (1, 12, 1, 1, 12)
 
 
+def test_explicit_counts_follow_the_weights_and_respect_pause():
+    model = _model()
+    meter = CostMeter(model, train_size=10)
+    meter.count("gradient", 8)
+    meter.count("hvp", 8, n=3)
+    with meter.paused():
+        meter.count("hvp", 8)
+    c = meter.costs
+    assert (c.gradients, c.gradient_samples, c.hvps, c.hvp_samples) == (1, 8, 3, 24)
+    assert c.backprops == pytest.approx((0.5 * 8 + 24) / 10)
+    meter.close()
+
+
 def test_costs_weights_on_hand_numbers():
     c = Costs(forwards=3, forward_samples=30, gradients=2, gradient_samples=20, hvps=5,
               hvp_samples=50, train_size=10)
@@ -118,3 +131,8 @@ def test_bad_inputs():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no parameter that requires grad"):
         CostMeter(m, train_size=3)
+    with CostMeter(_model(), train_size=3) as meter:
+        with pytest.raises(ValueError, match="Invalid kind: 'backward'"):
+            meter.count("backward", 1)
+        with pytest.raises(ValueError, match="Invalid count: 1 passes of -2 samples"):
+            meter.count("hvp", -2)

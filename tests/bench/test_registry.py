@@ -45,6 +45,9 @@ def test_secondorder_entries_knobs_and_protocol():
     assert {n for n, s in REGISTRY.items() if s.full_batch} == {
         "LBFGS", "NonlinearCG", "NewtonCG", "BarzilaiBorwein"}
     assert "LSCG" in REGISTRY and "LevenbergMarquardt" in REGISTRY
+    # HessianFree runs its default Gauss-Newton curvature (the runner passes ggn_closure).
+    hf = REGISTRY["HessianFree"].build([torch.zeros(2, requires_grad=True)], damping=1.0)
+    assert hf.param_groups[0]["curvature"] == "gauss_newton"
 
 
 def test_hyperparameters_merge_defaults_and_knob():

@@ -172,3 +172,158 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="Invalid evals_per_epoch: 0"):
         run(fake_problem(), get_optimizer("sgd"), {"lr": 0.1}, 0, Budget(epochs=1),
             evals_per_epoch=0)
+
+
+# ------------------------------------------------------------------ Gauss-Newton closures
+def _flat_hessian(f, params):
+    """Dense float64 Hessian of ``f(params)`` over the flattened parameters."""
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def flat_f(w):
+        return f([c.reshape(s) for c, s in zip(w.split(sizes), shapes, strict=True)])
+
+    w = torch.cat([p.detach().reshape(-1) for p in params])
+    return torch.func.hessian(flat_f)(w)
+
+
+def _penalized_problem(inner, weight, n=8, classes=3, features=3):
+    from secondorder.bench import models as zoo
+    from secondorder.bench.problems import Penalized, cross_entropy
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(n, features, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (n,), generator=g)
+    torch.manual_seed(0)
+    model = zoo.L2Penalized(inner, weight).double()
+    return model, Penalized(cross_entropy, add_penalty=True), x, y
+
+
+def test_ggn_closure_on_a_linear_model_is_the_hessian_of_the_penalized_objective():
+    # Softmax regression is linear in its parameters, so J^T H_L J + weight I_W is the exact
+    # Hessian of the regularized objective; without the penalty term it is off by weight I_W.
+    from secondorder.bench import models as zoo
+    from secondorder.bench.runner import make_ggn_closure
+    from secondorder.curvature.ggn import GGNOperator
+
+    model, loss, x, y = _penalized_problem(zoo.SoftmaxRegression(3, 3), 0.3)
+    problem = FakeProblem("p", "", None, None, None, None, loss, None, 8)
+    op = make_ggn_closure(model, problem, x, y)()
+    params = list(model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+
+    def objective(ps):
+        out = torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (x,))
+        return loss(out, y).mean()
+
+    exact = _flat_hessian(objective, params)
+    torch.testing.assert_close(op.to_dense(), exact, rtol=1e-10, atol=1e-12)
+    plain = GGNOperator.from_model(model, lambda o, t: loss(o, t).mean(), x, y).to_dense()
+    mask = torch.cat([torch.full((p.numel(),), float(p.dim() > 1), dtype=torch.float64)
+                      for p in params])
+    torch.testing.assert_close(exact - plain, torch.diag(0.3 * mask), rtol=1e-10, atol=1e-12)
+
+
+def test_ggn_closure_on_an_mlp_is_jt_hl_j_plus_the_penalty():
+    # Oracle: dense Jacobian of the logits and dense Hessian of the output loss, float64.
+    from secondorder.bench import models as zoo
+    from secondorder.bench.problems import cross_entropy
+    from secondorder.bench.runner import make_ggn_closure
+
+    model, loss, x, y = _penalized_problem(zoo.MLP([3, 4, 3], "tanh"), 0.05)
+    problem = FakeProblem("p", "", None, None, None, None, loss, None, 8)
+    op = make_ggn_closure(model, problem, x, y)()
+    params = list(model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+    w = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def logits(flat):
+        ps = [c.reshape(s) for c, s in zip(flat.split(sizes), shapes, strict=True)]
+        return torch.func.functional_call(model.model, dict(zip(
+            [n.removeprefix("model.") for n in names], ps, strict=True)), (x,))
+
+    z = logits(w)
+    jac = torch.func.jacrev(logits)(w).reshape(z.numel(), -1)
+    h_l = torch.func.hessian(lambda o: cross_entropy(o.reshape(z.shape), y).mean())(
+        z.reshape(-1))
+    mask = torch.cat([torch.full((p.numel(),), float(p.dim() > 1), dtype=torch.float64)
+                      for p in params])
+    expected = jac.T @ h_l @ jac + torch.diag(0.05 * mask)
+    dense = op.to_dense()
+    torch.testing.assert_close(dense, expected, rtol=1e-9, atol=1e-12)
+    # PSD, and at least the penalty's curvature on the weight block.
+    assert torch.linalg.eigvalsh(dense).min() > -1e-12
+    w_block = dense[mask.bool()][:, mask.bool()]
+    assert torch.linalg.eigvalsh(w_block).min() > 0.05 - 1e-12
+
+
+def test_ggn_closure_on_a_deterministic_problem_is_the_hessian():
+    from secondorder.bench import models as zoo
+    from secondorder.bench.problems import objective_value
+    from secondorder.bench.runner import make_ggn_closure
+
+    model = zoo.Rosenbrock((0.5, -0.25)).double()
+    problem = FakeProblem("r", "", None, None, None, None, objective_value, None, 1,
+                          tags=("deterministic",))
+    x, y = torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    dense = make_ggn_closure(model, problem, x, y)().to_dense()
+    a, b = 0.5, -0.25  # f = (1 - a)^2 + 100 (b - a^2)^2
+    exact = torch.tensor([[2 - 400 * (b - a * a) + 800 * a * a, -400 * a],
+                          [-400 * a, 200.0]], dtype=torch.float64)
+    torch.testing.assert_close(dense, exact, rtol=1e-12, atol=1e-10)
+
+
+def test_hessian_free_step_in_the_runner_uses_and_counts_ggn_products():
+    from secondorder.curvature.ggn import GGNOperator
+    from secondorder.optim import HessianFree
+
+    p = fake_problem(n=60, batch_size=60)  # one step per epoch, on the whole set
+    spec = get_optimizer("HessianFree")
+    hyper = {"damping": 1.0, "preconditioner": False}
+    r = run(p, spec, hyper, 0, Budget(epochs=1))
+    assert r.status == "finished"
+    m = r.measurements[-1]
+    oc = m["optimizer_counters"]
+    assert m["step"] == 1 and oc["hvps"] >= 2
+    # Every GGN product is one HVP on the 60-sample batch, seen by the harness too; the GGN
+    # setup is a forward (hook) plus a counted backward; the rest are the closure's calls.
+    assert (m["hvps"], m["hvp_samples"]) == (oc["hvps"], 60 * oc["hvps"])
+    assert (m["gradients"], m["gradient_samples"]) == (2, 120)
+    assert m["forwards"] == oc["loss_evals"] + 1
+    assert m["backprops"] == pytest.approx(
+        (0.5 * 60 * m["forwards"] + 0.5 * 120 + 60 * oc["hvps"]) / 60)
+    # Same step as HessianFree driven by hand with the GGN on the batch.
+    model = p.make_model(0)
+    opt = HessianFree(model.parameters(), damping=1.0, preconditioner=False)
+    x, y = p.train.inputs, p.train.targets
+
+    def crit(o, t):
+        return p.loss(o, t).mean()
+
+    opt.step(lambda: p.loss(model(x), y),
+             ggn_closure=lambda: GGNOperator.from_model(model, crit, x, y))
+    assert opt.counters.hvps == oc["hvps"]
+    assert m["train_loss"] == pytest.approx(evaluate_split(model, p, p.train)[0], rel=1e-5)
+    # With Martens' preconditioner its Rademacher probes are repeated backward passes through
+    # the closure's graph, which the harness prices as HVPs (accounting module docstring).
+    r = run(p, spec, {"damping": 1.0, "fisher_probes": 3}, 0, Budget(epochs=1))
+    m = r.measurements[-1]
+    assert m["hvps"] == m["optimizer_counters"]["hvps"] + 3
+
+
+def test_gauss_newton_closures_reach_trust_region_only_when_configured():
+    from secondorder.bench.runner import uses_ggn_closure
+    from secondorder.optim import HessianFree, TrustRegion
+
+    p = fake_problem()
+    spec = get_optimizer("TrustRegion")
+    gn = run(p, spec, {"radius": 1.0, "curvature": "gauss_newton"}, 0, Budget(epochs=1))
+    hess = run(p, spec, {"radius": 1.0}, 0, Budget(epochs=1))
+    assert gn.status == hess.status == "finished"
+    # 3 steps: the GGN setup adds one counted backward and one forward per step.
+    assert gn.measurements[-1]["gradients"] == 6 and hess.measurements[-1]["gradients"] == 3
+    w = [torch.zeros(2, requires_grad=True)]
+    assert uses_ggn_closure(HessianFree(w))
+    assert not uses_ggn_closure(HessianFree(w, curvature="hessian"))
+    assert not uses_ggn_closure(TrustRegion(w)) and not uses_ggn_closure(torch.optim.SGD(w, 0.1))

@@ -41,6 +41,21 @@ curvature evaluations included).
 
 Evaluation of train/validation/test metrics by the harness runs inside
 :meth:`CostMeter.paused` and is not counted.
+
+**Curvature operators the harness builds itself** (the runner's ``ggn_closure``, see
+:func:`secondorder.bench.runner.make_ggn_closure`). A
+:class:`~secondorder.curvature.ggn.GGNOperator` differentiates with respect to *detached
+copies* of the parameters (``functional_call``), so the hooks see its forward pass (it goes
+through the model's forward hook) but none of its backward passes. The harness counts those
+explicitly with :meth:`CostMeter.count`, by the rule above:
+
+- building the operator: the forward (hook) plus the backward that builds ``J^T u`` with
+  ``create_graph`` -- the first backward after that forward, counted as a *gradient*;
+- each product ``J^T H_L J v``: one *Hessian-vector product* on the batch. It runs a
+  backward through the ``J^T u`` graph (``J v``), a double backward through the output loss
+  (outputs only) and a backward through the forward graph (``J^T w``); Pearlmutter's
+  R-forward + backward does the same work in two propagations, and Martens (2010, Sec. 4.2)
+  prices a Gauss-Newton product like a Hessian-vector product, so it gets the HVP weight.
 """
 
 from __future__ import annotations
@@ -166,6 +181,28 @@ class CostMeter:
             c.hvps += 1
             c.hvp_samples += self._last_samples
         self._backwards_since_forward += 1
+
+    def count(self, kind: str, samples: int, n: int = 1) -> None:
+        """Count ``n`` passes of ``kind`` the hooks cannot see (module docstring).
+
+        Args:
+            kind: ``"forward"``, ``"gradient"`` or ``"hvp"``.
+            samples: samples each pass touched (>= 0).
+            n: number of passes (>= 0).
+
+        Raises:
+            ValueError: for an unknown ``kind`` or negative ``samples``/``n``.
+        """
+        if kind not in WEIGHTS:
+            raise ValueError(f"Invalid kind: {kind!r}; choose one of {tuple(WEIGHTS)}")
+        if samples < 0 or n < 0:
+            raise ValueError(f"Invalid count: {n} passes of {samples} samples")
+        if not self._active:
+            return
+        c = self.costs
+        attr = {"forward": "forwards", "gradient": "gradients", "hvp": "hvps"}[kind]
+        setattr(c, attr, getattr(c, attr) + n)
+        setattr(c, f"{kind}_samples", getattr(c, f"{kind}_samples") + n * samples)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

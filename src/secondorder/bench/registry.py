@@ -10,6 +10,9 @@ Two closure protocols (see :mod:`secondorder.optim.base`):
 - ``"secondorder"``: the closure returns the per-sample losses and does not call backward;
   entries with ``global_closure=True`` also get ``step(closure, global_closure=...)``, a
   closure on the full training set (seed 002 Alg. 1 line 1, the global gradient).
+  Optimizers configured with ``curvature="gauss_newton"`` (HessianFree's default) also get
+  ``step(closure, ggn_closure=...)`` on the same batch
+  (:func:`secondorder.bench.runner.make_ggn_closure`).
 
 Knob grids (DeepOBS-style log grids): learning rates on ``10^{-4..0}`` in half decades
 (``"full"``), decades (``"default"``), or three values (``"quick"``); trust-region radius,
@@ -175,8 +178,8 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     _so("HessianFree", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},
-        "Hessian-free optimization with Levenberg-Marquardt damping (Martens 2010); the "
-        "bench uses the Hessian (its GGN mode needs a ggn_closure)", curvature="hessian"),
+        "Hessian-free optimization with Levenberg-Marquardt damping on the Gauss-Newton "
+        "matrix (Martens 2010)"),
     _so("NewtonKrylov", "taylor_ratio",
         {"full": (0.01, 0.02, 0.05, 0.1, 0.2), "default": (0.02, 0.05, 0.2), "quick": (0.05,)},
         "complex-step Newton-Krylov with Taylor-ratio step sizing (seed 002 Alg. 1)",

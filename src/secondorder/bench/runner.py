@@ -15,6 +15,11 @@ infinite or exceeds ``divergence_factor`` times the initial training loss (what 
 so far is kept, plus the diverging point); ``failed`` when the optimizer raises (the message
 is kept). Neither ever propagates an exception to the sweep.
 
+Curvature closures: optimizers whose ``step`` takes ``ggn_closure`` and that are configured
+with ``curvature="gauss_newton"`` (HessianFree by default; TrustRegion and AdaptiveCubic
+when asked) get :func:`make_ggn_closure` on the current batch, counted by the harness (see
+:mod:`~secondorder.bench.accounting`).
+
 Budgets (:class:`Budget`, any combination, the first reached stops the run): ``epochs`` are
 passes of the data iterator through the training set (one full-batch step = one epoch);
 ``backprops`` are harness-measured backprop-equivalents (see
@@ -23,6 +28,7 @@ passes of the data iterator through the training set (one full-batch step = one 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -33,10 +39,22 @@ import torch
 from torch import Tensor, nn
 
 from secondorder.bench.accounting import CostMeter
+from secondorder.bench.models import L2Penalized
 from secondorder.bench.registry import OptimizerSpec
+from secondorder.curvature.functional import functional_loss
+from secondorder.curvature.ggn import GGNOperator
+from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
 
-__all__ = ["Budget", "RunResult", "evaluate_split", "make_closure", "run"]
+__all__ = [
+    "Budget",
+    "RunResult",
+    "evaluate_split",
+    "make_closure",
+    "make_ggn_closure",
+    "run",
+    "uses_ggn_closure",
+]
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,132 @@ def make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y
     return closure
 
 
+class BenchCurvature(CurvatureOperator):
+    """A curvature operator built by the harness: counted, with the L2 penalty's Hessian.
+
+    ``B v = inner v + weight * mask * v``: ``inner`` is the GGN (or Hessian) operator of
+    the batch, ``weight * mask`` the exact Hessian of an
+    :class:`~secondorder.bench.models.L2Penalized` model's penalty ``weight/2 ||W||^2``
+    (``mask`` selects the penalized tensors; ``weight = 0`` for other models). Each product
+    is counted in ``meter`` as one Hessian-vector product on ``samples`` samples.
+
+    Attributes:
+        inner: the wrapped operator.
+        loss: the inner operator's loss at the point (detached) or ``None``.
+        outputs: the inner operator's network outputs (GGN only; optimizers read their
+            first dimension as the batch size), else absent.
+    """
+
+    def __init__(self, inner: CurvatureOperator, *, meter: CostMeter | None, samples: int,
+                 penalty_weight: float = 0.0, penalty_mask: tuple[bool, ...] = ()):
+        super().__init__(inner.params)
+        self.inner = inner
+        self.loss = getattr(inner, "loss", None)
+        outputs = getattr(inner, "outputs", None)
+        if outputs is not None:
+            self.outputs = outputs
+        self._meter, self._samples = meter, samples
+        self._weight = float(penalty_weight)
+        self._mask = penalty_mask
+
+    def _matvec(self, vec: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        out = tuple(self.inner.matvec(vec))
+        if self._meter is not None:
+            self._meter.count("hvp", self._samples)
+        if self._weight == 0.0:
+            return out
+        return tuple(o + self._weight * v if m else o
+                     for o, v, m in zip(out, vec, self._mask, strict=True))
+
+    def free(self) -> None:
+        """Release the inner operator's graph."""
+        release = getattr(self.inner, "free", None)
+        if callable(release):
+            release()
+
+
+def _penalty(model: nn.Module) -> tuple[float, tuple[bool, ...]]:
+    """``(weight, mask)`` of an L2-penalized model's penalty over its trainable parameters
+    in ``named_parameters`` order (the operators' order), or ``(0, ())``."""
+    if not isinstance(model, L2Penalized) or model.weight == 0.0:
+        return 0.0, ()
+    penalized = {id(p) for p in model.model.parameters()
+                 if p.requires_grad and (model.include_bias or p.dim() > 1)}
+    return model.weight, tuple(id(p) in penalized for p in model.parameters() if p.requires_grad)
+
+
+def make_ggn_closure(
+    model: nn.Module, problem, inputs: Tensor, targets: Tensor, meter: CostMeter | None = None
+) -> Callable[[], CurvatureOperator]:
+    """The ``ggn_closure`` the runner passes to Gauss-Newton optimizers, on one batch.
+
+    Each call returns a :class:`BenchCurvature` at the model's current parameters:
+
+    - the generalized Gauss-Newton matrix ``J^T H_L J``
+      (:meth:`GGNOperator.from_model <secondorder.curvature.ggn.GGNOperator.from_model>`)
+      of the criterion ``mean(problem.loss(outputs, targets))`` -- the mean of the
+      problem's per-sample loss, so its scale matches the closure's mean loss;
+    - **plus the L2 penalty's Hessian** on :class:`~secondorder.bench.models.L2Penalized`
+      models. Their last output column is the penalty ``p = weight/2 ||W||^2``, which the
+      per-sample loss adds *linearly*: the output loss has zero curvature in that column,
+      so ``J^T H_L J`` alone is the data term's GGN (still PSD) and silently drops the
+      penalty's curvature ``weight I`` on ``W`` (a second-order term of the output, which
+      the GGN discards). The penalty is part of the objective, not of the network, so
+      ``weight * v`` is added on the penalized tensors exactly (the regularized GGN,
+      ``J^T H_L J + weight I_W``, PSD, = the Hessian for linear models);
+    - on ``"deterministic"`` problems (Rosenbrock, quadratics: the model returns the
+      objective and the loss returns it unchanged, so ``H_L = 0`` and the GGN would be 0)
+      the natural split is outputs = parameters, output loss = objective, whose GGN is the
+      Hessian: a :class:`~secondorder.curvature.operators.HessianOperator` of the loss.
+
+    Costs (module docstring of :mod:`~secondorder.bench.accounting`): the operator's forward
+    goes through the model's forward hook; its other passes run on detached copies of the
+    parameters, so they are counted here in ``meter``: the setup backward as a gradient,
+    each product as one Hessian-vector product on the batch.
+
+    Args:
+        model: the trained model.
+        problem: the problem (its per-sample ``loss`` and ``tags``).
+        inputs: the batch inputs.
+        targets: the batch targets.
+        meter: the run's cost meter (``None``: nothing counted).
+
+    Returns:
+        A function of no argument returning the operator (call its ``free()`` when done;
+        the optimizers do).
+    """
+    samples = int(inputs.shape[0])
+    loss_fn = problem.loss
+
+    def criterion(outputs: Tensor, t: Tensor) -> Tensor:
+        return loss_fn(outputs, t).mean()
+
+    deterministic = "deterministic" in tuple(getattr(problem, "tags", ()))
+
+    def ggn_closure() -> CurvatureOperator:
+        if deterministic:
+            inner: CurvatureOperator = HessianOperator(
+                *functional_loss(model, criterion, inputs, targets))
+        else:
+            inner = GGNOperator.from_model(model, criterion, inputs, targets)
+        if meter is not None:
+            meter.count("gradient", samples)
+        weight, mask = _penalty(model)
+        return BenchCurvature(inner, meter=meter, samples=samples, penalty_weight=weight,
+                              penalty_mask=mask)
+
+    return ggn_closure
+
+
+def uses_ggn_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` takes ``ggn_closure`` and its curvature is Gauss-Newton."""
+    try:
+        takes = "ggn_closure" in inspect.signature(optimizer.step).parameters
+    except (TypeError, ValueError):
+        return False
+    return takes and optimizer.param_groups[0].get("curvature") == "gauss_newton"
+
+
 def run(
     problem,
     spec: OptimizerSpec,
@@ -184,6 +328,7 @@ def run(
             step_kwargs["global_closure"] = make_closure(
                 spec, model, optimizer, problem, train.inputs, train.targets, [None]
             )
+        ggn = spec.protocol == "secondorder" and uses_ggn_closure(optimizer)
         train_time = 0.0
         samples_drawn = 0
         step = 0
@@ -244,6 +389,8 @@ def run(
                 pos += batch_size
                 x, y = train.inputs[idx], train.targets[idx]
             closure = make_closure(spec, model, optimizer, problem, x, y, last)
+            if ggn:
+                step_kwargs["ggn_closure"] = make_ggn_closure(model, problem, x, y, meter)
             try:
                 optimizer.step(closure, **step_kwargs)
             except NonFiniteLossError as e:
