@@ -15,37 +15,51 @@ from problems import (
 from secondorder.optim import BarzilaiBorwein
 from secondorder.optim.barzilai_borwein import bb_step
 
+T, BETA, LR, TAU0, TMIN, TMAX = 4, 0.5, 0.05, 0.2, 1e-3, 5.0
+
+
+def _alg3_eta(ends, k):
+    """Alg. 3's step of epoch k from the two previous epoch ends (x, averaged gradient)."""
+    (x2, g2), (x1, g1) = ends[-2:]
+    s, y = x1 - x2, g1 - g2
+    e = float(s @ s / (T * (s @ y).abs()))
+    return e if TMIN / (k + 1) <= e <= TMAX / (k + 1) else TAU0 / (k + 1)
+
+
+def _alg3_by_hand(grad, x0, epochs, lr_at, ratio_at):
+    """Seed 000 Alg. 3, literally: ``x <- x - eta ratio grad_i(x)`` with ``eta = lr_at(i)``
+    in epochs 0 and 1, then :func:`_alg3_eta`. Returns the point and the epoch ends."""
+    xr, ends = x0.clone(), []
+    for k in range(epochs):
+        eta = _alg3_eta(ends, k) if k > 1 else None
+        g_avg = torch.zeros_like(x0)
+        for t in range(T):
+            i = k * T + t
+            g = grad(xr, i)
+            xr = xr - (lr_at(i) if k < 2 else eta) * ratio_at(i) * g
+            g_avg = (1 - BETA) * g_avg + BETA * g
+        ends.append((xr.clone(), g_avg))
+    return xr, ends
+
+
+def _noise(n, steps):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(n, generator=gen, dtype=torch.float64) * 0.1 for _ in range(steps)]
+
 
 def test_sgd_bb_matches_algorithm_3_by_hand():
     p = quadratic(n=5, cond=10.0)
-    T, beta, lr, tau0, tmin, tmax = 4, 0.5, 0.05, 0.2, 1e-3, 5.0
-    gen = torch.Generator().manual_seed(0)
-    noise = [torch.randn(5, generator=gen, dtype=torch.float64) * 0.1 for _ in range(5 * T)]
+    noise = _noise(5, 5 * T)
     x = p.param()
-    opt = BarzilaiBorwein([x], lr=lr, epoch_length=T, beta=beta, tau_0=tau0, tau_min=tmin,
-                          tau_max=tmax)
+    opt = BarzilaiBorwein([x], lr=LR, epoch_length=T, beta=BETA, tau_0=TAU0, tau_min=TMIN,
+                          tau_max=TMAX)
     for k in range(5 * T):
         opt.step(lambda k=k: p.loss(x) + noise[k] @ x)
-    # reference: seed 000 Alg. 3, literally
-    xr, eta, ends = p.x0.clone(), lr, []
-    for k in range(5):
-        if k > 1:
-            (x2, g2), (x1, g1) = ends[-2:]
-            s, y = x1 - x2, g1 - g2
-            e = float(s @ s / (T * (s @ y).abs()))
-            eta = e if tmin / (k + 1) <= e <= tmax / (k + 1) else tau0 / (k + 1)
-        g_avg = torch.zeros(5, dtype=torch.float64)
-        for t in range(T):
-            grad = p.A @ xr - p.b + noise[k * T + t]
-            xr = xr - eta * grad
-            g_avg = (1 - beta) * g_avg + beta * grad
-        ends.append((xr.clone(), g_avg))
+    xr, ends = _alg3_by_hand(lambda x, i: p.A @ x - p.b + noise[i], p.x0, 5,
+                             lambda i: LR, lambda i: 1.0)
     assert torch.allclose(x.detach(), xr, atol=1e-12)
-    (x2, g2), (x1, g1) = ends[-2:]  # the step of the next epoch, k = 5
-    s, y = x1 - x2, g1 - g2
-    e = float(s @ s / (T * (s @ y).abs()))
-    eta = e if tmin / 6 <= e <= tmax / 6 else tau0 / 6
-    assert opt.step_size == pytest.approx(eta, rel=1e-12)
+    # the step of the next epoch, k = 5
+    assert opt.step_size == pytest.approx(_alg3_eta(ends, 5), rel=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["bb1", "bb2"])
@@ -102,34 +116,22 @@ def test_sgd_bb_with_group_lrs_and_lambda_lr_matches_algorithm_3_by_hand():
     # groups (lr, lr / 4): group g steps eta * lr_g / lr_max; epochs 0-1 use the scheduled
     # lr_max, later epochs the BB step measured on the actual moves
     q = split_quadratic(n=5, k=3)
-    A, b = q.A, q.b
-    T, beta, lr, tau0, tmin, tmax = 4, 0.5, 0.05, 0.2, 1e-3, 5.0
-    gen = torch.Generator().manual_seed(0)
-    noise = [torch.randn(5, generator=gen, dtype=torch.float64) * 0.1 for _ in range(5 * T)]
+    noise = _noise(5, 5 * T)
     u, v = q.params()
-    opt = BarzilaiBorwein([{"params": [u]}, {"params": [v], "lr": lr / 4}], lr=lr,
-                          epoch_length=T, beta=beta, tau_0=tau0, tau_min=tmin, tau_max=tmax)
+    opt = BarzilaiBorwein([{"params": [u]}, {"params": [v], "lr": LR / 4}], lr=LR,
+                          epoch_length=T, beta=BETA, tau_0=TAU0, tau_min=TMIN, tau_max=TMAX)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.9**i)
     for i in range(5 * T):
         opt.step(lambda i=i: q.loss(u, v) + noise[i] @ torch.cat([u, v]))
         sched.step()
-    xr, eta, ends = torch.cat([q.u0, q.v0]), None, []
-    for k in range(5):
-        if k > 1:
-            (x2, g2), (x1, g1) = ends[-2:]
-            s, y = x1 - x2, g1 - g2
-            e = float(s @ s / (T * (s @ y).abs()))
-            eta = e if tmin / (k + 1) <= e <= tmax / (k + 1) else tau0 / (k + 1)
-        g_avg = torch.zeros(5, dtype=torch.float64)
-        for t in range(T):
-            i = k * T + t
-            lr_u, lr_v = lr * 0.9**i, lr / 4 * 0.9**i
-            r = torch.tensor([1.0] * 3 + [lr_v / lr_u] * 2, dtype=torch.float64)
-            grad = A @ xr - b + noise[i]
-            xr = xr - (lr_u if k < 2 else eta) * r * grad
-            g_avg = (1 - beta) * g_avg + beta * grad
-        ends.append((xr.clone(), g_avg))
-    assert eta != lr * 0.9 ** (4 * T)  # the BB step is in use
+
+    def ratio_at(i):  # lr_v / lr_u as the scheduler computes them
+        r = (LR / 4 * 0.9**i) / (LR * 0.9**i)
+        return torch.tensor([1.0] * 3 + [r] * 2, dtype=torch.float64)
+
+    xr, ends = _alg3_by_hand(lambda x, i: q.grad(x) + noise[i], torch.cat([q.u0, q.v0]), 5,
+                             lambda i: LR * 0.9**i, ratio_at)
+    assert _alg3_eta(ends[:-1], 4) != LR * 0.9 ** (4 * T)  # the BB step is in use
     assert torch.allclose(torch.cat([u, v]).detach(), xr, rtol=0, atol=1e-12)
 
 

@@ -41,12 +41,8 @@ def test_reaches_scipy_minimizer_within_1_5x_iterations(make):
     assert opt.counters.gradients <= 1.3 * opt.state["global"]["n_iter"] + 1
 
 
-@pytest.mark.parametrize("make", PROBLEMS)
-def test_matches_torch_lbfgs_iterates(make):
-    p = make()
-    x = p.param()
-    ours = LBFGS([x], full_batch=True, history_size=10)
-    xt = p.param()
+def _torch_lbfgs(problem, xt):
+    """``torch.optim.LBFGS`` with strong Wolfe on ``problem`` at ``xt``, and its closure."""
     # max_iter=1 per step as users call it; max_eval=26 gives torch's search the same 25
     # extra trials (torch's default max_eval = 1 would allow none).
     ref = torch.optim.LBFGS([xt], lr=1, max_iter=1, max_eval=26, history_size=10,
@@ -54,10 +50,20 @@ def test_matches_torch_lbfgs_iterates(make):
 
     def tclosure():
         ref.zero_grad()
-        loss = p.loss(xt)
+        loss = problem.loss(xt)
         loss.backward()
         return loss
 
+    return ref, tclosure
+
+
+@pytest.mark.parametrize("make", PROBLEMS)
+def test_matches_torch_lbfgs_iterates(make):
+    p = make()
+    x = p.param()
+    ours = LBFGS([x], full_batch=True, history_size=10)
+    xt = p.param()
+    ref, tclosure = _torch_lbfgs(p, xt)
     for _ in range(15):
         ours.step(lambda: p.loss(x))
         ref.step(tclosure)
@@ -274,16 +280,8 @@ def test_step_lr_acts_as_on_torch_lbfgs():
     p = rosenbrock()
     x, xt = p.param(), p.param()
     ours = LBFGS([x], full_batch=True)
-    ref = torch.optim.LBFGS([xt], lr=1, max_iter=1, max_eval=26, history_size=10,
-                            line_search_fn="strong_wolfe")
+    ref, tclosure = _torch_lbfgs(p, xt)
     scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in (ours, ref)]
-
-    def tclosure():
-        ref.zero_grad()
-        loss = p.loss(xt)
-        loss.backward()
-        return loss
-
     for _ in range(12):
         ours.step(lambda: p.loss(x))
         ref.step(tclosure)
