@@ -55,10 +55,10 @@ def test_negative_curvature_at_first_cg_iteration_gives_descent():
     # f = -x^2/2 + y^2: the Hessian is indefinite along the gradient direction at (1, 0)
     x = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     opt = NewtonCG([x], line_search="armijo")
-    loss0 = float(-0.5 * x[0] ** 2 + x[1] ** 2)
+    loss0 = float(-0.5 * x[0].detach() ** 2 + x[1].detach() ** 2)
     opt.step(lambda: -0.5 * x[0] ** 2 + x[1] ** 2)
     assert opt.state["global"]["cg_status"] == "negative_curvature"
-    assert float(-0.5 * x[0] ** 2 + x[1] ** 2) < loss0
+    assert float(-0.5 * x[0].detach() ** 2 + x[1].detach() ** 2) < loss0
 
 
 def test_hessian_subsampling_counts_and_converges():
