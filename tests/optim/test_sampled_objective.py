@@ -43,7 +43,7 @@ def test_reshuffled_batches_change_at_every_call():
     v1 = obj()
     v2 = obj()
     assert not torch.equal(first, torch.cat(obj.batches))
-    assert float(v1) != float(v2)
+    assert float(v1.detach()) != float(v2.detach())
 
 
 def test_per_sample_output():
