@@ -29,6 +29,7 @@ seeded generator reproduces a run; its state is saved in ``state_dict()``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -109,7 +110,9 @@ class AdaHessian(SecondOrderOptimizer):
     products on that one graph, which is freed before ``step`` returns.
 
     Args:
-        params: parameters or parameter groups.
+        params: parameters or parameter groups; ``lr``, ``betas``, ``eps``,
+            ``weight_decay`` and ``hessian_power`` may differ per group (the update is
+            elementwise; a group's ``lr`` may be 0), the probe settings below are global.
         lr: learning rate (the reference default 0.15).
         betas: ``(beta1, beta2)``, gradient and Hessian momentum, each in ``[0, 1)``.
         eps: added to the denominator, ``> 0``.
@@ -149,17 +152,10 @@ class AdaHessian(SecondOrderOptimizer):
     ):
         if not lr > 0.0:
             raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"Invalid betas: {betas}; give a pair (beta1, beta2)")
-        for i, b in enumerate(betas):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b}; it must be in [0, 1)")
-        if not eps > 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}; it must be positive")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}; it must be >= 0")
-        if not 0.0 <= hessian_power <= 1.0:
-            raise ValueError(f"Invalid Hessian power value: {hessian_power}; it must be in [0, 1]")
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power
+        )
+        self.check_group(defaults)
         if isinstance(update_each, bool) or not isinstance(update_each, int) or update_each < 1:
             raise ValueError(f"Invalid update_each: {update_each}; it must be an integer >= 1")
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
@@ -173,13 +169,7 @@ class AdaHessian(SecondOrderOptimizer):
             raise ValueError(
                 f"Invalid generator: {type(generator).__name__}; pass a torch.Generator or None"
             )
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            hessian_power=hessian_power,
-        )
+        defaults["betas"] = tuple(betas)
         super().__init__(params, defaults)
         self.update_each = update_each
         self.n_samples = n_samples
@@ -187,6 +177,38 @@ class AdaHessian(SecondOrderOptimizer):
         self.generator = generator
         self.register_state_dict_pre_hook(AdaHessian._save_generator)
         self.register_load_state_dict_post_hook(AdaHessian._load_generator)
+
+    @staticmethod
+    def check_group(hp: dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming an invalid ``lr``, ``betas``, ``eps``,
+        ``weight_decay`` or ``hessian_power`` in ``hp`` (the defaults or a param group)."""
+        lr, betas = hp["lr"], hp["betas"]
+        if not (lr >= 0.0 and math.isfinite(lr)):
+            raise ValueError(f"Invalid learning rate: {lr}; it must be finite and >= 0")
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Invalid betas: {betas}; give a pair (beta1, beta2)")
+        for i, b in enumerate(betas):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b}; it must be in [0, 1)")
+        if not hp["eps"] > 0.0:
+            raise ValueError(f"Invalid epsilon value: {hp['eps']}; it must be positive")
+        if not hp["weight_decay"] >= 0.0:
+            raise ValueError(
+                f"Invalid weight_decay value: {hp['weight_decay']}; it must be >= 0"
+            )
+        if not 0.0 <= hp["hessian_power"] <= 1.0:
+            raise ValueError(
+                f"Invalid Hessian power value: {hp['hessian_power']}; it must be in [0, 1]"
+            )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after checking its hyperparameters (each group has its own).
+
+        Raises:
+            ValueError: naming an invalid value (a group's ``lr`` may be 0: it stays put).
+        """
+        self.check_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
 
     # ---------------------------------------------------------------- generator state
     @staticmethod

@@ -25,7 +25,7 @@ Sec. 4.3 for the trust-region analogue), including the hard case.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +34,12 @@ import torch
 from scipy.optimize import brentq
 from torch import Tensor
 
-from secondorder import tensorlist as tl
 from secondorder.curvature.lanczos import lanczos
-from secondorder.errors import NonFiniteLossError
+from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim._model_step import solve_in_norm, try_step
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.curvature_source import CurvatureClosure, check_curvature, local_model
-from secondorder.optim.norms import AdaptiveNorm, make_norm
+from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
+from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
 from secondorder.tensorlist import TensorList
 
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -180,7 +180,7 @@ def update_sigma(sigma: float, rho: float, *, eta1: float, eta2: float, gamma: f
     return sigma * gamma
 
 
-class AdaptiveCubic(SecondOrderOptimizer):
+class AdaptiveCubic(GlobalHyperparameters, SecondOrderOptimizer):
     """Adaptive cubic regularization (Cartis, Gould & Toint 2011) with adaptive norms.
 
     ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
@@ -192,7 +192,9 @@ class AdaptiveCubic(SecondOrderOptimizer):
     ``sigma`` and the norm's accumulator live in ``state["global"]``.
 
     Args:
-        params: parameters or param groups (hyperparameters are global).
+        params: parameters or param groups. ``sigma`` and the norm are global, so every
+            hyperparameter must be the same in all groups (``ValueError`` naming the key
+            otherwise, when a group is added and at each step).
         sigma: initial regularization weight (positive).
         norm: ``"spherical"``, ``"rmsprop"``, ``"adagrad"``, ``"full_rmsprop"``,
             ``"full_adagrad"`` or an :class:`~secondorder.optim.norms.AdaptiveNorm`.
@@ -210,7 +212,8 @@ class AdaptiveCubic(SecondOrderOptimizer):
             (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
     Raises:
-        ValueError: if a hyperparameter is out of range or a name is unknown.
+        ValueError: if a hyperparameter is out of range, a name is unknown, or a value
+            differs between param groups.
 
     Example:
         >>> w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
@@ -238,21 +241,6 @@ class AdaptiveCubic(SecondOrderOptimizer):
         grad_tol: float = 0.0,
         normalize: bool = True,
     ):
-        if not sigma > 0:
-            raise ValueError(f"Invalid sigma value: {sigma}; it must be positive")
-        if not 0.0 < eta1 < 1.0:
-            raise ValueError(f"Invalid eta1 value: {eta1}; it must be in (0, 1)")
-        if not eta1 <= eta2 < 1.0:
-            raise ValueError(f"Invalid eta2 value: {eta2}; it must be in [eta1, 1) = [{eta1}, 1)")
-        if not gamma > 1.0:
-            raise ValueError(f"Invalid gamma value: {gamma}; it must be > 1")
-        if not sigma_min > 0:
-            raise ValueError(f"Invalid sigma_min value: {sigma_min}; it must be positive")
-        if not (isinstance(krylov_dim, int) and krylov_dim >= 1):
-            raise ValueError(f"Invalid krylov_dim value: {krylov_dim}; it must be an int >= 1")
-        if not grad_tol >= 0:
-            raise ValueError(f"Invalid grad_tol value: {grad_tol}; it must be >= 0")
-        check_curvature(curvature)
         self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power,
                                normalize=normalize)
         defaults = dict(
@@ -262,6 +250,28 @@ class AdaptiveCubic(SecondOrderOptimizer):
             krylov_dim=krylov_dim, grad_tol=grad_tol,
         )
         super().__init__(params, defaults)
+        self._norm = norm_of_group(self._norm, self.param_groups[0], defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
+        sigma, eta1, eta2 = hp["sigma"], hp["eta1"], hp["eta2"]
+        if not sigma > 0:
+            raise ValueError(f"Invalid sigma value: {sigma}; it must be positive")
+        if not 0.0 < eta1 < 1.0:
+            raise ValueError(f"Invalid eta1 value: {eta1}; it must be in (0, 1)")
+        if not eta1 <= eta2 < 1.0:
+            raise ValueError(f"Invalid eta2 value: {eta2}; it must be in [eta1, 1) = [{eta1}, 1)")
+        if not hp["gamma"] > 1.0:
+            raise ValueError(f"Invalid gamma value: {hp['gamma']}; it must be > 1")
+        if not hp["sigma_min"] > 0:
+            raise ValueError(f"Invalid sigma_min value: {hp['sigma_min']}; it must be positive")
+        krylov_dim = hp["krylov_dim"]
+        if not (isinstance(krylov_dim, int) and krylov_dim >= 1):
+            raise ValueError(f"Invalid krylov_dim value: {krylov_dim}; it must be an int >= 1")
+        if not hp["grad_tol"] >= 0:
+            raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
+        check_curvature(hp["curvature"])
 
     @property
     def norm(self) -> AdaptiveNorm:
@@ -287,47 +297,30 @@ class AdaptiveCubic(SecondOrderOptimizer):
             The loss at the start of the step.
 
         Raises:
-            ValueError: if the closures do not fit the curvature.
+            ValueError: if the closures do not fit the curvature or a hyperparameter differs
+                between param groups.
             NonFiniteLossError: if the loss or gradient at the current point is not finite.
         """
-        hp = self.param_groups[0]
+        hp = self.shared_hyperparameters()
         gstate = self.state["global"]
         sigma = float(gstate.get("sigma", hp["sigma"]))
         norm = self.norm
-        model = local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
-                            ggn_closure=ggn_closure)
-        try:
-            loss, grads = model.loss, model.grads
-            gnorm = tl.norm(grads)
-            check = torch.stack([loss.reshape(()).to(gnorm.dtype), gnorm]).tolist()
-            if not all(math.isfinite(x) for x in check):
-                raise NonFiniteLossError(
-                    f"loss {check[0]} or gradient norm {check[1]} at the current point is "
-                    "not finite"
-                )
-            if check[1] <= hp["grad_tol"] or check[1] == 0.0:
-                gstate.update(sigma=sigma, rho=float("nan"), accepted=False, krylov_dim=0)
-                return loss
-            norm.update(grads)
-            gstate["norm"] = norm.state_dict()
-            sub = solve_cubic_subproblem(model.operator.matvec, grads, sigma, norm,
-                                         krylov_dim=hp["krylov_dim"])
-        finally:
-            model.free()
 
-        old = tl.clone(self.params())
-        self.add_to_params(sub.step)
-        new_loss = self.evaluate(closure, grad=False).loss
-        predicted = sub.predicted_decrease.to(new_loss.dtype)
-        rho = (loss - new_loss) / predicted
-        predicted_f, rho_f, new_f = torch.stack([predicted, rho, new_loss]).tolist()
-        success = predicted_f > 0 and math.isfinite(new_f) and rho_f >= hp["eta1"]
-        if not success:
-            self.set_params(old)
-            rho_f = rho_f if math.isfinite(rho_f) and predicted_f > 0 else -math.inf
+        def solve(matvec: MatVec, grads: TensorList) -> CubicStep:
+            return solve_cubic_subproblem(matvec, grads, sigma, norm, krylov_dim=hp["krylov_dim"])
+
+        loss, sub = solve_in_norm(
+            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["grad_tol"],
+            hessian_closure=hessian_closure, ggn_closure=ggn_closure,
+        )  # fmt: skip
+        if sub is None:
+            gstate.update(sigma=sigma, rho=float("nan"), accepted=False, krylov_dim=0)
+            return loss
+        trial = try_step(self, closure, loss, sub.step, sub.predicted_decrease, hp["eta1"])
+        rho = trial.rho_or_fail
         gstate.update(
-            sigma=update_sigma(sigma, rho_f, eta1=hp["eta1"], eta2=hp["eta2"],
+            sigma=update_sigma(sigma, rho, eta1=hp["eta1"], eta2=hp["eta2"],
                                gamma=hp["gamma"], sigma_min=hp["sigma_min"]),
-            rho=rho_f, accepted=success, krylov_dim=sub.krylov_dim,
+            rho=rho, accepted=trial.accepted, krylov_dim=sub.krylov_dim,
         )
         return loss

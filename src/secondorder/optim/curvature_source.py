@@ -12,7 +12,8 @@ One step needs the loss and gradient on the closure's batch and a curvature oper
   on the batch of the caller's choice. Any operator with the same contract works (a Fisher,
   a damped or a block-diagonal approximation).
 
-Every product is counted in the optimizer's ``counters.hvps``.
+Every product is counted in the optimizer's ``counters.hvps``. A :class:`LocalModel` is a
+context manager: ``with local_model(...) as model:`` releases the operator's graph on exit.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class LocalModel:
         if callable(release):
             release()
 
+    def __enter__(self) -> LocalModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
 
 def check_closures(curvature: str, hessian_closure: Closure | None,
                    ggn_closure: CurvatureClosure | None) -> None:
@@ -112,7 +119,7 @@ def local_model(
         ggn_closure: returns the GGN operator (``"gauss_newton"`` only).
 
     Returns:
-        A :class:`LocalModel`; call its ``free()`` when done.
+        A :class:`LocalModel`; use it in a ``with`` block or call its ``free()`` when done.
 
     Raises:
         ValueError: if the closures do not fit the curvature, or the operator returned by

@@ -34,7 +34,7 @@ preconditioner is on; the GGN comes from ``step(closure, ggn_closure=...)`` (see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,7 +42,8 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
-from secondorder.errors import NonFiniteLossError
+from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim._model_step import check_finite_start
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import (
     CurvatureClosure,
@@ -184,7 +185,7 @@ def per_sample_squared_gradients(losses: Tensor, params: Sequence[Tensor], *,
     return tuple(out)
 
 
-class HessianFree(SecondOrderOptimizer):
+class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
     """Martens' (2010) Hessian-free optimizer (module docstring).
 
     ``step(closure, ggn_closure=...)``: ``closure`` returns the per-sample losses on the
@@ -197,7 +198,9 @@ class HessianFree(SecondOrderOptimizer):
     decrease the loss leaves the parameters bit-identical.
 
     Args:
-        params: parameters or param groups (hyperparameters are global).
+        params: parameters or param groups. The damping and the CG warm start are global,
+            so every hyperparameter must be the same in all groups (``ValueError`` naming
+            the key otherwise, when a group is added and at each step).
         damping: initial ``lambda > 0``.
         curvature: ``"gauss_newton"`` (default) or ``"hessian"``.
         cg_max_iter: most CG products per step (>= 1).
@@ -216,7 +219,8 @@ class HessianFree(SecondOrderOptimizer):
         ls_max_evals: most line-search evaluations (>= 1; Martens: 60).
 
     Raises:
-        ValueError: if a hyperparameter is out of range or a name is unknown.
+        ValueError: if a hyperparameter is out of range, a name is unknown, or a value
+            differs between param groups.
     """
 
     def __init__(
@@ -236,31 +240,6 @@ class HessianFree(SecondOrderOptimizer):
         ls_shrink: float = 0.8,
         ls_max_evals: int = 60,
     ):
-        if not damping > 0:
-            raise ValueError(f"Invalid damping value: {damping}; it must be positive")
-        check_curvature(curvature)
-        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
-        if not cg_rtol >= 0:
-            raise ValueError(f"Invalid cg_rtol value: {cg_rtol}; it must be >= 0")
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"Invalid decay value: {decay}; it must be in [0, 1]")
-        if not 0.0 < preconditioner_power <= 1.0:
-            raise ValueError(
-                f"Invalid preconditioner_power value: {preconditioner_power}; it must be in (0, 1]"
-            )
-        if not (isinstance(fisher_probes, int) and fisher_probes >= 0):
-            raise ValueError(
-                f"Invalid fisher_probes value: {fisher_probes}; it must be an int >= 0"
-            )
-        if not progress_tol >= 0:
-            raise ValueError(f"Invalid progress_tol value: {progress_tol}; it must be >= 0")
-        if not 0.0 < ls_c1 < 1.0:
-            raise ValueError(f"Invalid ls_c1 value: {ls_c1}; it must be in (0, 1)")
-        if not 0.0 < ls_shrink < 1.0:
-            raise ValueError(f"Invalid ls_shrink value: {ls_shrink}; it must be in (0, 1)")
-        if not (isinstance(ls_max_evals, int) and ls_max_evals >= 1):
-            raise ValueError(f"Invalid ls_max_evals value: {ls_max_evals}; it must be an int >= 1")
         defaults = dict(
             damping=damping, curvature=curvature, cg_max_iter=cg_max_iter, cg_rtol=cg_rtol,
             decay=decay, preconditioner=preconditioner,
@@ -269,6 +248,40 @@ class HessianFree(SecondOrderOptimizer):
             line_search=line_search, ls_c1=ls_c1, ls_shrink=ls_shrink, ls_max_evals=ls_max_evals,
         )
         super().__init__(params, defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
+        if not hp["damping"] > 0:
+            raise ValueError(f"Invalid damping value: {hp['damping']}; it must be positive")
+        check_curvature(hp["curvature"])
+        cg_max_iter, probes = hp["cg_max_iter"], hp["fisher_probes"]
+        ls_max_evals = hp["ls_max_evals"]
+        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
+            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
+        if not hp["cg_rtol"] >= 0:
+            raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
+        if not 0.0 <= hp["decay"] <= 1.0:
+            raise ValueError(f"Invalid decay value: {hp['decay']}; it must be in [0, 1]")
+        power = hp["preconditioner_power"]
+        if not 0.0 < power <= 1.0:
+            raise ValueError(
+                f"Invalid preconditioner_power value: {power}; it must be in (0, 1]"
+            )
+        if not (isinstance(probes, int) and probes >= 0):
+            raise ValueError(f"Invalid fisher_probes value: {probes}; it must be an int >= 0")
+        if not hp["progress_tol"] >= 0:
+            raise ValueError(
+                f"Invalid progress_tol value: {hp['progress_tol']}; it must be >= 0"
+            )
+        if not 0.0 < hp["ls_c1"] < 1.0:
+            raise ValueError(f"Invalid ls_c1 value: {hp['ls_c1']}; it must be in (0, 1)")
+        if not 0.0 < hp["ls_shrink"] < 1.0:
+            raise ValueError(f"Invalid ls_shrink value: {hp['ls_shrink']}; it must be in (0, 1)")
+        if not (isinstance(ls_max_evals, int) and ls_max_evals >= 1):
+            raise ValueError(
+                f"Invalid ls_max_evals value: {ls_max_evals}; it must be an int >= 1"
+            )
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(
@@ -346,11 +359,11 @@ class HessianFree(SecondOrderOptimizer):
             The loss at the start of the step.
 
         Raises:
-            ValueError: if the closures do not fit the curvature or the closure's output
-                does not fit the preconditioner.
+            ValueError: if the closures do not fit the curvature, the closure's output
+                does not fit the preconditioner, or a hyperparameter differs between groups.
             NonFiniteLossError: if the loss or gradient at the current point is not finite.
         """
-        hp = self.param_groups[0]
+        hp = self.shared_hyperparameters()
         gstate = self.state["global"]
         damping = float(gstate.get("damping", hp["damping"]))
         curvature = hp["curvature"]
@@ -361,12 +374,7 @@ class HessianFree(SecondOrderOptimizer):
         )
         op: CurvatureOperator | None = hessian
         try:
-            check = torch.stack([loss.to(torch.float64), tl.norm(grads).to(torch.float64)])
-            loss_f, gnorm_f = check.tolist()
-            if not (math.isfinite(loss_f) and math.isfinite(gnorm_f)):
-                raise NonFiniteLossError(
-                    f"loss {loss_f} or gradient norm {gnorm_f} at the current point is not finite"
-                )
+            loss_f, gnorm_f = check_finite_start(loss, grads)
             if gnorm_f == 0.0:
                 gstate.update(damping=damping, rho=float("nan"), accepted=False, cg_iterations=0)
                 return loss

@@ -21,15 +21,17 @@ and one extra loss evaluation.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim._model_step import try_step
 from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.curvature_source import local_model
 from secondorder.optim.krylov import CGResult, truncated_cg
 
 __all__ = ["LevenbergMarquardt", "LMDirection", "lm_direction", "update_damping"]
@@ -107,14 +109,16 @@ def update_damping(
     return damping
 
 
-class LevenbergMarquardt(SecondOrderOptimizer):
+class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
     """LM-damped Newton-CG (module docstring).
 
     The damping lives in ``optimizer.state["global"]["damping"]``; the last step's ``rho``,
     ``accepted`` and CG status are stored beside it.
 
     Args:
-        params: parameters or parameter groups (hyperparameters are global).
+        params: parameters or parameter groups. The damping is global, so every
+            hyperparameter must be the same in all groups (``ValueError`` naming the key
+            otherwise, when a group is added and at each step).
         damping: initial ``lambda``, ``> 0``.
         increase: factor on ``lambda`` when ``rho < 1/4``, ``> 1``.
         decrease: factor on ``lambda`` when ``rho > 3/4``, in ``(0, 1)``.
@@ -123,7 +127,8 @@ class LevenbergMarquardt(SecondOrderOptimizer):
         rtol: CG's relative residual tolerance, ``>= 0``.
 
     Raises:
-        ValueError: for a hyperparameter out of range (the message names it).
+        ValueError: for a hyperparameter out of range, or one that differs between param
+            groups (the message names it).
     """
 
     def __init__(
@@ -136,6 +141,15 @@ class LevenbergMarquardt(SecondOrderOptimizer):
         max_cg: int = 50,
         rtol: float = 1e-5,
     ):
+        defaults = dict(damping=damping, increase=increase, decrease=decrease,
+                        min_damping=min_damping, max_cg=max_cg, rtol=rtol)  # fmt: skip
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
+        damping, increase, decrease = hp["damping"], hp["increase"], hp["decrease"]
+        min_damping, max_cg, rtol = hp["min_damping"], hp["max_cg"], hp["rtol"]
         if not damping > 0.0:
             raise ValueError(f"Invalid damping: {damping}; it must be positive")
         if not increase > 1.0:
@@ -148,10 +162,6 @@ class LevenbergMarquardt(SecondOrderOptimizer):
             raise ValueError(f"Invalid max_cg: {max_cg}; it must be an integer >= 1")
         if not rtol >= 0.0:
             raise ValueError(f"Invalid rtol: {rtol}; it must be >= 0")
-        defaults = dict(damping=damping, increase=increase, decrease=decrease,
-                        min_damping=min_damping, max_cg=max_cg, rtol=rtol)  # fmt: skip
-        super().__init__(params, defaults)
-        self.hp = defaults
 
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One damped Newton-CG step; accepted only if it lowers the loss.
@@ -162,26 +172,15 @@ class LevenbergMarquardt(SecondOrderOptimizer):
         Returns:
             The loss before the step (detached).
         """
-        hp = self.hp
+        hp = self.shared_hyperparameters()
         G = self.state.setdefault("global", {"damping": float(hp["damping"])})
-        ev = self.evaluate(closure, create_graph=True)
-        try:
-            res = lm_direction(
-                ev.hessian, ev.grads, G["damping"], rtol=hp["rtol"], max_iter=hp["max_cg"]
-            )
-        finally:
-            ev.hessian.free()
-        w0 = tl.clone(self.params())
-        self.set_params(tl.add(w0, res.direction))
-        f1 = float(self.evaluate(closure, grad=False).loss)
-        f0, model = float(ev.loss), float(res.model_decrease)
-        rho = (f1 - f0) / model if model < 0 and math.isfinite(f1) else -math.inf
-        accepted = rho > 0
-        if not accepted:
-            self.set_params(w0)
+        with local_model(self, closure, "hessian") as model:
+            res = lm_direction(model.operator, model.grads, G["damping"], rtol=hp["rtol"],
+                               max_iter=hp["max_cg"])
+        trial = try_step(self, closure, model.loss, res.direction, -res.model_decrease, 0.0)
         G["damping"] = update_damping(
-            G["damping"], rho, increase=hp["increase"], decrease=hp["decrease"],
+            G["damping"], trial.rho_or_fail, increase=hp["increase"], decrease=hp["decrease"],
             min_damping=hp["min_damping"],
         )  # fmt: skip
-        G.update(rho=rho, accepted=accepted, cg_status=res.cg.status)
-        return ev.loss
+        G.update(rho=trial.rho_or_fail, accepted=trial.accepted, cg_status=res.cg.status)
+        return model.loss

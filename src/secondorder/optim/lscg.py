@@ -18,7 +18,8 @@ steepest descent ``-g``, then takes an Armijo backtracking step (Nocedal & Wrigh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,13 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator
+from secondorder.optim._direction_search import GroupScale
+from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.curvature_source import local_model
 from secondorder.optim.krylov import CGResult, truncated_cg
 from secondorder.optim.line_search import backtracking
+from secondorder.optim.quasi_newton import LineObjective
 
 __all__ = ["LSCG", "LSCGDirection", "lscg_direction"]
 
@@ -83,23 +88,36 @@ def lscg_direction(
     return LSCGDirection(tuple(res.solution), res)
 
 
-class LSCG(SecondOrderOptimizer):
+class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
     """Least-squares CG Newton method with Armijo backtracking (module docstring).
 
     The outcome of the last step is in ``optimizer.state["global"]``: ``cg_status``,
     ``cg_iterations``, ``fallback`` (steepest descent was used) and ``step_size``.
 
+    Param groups may differ in ``lr`` only, by the rule of the line-search optimizers
+    (:mod:`secondorder.optim._direction_search`): the backtracking search runs along
+    ``D = diag(lr_g / lr_max) d`` from the first trial ``t = lr_max``, so group ``g``
+    moves by ``t (lr_g / lr_max) d_g``; with equal ``lr`` this is the single-group method
+    bit for bit. A group with ``lr = 0`` is frozen: left out of the problem (no gradient,
+    no Hessian products), so the others take the LSCG step of the problem with its
+    parameters fixed. ``lr`` is read at every step (schedulers act on it).
+
     Args:
-        params: parameters or parameter groups (hyperparameters are global).
-        lr: first trial step of the backtracking search, ``> 0`` (1.0: the Newton step).
+        params: parameters or parameter groups; every hyperparameter but ``lr`` must be
+            the same in all groups (``ValueError`` naming the key otherwise).
+        lr: first trial step of the backtracking search, ``> 0`` (1.0: the Newton step);
+            a group's ``lr`` may be 0.
         max_cg: most CG iterations per step (``>= 1``; each costs two HVPs).
         rtol: CG's relative residual tolerance, ``>= 0``.
         c1: Armijo constant in ``(0, 1)``.
         max_evals: most loss evaluations of the line search (``>= 1``).
 
     Raises:
-        ValueError: for a hyperparameter out of range (the message names it).
+        ValueError: for a hyperparameter out of range, or one other than ``lr`` that differs
+            between param groups (the message names it).
     """
+
+    per_group = ("lr",)
 
     def __init__(
         self,
@@ -112,6 +130,16 @@ class LSCG(SecondOrderOptimizer):
     ):
         if not lr > 0.0:
             raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
+        defaults = dict(lr=lr, max_cg=max_cg, rtol=rtol, c1=c1, max_evals=max_evals)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
+        lr, max_cg, rtol, c1, max_evals = (hp[k] for k in ("lr", "max_cg", "rtol", "c1",
+                                                            "max_evals"))
+        if not (lr >= 0.0 and math.isfinite(lr)):
+            raise ValueError(f"Invalid learning rate: {lr}; it must be finite and >= 0")
         if isinstance(max_cg, bool) or not isinstance(max_cg, int) or max_cg < 1:
             raise ValueError(f"Invalid max_cg: {max_cg}; it must be an integer >= 1")
         if not rtol >= 0.0:
@@ -120,9 +148,18 @@ class LSCG(SecondOrderOptimizer):
             raise ValueError(f"Invalid c1: {c1}; it must be in (0, 1)")
         if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
             raise ValueError(f"Invalid max_evals: {max_evals}; it must be an integer >= 1")
-        defaults = dict(lr=lr, max_cg=max_cg, rtol=rtol, c1=c1, max_evals=max_evals)
-        super().__init__(params, defaults)
-        self.hp = defaults
+
+    def _free_groups(self) -> list[dict[str, Any]]:
+        free = [g for g in self.param_groups if float(g["lr"]) != 0]
+        return free or self.param_groups  # every lr = 0: the step moves nothing
+
+    def params(self) -> tuple[Tensor, ...]:
+        """The trainable tensors of the groups whose ``lr`` is not 0."""
+        return tuple(p for g in self._free_groups() for p in g["params"] if p.requires_grad)
+
+    def group_of(self) -> tuple[dict[str, Any], ...]:
+        """The param group of each tensor of :meth:`params`, in the same order."""
+        return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
 
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One least-squares Newton step with backtracking.
@@ -132,33 +169,38 @@ class LSCG(SecondOrderOptimizer):
 
         Returns:
             The loss before the step (detached).
+
+        Raises:
+            ValueError: if a hyperparameter other than ``lr`` differs between groups.
         """
-        hp = self.hp
+        hp = self.shared_hyperparameters()
         G = self.state.setdefault("global", {})
-        ev = self.evaluate(closure, create_graph=True)
-        try:
-            res = lscg_direction(ev.hessian, ev.grads, rtol=hp["rtol"], max_iter=hp["max_cg"])
-        finally:
-            ev.hessian.free()
-        d = res.direction
-        slope = float(tl.dot(d, ev.grads))
+        scale = GroupScale.of(self)
+        if scale.lr == 0:  # every group frozen
+            G["step_size"] = 0.0
+            return self.evaluate(closure, grad=False).loss
+        with local_model(self, closure, "hessian") as model:
+            res = lscg_direction(model.operator, model.grads, rtol=hp["rtol"],
+                                 max_iter=hp["max_cg"])
+        g = model.grads
+        d = scale.apply(res.direction)  # the direction searched: diag(lr_g / lr_max) dw
+        slope = float(tl.dot(d, g))
         fallback = not slope < 0
         if fallback:
-            d = tl.neg(ev.grads)
-            slope = float(tl.dot(d, ev.grads))
+            d = scale.apply(tl.neg(g))
+            slope = float(tl.dot(d, g))
         G.update(cg_status=res.cg.status, cg_iterations=res.cg.iterations, fallback=fallback)
         if not slope < 0:  # zero gradient: nothing to do
             G["step_size"] = 0.0
-            return ev.loss
+            return model.loss
         w0 = tl.clone(self.params())
-
-        def phi(t: float, need_grad: bool = False):
-            self.set_params(tl.add(w0, d, t))
-            return self.evaluate(closure, grad=False).loss, None
-
+        phi = LineObjective(self, closure, w0, d)
         ls = backtracking(
-            phi, ev.loss, slope, step=hp["lr"], c1=hp["c1"], max_evals=hp["max_evals"]
+            phi, model.loss, slope, step=scale.lr, c1=hp["c1"], max_evals=hp["max_evals"]
         )
-        self.set_params(tl.add(w0, d, ls.step) if ls.step > 0 else w0)
+        if ls.step > 0:
+            phi.move(ls.step)
+        else:
+            self.set_params(w0)
         G["step_size"] = ls.step
-        return ev.loss
+        return model.loss

@@ -59,7 +59,7 @@ parameters, e.g. built from :func:`~secondorder.curvature.functional_loss`::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.hvp import hvp
 from secondorder.curvature.vhv import vhv
+from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 
 BACKENDS = ("autograd", "complex-step")
@@ -298,7 +299,7 @@ def taylor_step_size(
 
 
 # --------------------------------------------------------------------------- optimizer
-class NewtonKrylov(SecondOrderOptimizer):
+class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
     """Seed 002's stochastic Newton-Krylov method (Alg. 1; module docstring).
 
     ``step(closure, global_closure=None)`` processes one mini-batch: ``closure`` returns
@@ -308,7 +309,9 @@ class NewtonKrylov(SecondOrderOptimizer):
     ``"accepted"``, ``"fallback"``, ``"rejected"`` or ``"no_direction"``.
 
     Args:
-        params: parameters or parameter groups (hyperparameters are global).
+        params: parameters or parameter groups. The global gradient, the warm start and the
+            step size are global, so every hyperparameter must be the same in all groups
+            (``ValueError`` naming the key otherwise, when a group is added and at each step).
         taylor_ratio: the target Taylor ratio ``eta~`` (seed 002: 0.05), in ``(0, 1)``.
         max_krylov: most Krylov iterations per batch (``>= 1``).
         rtol: the Krylov loop stops when ``||r|| <= rtol ||g||``.
@@ -326,7 +329,8 @@ class NewtonKrylov(SecondOrderOptimizer):
         damping_scale: the damped curvature is ``damping_scale * ||p||`` (seed 002: 0.01).
 
     Raises:
-        ValueError: for a hyperparameter out of range (the message names it).
+        ValueError: for a hyperparameter out of range, or one that differs between param
+            groups (the message names it).
     """
 
     def __init__(
@@ -343,23 +347,6 @@ class NewtonKrylov(SecondOrderOptimizer):
         damping_threshold: float = 1e-8,
         damping_scale: float = 0.01,
     ):
-        if not 0.0 < taylor_ratio < 1.0:
-            raise ValueError(f"Invalid taylor_ratio: {taylor_ratio}; it must be in (0, 1)")
-        _check_int("max_krylov", max_krylov, 1)
-        if not rtol >= 0.0:
-            raise ValueError(f"Invalid rtol: {rtol}; it must be >= 0")
-        if backend not in BACKENDS:
-            raise ValueError(f"Invalid backend: {backend!r}; choose one of {BACKENDS}")
-        _check_int("global_refresh", global_refresh, 1)
-        if not 0.0 <= warm_start <= 1.0:
-            raise ValueError(f"Invalid warm_start: {warm_start}; it must be in [0, 1]")
-        _check_int("max_step_adjust", max_step_adjust, 0)
-        if not fallback_step > 0.0:
-            raise ValueError(f"Invalid fallback_step: {fallback_step}; it must be positive")
-        if not damping_threshold >= 0.0:
-            raise ValueError(f"Invalid damping_threshold: {damping_threshold}; it must be >= 0")
-        if not damping_scale > 0.0:
-            raise ValueError(f"Invalid damping_scale: {damping_scale}; it must be positive")
         defaults = dict(
             taylor_ratio=taylor_ratio,
             max_krylov=max_krylov,
@@ -373,7 +360,33 @@ class NewtonKrylov(SecondOrderOptimizer):
             damping_scale=damping_scale,
         )
         super().__init__(params, defaults)
-        self.hp = defaults
+
+    @staticmethod
+    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
+        if not 0.0 < hp["taylor_ratio"] < 1.0:
+            raise ValueError(f"Invalid taylor_ratio: {hp['taylor_ratio']}; it must be in (0, 1)")
+        _check_int("max_krylov", hp["max_krylov"], 1)
+        if not hp["rtol"] >= 0.0:
+            raise ValueError(f"Invalid rtol: {hp['rtol']}; it must be >= 0")
+        if hp["backend"] not in BACKENDS:
+            raise ValueError(f"Invalid backend: {hp['backend']!r}; choose one of {BACKENDS}")
+        _check_int("global_refresh", hp["global_refresh"], 1)
+        if not 0.0 <= hp["warm_start"] <= 1.0:
+            raise ValueError(f"Invalid warm_start: {hp['warm_start']}; it must be in [0, 1]")
+        _check_int("max_step_adjust", hp["max_step_adjust"], 0)
+        if not hp["fallback_step"] > 0.0:
+            raise ValueError(
+                f"Invalid fallback_step: {hp['fallback_step']}; it must be positive"
+            )
+        if not hp["damping_threshold"] >= 0.0:
+            raise ValueError(
+                f"Invalid damping_threshold: {hp['damping_threshold']}; it must be >= 0"
+            )
+        if not hp["damping_scale"] > 0.0:
+            raise ValueError(
+                f"Invalid damping_scale: {hp['damping_scale']}; it must be positive"
+            )
 
     def _global(self) -> dict[str, Any]:
         return self.state.setdefault(
@@ -382,9 +395,8 @@ class NewtonKrylov(SecondOrderOptimizer):
              "steps": 0, "skipped": 0, "rejected": 0, "fallbacks": 0},
         )  # fmt: skip
 
-    def _curvature_fns(self, ev, closure: Closure) -> tuple[Product, Curvature]:
-        hp = self.hp
-        if hp["backend"] == "autograd":
+    def _curvature_fns(self, ev, closure: Closure, backend: str) -> tuple[Product, Curvature]:
+        if backend == "autograd":
             H = ev.hessian
             cache: dict[int, tuple[Tensor, ...]] = {}
 
@@ -428,7 +440,7 @@ class NewtonKrylov(SecondOrderOptimizer):
         Returns:
             The batch loss before the step (detached).
         """
-        hp = self.hp
+        hp = self.shared_hyperparameters()
         G = self._global()
         G["steps"] += 1
         if global_closure is not None and (
@@ -448,7 +460,7 @@ class NewtonKrylov(SecondOrderOptimizer):
                     return ev.loss
             else:
                 g, f0, phi_closure = ev.grads, ev.loss, closure
-            product, curvature = self._curvature_fns(ev, closure)
+            product, curvature = self._curvature_fns(ev, closure, hp["backend"])
             warm = G["warm"]
             x0 = None if warm is None or hp["warm_start"] == 0.0 else tl.scale(
                 warm, hp["warm_start"]

@@ -73,6 +73,7 @@ __all__ = [
     "accumulate_diagonal",
     "accumulate_matrix",
     "make_norm",
+    "norm_of_group",
 ]
 
 
@@ -380,3 +381,20 @@ def make_norm(norm: str | AdaptiveNorm, *, beta: float = 0.9, epsilon: float = 1
         return FullMatrixNorm(norm[len("full_"):], beta=beta, epsilon=epsilon, power=power,
                               normalize=normalize)
     raise ValueError(f"Invalid norm: {norm!r}; choose one of {NORMS} or an AdaptiveNorm")
+
+
+NORM_KEYS = ("norm", "beta", "epsilon", "power", "normalize")
+
+
+def norm_of_group(norm: AdaptiveNorm, group: dict[str, Any], defaults: dict[str, Any]):
+    """The norm a param group asks for: ``norm`` (built from ``defaults``) unless the group
+    overrides one of ``norm``, ``beta``, ``epsilon``, ``power``, ``normalize``; then
+    :func:`make_norm` builds it from the group's values.
+
+    Raises:
+        ValueError: if the group's norm name or values are invalid.
+    """
+    if all(group[k] == defaults[k] for k in NORM_KEYS):
+        return norm
+    return make_norm(group["norm"], beta=group["beta"], epsilon=group["epsilon"],
+                     power=group["power"], normalize=group["normalize"])

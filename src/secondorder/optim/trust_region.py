@@ -19,7 +19,7 @@ The functional core (:func:`solve_subproblem`, :func:`cauchy_point`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +27,12 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.errors import NonFiniteLossError
+from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim._model_step import solve_in_norm, try_step
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.curvature_source import (
-    CurvatureClosure,
-    check_curvature,
-    local_model,
-)
+from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
 from secondorder.optim.krylov import steihaug_cg
-from secondorder.optim.norms import AdaptiveNorm, make_norm
+from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
 from secondorder.tensorlist import TensorList
 
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -170,7 +167,7 @@ def update_radius(radius: float, success: bool, *, gamma: float, max_radius: flo
     return min(gamma * radius, max_radius) if expand else radius
 
 
-class TrustRegion(SecondOrderOptimizer):
+class TrustRegion(GlobalHyperparameters, SecondOrderOptimizer):
     """Stochastic (ellipsoidal) trust-region Newton method, seed 001 Algorithm 1.
 
     ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
@@ -185,8 +182,9 @@ class TrustRegion(SecondOrderOptimizer):
     operator at the current parameters (see :mod:`secondorder.optim.curvature_source`).
 
     Args:
-        params: parameters or param groups (the hyperparameters are global: the first
-            group's are used).
+        params: parameters or param groups. The radius and the norm are global, so every
+            hyperparameter must be the same in all groups (``ValueError`` naming the key
+            otherwise, when a group is added and at each step).
         radius: initial radius ``Delta_0 > 0`` in the norm ``||.||_M`` (Euclidean units when
             the norm is normalized, the default).
         norm: ``"spherical"``, ``"rmsprop"`` (seed 001 eq. 3), ``"adagrad"`` (eq. 2),
@@ -212,7 +210,8 @@ class TrustRegion(SecondOrderOptimizer):
             (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
     Raises:
-        ValueError: if a hyperparameter is out of range or a name is unknown.
+        ValueError: if a hyperparameter is out of range, a name is unknown, or a value
+            differs between param groups.
 
     Example:
         >>> w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
@@ -242,28 +241,6 @@ class TrustRegion(SecondOrderOptimizer):
         normalize: bool = True,
         eta_expand: float | None = None,
     ):
-        if not radius > 0:
-            raise ValueError(f"Invalid radius value: {radius}; it must be positive")
-        if not 0.0 < eta < 1.0:
-            raise ValueError(f"Invalid eta value: {eta}; it must be in (0, 1)")
-        if not gamma > 1.0:
-            raise ValueError(f"Invalid gamma value: {gamma}; it must be > 1")
-        if eta_expand is not None and not eta <= eta_expand < 1.0:
-            raise ValueError(
-                f"Invalid eta_expand value: {eta_expand}; it must be None or in [eta, 1) = "
-                f"[{eta}, 1)"
-            )
-        if not max_radius >= radius:
-            raise ValueError(
-                f"Invalid max_radius value: {max_radius}; it must be >= radius ({radius})"
-            )
-        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
-        if not cg_rtol >= 0:
-            raise ValueError(f"Invalid cg_rtol value: {cg_rtol}; it must be >= 0")
-        if not grad_tol >= 0:
-            raise ValueError(f"Invalid grad_tol value: {grad_tol}; it must be >= 0")
-        check_curvature(curvature)
         self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power,
                                normalize=normalize)
         defaults = dict(
@@ -274,6 +251,35 @@ class TrustRegion(SecondOrderOptimizer):
             cauchy_floor=cauchy_floor, eta_expand=eta_expand,
         )
         super().__init__(params, defaults)
+        self._norm = norm_of_group(self._norm, self.param_groups[0], defaults)
+
+    @staticmethod
+    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
+        radius, eta, eta_expand = hp["radius"], hp["eta"], hp["eta_expand"]
+        if not radius > 0:
+            raise ValueError(f"Invalid radius value: {radius}; it must be positive")
+        if not 0.0 < eta < 1.0:
+            raise ValueError(f"Invalid eta value: {eta}; it must be in (0, 1)")
+        if not hp["gamma"] > 1.0:
+            raise ValueError(f"Invalid gamma value: {hp['gamma']}; it must be > 1")
+        if eta_expand is not None and not eta <= eta_expand < 1.0:
+            raise ValueError(
+                f"Invalid eta_expand value: {eta_expand}; it must be None or in [eta, 1) = "
+                f"[{eta}, 1)"
+            )
+        if not hp["max_radius"] >= radius:
+            raise ValueError(
+                f"Invalid max_radius value: {hp['max_radius']}; it must be >= radius ({radius})"
+            )
+        cg_max_iter = hp["cg_max_iter"]
+        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
+            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
+        if not hp["cg_rtol"] >= 0:
+            raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
+        if not hp["grad_tol"] >= 0:
+            raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
+        check_curvature(hp["curvature"])
 
     @property
     def norm(self) -> AdaptiveNorm:
@@ -299,55 +305,33 @@ class TrustRegion(SecondOrderOptimizer):
             The loss at the start of the step (on the closure's batch).
 
         Raises:
-            ValueError: if the closures do not fit the curvature.
+            ValueError: if the closures do not fit the curvature or a hyperparameter differs
+                between param groups.
             NonFiniteLossError: if the loss or gradient at the current point is not finite.
         """
-        hp = self.param_groups[0]
+        hp = self.shared_hyperparameters()
         gstate = self.state["global"]
         radius = float(gstate.get("radius", hp["radius"]))
         norm = self.norm
-        model = local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
-                            ggn_closure=ggn_closure)
-        try:
-            loss, grads = model.loss, model.grads
-            gnorm = tl.norm(grads)
-            check = torch.stack([loss.reshape(()).to(gnorm.dtype), gnorm]).tolist()
-            if not all(map(_finite, check)):
-                raise NonFiniteLossError(
-                    f"loss {check[0]} or gradient norm {check[1]} at the current point is "
-                    "not finite"
-                )
-            if check[1] <= hp["grad_tol"]:
-                gstate.update(radius=radius, rho=float("nan"), accepted=False, cg_iterations=0)
-                return loss
-            norm.update(grads)
-            gstate["norm"] = norm.state_dict()
-            sub = solve_subproblem(
-                model.operator.matvec, grads, radius, norm, rtol=hp["cg_rtol"],
-                max_iter=hp["cg_max_iter"], cauchy_floor=hp["cauchy_floor"],
-            )
-        finally:
-            model.free()
 
-        old = tl.clone(self.params())
-        self.add_to_params(sub.step)
-        new_loss = self.evaluate(closure, grad=False).loss
-        predicted, actual = sub.predicted_decrease, loss - new_loss
-        rho = actual / predicted
-        stats = torch.stack([predicted, rho.to(predicted.dtype), new_loss.to(predicted.dtype)])
-        predicted_f, rho_f, new_f = stats.tolist()
-        success = predicted_f > 0 and _finite(new_f) and rho_f >= hp["eta"]
-        if not success:
-            self.set_params(old)
+        def solve(matvec: MatVec, grads: TensorList) -> SubproblemResult:
+            return solve_subproblem(matvec, grads, radius, norm, rtol=hp["cg_rtol"],
+                                    max_iter=hp["cg_max_iter"], cauchy_floor=hp["cauchy_floor"])
+
+        loss, sub = solve_in_norm(
+            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["grad_tol"],
+            hessian_closure=hessian_closure, ggn_closure=ggn_closure,
+        )  # fmt: skip
+        if sub is None:
+            gstate.update(radius=radius, rho=float("nan"), accepted=False, cg_iterations=0)
+            return loss
+        trial = try_step(self, closure, loss, sub.step, sub.predicted_decrease, hp["eta"])
         eta_expand = hp.get("eta_expand")
-        expand = eta_expand is None or rho_f >= eta_expand
+        expand = eta_expand is None or trial.rho >= eta_expand
         gstate.update(
-            radius=update_radius(radius, success, gamma=hp["gamma"], max_radius=hp["max_radius"],
-                                 expand=expand),
-            rho=rho_f, accepted=success, cg_iterations=sub.iterations, cg_status=sub.status,
-        )
+            radius=update_radius(radius, trial.accepted, gamma=hp["gamma"],
+                                 max_radius=hp["max_radius"], expand=expand),
+            rho=trial.rho, accepted=trial.accepted, cg_iterations=sub.iterations,
+            cg_status=sub.status,
+        )  # fmt: skip
         return loss
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
