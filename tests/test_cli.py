@@ -8,8 +8,9 @@ from secondorder import cli
 from secondorder.bench.store import Store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# In-process (--workers 1): the worker-process path is covered by the diverging-run test.
 ARGS = ["bench", "--problems", "logistic2d,rosenbrock", "--optimizers", "sgd", "adam",
-        "--seeds", "1", "--budget", "1", "--grid", "quick", "--no-progress"]
+        "--seeds", "1", "--budget", "1", "--grid", "quick", "--no-progress", "--workers", "1"]
 
 
 def _counts(db):

@@ -162,9 +162,26 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
+    """The tasks without a terminal run in the database (the workers would skip the rest;
+    filtering here spares spawning worker processes for a resumed sweep)."""
+    with Store(db_path) as store:
+        out = []
+        for t in tasks:
+            row = store.find_run(t.sweep, t.problem, t.optimizer, dict(t.hyperparameters),
+                                 t.seed, dict(t.budget))
+            if row is None or row["status"] not in TERMINAL:
+                out.append(t)
+        return out
+
+
 def _execute_all(db_path: str, tasks: Sequence[Task], workers: int, loader, desc: str,
                  progress: bool) -> dict[str, int]:
+    pending = _pending(db_path, tasks)
     counts: dict[str, int] = {}
+    if len(pending) < len(tasks):
+        counts["skipped"] = len(tasks) - len(pending)
+    tasks = pending
     bar = None
     if progress:
         from tqdm.auto import tqdm
