@@ -18,32 +18,53 @@ function (numpy float64 <-> torch) so tests compare against scipy's iterates and
   and its reloaded copy step in lockstep, bit for bit).
 * :func:`split_quadratic`: :func:`quadratic` with its vector split into two tensors (two
   param groups), with the minimizer over the first tensor when the second is held fixed.
+* :class:`DenseOperator`: ``v -> A v`` on one-tensor tuples (a curvature operator stand-in).
+* :func:`live_tensors` / :func:`assert_no_tensor_growth`: graphs are freed, no growth over
+  many steps.
+* :func:`digits_subset_loss`: a 64-16-10 MLP on the first 600 digits, batches of 100.
+* :func:`tanh_mlp_acceptance`: accepted flags and final loss of a model-based optimizer on a
+  small full-batch tanh MLP.
+* :func:`steps_with_rejections`: steps a model-based optimizer on a :class:`Problem`,
+  asserting that every rejected step leaves the point bit-identical.
+* :func:`assert_hyperparameter_agrees`: an optimizer with one global state rejects param
+  groups that differ in a hyperparameter (in ``__init__``, ``add_param_group`` and ``step``).
 """
 
 from __future__ import annotations
 
 import copy
+import gc
+import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import scipy.optimize
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "DenseOperator",
     "Problem",
     "SplitQuadratic",
+    "assert_hyperparameter_agrees",
+    "assert_no_tensor_growth",
     "assert_state_dict_lockstep",
     "digits_data",
     "digits_minibatch_losses",
     "digits_mlp",
+    "digits_subset_loss",
+    "live_tensors",
     "logistic_regression",
     "minibatches",
     "quadratic",
     "rosenbrock",
     "scipy_minimize",
     "split_quadratic",
+    "steps_with_rejections",
+    "tanh_mlp_acceptance",
 ]
 
 
@@ -258,3 +279,142 @@ def split_quadratic(n: int = 6, k: int = 4, cond: float = 10.0, seed: int = 0) -
     gen = torch.Generator().manual_seed(seed + 1)
     x0 = torch.randn(n, generator=gen, dtype=torch.float64)
     return SplitQuadratic(p.A, p.b, k, x0[:k].clone(), x0[k:].clone())  # type: ignore[attr-defined]
+
+
+class DenseOperator:
+    """``v -> (A v[0],)``: a dense matrix as a curvature operator on one-tensor tuples."""
+
+    def __init__(self, A: Tensor):
+        self.A = A
+
+    def matvec(self, v):
+        return (self.A @ v[0],)
+
+
+def live_tensors() -> int:
+    """Number of tensors the garbage collector can see (after a collection)."""
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def assert_no_tensor_growth(step: Callable[[], Tensor], warmup: int = 5, steps: int = 50) -> None:
+    """Call ``step`` ``warmup`` times, then ``steps`` times: no more live tensors than before,
+    and the returned loss carries no graph."""
+    for _ in range(warmup):
+        loss = step()
+    before = live_tensors()
+    for _ in range(steps):
+        loss = step()
+    assert loss.grad_fn is None and not loss.requires_grad
+    assert live_tensors() <= before
+
+
+def digits_subset_loss(
+    make_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer],
+    seed: int,
+    epochs: int,
+    step: Callable[[torch.optim.Optimizer, Callable[[], Tensor], Callable[[], Tensor]], object]
+    | None = None,
+) -> float:
+    """Train ``digits_mlp(seed, hidden=16)`` (float64) on the first 600 digits.
+
+    Batches of 100 from :func:`minibatches` with shuffle seed ``10 seed + epoch``.
+    ``step(optimizer, batch_closure, full_closure)`` takes one step (default:
+    ``optimizer.step(batch_closure)``).
+
+    Returns:
+        The final cross-entropy on the 600 samples (asserted finite).
+    """
+    X, y = digits_data(torch.float64)
+    X, y = X[:600], y[:600]
+    model = digits_mlp(seed, hidden=16, dtype=torch.float64)
+    crit = nn.CrossEntropyLoss()
+    opt = make_optimizer(model.parameters())
+    for epoch in range(epochs):
+        for idx in minibatches(len(X), 100, seed * 10 + epoch):
+            batch = lambda idx=idx: crit(model(X[idx]), y[idx])  # noqa: E731
+            if step is None:
+                opt.step(batch)
+            else:
+                step(opt, batch, lambda: crit(model(X), y))
+    with torch.no_grad():
+        final = float(crit(model(X), y))
+    assert math.isfinite(final)
+    return final
+
+
+def tanh_mlp_acceptance(
+    make_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer], steps: int = 10
+) -> tuple[list[bool], float]:
+    """Full-batch 5-7-3 tanh MLP on 64 random points (loss 1.0976 at the start).
+
+    Returns:
+        ``state["global"]["accepted"]`` after each step, and the final loss.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(torch.float64)
+    opt = make_optimizer(model.parameters())
+
+    def closure():
+        return nn.functional.cross_entropy(model(x), y)
+
+    accepted = []
+    for _ in range(steps):
+        opt.step(closure)
+        accepted.append(opt.state["global"]["accepted"])
+    with torch.no_grad():
+        return accepted, float(closure())
+
+
+def steps_with_rejections(
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    loss: Callable[[Tensor], Tensor],
+    steps: int,
+    stop: Callable[[Tensor], bool] | None = None,
+) -> int:
+    """Step ``optimizer`` on ``loss(x)`` up to ``steps`` times (until ``stop(x)``), asserting
+    that each step with ``state["global"]["accepted"]`` false left ``x`` bit-identical.
+
+    Returns:
+        The number of rejected steps.
+    """
+    rejected = 0
+    for _ in range(steps):
+        before = x.detach().clone()
+        optimizer.step(lambda: loss(x))
+        if not optimizer.state["global"]["accepted"]:
+            rejected += 1
+            assert torch.equal(x.detach(), before)
+        if stop is not None and stop(x.detach()):
+            break
+    return rejected
+
+
+def assert_hyperparameter_agrees(
+    make_optimizer: Callable[[list], torch.optim.Optimizer], key: str, value: object, owner: str
+) -> None:
+    """Groups differing in ``key`` are refused with ``ValueError`` naming it and ``owner``.
+
+    Checked in the constructor (two groups), in ``add_param_group`` (the group is not
+    added) and at ``step`` after ``param_groups[1][key]`` is rewritten (nothing moves).
+    """
+    match = rf"{key} differs between param groups: .*{owner} keeps one global state"
+    a = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=match):
+        make_optimizer([{"params": [a]}, {"params": [b], key: value}])
+    opt = make_optimizer([a])
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group({"params": [b], key: value})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [b]})
+    opt.param_groups[1][key] = value
+    with pytest.raises(ValueError, match=match):
+        opt.step(lambda: torch.cat([(a - 1) ** 2, (b + 1) ** 2]))
+    assert not a.detach().any() and not b.detach().any()

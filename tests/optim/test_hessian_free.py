@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from problems import digits_data, digits_mlp, minibatches
+from problems import assert_hyperparameter_agrees, digits_data, digits_mlp, minibatches
 
 from secondorder.curvature.ggn import GGNOperator
 from secondorder.optim.hessian_free import (
@@ -215,3 +215,15 @@ def test_bad_hyperparameters(kw, msg):
     w = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match=msg):
         HessianFree([w], **kw)
+
+
+@pytest.mark.parametrize("key, value", [("damping", 2.0), ("decay", 0.5), ("ls_c1", 0.1)])
+def test_hyperparameters_must_agree_across_groups(key, value):
+    assert_hyperparameter_agrees(lambda ps: HessianFree(ps, curvature="hessian"), key, value,
+                                 "HessianFree")
+
+
+def test_bad_group_value():
+    w = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="Invalid decay value: 2.0"):
+        HessianFree([{"params": [w], "decay": 2.0}])

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import copy
-import gc
 import math
-import warnings
 
 import pytest
 import torch
-from problems import digits_data, digits_mlp, logistic_regression, minibatches, scipy_minimize
+from problems import (
+    assert_hyperparameter_agrees,
+    assert_no_tensor_growth,
+    digits_data,
+    digits_mlp,
+    digits_subset_loss,
+    logistic_regression,
+    minibatches,
+    scipy_minimize,
+)
 from torch import nn
 
 from secondorder import tensorlist as tl
@@ -237,39 +244,21 @@ def test_state_dict_round_trip_in_lockstep():
     assert opt_a.state["global"]["steps"] == opt_b.state["global"]["steps"] == 5
 
 
-def _live_tensors() -> int:
-    gc.collect()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
-
-
 def test_graphs_freed_no_growth_over_50_steps():
     prob, x, batch_closure = _logistic_setup()
     opt = NewtonKrylov([x], max_krylov=3)
     closure = batch_closure(torch.arange(64))
-    for _ in range(5):
-        loss = opt.step(closure)
-    before = _live_tensors()
-    for _ in range(50):
-        loss = opt.step(closure)
-    assert not loss.requires_grad
-    assert _live_tensors() <= before
+    assert_no_tensor_growth(lambda: opt.step(closure))
+
+
+def _global_step(opt, batch, full):
+    opt.step(batch, full)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_digits_mlp_minibatches(seed):
-    X, y = digits_data(DT)
-    X, y = X[:600], y[:600]
-    model = digits_mlp(seed, hidden=16, dtype=DT)
-    crit = nn.CrossEntropyLoss()
-    opt = NewtonKrylov(model.parameters(), max_krylov=5)
-    for epoch in range(2):
-        for idx in minibatches(len(X), 100, seed * 10 + epoch):
-            opt.step(lambda idx=idx: crit(model(X[idx]), y[idx]), lambda: crit(model(X), y))
-    with torch.no_grad():
-        final = float(crit(model(X), y))
-    assert math.isfinite(final)
+    final = digits_subset_loss(lambda ps: NewtonKrylov(ps, max_krylov=5), seed, epochs=2,
+                               step=_global_step)
     assert final < THRESHOLD_DIGITS
 
 
@@ -305,3 +294,14 @@ def test_krylov_quadratic_identity():
     res = krylov_direction(prod, curv, (g,), max_iter=1)
     d = res.direction
     assert float(res.quadratic) == pytest.approx(float(tl.dot(d, prod(d))), rel=1e-12)
+
+
+@pytest.mark.parametrize("key, value", [("taylor_ratio", 0.1), ("max_krylov", 7),
+                                        ("backend", "complex-step")])
+def test_hyperparameters_must_agree_across_groups(key, value):
+    assert_hyperparameter_agrees(NewtonKrylov, key, value, "NewtonKrylov")
+
+
+def test_bad_group_value():
+    with pytest.raises(ValueError, match="Invalid warm_start: 1.5"):
+        NewtonKrylov([{"params": [nn.Parameter(torch.zeros(2))], "warm_start": 1.5}])
