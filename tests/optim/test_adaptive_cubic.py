@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
-from problems import digits_data, digits_mlp, minibatches
+from problems import (
+    assert_hyperparameter_agrees,
+    digits_data,
+    digits_mlp,
+    minibatches,
+    rosenbrock,
+    steps_with_rejections,
+    tanh_mlp_acceptance,
+)
 
 from secondorder.optim.adaptive_cubic import (
     AdaptiveCubic,
@@ -107,17 +115,10 @@ def test_converges_on_convex_quadratic(norm):
 
 @pytest.mark.parametrize("norm", ["spherical", "rmsprop"])
 def test_rosenbrock_reaches_minimizer(norm):
-    w = torch.tensor([-1.2, 1.0], dtype=D, requires_grad=True)
+    prob = rosenbrock()
+    w = prob.param()
     opt = AdaptiveCubic([w], norm=norm)
-    rejected = 0
-    for _ in range(100):
-        before = w.detach().clone()
-        opt.step(lambda: (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2)
-        if not opt.state["global"]["accepted"]:
-            rejected += 1
-            assert torch.equal(w.detach(), before)  # a rejected step is bit-identical
-        if float((w.detach() - 1).norm()) < 1e-6:
-            break
+    steps_with_rejections(opt, w, prob.loss, 100, stop=lambda x: float((x - 1).norm()) < 1e-6)
     assert float((w.detach() - 1).norm()) < 1e-6  # measured: 29 (spherical), 28 (rmsprop) steps
 
 
@@ -130,25 +131,8 @@ def test_sigma_update_rule():
     assert update_sigma(1.5e-3, 1.0, **kw) == 1e-3
 
 
-def _tanh_mlp_run(steps=10, **kw):
-    """Full-batch 5-7-3 tanh MLP on 64 random points (loss 1.0976 at the start)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 5, generator=gen, dtype=D)
-    y = torch.randint(0, 3, (64,), generator=gen)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(),
-                                torch.nn.Linear(7, 3)).to(D)
-    opt = AdaptiveCubic(model.parameters(), **kw)
-
-    def closure():
-        return torch.nn.functional.cross_entropy(model(x), y)
-
-    accepted = []
-    for _ in range(steps):
-        opt.step(closure)
-        accepted.append(opt.state["global"]["accepted"])
-    with torch.no_grad():
-        return accepted, float(closure())
+def _tanh_mlp_run(**kw):
+    return tanh_mlp_acceptance(lambda ps: AdaptiveCubic(ps, **kw))
 
 
 @pytest.mark.parametrize("norm", ["rmsprop", "adagrad", "spherical"])
@@ -225,3 +209,24 @@ def test_bad_hyperparameters(kw, msg):
     w = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match=msg):
         AdaptiveCubic([w], **kw)
+
+
+@pytest.mark.parametrize("key, value", [("sigma", 2.0), ("norm", "adagrad"), ("krylov_dim", 5)])
+def test_hyperparameters_must_agree_across_groups(key, value):
+    assert_hyperparameter_agrees(AdaptiveCubic, key, value, "AdaptiveCubic")
+
+
+def test_agreeing_group_values_are_used():
+    # both groups override sigma and the norm: the same run as one group with those values
+    prob = rosenbrock()
+    w1, w2 = prob.param(), prob.param()
+    one = AdaptiveCubic([w1], sigma=3.0, norm="adagrad", beta=0.5)
+    hp = {"sigma": 3.0, "norm": "adagrad", "beta": 0.5}
+    two = AdaptiveCubic([{"params": [w2], **hp}])
+    for _ in range(5):
+        one.step(lambda: prob.loss(w1))
+        two.step(lambda: prob.loss(w2))
+        assert torch.equal(w1, w2)
+    assert two.norm.name == "adagrad" and two.norm.beta == 0.5
+    with pytest.raises(ValueError, match="Invalid sigma value: -1.0"):
+        AdaptiveCubic([{"params": [prob.param()], "sigma": -1.0}])

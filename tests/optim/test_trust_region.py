@@ -4,7 +4,13 @@ import copy
 
 import pytest
 import torch
-from problems import digits_data, digits_mlp, minibatches
+from problems import (
+    assert_hyperparameter_agrees,
+    digits_data,
+    digits_mlp,
+    minibatches,
+    tanh_mlp_acceptance,
+)
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.ggn import GGNOperator
@@ -162,25 +168,8 @@ def test_fig1_ellipsoidal_beats_spherical_on_ill_conditioned_quadratic(normalize
         assert rms < sph and ada < sph
 
 
-def _tanh_mlp_run(steps=10, **kw):
-    """Full-batch 5-7-3 tanh MLP on 64 random points (loss 1.0976 at the start)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 5, generator=gen, dtype=D)
-    y = torch.randint(0, 3, (64,), generator=gen)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(),
-                                torch.nn.Linear(7, 3)).to(D)
-    opt = TrustRegion(model.parameters(), **kw)
-
-    def closure():
-        return torch.nn.functional.cross_entropy(model(x), y)
-
-    accepted = []
-    for _ in range(steps):
-        opt.step(closure)
-        accepted.append(opt.state["global"]["accepted"])
-    with torch.no_grad():
-        return accepted, float(closure())
+def _tanh_mlp_run(**kw):
+    return tanh_mlp_acceptance(lambda ps: TrustRegion(ps, **kw))
 
 
 @pytest.mark.parametrize("norm", ["rmsprop", "adagrad", "spherical"])
@@ -349,3 +338,29 @@ def test_tensorlist_shapes_preserved_with_param_groups():
     for _ in range(40):
         opt.step(lambda: sum(((p - t) ** 2).sum() for p, t in zip((a, b), target, strict=True)))
     assert float(tl.norm(tl.sub((a.detach(), b.detach()), target))) < 1e-8
+
+
+@pytest.mark.parametrize("key, value", [("radius", 0.5), ("norm", "adagrad"),
+                                        ("eta_expand", 0.75), ("curvature", "gauss_newton")])
+def test_hyperparameters_must_agree_across_groups(key, value):
+    assert_hyperparameter_agrees(TrustRegion, key, value, "TrustRegion")
+
+
+def test_agreeing_group_values_are_used():
+    # a group overriding the radius and the norm: the same run as those constructor values
+    A, xs = _quadratic(6, seed=2)
+    w1 = torch.zeros(6, dtype=D, requires_grad=True)
+    w2 = torch.zeros(6, dtype=D, requires_grad=True)
+    one = TrustRegion([w1], radius=0.3, norm="full_adagrad", epsilon=1e-3, cg_max_iter=3)
+    hp = {"radius": 0.3, "norm": "full_adagrad", "epsilon": 1e-3, "cg_max_iter": 3}
+    two = TrustRegion([{"params": [w2], **hp}])
+    for _ in range(6):
+        one.step(lambda: 0.5 * (w1 - xs) @ A @ (w1 - xs))
+        two.step(lambda: 0.5 * (w2 - xs) @ A @ (w2 - xs))
+        assert torch.equal(w1, w2)
+        assert two.state["global"]["radius"] == one.state["global"]["radius"]
+    assert two.norm.name == "full_adagrad" and two.norm.epsilon == 1e-3
+    with pytest.raises(ValueError, match="Invalid radius value: -1.0"):
+        TrustRegion([{"params": [w1], "radius": -1.0}])
+    with pytest.raises(ValueError, match="Invalid norm: 'ellipse'"):
+        TrustRegion([{"params": [w1], "norm": "ellipse"}])
