@@ -17,21 +17,22 @@ The ratio is computed in float64 on the host (one transfer for the three numbers
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.errors import NonFiniteLossError
+from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import CurvatureClosure, local_model
-from secondorder.optim.norms import AdaptiveNorm
+from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
 from secondorder.tensorlist import TensorList
 
-__all__ = ["Trial", "check_finite_start", "solve_in_norm", "try_step"]
+__all__ = ["AdaptiveNormOptimizer", "Trial", "check_finite_start", "solve_in_norm", "try_step"]
 
 R = TypeVar("R")
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -147,3 +148,35 @@ def try_step(
     if not accepted:
         optimizer.set_params(old)
     return Trial(predicted_f, rho_f, accepted)
+
+
+class AdaptiveNormOptimizer(GlobalHyperparameters, SecondOrderOptimizer):
+    """Base of the trust-region and ARC optimizers: one global adaptive norm.
+
+    The norm is built by :func:`~secondorder.optim.norms.make_norm` from ``defaults``
+    (``norm``, ``beta``, ``epsilon``, ``power``, ``normalize``; ``defaults["norm"]`` may
+    be an :class:`AdaptiveNorm` instance, stored as its name), or from the first group's
+    values when the groups override them (:func:`~secondorder.optim.norms.norm_of_group`).
+    Its accumulator lives in ``state["global"]["norm"]``.
+
+    Args:
+        params: parameters or param groups (every hyperparameter equal in all groups).
+        defaults: the hyperparameters.
+
+    Raises:
+        ValueError: for an invalid norm name or value, or groups that disagree.
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
+        self._norm = make_norm(defaults["norm"], beta=defaults["beta"],
+                               epsilon=defaults["epsilon"], power=defaults["power"],
+                               normalize=defaults["normalize"])
+        defaults = {**defaults, "norm": self._norm.name}
+        super().__init__(params, defaults)
+        self._norm = norm_of_group(self._norm, self.param_groups[0], defaults)
+
+    @property
+    def norm(self) -> AdaptiveNorm:
+        """The norm (its accumulator is synchronized with the state)."""
+        self._norm.load_state_dict(self.state["global"].get("norm", {}))
+        return self._norm

@@ -35,11 +35,10 @@ from scipy.optimize import brentq
 from torch import Tensor
 
 from secondorder.curvature.lanczos import lanczos
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
-from secondorder.optim._model_step import solve_in_norm, try_step
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
+from secondorder.optim.base import Closure
 from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
-from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
+from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
 
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -180,7 +179,7 @@ def update_sigma(sigma: float, rho: float, *, eta1: float, eta2: float, gamma: f
     return sigma * gamma
 
 
-class AdaptiveCubic(GlobalHyperparameters, SecondOrderOptimizer):
+class AdaptiveCubic(AdaptiveNormOptimizer):
     """Adaptive cubic regularization (Cartis, Gould & Toint 2011) with adaptive norms.
 
     ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
@@ -241,16 +240,13 @@ class AdaptiveCubic(GlobalHyperparameters, SecondOrderOptimizer):
         grad_tol: float = 0.0,
         normalize: bool = True,
     ):
-        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power,
-                               normalize=normalize)
         defaults = dict(
-            sigma=sigma, norm=self._norm.name, curvature=curvature, eta1=eta1, eta2=eta2,
+            sigma=sigma, norm=norm, curvature=curvature, eta1=eta1, eta2=eta2,
             gamma=gamma, beta=beta, epsilon=epsilon, power=power, normalize=normalize,
             sigma_min=sigma_min,
             krylov_dim=krylov_dim, grad_tol=grad_tol,
         )
         super().__init__(params, defaults)
-        self._norm = norm_of_group(self._norm, self.param_groups[0], defaults)
 
     @staticmethod
     def check_hyperparameters(hp: Mapping[str, Any]) -> None:
@@ -272,12 +268,6 @@ class AdaptiveCubic(GlobalHyperparameters, SecondOrderOptimizer):
         if not hp["grad_tol"] >= 0:
             raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
         check_curvature(hp["curvature"])
-
-    @property
-    def norm(self) -> AdaptiveNorm:
-        """The regularization norm (its accumulator is synchronized with the state)."""
-        self._norm.load_state_dict(self.state["global"].get("norm", {}))
-        return self._norm
 
     def step(
         self,

@@ -27,12 +27,11 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
-from secondorder.optim._model_step import solve_in_norm, try_step
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
+from secondorder.optim.base import Closure
 from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
 from secondorder.optim.krylov import steihaug_cg
-from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
+from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
 
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -167,7 +166,7 @@ def update_radius(radius: float, success: bool, *, gamma: float, max_radius: flo
     return min(gamma * radius, max_radius) if expand else radius
 
 
-class TrustRegion(GlobalHyperparameters, SecondOrderOptimizer):
+class TrustRegion(AdaptiveNormOptimizer):
     """Stochastic (ellipsoidal) trust-region Newton method, seed 001 Algorithm 1.
 
     ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
@@ -241,17 +240,14 @@ class TrustRegion(GlobalHyperparameters, SecondOrderOptimizer):
         normalize: bool = True,
         eta_expand: float | None = None,
     ):
-        self._norm = make_norm(norm, beta=beta, epsilon=epsilon, power=power,
-                               normalize=normalize)
         defaults = dict(
-            radius=radius, norm=self._norm.name, curvature=curvature, eta=eta, gamma=gamma,
+            radius=radius, norm=norm, curvature=curvature, eta=eta, gamma=gamma,
             beta=beta, epsilon=epsilon, power=power, normalize=normalize,
             max_radius=max_radius,
             cg_max_iter=cg_max_iter, cg_rtol=cg_rtol, grad_tol=grad_tol,
             cauchy_floor=cauchy_floor, eta_expand=eta_expand,
         )
         super().__init__(params, defaults)
-        self._norm = norm_of_group(self._norm, self.param_groups[0], defaults)
 
     @staticmethod
     def check_hyperparameters(hp: Mapping[str, Any]) -> None:
@@ -280,12 +276,6 @@ class TrustRegion(GlobalHyperparameters, SecondOrderOptimizer):
         if not hp["grad_tol"] >= 0:
             raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
         check_curvature(hp["curvature"])
-
-    @property
-    def norm(self) -> AdaptiveNorm:
-        """The trust-region norm (its accumulator is synchronized with the state)."""
-        self._norm.load_state_dict(self.state["global"].get("norm", {}))
-        return self._norm
 
     def step(
         self,
