@@ -201,3 +201,21 @@ def test_seeded_is_deterministic_and_restores_global_rng():
     assert torch.equal(torch.rand(3), expected_next)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_l2_penalty_is_the_same_under_functional_call_with_plain_tensors():
+    import torch
+    from torch import nn
+
+    from secondorder.bench.models import L2Penalized, split_penalty
+
+    torch.manual_seed(0)
+    model = L2Penalized(nn.Linear(3, 2), weight=0.5)
+    x = torch.randn(4, 3)
+    expected = 0.25 * float((model.model.weight.detach() ** 2).sum())
+    _, pen = split_penalty(model(x))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}  # no requires_grad
+    _, pen_functional = split_penalty(torch.func.functional_call(model, params, (x,)))
+    assert abs(float(pen[0]) - expected) < 1e-6
+    assert abs(float(pen_functional[0]) - expected) < 1e-6
+    assert float(split_penalty(L2Penalized(nn.Linear(3, 2), 0.5, include_bias=False)(x))[1][0]) > 0

@@ -183,11 +183,15 @@ class L2Penalized(nn.Module):
 
     def penalty(self) -> Tensor:
         """``weight / 2`` times the sum of squares of the penalized parameters (0-dim)."""
+        # Chosen by shape, not by requires_grad: under torch.func.functional_call the
+        # parameters may be plain tensors (or complex ones), and the penalty must not change.
         terms = [
             (p * p).sum()
             for p in self.model.parameters()
-            if p.requires_grad and (self.include_bias or p.dim() > 1)
+            if self.include_bias or p.dim() > 1
         ]
+        if not terms:
+            return torch.zeros(())
         return 0.5 * self.weight * torch.stack(terms).sum()
 
     def forward(self, inputs: Tensor) -> Tensor:
