@@ -95,6 +95,23 @@ def test_report_and_list_commands(bench, capsys):
     assert "knob lr: default grid [0.0001, 0.001, 0.01, 0.1, 1.0]" in out
 
 
+def test_export_writes_every_run_and_measurement(bench, capsys):
+    import csv
+    import json
+
+    assert cli.main(["export", "--out", str(bench)]) == 0
+    export = bench / "export"
+    with open(export / "runs.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 12
+    with open(export / "measurements.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 24
+    data = json.loads((export / "results.json").read_text())
+    assert len(data["runs"]) == 12
+    assert sum(len(r["measurements"]) for r in data["runs"]) == 24
+    assert cli.main(["export", "--out", str(bench / "missing")]) == 2
+    assert "no results database at" in capsys.readouterr().err
+
+
 def test_clear_errors(tmp_path, capsys):
     assert cli.main(["bench", "--problems", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -4,6 +4,8 @@
   (no download), store the runs in ``OUT/results.sqlite`` and write ``OUT/report.md``,
   ``OUT/report.html`` and ``OUT/figures/``. Rerunning resumes.
 - ``secondorder report --out DIR``: rebuild the report from the database.
+- ``secondorder export --out DIR``: ``DIR/export/{runs,measurements,environment}.csv`` and
+  ``DIR/export/results.json``.
 - ``secondorder list``: problems and optimizers with their defaults and grids.
 - ``secondorder curvature --problem NAME``: Hessian spectrum, trace and diagonal mass at
   initialization, mid-training and end (seed 001 Fig. 2).
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write the report from the database")
     r.add_argument("--out", default="secondorder-results", help="results folder")
     r.add_argument("--sweep", help="sweep name (default: the latest)")
+
+    e = sub.add_parser("export", help="export the database as CSV files and one JSON file")
+    e.add_argument("--out", default="secondorder-results", help="results folder")
+    e.add_argument("--format", choices=("csv", "json", "both"), default="both")
 
     sub.add_parser("list", help="problems and optimizers")
 
@@ -200,6 +206,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from secondorder.bench.store import Store
+
+    db = Path(args.out) / DB_NAME
+    if not db.exists():
+        raise CLIError(f"no results database at {db}; run `secondorder bench --out {args.out}`")
+    written: list[Path] = []
+    with Store(db) as store:
+        if args.format in ("csv", "both"):
+            written += store.export_csv(Path(args.out) / "export")
+        if args.format in ("json", "both"):
+            written.append(store.export_json(Path(args.out) / "export" / "results.json"))
+    print("\n".join(f"wrote {p}" for p in written))
+    return 0
+
+
 def _cmd_curvature(args: argparse.Namespace) -> int:
     from secondorder.bench import problems as P
 
@@ -226,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_bench(args, argv)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command == "curvature":
             return _cmd_curvature(args)
     except CLIError as e:
