@@ -15,6 +15,7 @@ from secondorder.curvature.complex_step import (
     complex_step_directional,
     complex_step_hvp,
     default_step,
+    first_order_step,
 )
 from secondorder.curvature.functional import functional_loss
 from secondorder.curvature.hvp import gradient, hvp
@@ -319,3 +320,94 @@ def test_dropout_is_identity_in_complex_evaluation():
     got = complex_step_hvp(loss_fn, params, vec)
     ref = hvp(functional_loss(model.eval(), nn.MSELoss(), x, y)[0], params, vec)
     assert _relerr(_flat(got), _flat(ref)) <= 1e-12
+
+
+def test_first_order_rules_only_below_their_step():
+    """Sigmoid/tanh use f(a) + i b f'(a) in real arithmetic only when h^2 is below
+    rounding; at h = 1e-3 the true complex evaluation (and its O(h^2) error) is kept."""
+    assert first_order_step(F64) == 1e-4 * math.sqrt(torch.finfo(F64).eps)
+    assert first_order_step(torch.complex64) == 1e-4 * math.sqrt(torch.finfo(torch.float32).eps)
+    assert default_step(F64) <= first_order_step(F64)
+    assert default_step(torch.float32) <= first_order_step(torch.float32)
+    with pytest.raises(ValueError, match="float32 or float64.*float16"):
+        first_order_step(torch.float16)
+    w = torch.tensor([-2.0, 0.3, 1.5], dtype=F64)
+    one = [torch.ones(3, dtype=F64)]
+
+    def f(ps):
+        return (torch.sigmoid(ps[0]) + torch.tanh(ps[0]) * 2.0).sum()
+
+    s, t = torch.sigmoid(w), torch.tanh(w)
+    exact = float((s * (1 - s) + 2 * (1 - t * t)).sum())
+    h = 1e-3
+    z = w.to(torch.complex128) + 1j * h
+    true_cs = float(((1 / (1 + torch.exp(-z))) + torch.tanh(z) * 2).sum().imag) / h
+    assert abs(true_cs - exact) > 1e-9 * abs(exact)  # the O(h^2) complex-step error
+    got = float(complex_step_directional(f, [w], one, h=h))
+    assert abs(got - true_cs) <= 1e-14 * abs(exact)
+    assert abs(float(complex_step_directional(f, [w], one)) - exact) <= 1e-15 * abs(exact)
+    # the first-order rules carry the Hessian through their backward (f'' b term)
+    v = [torch.tensor([0.5, -1.0, 2.0], dtype=F64)]
+    ref = hvp(f, [w], v)[0]
+    assert _relerr(complex_step_hvp(f, [w], v)[0], ref) <= 1e-14
+    hv_big = complex_step_hvp(f, [w], v, h=1e-3)[0]  # complex path: O(h^2) off
+    assert 1e-12 < _relerr(hv_big, ref) <= 1e-5
+
+
+def test_interleaved_pool_and_linear_rules_match_split_parts_and_autograd():
+    torch.manual_seed(12)
+    fn = nn.functional
+    x1 = torch.randn(2, 3, 9, dtype=F64)
+    x2 = torch.randn(2, 3, 7, 6, dtype=F64)
+    z1 = torch.complex(x1, torch.randn_like(x1))
+    z2 = torch.complex(x2, torch.randn_like(x2))
+    pools = [
+        (lambda t: fn.avg_pool1d(t, 3, 2, 1, True, False), z1),
+        (lambda t: fn.avg_pool1d(t, 2), z1),
+        (lambda t: fn.avg_pool2d(t, (3, 2), 2, (1, 0), False, True, 5), z2),
+        (lambda t: fn.avg_pool2d(t[0], 2), z2),  # unbatched
+        (lambda t: fn.adaptive_avg_pool1d(t, 4), z1),
+        (lambda t: fn.adaptive_avg_pool2d(t, (None, 4)), z2),
+    ]
+    for pool, z in pools:
+        with ComplexStepMode():
+            got = pool(z)
+        want = torch.complex(pool(z.real), pool(z.imag))
+        torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+    x = torch.randn(5, dtype=F64)
+
+    def loss_fn(ps):
+        a = torch.sigmoid(nn.functional.linear(x, ps[0]))  # unbatched real input
+        b = torch.tanh(a.reshape(1, 2, 3, 1) * x2[:1, :2, :3, :4])
+        return (fn.avg_pool2d(b, 2, 1) ** 2).sum() + (fn.adaptive_avg_pool1d(b[0], 2) ** 3).sum()
+
+    w, v = torch.randn(6, 5, dtype=F64), torch.randn(6, 5, dtype=F64)
+    ref = hvp(loss_fn, [w], [v])[0]
+    assert _relerr(complex_step_hvp(loss_fn, [w], [v])[0], ref) <= 1e-12
+
+
+def test_first_order_convolution_matches_autograd_and_complex_path():
+    """conv1d/2d/3d of complex activations and weights (stride, padding, dilation, groups,
+    partial positional arguments) at the default step vs double backward, and vs the
+    four-convolution complex path at a step above first_order_step."""
+    torch.manual_seed(13)
+    fn = nn.functional
+    x1, x2 = torch.randn(3, 4, 11, dtype=F64), torch.randn(2, 2, 7, 6, dtype=F64)
+    x3 = torch.randn(2, 2, 4, 5, 4, dtype=F64)
+    k2 = torch.randn(2, 2, 3, 3, dtype=F64)
+    k3 = torch.randn(2, 2, 2, 2, 2, dtype=F64)
+
+    def loss_fn(ps):
+        a = fn.conv1d(x1, ps[0], ps[1])  # real input, complex weight
+        b = fn.conv1d(torch.tanh(a), ps[2], None, 2, 1, 2, 2)  # groups, dilation
+        c = fn.conv2d(torch.sigmoid(fn.conv2d(x2, k2 * ps[1][0])), k2 * ps[1][1], None, (2, 1))
+        d = fn.conv3d(torch.tanh(fn.conv3d(x3, k3 * ps[1][2])), k3 * ps[1][3], None, 1, 1)
+        return (b ** 2).sum() + (c ** 3).sum() + (torch.sigmoid(d) ** 2).sum()
+
+    params = [torch.randn(4, 4, 3, dtype=F64), torch.randn(4, dtype=F64),
+              torch.randn(4, 2, 2, dtype=F64)]
+    vec = [torch.randn_like(p) for p in params]
+    ref = _flat(hvp(loss_fn, params, vec))
+    assert _relerr(_flat(complex_step_hvp(loss_fn, params, vec)), ref) <= 1e-12
+    big = _flat(complex_step_hvp(loss_fn, params, vec, h=1e-5))  # full complex evaluation
+    assert _relerr(big, ref) <= 1e-8

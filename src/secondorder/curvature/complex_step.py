@@ -27,6 +27,12 @@ complex tensor goes through one of three tables:
   the op and, when the loss has a ``.model`` (:func:`~secondorder.curvature.functional_loss`
   sets it), the module it was called in.
 
+Speed (exact to rounding, never approximate): when the step is at most
+:func:`first_order_step` (the defaults always are), sigmoid and tanh compute
+``f(a) + i b f'(a)`` in real arithmetic with a holomorphic backward (:class:`_FirstOrder`)
+instead of complex ``exp``/division; a real input meets a complex weight in one real GEMM
+(``linear``); average pooling runs as one real pool over the interleaved (re, im) pairs.
+
 Gradients of the complex evaluation come from :func:`torch.autograd.grad`. PyTorch
 returns the conjugate Wirtinger gradient: for a real ``L = Re f*(z)`` it gives
 ``dL/dx + i dL/dy = conj(f*'(z))``, so ``Im(g) = -Im(autograd)``.
@@ -64,6 +70,7 @@ __all__ = [
     "complex_step_directional",
     "complex_step_hvp",
     "default_step",
+    "first_order_step",
     "module_scope",
     "op_name",
     "real_part",
@@ -301,6 +308,87 @@ def _legacy_reduction(kwargs: dict, args: tuple, size_pos: int, reduce_pos: int,
 # reshapes), so the same rule also runs on bicomplex numbers.
 
 
+class _FirstOrderState(threading.local):
+    def __init__(self) -> None:
+        self.active = False
+
+
+_FIRST_ORDER = _FirstOrderState()
+
+#: Margin below ``sqrt(eps)`` for :func:`first_order_step`: the imaginary parts are ``h``
+#: times the direction and the activations' sensitivities, allowed up to ``1e4`` here.
+_FIRST_ORDER_MARGIN = 1e-4
+
+
+def first_order_step(dtype: torch.dtype) -> float:
+    """Largest step ``h`` at which elementwise rules may drop ``O(h^2)`` terms exactly.
+
+    For an analytic ``f`` and ``z = a + i b`` with ``b = O(h)``,
+    ``f(z) = f(a) - b^2 f''(a) / 2 + i b (f'(a) - b^2 f'''(a) / 6) + O(b^4)``. The
+    neglected terms are ``O(|b|^2 |f''| / |f|)`` relative to the real part and
+    ``O(|b|^2 |f'''| / |f'|)`` relative to the imaginary part, so once ``|b|^2 <= eps``
+    they are below the rounding of the real dtype and complex arithmetic itself computes
+    ``f(a) + i b f'(a)``. With ``h <= 1e-4 sqrt(eps)`` this holds for imaginary parts up
+    to ``1e4 h`` (directions times activation sensitivities up to ``1e4``); the default
+    steps (``1e-20`` in float64, ``1e-10`` in float32) are far below. Larger steps (the
+    seed 002 Fig. 1 sweep) keep the true complex evaluation.
+
+    Args:
+        dtype: the real or complex dtype of the parameters.
+
+    Returns:
+        ``1e-4 * sqrt(eps)`` of the real dtype (about ``1.5e-12`` in float64 and
+        ``3.5e-8`` in float32).
+
+    Raises:
+        ValueError: for a dtype other than float32/float64 (or their complex dtypes).
+    """
+    real = _REAL_OF[complex_dtype(dtype)]
+    return _FIRST_ORDER_MARGIN * math.sqrt(torch.finfo(real).eps)
+
+
+class _FirstOrder(torch.autograd.Function):
+    """``f(a + i b) = f(a) + i b f'(a)`` in real arithmetic, with the holomorphic backward.
+
+    The backward multiplies the incoming (conjugate Wirtinger) gradient ``G`` by
+    ``conj(f'(z)) = f'(a) - i b f''(a)`` up to ``O(b^2)``: ``Re = Re(G) f'(a)`` (the
+    ``Im(G) b f''(a)`` term is ``O(h^2)`` relative) and
+    ``Im = Im(G) f'(a) - Re(G) b f''(a)``. Autograd of the truncated forward alone would
+    miss ``-Re(G) b f''(a)``, an ``O(h)`` term that carries the Hessian.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, derivs: Callable) -> Tensor:  # type: ignore[override]
+        b = z.imag
+        f, d1, d2 = derivs(z.real)
+        ctx.save_for_backward(b, d1, d2)
+        return torch.complex(f, b * d1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        b, d1, d2 = ctx.saved_tensors
+        gr, gi = grad.real, grad.imag
+        return torch.complex(gr * d1, gi * d1 - gr * (b * d2)), None
+
+
+def _first_order(input: Any) -> bool:
+    """Whether a rule may use :class:`_FirstOrder` on ``input``: a plain complex tensor
+    under a :class:`ComplexStepMode` whose step is at most :func:`first_order_step`."""
+    return _FIRST_ORDER.active and type(input) is Tensor and input.is_complex()
+
+
+def _sigmoid_derivs(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    s = torch.sigmoid(a)
+    d1 = s * (1.0 - s)
+    return s, d1, d1 * (1.0 - 2.0 * s)
+
+
+def _tanh_derivs(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    t = torch.tanh(a)
+    d1 = 1.0 - t * t
+    return t, d1, -2.0 * t * d1
+
+
 def _relu(input: Any, *args: Any, **kwargs: Any) -> Any:
     return torch.where(real_part(input) > 0, input, 0.0)
 
@@ -337,9 +425,17 @@ def _softplus(input: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
 
 
 def _sigmoid(input: Any, *args: Any, **kwargs: Any) -> Any:
+    if _first_order(input):
+        return _FirstOrder.apply(input, _sigmoid_derivs)
     pos = real_part(input) >= 0
     e = torch.exp(-torch.where(pos, input, -input))  # exp(-|x|), never overflows
     return torch.where(pos, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _tanh(input: Any) -> Any:
+    if _first_order(input):
+        return _FirstOrder.apply(input, _tanh_derivs)
+    return torch.tanh(input)
 
 
 def _logsigmoid(input: Any) -> Any:
@@ -707,10 +803,106 @@ def _split_linear(func: Callable) -> Callable:
     return rule
 
 
+def _tuple(value: Any, nd: int) -> tuple:
+    if isinstance(value, (tuple, list)):
+        return tuple(value) if len(value) == nd else tuple(value) * nd
+    return (value,) * nd
+
+
+def _interleaved_avg_pool(nd: int) -> Callable:
+    """``avg_pool{nd}d`` of a complex tensor as one real ``avg_pool{nd+1}d``.
+
+    ``view_as_real`` appends the (re, im) pair as a last dimension of size 2; a window of
+    size 1 and stride 1 over it pools both parts at once and returns them already
+    interleaved, so no strided ``Re``/``Im`` copies and no ``torch.complex`` are needed.
+    The same real-linear map as :func:`_split_linear`.
+    """
+    real_pool = getattr(F, f"avg_pool{nd}d")
+    wide_pool = getattr(F, f"avg_pool{nd + 1}d")
+
+    def rule(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
+             ceil_mode: bool = False, count_include_pad: bool = True,
+             *args: Any, **kwargs: Any) -> Any:
+        if type(input) is not Tensor or not input.is_complex():
+            return _split_linear(real_pool)(input, kernel_size, stride, padding, ceil_mode,
+                                            count_include_pad, *args, **kwargs)
+        kernel = _tuple(kernel_size, nd) + (1,)
+        step = kernel if stride is None or stride == [] or stride == () else (
+            _tuple(stride, nd) + (1,))
+        out = wide_pool(torch.view_as_real(input), kernel, step, _tuple(padding, nd) + (0,),
+                        ceil_mode, count_include_pad, *args, **kwargs)
+        return torch.view_as_complex(out)
+
+    return rule
+
+
+def _interleaved_adaptive_avg_pool(nd: int) -> Callable:
+    """``adaptive_avg_pool{nd}d`` of a complex tensor as one real ``{nd+1}d`` pool (see
+    :func:`_interleaved_avg_pool`)."""
+    real_pool = getattr(F, f"adaptive_avg_pool{nd}d")
+    wide_pool = getattr(F, f"adaptive_avg_pool{nd + 1}d")
+
+    def rule(input: Any, output_size: Any) -> Any:
+        if type(input) is not Tensor or not input.is_complex():
+            return _split_linear(real_pool)(input, output_size)
+        size = tuple(
+            input.shape[input.dim() - nd + k] if s is None else s
+            for k, s in enumerate(_tuple(output_size, nd))
+        )
+        return torch.view_as_complex(wide_pool(torch.view_as_real(input), size + (2,)))
+
+    return rule
+
+
 def _parts(x: Any) -> tuple[Any, Any]:
     if isinstance(x, Tensor) and x.is_complex():
         return x.real, x.imag
     return x, None
+
+
+class _FirstOrderConv(torch.autograd.Function):
+    """Convolution of complex ``x = xr + i xi`` and ``w = wr + i wi`` dropping ``xi * wi``.
+
+    Under the first-order criterion (:func:`first_order_step`) ``xi``, ``wi`` are ``O(h)``
+    and ``conv(xi, wi)`` is ``O(h^2)`` relative to ``Re``: three real convolutions instead
+    of four. The backward is the holomorphic one, ``G conj(w)`` and ``G conj(x)`` with the
+    ``O(h^2)`` ``Im(G) wi`` / ``Im(G) xi`` terms dropped from the real parts: three
+    ``convolution_backward`` calls (each giving the input and the weight gradient) instead
+    of four. Autograd of the truncated forward would miss the ``O(h)`` terms
+    ``-Re(G) wi`` and ``-Re(G) xi``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, func: Callable, stride: list[int],  # type: ignore[override]
+                padding: list[int], dilation: list[int], groups: int) -> Tensor:
+        xr, xi = x.real.contiguous(), x.imag.contiguous()
+        wr, wi = w.real.contiguous(), w.imag.contiguous()
+        ctx.save_for_backward(xr, xi, wr, wi)
+        ctx.conv = (stride, padding, dilation, groups)
+        re = func(xr, wr, None, stride, padding, dilation, groups)
+        im = func(xr, wi, None, stride, padding, dilation, groups)
+        im = im + func(xi, wr, None, stride, padding, dilation, groups)
+        return torch.complex(re, im)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
+        xr, xi, wr, wi = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        gr, gi = grad.real.contiguous(), grad.imag.contiguous()
+        zeros = [0] * len(stride)
+
+        def back(g: Tensor, x: Tensor, w: Tensor) -> tuple:
+            return torch.ops.aten.convolution_backward(
+                g, x, w, None, stride, padding, dilation, False, zeros, groups, mask
+            )
+
+        gx1, gw1, _ = back(gr, xr, wr)  # Re G wr, Re G xr
+        gx2, gw2, _ = back(gi, xr, wr)  # Im G wr, Im G xr
+        gx3, gw3, _ = back(gr, xi, wi)  # Re G wi, Re G xi
+        grad_x = torch.complex(gx1, gx2 - gx3) if mask[0] else None
+        grad_w = torch.complex(gw1, gw2 - gw3) if mask[1] else None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def _conv(func: Callable) -> Callable:
@@ -722,7 +914,19 @@ def _conv(func: Callable) -> Callable:
     and a real input costs two real convolutions.
     """
 
+    spatial = int(func.__name__[-2]) if func.__name__.startswith("conv") else 0
+    fast = func.__name__ == f"conv{spatial}d"  # not the transposed convolutions
+
     def rule(input: Any, weight: Any, bias: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if (fast and not kwargs and _first_order(input) and _first_order(weight)
+                and input.dim() == spatial + 2 and not any(isinstance(a, str) for a in args)):
+            stride, padding, dilation, groups = (*args, *(1, 0, 1, 1)[len(args):])[:4]
+            out = _FirstOrderConv.apply(
+                input, weight, func, *[list(_tuple(a, spatial)) for a in (stride, padding,
+                                                                           dilation)],
+                int(groups),
+            )
+            return out if bias is None else out + bias.reshape([1, -1] + [1] * spatial)
         xr, xi = _parts(input)
         wr, wi = _parts(weight)
         re = func(xr, wr, None, *args, **kwargs)
@@ -747,9 +951,17 @@ def _linear(input: Any, weight: Any, bias: Any = None) -> Any:
     """``F.linear``; a real input meets a complex weight as two real products.
 
     Promoting the input would cost a complex GEMM (four real ones) and a complex copy of
-    the batch; ``x W^T = x Re(W)^T + i x Im(W)^T`` costs two, forward and backward.
+    the batch; ``x W^T = x Re(W)^T + i x Im(W)^T`` costs two, forward and backward. Both
+    run as one real GEMM against ``W`` viewed as real with its (re, im) pairs as rows,
+    whose output is already the interleaved complex result (no strided ``Re``/``Im``
+    operands, no copy into a complex tensor; the backward is one GEMM too).
     """
-    if isinstance(input, Tensor) and not input.is_complex() and weight.is_complex():
+    if (isinstance(input, Tensor) and not input.is_complex() and type(weight) is Tensor
+            and weight.is_complex() and weight.dim() == 2):
+        pairs = torch.view_as_real(weight).transpose(1, 2).reshape(-1, weight.shape[1])
+        out = F.linear(input.to(pairs.dtype), pairs)
+        out = torch.view_as_complex(out.unflatten(-1, (weight.shape[0], 2)))
+    elif isinstance(input, Tensor) and not input.is_complex() and weight.is_complex():
         out = torch.complex(F.linear(input, weight.real), F.linear(input, weight.imag))
     else:
         cdtype = _complex_target((input, weight), {}) or weight.dtype
@@ -785,6 +997,7 @@ RULES: dict[str, Callable] = {
     "selu": _selu,
     "softplus": _softplus,
     "sigmoid": _sigmoid,
+    "tanh": _tanh,
     "logsigmoid": _logsigmoid,
     "silu": _silu,
     "gelu": _gelu,
@@ -853,6 +1066,9 @@ for _nd in (1, 2, 3):
         LINEAR_RULES[_name] = _split_linear(getattr(F, _name))
 LINEAR_RULES["interpolate"] = _split_linear(F.interpolate)
 RULES.update(LINEAR_RULES)
+for _nd in (1, 2):  # one real pool over the interleaved (re, im) pairs
+    RULES[f"avg_pool{_nd}d"] = _interleaved_avg_pool(_nd)
+    RULES[f"adaptive_avg_pool{_nd}d"] = _interleaved_adaptive_avg_pool(_nd)
 #: Convolutions: bilinear in (input, weight), see :func:`_conv`.
 CONV_RULES: dict[str, Callable] = {}
 for _nd in (1, 2, 3):
@@ -923,6 +1139,10 @@ class ComplexStepMode(TorchFunctionMode):
     Args:
         model: optional module whose submodules are tracked to name the module in which an
             unsupported op was called.
+        first_order: let elementwise rules (sigmoid, tanh) compute ``f(a) + i b f'(a)`` in
+            real arithmetic (:class:`_FirstOrder`). Exact to rounding only when the step is
+            at most :func:`first_order_step`; :func:`complex_step_hvp` and
+            :func:`complex_step_directional` decide that from ``h``.
 
     Example:
         >>> z = torch.tensor([-1.0 + 1e-20j, 2.0 + 1e-20j], dtype=torch.complex128)
@@ -932,20 +1152,25 @@ class ComplexStepMode(TorchFunctionMode):
         tensor([0., 1.], dtype=torch.float64)
     """
 
-    def __init__(self, model: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module | None = None, first_order: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.first_order = bool(first_order)
+        self._outer_first_order = False
         self._scope: contextlib.ExitStack | None = None
 
     def __enter__(self) -> ComplexStepMode:
         self._scope = contextlib.ExitStack()
         self._scope.enter_context(module_scope(self.model))
+        self._outer_first_order = _FIRST_ORDER.active
+        _FIRST_ORDER.active = self.first_order
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         try:
             super().__exit__(*exc)
         finally:
+            _FIRST_ORDER.active = self._outer_first_order
             if self._scope is not None:
                 self._scope.close()
                 self._scope = None
@@ -1017,8 +1242,9 @@ def complex_step_hvp(
     params = check_point(params, vec)
     h = check_step(h, params[0].dtype)
     zs = tuple(z.requires_grad_(True) for z in _complex_point(params, vec, h))
+    first_order = h <= first_order_step(params[0].dtype)
     with torch.enable_grad():
-        with ComplexStepMode(getattr(loss_fn, "model", None)):
+        with ComplexStepMode(getattr(loss_fn, "model", None), first_order):
             loss = loss_fn(zs)
         loss = check_scalar_loss(loss, check_finite=False)
         if not loss.requires_grad:
@@ -1063,7 +1289,8 @@ def complex_step_directional(
     params = check_point(params, vec)
     h = check_step(h, params[0].dtype)
     zs = _complex_point(params, vec, h)
-    with torch.no_grad(), ComplexStepMode(getattr(loss_fn, "model", None)):
+    first_order = h <= first_order_step(params[0].dtype)
+    with torch.no_grad(), ComplexStepMode(getattr(loss_fn, "model", None), first_order):
         loss = loss_fn(zs)
     loss = check_scalar_loss(loss, check_finite=False)
     if not loss.is_complex():
