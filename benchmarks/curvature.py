@@ -46,17 +46,29 @@ def mlp() -> nn.Module:
 RAW_RETAINED = "marginal product: raw autograd.grad(retain_graph)"
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def paired(fn, baseline, repeats: int) -> tuple[float, float]:
+    """Median time of ``fn`` and median of the per-round ratios ``fn / baseline``.
+
+    ``fn`` and ``baseline`` run back to back in every round, so a machine that slows down
+    for a while slows both: the ratio is steadier than a ratio of two separate medians.
+    """
+    fn(), baseline()  # warm-up
+    times, ratios = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        tb = _time(baseline)
+        tf = _time(fn)
+        times.append(tf)
+        ratios.append(tf / tb)
+    return statistics.median(times), statistics.median(ratios)
 
 
-def bench_model(name: str, model: nn.Module, batch: int, repeats: int) -> list[tuple[str, float]]:
+def bench_model(name: str, model: nn.Module, batch: int, repeats: int) -> None:
     torch.manual_seed(0)
     x = torch.randn(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
@@ -72,40 +84,32 @@ def bench_model(name: str, model: nn.Module, batch: int, repeats: int) -> list[t
         g = torch.autograd.grad(crit(model(x), y), params, create_graph=True)
         torch.autograd.grad(g, params, v)
 
-    t_grad = median_time(grad, repeats)
-    rows = [("gradient", t_grad)]
-    t_raw = median_time(raw_hvp, repeats)
-    rows.append(("raw double backward (torch.autograd.grad x2)", t_raw))
-    for backend in ["autograd", "forward", "complex-step", "finite-difference"]:
-        try:
-            t = median_time(lambda b=backend: hvp(loss_fn, fparams, v, backend=b), repeats)
-        except NotImplementedError:
-            continue
-        rows.append((f"hvp backend={backend}", t))
-
     op = HessianOperator(loss_fn, fparams)
     g = torch.autograd.grad(crit(model(x), y), params, create_graph=True)
-    rows.append(("marginal product: HessianOperator @ v", median_time(lambda: op @ v, repeats)))
-    rows.append(
-        (
-            RAW_RETAINED,
-            median_time(lambda: torch.autograd.grad(g, params, v, retain_graph=True), repeats),
-        )
-    )
+
+    def raw_retained():
+        torch.autograd.grad(g, params, v, retain_graph=True)
+
+    def op_product():
+        op @ v
+
+    rows = [("gradient", paired(grad, grad, repeats))]
+    rows.append(("raw double backward (torch.autograd.grad x2)", paired(raw_hvp, grad, repeats)))
+    for backend in ["autograd", "forward", "complex-step", "finite-difference"]:
+        rows.append((
+            f"hvp backend={backend}",
+            paired(lambda b=backend: hvp(loss_fn, fparams, v, backend=b), grad, repeats),
+        ))
+    rows.append(("marginal product: HessianOperator @ v", paired(op_product, grad, repeats)))
+    rows.append((RAW_RETAINED, paired(raw_retained, grad, repeats)))
     print(f"\n{name} (batch {batch}, float32, {sum(p.numel() for p in params):,} parameters)")
     print(f"{'operation':52s} {'ms':>9s} {'x gradient':>11s}")
-    for label, t in rows:
-        print(f"{label:52s} {1e3 * t:9.2f} {t / t_grad:11.2f}")
-    hv_t = dict(rows)
-    print(
-        f"library overhead hvp(autograd) / raw double backward: "
-        f"{hv_t['hvp backend=autograd'] / t_raw:.3f}"
-    )
-    print(
-        f"operator overhead vs raw retained backward: "
-        f"{hv_t['marginal product: HessianOperator @ v'] / hv_t[RAW_RETAINED]:.3f}"
-    )
-    return rows
+    for label, (t, r) in rows:
+        print(f"{label:52s} {1e3 * t:9.2f} {r:11.2f}")
+    _, over = paired(lambda: hvp(loss_fn, fparams, v), raw_hvp, repeats)
+    print(f"library overhead hvp(autograd) / raw double backward (paired): {over:.3f}")
+    _, over = paired(op_product, raw_retained, repeats)
+    print(f"operator overhead vs raw retained backward (paired): {over:.3f}")
 
 
 def main() -> None:
