@@ -23,24 +23,18 @@ import time
 import torch
 from torch import nn
 
+from secondorder.bench.models import MLP, LeNet5
 from secondorder.curvature import HessianOperator, functional_loss, hvp
 
 
 def lenet5() -> nn.Module:
-    """LeNet-5 (LeCun et al. 1998) for 1x28x28 inputs, as in seed 002 (sigmoid units)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
-        nn.Linear(84, 10),
-    )  # fmt: skip
+    """LeNet-5 with sigmoid units, as in seed 002 (the benchmark suite's model)."""
+    return LeNet5("sigmoid")
 
 
 def mlp() -> nn.Module:
     """Seed 003's network 784-300-10 with sigmoid hidden units."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.Sigmoid(), nn.Linear(300, 10))
+    return MLP([784, 300, 10], "sigmoid")
 
 
 RAW_RETAINED = "marginal product: raw autograd.grad(retain_graph)"

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import secondorder.optim as so
+from secondorder.bench.models import MLP, LeNet5
 
 # name -> constructor kwargs; a step is ``opt.step(closure)`` unless noted in STEP_KWARGS.
 METHODS: dict[str, dict] = {
@@ -45,20 +46,13 @@ METHODS: dict[str, dict] = {
 
 
 def lenet5() -> nn.Module:
-    """LeNet-5 (LeCun et al. 1998) for 1x28x28 inputs, sigmoid units as in seed 002."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
-        nn.Linear(84, 10),
-    )  # fmt: skip
+    """LeNet-5 with sigmoid units, as in seed 002 (the benchmark suite's model)."""
+    return LeNet5("sigmoid")
 
 
 def mlp() -> nn.Module:
-    """MLP 784-300-10 with sigmoid hidden units (seed 003)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.Sigmoid(), nn.Linear(300, 10))
+    """Seed 003's network 784-300-10 with sigmoid hidden units."""
+    return MLP([784, 300, 10], "sigmoid")
 
 
 def _class_for(label: str):
