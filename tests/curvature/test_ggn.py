@@ -184,3 +184,15 @@ def test_cuda_matches_cpu():
     dense = G.to_dense()
     assert dense.is_cuda
     torch.testing.assert_close(dense.cpu(), expected, atol=1e-12, rtol=0)
+
+
+def test_from_model_never_changes_batch_norm_statistics():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    op = GGNOperator.from_model(model, nn.CrossEntropyLoss(), x, y)
+    op @ tuple(torch.ones_like(p) for p in op.params)
+    assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())
+    model(x)  # a plain training-mode forward does update them: the check has teeth
+    assert not torch.equal(model[1].running_mean, stats["1.running_mean"])

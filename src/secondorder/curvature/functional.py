@@ -17,7 +17,13 @@ from secondorder.errors import NonFiniteLossError
 
 LossFunction = Callable[[Sequence[Tensor]], Tensor]
 
-__all__ = ["LossFunction", "functional_loss", "check_params", "check_scalar_loss"]
+__all__ = [
+    "LossFunction",
+    "check_params",
+    "check_scalar_loss",
+    "functional_loss",
+    "functional_model",
+]
 
 
 def check_params(params: Sequence[Tensor]) -> tuple[Tensor, ...]:
@@ -60,6 +66,55 @@ def check_scalar_loss(loss: Tensor, *, check_finite: bool = True) -> Tensor:
     return loss.reshape(())
 
 
+def functional_model(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    params: Sequence[Tensor] | None = None,
+) -> tuple[Callable[[Sequence[Tensor]], Tensor], tuple[Tensor, ...]]:
+    """Turn a model and its inputs into ``(output_fn, params)``: outputs as a function of params.
+
+    ``output_fn(ps)`` returns ``model(inputs)`` computed with the tensors ``ps`` in place of
+    the model's trainable parameters (those with ``requires_grad``, or the given
+    ``params``), in ``model.named_parameters()`` order. Buffers (batch-norm running
+    statistics) are read from the model but each call works on copies of them, so
+    evaluating curvature never changes the model (and ``torch.func`` transforms see no
+    mutation of captured tensors). :func:`functional_loss` and
+    :meth:`~secondorder.curvature.ggn.GGNOperator.from_model` are built on it.
+
+    Args:
+        model: the network.
+        inputs: the batch inputs.
+        params: which of the model's parameters to treat as variables (default: all
+            parameters that require grad).
+
+    Returns:
+        ``(output_fn, params)`` with ``params`` the model's current parameter tensors.
+
+    Raises:
+        ValueError: if no parameter requires grad.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if params is not None:
+        wanted = {id(p) for p in params}
+        named = [(n, p) for n, p in named if id(p) in wanted]
+    if not named:
+        raise ValueError(
+            f"{type(model).__name__} has no parameter that requires grad; nothing to differentiate"
+        )
+    names = [n for n, _ in named]
+    buffers = dict(model.named_buffers())
+
+    def output_fn(ps: Sequence[Tensor]) -> Tensor:
+        if len(ps) != len(names):
+            raise ValueError(f"expected {len(names)} parameter tensors, got {len(ps)}")
+        tensors = {n: b.clone() for n, b in buffers.items()}
+        tensors.update(zip(names, ps, strict=True))
+        return torch.func.functional_call(model, tensors, (inputs,), strict=False)
+
+    return output_fn, tuple(p for _, p in named)
+
+
 def functional_loss(
     model: nn.Module,
     criterion: Callable[[Tensor, Tensor], Tensor],
@@ -71,10 +126,8 @@ def functional_loss(
     """Turn a model, a criterion and a batch into ``(loss_fn, params)``.
 
     ``loss_fn(ps)`` returns ``criterion(model(inputs), targets)`` computed with the tensors
-    ``ps`` in place of the model's trainable parameters (those with ``requires_grad``), in
-    their ``model.parameters()`` order. Buffers (batch-norm running statistics) are read
-    from the model but each call works on copies of them, so evaluating curvature never
-    changes the model (and ``torch.func`` transforms see no mutation of captured tensors).
+    ``ps`` in place of the model's trainable parameters (see :func:`functional_model`:
+    ``named_parameters()`` order, buffers copied per call so the model never changes).
 
     Args:
         model: the network.
@@ -96,24 +149,10 @@ def functional_loss(
         >>> bool(torch.allclose(loss_fn(params), nn.MSELoss()(model(x), y)))
         True
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if params is not None:
-        wanted = {id(p) for p in params}
-        named = [(n, p) for n, p in named if id(p) in wanted]
-    if not named:
-        raise ValueError(
-            f"{type(model).__name__} has no parameter that requires grad; nothing to differentiate"
-        )
-    names = [n for n, _ in named]
-    buffers = dict(model.named_buffers())
+    output_fn, params = functional_model(model, inputs, params=params)
 
     def loss_fn(ps: Sequence[Tensor]) -> Tensor:
-        if len(ps) != len(names):
-            raise ValueError(f"loss_fn expects {len(names)} parameter tensors, got {len(ps)}")
-        tensors = {n: b.clone() for n, b in buffers.items()}
-        tensors.update(zip(names, ps, strict=True))
-        out = torch.func.functional_call(model, tensors, (inputs,), strict=False)
-        return criterion(out, targets)
+        return criterion(output_fn(ps), targets)
 
     loss_fn.model = model  # type: ignore[attr-defined]  # lets complex-step name modules
-    return loss_fn, tuple(p for _, p in named)
+    return loss_fn, params

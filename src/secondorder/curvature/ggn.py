@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from secondorder import tensorlist as tl
-from secondorder.curvature.functional import check_params, check_scalar_loss
+from secondorder.curvature.functional import check_params, check_scalar_loss, functional_model
 from secondorder.curvature.operators import CurvatureOperator
 
 OutputFunction = Callable[[Sequence[Tensor]], Tensor]
@@ -108,7 +108,7 @@ class GGNOperator(CurvatureOperator):
         Uses :func:`torch.func.functional_call`, like
         :func:`~secondorder.curvature.functional.functional_loss`: the variables are the
         model's parameters that require grad (or ``params``), in ``named_parameters``
-        order; buffers are the model's own.
+        order; buffers are copied per call, so batch-norm statistics never change.
 
         Args:
             model: the network.
@@ -124,24 +124,12 @@ class GGNOperator(CurvatureOperator):
         Raises:
             ValueError: if no parameter requires grad (or as :class:`GGNOperator`).
         """
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if params is not None:
-            wanted = {id(p) for p in params}
-            named = [(n, p) for n, p in named if id(p) in wanted]
-        if not named:
-            raise ValueError(
-                f"{type(model).__name__} has no parameter that requires grad; "
-                "nothing to differentiate"
-            )
-        names = [n for n, _ in named]
-
-        def output_fn(ps: Sequence[Tensor]) -> Tensor:
-            return torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (inputs,))
+        output_fn, variables = functional_model(model, inputs, params=params)
 
         def output_loss(outputs: Tensor) -> Tensor:
             return criterion(outputs, targets)
 
-        return cls(output_fn, output_loss, [p for _, p in named])
+        return cls(output_fn, output_loss, variables)
 
     def _check_alive(self) -> None:
         if self._outputs is None:
