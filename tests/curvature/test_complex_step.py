@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from nets import small_cnn, tanh_mlp
 from torch import nn
 
 from secondorder import tensorlist as tl
@@ -24,10 +25,6 @@ from secondorder.errors import ComplexStepUnsupportedError
 F64 = torch.float64
 
 
-def _flat(xs):
-    return torch.cat([x.reshape(-1) for x in xs])
-
-
 def dense_hessian(loss_fn, params, func_api=True):
     """Dense float64 Hessian of ``loss_fn`` at ``params``.
 
@@ -40,7 +37,7 @@ def dense_hessian(loss_fn, params, func_api=True):
     def f(w):
         return loss_fn([c.view_as(p) for c, p in zip(w.split(sizes), params, strict=True)])
 
-    flat = _flat([p.detach() for p in params])
+    flat = tl.flatten([p.detach() for p in params])
     if func_api:
         return torch.func.hessian(f)(flat)
     return torch.autograd.functional.hessian(f, flat)
@@ -48,21 +45,6 @@ def dense_hessian(loss_fn, params, func_api=True):
 
 def _relerr(a, b):
     return float((a - b).norm() / b.norm())
-
-
-def _mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    return model, nn.CrossEntropyLoss(), torch.randn(10, 5), torch.randint(0, 3, (10,))
-
-
-def _cnn():
-    torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
-    )
-    return model, nn.CrossEntropyLoss(), torch.randn(6, 2, 8, 8), torch.randint(0, 3, (6,))
 
 
 def _bn():
@@ -80,8 +62,12 @@ def _mse():
     return model, nn.MSELoss(), torch.randn(9, 4), torch.randn(9, 2)
 
 
-PROBLEMS = {"mlp-tanh-ce": (_mlp, True), "cnn": (_cnn, True), "batchnorm-elu-sigmoid": (_bn, False),
-            "mse": (_mse, True)}
+PROBLEMS = {
+    "mlp-tanh-ce": (tanh_mlp, True),
+    "cnn": (small_cnn, True),
+    "batchnorm-elu-sigmoid": (_bn, False),
+    "mse": (_mse, True),
+}
 
 
 def _problem(make, dtype=F64):
@@ -98,12 +84,12 @@ def _problem(make, dtype=F64):
 def test_hvp_matches_dense_hessian(name):
     make, func_api = PROBLEMS[name]
     loss_fn, params, vec = _problem(make)
-    ref = dense_hessian(loss_fn, params, func_api) @ _flat(vec)
+    ref = dense_hessian(loss_fn, params, func_api) @ tl.flatten(vec)
     hv = complex_step_hvp(loss_fn, params, vec)
-    assert _relerr(_flat(hv), ref) <= 1e-12
+    assert _relerr(tl.flatten(hv), ref) <= 1e-12
     assert all(h.dtype == F64 and h.shape == p.shape for h, p in zip(hv, params, strict=True))
     # through the hvp dispatcher too
-    assert _relerr(_flat(hvp(loss_fn, params, vec, backend="complex-step")), ref) <= 1e-12
+    assert _relerr(tl.flatten(hvp(loss_fn, params, vec, backend="complex-step")), ref) <= 1e-12
 
 
 @pytest.mark.parametrize("name", list(PROBLEMS))
@@ -122,15 +108,15 @@ def test_batchnorm_with_running_stats_matches_autograd_and_leaves_stats_alone():
     x = torch.randn(5, 1, 6, 6, dtype=F64)
     loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(), x, torch.randint(0, 2, (5,)))
     vec = tuple(torch.randn_like(p) for p in params)
-    ref = _flat(hvp(loss_fn, params, vec))  # double backward, training-mode statistics
+    ref = tl.flatten(hvp(loss_fn, params, vec))  # double backward, training-mode statistics
     bn = model[1]
     before = (bn.running_mean.clone(), bn.running_var.clone())
-    got = _flat(complex_step_hvp(loss_fn, params, vec))
+    got = tl.flatten(complex_step_hvp(loss_fn, params, vec))
     assert _relerr(got, ref) <= 1e-12
     assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
     model.eval()
-    ref_eval = _flat(hvp(loss_fn, params, vec))
-    assert _relerr(_flat(complex_step_hvp(loss_fn, params, vec)), ref_eval) <= 1e-12
+    ref_eval = tl.flatten(hvp(loss_fn, params, vec))
+    assert _relerr(tl.flatten(complex_step_hvp(loss_fn, params, vec)), ref_eval) <= 1e-12
 
 
 @pytest.mark.parametrize("name", ["mlp-tanh-ce", "cnn"])
@@ -141,10 +127,10 @@ def test_float32_hvp_matches_float64_oracle(name):
     f32, p32 = functional_loss(model.float(), crit, x, y)
     torch.manual_seed(11)
     v64 = tuple(torch.randn_like(p) for p in p64)
-    ref = dense_hessian(f64, p64, func_api) @ _flat(v64)
+    ref = dense_hessian(f64, p64, func_api) @ tl.flatten(v64)
     hv = complex_step_hvp(f32, p32, tuple(v.float() for v in v64))
     assert all(h.dtype == torch.float32 for h in hv)
-    assert _relerr(_flat(hv).double(), ref) <= 1e-4
+    assert _relerr(tl.flatten(hv).double(), ref) <= 1e-4
 
 
 def test_default_step_values_and_errors():
@@ -204,7 +190,7 @@ def test_seed002_fig1_scalar():
 
 
 def test_seed002_fig1_along_mlp_direction():
-    loss_fn, params, vec = _problem(_mlp)
+    loss_fn, params, vec = _problem(tanh_mlp)
     _, grads = gradient(loss_fn, params)
     exact = float(tl.dot(grads, vec))
 
@@ -224,10 +210,10 @@ def test_seed002_fig1_along_mlp_direction():
 
 
 def test_hvp_independent_of_tiny_step():
-    loss_fn, params, vec = _problem(_mlp)
-    ref = _flat(complex_step_hvp(loss_fn, params, vec, h=1e-20))
+    loss_fn, params, vec = _problem(tanh_mlp)
+    ref = tl.flatten(complex_step_hvp(loss_fn, params, vec, h=1e-20))
     for h in (1e-8, 1e-30, 1e-100):
-        assert _relerr(_flat(complex_step_hvp(loss_fn, params, vec, h=h)), ref) <= 1e-14
+        assert _relerr(tl.flatten(complex_step_hvp(loss_fn, params, vec, h=h)), ref) <= 1e-14
 
 
 # ----------------------------------------------------------------- rules and errors
@@ -319,7 +305,7 @@ def test_dropout_is_identity_in_complex_evaluation():
     vec = tuple(torch.randn_like(p) for p in params)
     got = complex_step_hvp(loss_fn, params, vec)
     ref = hvp(functional_loss(model.eval(), nn.MSELoss(), x, y)[0], params, vec)
-    assert _relerr(_flat(got), _flat(ref)) <= 1e-12
+    assert _relerr(tl.flatten(got), tl.flatten(ref)) <= 1e-12
 
 
 def test_first_order_rules_only_below_their_step():
@@ -407,7 +393,7 @@ def test_first_order_convolution_matches_autograd_and_complex_path():
     params = [torch.randn(4, 4, 3, dtype=F64), torch.randn(4, dtype=F64),
               torch.randn(4, 2, 2, dtype=F64)]
     vec = [torch.randn_like(p) for p in params]
-    ref = _flat(hvp(loss_fn, params, vec))
-    assert _relerr(_flat(complex_step_hvp(loss_fn, params, vec)), ref) <= 1e-12
-    big = _flat(complex_step_hvp(loss_fn, params, vec, h=1e-5))  # full complex evaluation
+    ref = tl.flatten(hvp(loss_fn, params, vec))
+    assert _relerr(tl.flatten(complex_step_hvp(loss_fn, params, vec)), ref) <= 1e-12
+    big = tl.flatten(complex_step_hvp(loss_fn, params, vec, h=1e-5))  # full complex evaluation
     assert _relerr(big, ref) <= 1e-8

@@ -6,8 +6,10 @@ import copy
 
 import pytest
 import torch
+from nets import small_cnn, tanh_mlp
 from torch import nn
 
+from secondorder import tensorlist as tl
 from secondorder.curvature.bicomplex import Bicomplex, bicomplex_vhv
 from secondorder.curvature.functional import functional_loss
 from secondorder.curvature.hvp import BACKENDS
@@ -17,34 +19,15 @@ from secondorder.errors import ComplexStepUnsupportedError
 F64 = torch.float64
 
 
-def _flat(xs):
-    return torch.cat([x.reshape(-1) for x in xs])
-
-
 def _dense_vhv(loss_fn, params, vec):
     sizes = [p.numel() for p in params]
 
     def f(w):
         return loss_fn([c.view_as(p) for c, p in zip(w.split(sizes), params, strict=True)])
 
-    H = torch.autograd.functional.hessian(f, _flat([p.detach() for p in params]))
-    v = _flat(vec)
+    H = torch.autograd.functional.hessian(f, tl.flatten([p.detach() for p in params]))
+    v = tl.flatten(vec)
     return v @ H @ v
-
-
-def _mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    return model, nn.CrossEntropyLoss(), torch.randn(10, 5), torch.randint(0, 3, (10,))
-
-
-def _cnn():
-    torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
-    )
-    return model, nn.CrossEntropyLoss(), torch.randn(6, 2, 8, 8), torch.randint(0, 3, (6,))
 
 
 def _bn():
@@ -62,7 +45,7 @@ def _bce():
     return model, nn.BCEWithLogitsLoss(), torch.randn(8, 4), torch.rand(8, 1)
 
 
-MAKERS = {"mlp": _mlp, "cnn": _cnn, "batchnorm": _bn, "bce-layernorm": _bce}
+MAKERS = {"mlp": tanh_mlp, "cnn": small_cnn, "batchnorm": _bn, "bce-layernorm": _bce}
 
 
 def _problem(make):
@@ -132,7 +115,7 @@ def test_bicomplex_truncation_is_second_order_and_vanishes_for_tiny_h():
 
 
 def test_bicomplex_float32_against_float64_oracle():
-    model, crit, x, y = _mlp()
+    model, crit, x, y = tanh_mlp()
     f64, p64 = functional_loss(copy.deepcopy(model).double(), crit, x.double(), y)
     f32, p32 = functional_loss(model, crit, x, y)
     torch.manual_seed(12)
@@ -171,7 +154,7 @@ def test_bicomplex_unsupported_op_names_op_and_module():
 
 
 def test_vhv_bad_backend_and_step():
-    loss_fn, params, vec = _problem(_mlp)
+    loss_fn, params, vec = _problem(tanh_mlp)
     with pytest.raises(ValueError, match="Invalid HVP backend: 'bicomplex'"):
         vhv(loss_fn, params, vec, backend="bicomplex")
     with pytest.raises(ValueError, match="Invalid complex step: h=0.0"):
