@@ -179,9 +179,11 @@ def test_best_quality_and_answer_paragraph():
     text = answer(summaries)
     assert text.startswith("Over 2 problems:")
     # adam wins every criterion on p; on q LBFGS wins the loss target, sgd the validation one.
-    assert "by time to the validation target, adam and sgd were first or tied first on 1 of 2" \
+    assert ("By time to the validation target and backprops to the validation target, adam and "
+            "sgd were first or tied first on 1 of 2") \
         in text
-    assert "by backprops to the training-loss target, adam and LBFGS were" in text
+    assert "overall, adam was first or tied first in 4 of the 8 (problem, criterion) pairs" in text
+    assert "then LBFGS (2), sgd (2)" in text or "then sgd (2), LBFGS (2)" in text
     assert "Failed to learn or had no usable setting: LSCG on p." in text
     assert "selected settings lie at the edge of the grid" in text
 

@@ -209,16 +209,30 @@ def answer(summaries: Sequence[ProblemSummary]) -> str:
     if not n:
         return "No problem has results."
     parts = [f"Over {n} problem{'s' if n > 1 else ''}:"]
+    tally: dict[str, int] = {}
+    lines: dict[str, list[str]] = {}  # sentence -> the criteria it describes
     for attr, target, cost, _ in CRITERIA:
-        parts.append(f"by {cost} to the {target}, "
-                     + _leader(_wins(summaries, attr), n, target) + ";")
+        wins = _wins(summaries, attr)
+        for name, probs in wins.items():
+            tally[name] = tally.get(name, 0) + len(probs)
+        lines.setdefault(_leader(wins, n, target), []).append(f"{cost} to the {target}")
+    if tally:
+        top = sorted(tally.items(), key=lambda t: -t[1])
+        best = [k for k, v in top if v == top[0][1]]
+        parts.append(f"overall, {_names(best)} {'was' if len(best) == 1 else 'were'} first or "
+                     f"tied first in {top[0][1]} of the {4 * n} (problem, criterion) pairs "
+                     "(time and backprops to the validation and the training-loss targets)"
+                     + ("; then " + ", ".join(f"{k} ({v})" for k, v in top[len(best):][:3])
+                        if len(top) > len(best) else "") + ".")
+    for sentence, crits in lines.items():
+        parts.append(f"By {_names(crits)}, {sentence}.")
     quality: dict[str, list[str]] = {}
     for ps in summaries:
         q = best_quality(ps)
         if q is not None:
             for name in [q[0], *q[3]]:
                 quality.setdefault(name, []).append(ps.problem)
-    parts.append("for the best final test metric, "
+    parts.append("For the best final test metric, "
                  + _leader(quality, n, "best test metric") + ".")
     failed: dict[str, list[str]] = {}
     for ps in summaries:
