@@ -307,7 +307,7 @@ def cost_bars(ps: ProblemSummary) -> tuple[Figure, str]:
             if not s.complete:
                 ax.text(c, i, f" {s.reached}/{s.n} seeds", va="center", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(len(names) - 0.5, -0.5)  # first method on top, every row inside
         scale.apply(ax, "x")
         if not scale.log:
             ax.set_xlim(0, top * 1.25 if top > 0 else 1.0)
