@@ -1,6 +1,8 @@
 """Targets, reaching rule, rankings with ties, failures to learn, grid edges, the answer."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,9 @@ from secondorder.bench.verdict import (
     grid_edges,
     rank_costs,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_data import write_mnist  # noqa: E402
 
 OPTIMUM = 0.0797300  # float32-rounded optimum of a convex problem (made up)
 
@@ -200,3 +205,13 @@ def test_data_facts_and_description_of_a_real_problem():
     rosen = data_facts(get_problem("rosenbrock"))
     assert "classes" not in rosen and rosen["train"] == 1
     assert describe(None).startswith("Data: not recorded")
+
+
+def test_data_facts_say_when_only_the_test_file_was_used(tmp_path):
+    write_mnist(tmp_path / "mnist", 100)
+    text = describe(data_facts(get_problem("mnist_mlp1", data_dir=tmp_path)))
+    assert "test file only (no training file), split 70 / 10 / 20 %" in text
+    assert "splits 70 / 10 / 20 (train / validation / test), 10 classes" in text
+    write_mnist(tmp_path / "both" / "mnist", 20, 40)
+    text = describe(data_facts(get_problem("mnist_mlp1", data_dir=tmp_path / "both")))
+    assert "test file only" not in text and "splits 36 / 4 / 20" in text
