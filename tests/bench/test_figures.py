@@ -84,7 +84,7 @@ def _texts_outside(fig) -> list[str]:
 
 KINDS = {
     "loss": figs.loss_curves,
-    "test": figs.test_curves,
+    "test": figs.metric_curves,
     "to_target": figs.cost_bars,
     "sensitivity": figs.sensitivity,
     "profile": lambda ps: figs.profiles([ps]),

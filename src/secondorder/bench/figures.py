@@ -50,7 +50,7 @@ __all__ = [
     "profiles",
     "save",
     "sensitivity",
-    "test_curves",
+    "metric_curves",
 ]
 
 #: Curvature methods: Paul Tol's colour-blind-safe "muted" palette, then Okabe-Ito's
@@ -253,7 +253,7 @@ def loss_curves(ps: ProblemSummary) -> tuple[Figure, str]:
     return fig, _BAND + _floor_note(list(uniq.items()))
 
 
-def test_curves(ps: ProblemSummary) -> tuple[Figure, str]:
+def metric_curves(ps: ProblemSummary) -> tuple[Figure, str]:
     """Test accuracy (or test loss) against epochs and training time."""
     key = ps.test_key
     what = "test accuracy" if key == "test_acc" else "test loss"

@@ -354,7 +354,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     for ps in summaries:
         doc.heading(f"Problem {ps.problem}")
         _paper_tables(doc, ps)
-        for kind, fn in (("loss", figs.loss_curves), ("test", figs.test_curves),
+        for kind, fn in (("loss", figs.loss_curves), ("test", figs.metric_curves),
                          ("to_target", figs.cost_bars), ("sensitivity", figs.sensitivity)):
             _figure(doc, figures, figdir, f"{ps.problem}_{kind}.png",
                     f"{ps.problem} {kind.replace('_', ' ')}", fn(ps))
