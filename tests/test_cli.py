@@ -42,8 +42,8 @@ def test_bench_writes_database_and_report(bench, capsys):
         assert text in md
     assert any(line.startswith("| adam | lr=") for line in md.splitlines())
     figs = sorted((bench / "figures").glob("*.png"))
-    assert len(figs) == 7 and all(f.read_bytes()[:8] == PNG_MAGIC for f in figs)
-    assert (bench / "report.html").read_text().count("<img ") == 7
+    assert len(figs) == 9 and all(f.read_bytes()[:8] == PNG_MAGIC for f in figs)
+    assert (bench / "report.html").read_text().count("<img ") == 9
 
 
 def test_rerun_resumes_and_adds_nothing(bench, capsys):

@@ -703,7 +703,8 @@ class _FileSpec:
 
 
 def _image_problem(name: str, spec: _FileSpec, data_dir: Path | None, seed: int) -> Problem:
-    train, val, test = image_splits(data.load_image_set(data_dir, spec.data_set), seed)
+    image_set = data.load_image_set(data_dir, spec.data_set)
+    train, val, test = image_splits(image_set, seed)
     if spec.reconstruction:
         train, val, test = (
             Split(s.inputs, s.inputs.reshape(len(s), -1)) for s in (train, val, test)
@@ -719,7 +720,10 @@ def _image_problem(name: str, spec: _FileSpec, data_dir: Path | None, seed: int)
         factory = functools.partial(_penalize, spec.model, spec.l2)
     return Problem(
         name=name,
-        description=spec.description,
+        # Which files were used, for the report (a test-only set is split 70 / 10 / 20 %).
+        description=spec.description + ("" if image_set.has_train else
+                                        "; test file only (no training file), split "
+                                        "70 / 10 / 20 %"),
         train=train,
         validation=val,
         test=test,

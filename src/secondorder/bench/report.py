@@ -1,148 +1,61 @@
-"""The benchmark report: Markdown and HTML tables, matplotlib (Agg) PNG figures.
+"""The benchmark report: Markdown and HTML with PNG figures, rebuilt from the database.
 
 Everything is recomputed from the database (:mod:`~secondorder.bench.store`) with the
-selection rule, targets and statistics of :mod:`~secondorder.bench.sweep`, so a report can
-be rebuilt at any time (``secondorder report --out DIR``).
+selection rule of :mod:`~secondorder.bench.sweep`, the targets of
+:mod:`~secondorder.bench.summary` and the verdict rules of :mod:`~secondorder.bench.verdict`,
+so a report can be rebuilt at any time (``secondorder report --out DIR``).
 
-Tables, per problem:
+The report opens with the **verdict**: per problem, the data used, both targets, the winner,
+ties and runners-up by time and by backprops to each target, the best final test metric,
+the methods that failed to learn, and the selected settings at the edge of their grid;
+then, across problems, a paragraph in words and the performance profiles. Then:
 
-- **Table 1** (layout of seed 000 Table 1): method, tuned knob value, test accuracy (mean
-  and 95% CI over seeds; test loss on problems without accuracy), epoch time (training
-  wall time per pass through the data, mean +- standard deviation over seeds).
-- **Table 3/4** (seed 003 Tables 3 and 4): train and dev (validation) accuracy, runtime and
-  runtime per iteration (optimizer step).
-- **Summary**: final train loss, validation and test metric with 95% CI, backprops- and
-  time-to-target (median over seeds; "-" when not reached, with the count of seeds that
-  reached it), and diverged / failed runs among all runs of the method on the problem.
+- **Summary table** per problem: final train loss, validation and test metric (mean and
+  95% CI over seeds), backprops and time to each target (mean and 95% CI when every seed
+  reached it, else the median, with the number of seeds that reached it), notes, and
+  diverged / failed runs among all runs of the method on the problem.
+- **Table 1** (layout of [Filippova] Table 1): method, tuned knob value, test accuracy
+  (test loss on problems without accuracy), epoch time (mean +- standard deviation).
+- **Tables 3-4** ([Veitch] Tables 3 and 4): train and dev (validation) accuracy, runtime
+  and runtime per iteration (optimizer step).
 
-Figures (``figures/``): training loss against epochs, backprop-equivalents and seconds;
-test accuracy against epochs; knob sensitivity (final validation metric against the knob
-value, diverged settings marked); performance profiles over problems (backprops and time).
+Figures (``figures/``, :mod:`~secondorder.bench.figures`): training loss against epochs,
+backprops and time; test metric against epochs and time; costs to target as bars; knob
+sensitivity; performance profiles.
 """
 
 from __future__ import annotations
 
 import html
 import math
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from secondorder.bench.accounting import WEIGHTS  # noqa: E402
-from secondorder.bench.registry import REGISTRY  # noqa: E402
-from secondorder.bench.store import Store  # noqa: E402
-from secondorder.bench.sweep import (  # noqa: E402
-    TARGET_FRACTION,
-    RunRecord,
-    load_records,
-    mean_ci,
-    median_cost,
-    metric_for,
-    performance_profile,
-    select_best,
-    target_for,
-    time_to_target,
+from secondorder.bench import figures as figs
+from secondorder.bench import verdict
+from secondorder.bench.accounting import WEIGHTS
+from secondorder.bench.datafacts import META_KEY, describe, facts_from_registry
+from secondorder.bench.store import Store
+from secondorder.bench.summary import (
+    REACH_ATOL,
+    REACH_RTOL,
+    CostStat,
+    MethodSummary,
+    ProblemSummary,
+    cost_stat,
+    summarize,
 )
+from secondorder.bench.sweep import TARGET_FRACTION, load_records
 
-__all__ = ["MethodSummary", "ProblemSummary", "summarize", "write_report"]
-
-
-@dataclass
-class MethodSummary:
-    """Statistics of one optimizer on one problem (its selected setting's repetitions)."""
-
-    optimizer: str
-    knob: str
-    value: Any
-    runs: list[RunRecord]
-    diverged: int
-    failed: int
-    total_runs: int
-    tuning: list[RunRecord] = field(default_factory=list)
-    backprops_to_target: list[float] = field(default_factory=list)
-    time_to_target: list[float] = field(default_factory=list)
-
-    def stat(self, key: str) -> tuple[float, float]:
-        """Mean and 95% CI half-width of the final ``key`` over repetitions."""
-        return mean_ci([r.last.get(key) for r in self.runs if r.last.get(key) is not None])
-
-    def epoch_times(self) -> list[float]:
-        return [r.last["wall_time"] / r.last["data_epoch"] for r in self.runs
-                if r.last.get("data_epoch")]
-
-    def step_times(self) -> list[float]:
-        return [r.last["wall_time"] / r.last["step"] for r in self.runs if r.last.get("step")]
-
-    def reached(self) -> int:
-        return sum(math.isfinite(t) for t in self.backprops_to_target)
-
-
-@dataclass
-class ProblemSummary:
-    """Everything the report says about one problem."""
-
-    problem: str
-    metric: str
-    higher: bool
-    target: float
-    target_from: list[str]
-    methods: list[MethodSummary]
-    no_setting: list[str]
-
-
-def summarize(records: Sequence[RunRecord]) -> list[ProblemSummary]:
-    """Selection, repetitions, targets and costs to target per problem (sweep docstring)."""
-    out = []
-    for problem in dict.fromkeys(r.problem for r in records):
-        recs = [r for r in records if r.problem == problem]
-        key, higher = metric_for(recs)
-        methods, no_setting = [], []
-        for opt in dict.fromkeys(r.optimizer for r in recs):
-            mine = [r for r in recs if r.optimizer == opt]
-            tuning = [r for r in mine if r.seed == 0]
-            best = select_best(tuning)
-            diverged = sum(r.status == "diverged" for r in mine)
-            failed = sum(r.status == "failed" for r in mine)
-            if best is None:
-                no_setting.append(opt)
-                continue
-            spec = REGISTRY.get(opt)
-            knob = spec.knob if spec is not None else "?"
-            reps = [r for r in mine if r.hyperparameters == best.hyperparameters
-                    and r.budget == best.budget]
-            methods.append(MethodSummary(opt, knob, best.hyperparameters.get(knob), reps,
-                                         diverged, failed, len(mine), tuning))
-        baselines = {m.optimizer: [r.measurements for r in m.runs] for m in methods
-                     if REGISTRY.get(m.optimizer) is not None
-                     and REGISTRY[m.optimizer].first_order}
-        target_from = list(baselines) if baselines else [m.optimizer for m in methods]
-        if not baselines:
-            baselines = {m.optimizer: [r.measurements for r in m.runs] for m in methods}
-        target = target_for(baselines, key, higher)
-        for m in methods:
-            m.backprops_to_target = [
-                time_to_target(r.measurements, key, target, higher, "backprops") if r.ok
-                else math.inf for r in m.runs]
-            m.time_to_target = [
-                time_to_target(r.measurements, key, target, higher, "wall_time") if r.ok
-                else math.inf for r in m.runs]
-        out.append(ProblemSummary(problem, key, higher, target, target_from, methods,
-                                  no_setting))
-    return out
+__all__ = ["SUMMARY_HEADERS", "MethodSummary", "ProblemSummary", "summarize", "write_report"]
 
 
 # ------------------------------------------------------------------------- formatting
 def _fmt(x: float | None, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    if isinstance(x, float) and math.isinf(x):
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
         return "-"
     if isinstance(x, float):
         return f"{x:.{digits}g}"
@@ -166,18 +79,26 @@ def _sd(xs: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def _ttt(costs: list[float], digits: int = 3) -> str:
-    med = median_cost(costs)
-    k = sum(math.isfinite(c) for c in costs)
-    return f"{_fmt(med, digits)} ({k}/{len(costs)})"
+def _cost(s: CostStat, unit: str = "", digits: int = 3) -> str:
+    """``mean ± half unit`` when every seed reached, else the median; then ``(k/n)``."""
+    u = f" {unit}" if unit else ""
+    if s.complete:
+        return f"{_pm(s.center, s.half, digits)}{u} ({s.reached}/{s.n})"
+    if math.isfinite(s.center):
+        return f"median {_fmt(s.center, digits)}{u} ({s.reached}/{s.n})"
+    return f"- ({s.reached}/{s.n})"
 
 
 class _Doc:
-    """Builds the Markdown and the HTML side by side."""
+    """Builds the Markdown and the HTML side by side (``**bold**`` in both)."""
 
     def __init__(self):
         self.md: list[str] = []
         self.html: list[str] = []
+
+    @staticmethod
+    def _h(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
 
     def heading(self, text: str, level: int = 2) -> None:
         self.md += ["#" * level + " " + text, ""]
@@ -185,7 +106,13 @@ class _Doc:
 
     def para(self, text: str) -> None:
         self.md += [text, ""]
-        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.html.append(f"<p>{self._h(text)}</p>")
+
+    def bullets(self, items: Sequence[str]) -> None:
+        if not items:
+            return
+        self.md += [f"- {t}" for t in items] + [""]
+        self.html.append("<ul>" + "".join(f"<li>{self._h(t)}</li>" for t in items) + "</ul>")
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         self.md.append("| " + " | ".join(headers) + " |")
@@ -196,151 +123,151 @@ class _Doc:
         h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
         self.html.append("\n".join(h + ["</table>"]))
 
-    def image(self, rel: str, alt: str) -> None:
-        self.md += [f"![{alt}]({rel})", ""]
-        self.html.append(f'<p><img src="{html.escape(rel)}" alt="{html.escape(alt)}" '
-                         'style="max-width:100%"></p>')
+    def image(self, rel: str, alt: str, caption: str = "") -> None:
+        self.md += [f"![{alt}]({rel})", ""] + ([f"*{caption}*", ""] if caption else [])
+        self.html.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(alt)}" '
+                         'style="max-width:100%">'
+                         + (f"<figcaption>{html.escape(caption)}</figcaption>" if caption
+                            else "") + "</figure>")
 
 
-# ------------------------------------------------------------------------- figures
-def _series(rec: RunRecord, x: str, y: str) -> tuple[list[float], list[float]]:
-    pts = [(m[x], m[y]) for m in rec.measurements
-           if m.get(x) is not None and m.get(y) is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
+# ------------------------------------------------------------------------- verdict text
+def _ranking_line(r: verdict.Ranking, target: str, cost: str, unit: str) -> str:
+    head = f"{cost.capitalize()} to the {target}: "
+    if r.winner is None:
+        s = head + "no method reached it in every seed"
+    else:
+        win = r.order[0][1]
+        s = head + f"**{r.winner}** {_cost(win, unit)}"
+        if r.ties:
+            s += "; tie (overlapping intervals): " + ", ".join(
+                f"{n} {_cost(st, unit)}" for n, st in r.order if n in r.ties)
+        rest = [(n, st) for n, st in r.order[1:] if n not in r.ties][:3]
+        if rest:
+            s += "; runners-up: " + ", ".join(f"{n} {_cost(st, unit)}" for n, st in rest)
+    if r.partial:
+        s += "; in some seeds only: " + ", ".join(f"{n} ({st.reached}/{st.n})"
+                                                   for n, st in r.partial)
+    if r.never:
+        s += "; never: " + ", ".join(r.never)
+    return s + "."
 
 
-def _layout(fig) -> None:
-    # Fixed margins: tight_layout costs about a second per figure.
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.88, wspace=0.28)
+def _targets_line(ps: ProblemSummary) -> str:
+    what = ps.metric.replace("val_", "validation ").replace("acc", "accuracy")
+    return (f"Targets: {what} {'>=' if ps.higher else '<='} {_fmt(ps.target)} "
+            f"({TARGET_FRACTION:.0%} of the best improvement of "
+            f"{', '.join(ps.target_from) or '-'}); training loss <= {_fmt(ps.loss_target)} "
+            f"(the lowest reached by {', '.join(ps.loss_target_from) or '-'}).")
 
 
-def _colors(names: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab20")
-    return {n: cmap(i % 20) for i, n in enumerate(names)}
+def _verdict_items(ps: ProblemSummary) -> list[str]:
+    items = [_ranking_line(verdict.rank_costs(ps.methods, attr), target, cost, unit)
+             for attr, target, cost, unit in verdict.CRITERIA]
+    q = verdict.best_quality(ps)
+    what = "test accuracy" if ps.test_key == "test_acc" else "test loss"
+    if q is not None:
+        name, mean, half, ties = q
+        items.append(f"Best final {what}: **{name}** {_pm(mean, half)}"
+                     + (f"; tie: {', '.join(ties)}" if ties else "") + ".")
+    failed = verdict.failures_to_learn(ps)
+    if failed:
+        items.append("Failed to learn: " + "; ".join(f"**{k}** ({v})"
+                                                    for k, v in failed.items()) + ".")
+    if ps.data is None or "chance_test" not in (ps.data or {}):
+        if ps.metric == "val_acc":
+            items.append("Chance level unknown (data not recorded): accuracy not checked "
+                         "against chance.")
+    if ps.no_setting:
+        items.append("Every setting diverged or failed: " + ", ".join(ps.no_setting) + ".")
+    edges = verdict.grid_edges(ps)
+    for e in edges:
+        if e.side != "only":
+            items.append("Grid edge: " + e.advice() + ".")
+    single = [f"{e.optimizer} ({e.knob}={e.value:g})" for e in edges if e.side == "only"]
+    if single:
+        items.append("Not tuned (one value tried; use a grid with more values): "
+                     + ", ".join(single) + ".")
+    return items
 
 
-def _linestyle(name: str) -> str:
-    """First-order baselines dashed, curvature methods solid (15 colors are hard to tell)."""
-    spec = REGISTRY.get(name)
-    return "--" if spec is not None and spec.first_order else "-"
+# ------------------------------------------------------------------------- tables
+SUMMARY_HEADERS = ("Method", "Setting", "Final train loss", "Validation", "Test",
+                   "Backprops to val. target", "Time to val. target (s)",
+                   "Backprops to loss target", "Time to loss target (s)", "Notes",
+                   "Diverged", "Failed")
 
 
-def _curves(ps: ProblemSummary, path: Path) -> None:
-    colors = _colors([m.optimizer for m in ps.methods])
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
-    xs = [("data_epoch", "epochs (passes through the data)"),
-          ("backprops", "backprop-equivalents (full-data gradients)"),
-          ("wall_time", "training time (s, evaluation excluded)")]
-    positive = True
-    for ax, (x, label) in zip(axes, xs, strict=True):
-        for m in ps.methods:
-            for i, r in enumerate(m.runs):
-                a, b = _series(r, x, "train_loss")
-                positive &= all(v > 0 for v in b)
-                ax.plot(a, b, color=colors[m.optimizer], alpha=0.8 if i == 0 else 0.35,
-                        linestyle=_linestyle(m.optimizer),
-                        label=m.optimizer if i == 0 else None)
-        ax.set_xlabel(label)
-        ax.set_ylabel("training loss")
-    if positive:
-        for ax in axes:
-            ax.set_yscale("log")
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.suptitle(f"{ps.problem}: training loss (selected settings, all seeds)")
-    _layout(fig)
-    fig.subplots_adjust(right=0.87)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def _test_metric(ps: ProblemSummary, path: Path) -> None:
-    key = "test_acc" if ps.metric == "val_acc" else "test_loss"
-    colors = _colors([m.optimizer for m in ps.methods])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for m in ps.methods:
-        for i, r in enumerate(m.runs):
-            a, b = _series(r, "data_epoch", key)
-            ax.plot(a, b, color=colors[m.optimizer], alpha=0.8 if i == 0 else 0.35,
-                    label=m.optimizer if i == 0 else None)
-    if key == "test_loss":
-        vals = [v for m in ps.methods for r in m.runs for v in _series(r, "data_epoch", key)[1]]
-        if vals and all(v > 0 for v in vals):
-            ax.set_yscale("log")
-    ax.set_xlabel("epochs")
-    ax.set_ylabel("test accuracy" if key == "test_acc" else "test loss")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{ps.problem}: {'test accuracy' if key == 'test_acc' else 'test loss'}")
-    _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def _sensitivity(ps: ProblemSummary, path: Path) -> None:
-    colors = _colors([m.optimizer for m in ps.methods])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for m in ps.methods:
-        pts = sorted(((r.hyperparameters.get(m.knob), r) for r in m.tuning
-                      if r.hyperparameters.get(m.knob) is not None), key=lambda t: t[0])
-        ok = [(v, r.last.get(ps.metric)) for v, r in pts if r.ok and r.last.get(ps.metric)
-              is not None]
-        bad = [v for v, r in pts if not r.ok]
-        if ok:
-            ax.plot([p[0] for p in ok], [p[1] for p in ok], "o-", color=colors[m.optimizer],
-                    label=f"{m.optimizer} ({m.knob})")
-        if bad:
-            ax.plot(bad, [0.0] * len(bad) if ps.higher else [math.nan] * len(bad), "x",
-                    color=colors[m.optimizer])
-    ax.set_xscale("log")
-    ax.set_xlabel("knob value (learning rate, radius, sigma, damping, Taylor ratio)")
-    ax.set_ylabel(f"final {ps.metric.replace('_', ' ')} (seed 0)")
-    if not ps.higher:
-        ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{ps.problem}: sensitivity (x = diverged/failed)")
-    _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def _profiles(summaries: Sequence[ProblemSummary], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, (attr, label) in zip(
-        axes, [("backprops_to_target", "backprops to target"),
-               ("time_to_target", "time to target")], strict=True
-    ):
-        costs = {ps.problem: {m.optimizer: median_cost(getattr(m, attr)) for m in ps.methods}
-                 for ps in summaries}
-        taus, rho = performance_profile(costs)
-        colors = _colors(list(rho))
-        for name, r in rho.items():
-            ax.step(taus, r, where="post", label=name, color=colors[name])
-        ax.set_xscale("log")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("tau (ratio to the best method)")
-        ax.set_ylabel("fraction of problems")
-        ax.set_title(f"performance profile: {label}")
-    axes[0].legend(fontsize=7)
-    _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------- report
 def _summary_rows(ps: ProblemSummary) -> list[list[str]]:
+    failed = verdict.failures_to_learn(ps)
+    edges = {e.optimizer: e for e in verdict.grid_edges(ps)}
     rows = []
-    test_key = "test_acc" if ps.metric == "val_acc" else "test_loss"
     for m in ps.methods:
+        notes = []
+        if m.optimizer in failed:
+            notes.append("failed to learn")
+        if m.optimizer in edges:
+            e = edges[m.optimizer]
+            notes.append("only value tried" if e.side == "only" else f"{e.side} value tried")
         rows.append([
             m.optimizer, f"{m.knob}={_fmt(m.value, 3)}",
-            _pm(*m.stat("train_loss")), _pm(*m.stat(ps.metric)), _pm(*m.stat(test_key)),
-            _ttt(m.backprops_to_target), _ttt(m.time_to_target),
+            _pm(*m.stat("train_loss")), _pm(*m.stat(ps.metric)), _pm(*m.stat(ps.test_key)),
+            _cost(cost_stat(m.backprops_to_target)), _cost(cost_stat(m.time_to_target)),
+            _cost(cost_stat(m.backprops_to_loss_target)),
+            _cost(cost_stat(m.time_to_loss_target)),
+            ", ".join(notes) or "-",
             f"{m.diverged}/{m.total_runs}", f"{m.failed}/{m.total_runs}",
         ])
     return rows
 
 
-SUMMARY_HEADERS = ("Method", "Setting", "Final train loss", "Validation", "Test",
-                   "Backprops to target", "Time to target (s)", "Diverged", "Failed")
+def _paper_tables(doc: _Doc, ps: ProblemSummary) -> None:
+    acc = ps.metric == "val_acc"
+    doc.heading(f"Table 1: {ps.problem}", 3)
+    doc.table(
+        ("Method", "Knob", "Test accuracy" if acc else "Test loss", "Epoch time (s)"),
+        [[m.optimizer, f"{m.knob}={_fmt(m.value, 3)}", _pm(*m.stat(ps.test_key)),
+          _pm(*_sd(m.epoch_times()), digits=3)] for m in ps.methods])
+    doc.heading(f"Tables 3-4: {ps.problem}", 3)
+    tr, va = ("train_acc", "val_acc") if acc else ("train_loss", "val_loss")
+    doc.table(
+        ("Solver", "Train acc" if acc else "Train loss", "Dev acc" if acc else "Dev loss",
+         "Runtime (s)", "Runtime per iteration (s)", "Iterations"),
+        [[m.optimizer, _pm(*m.stat(tr)), _pm(*m.stat(va)),
+          _fmt(_sd([r.last.get("wall_time", math.nan) for r in m.runs])[0], 3),
+          _fmt(_sd(m.step_times())[0], 3),
+          _fmt(_sd([r.last.get("step", math.nan) for r in m.runs])[0], 4)]
+         for m in ps.methods])
+
+
+def _figure(doc: _Doc, figures: list[Path], figdir: Path, name: str, alt: str, made) -> None:
+    fig, caption = made
+    path = figs.save(fig, figdir / name)
+    figures.append(path)
+    doc.image(f"figures/{path.name}", alt, caption)
+
+
+# ------------------------------------------------------------------------- report
+def _protocol(doc: _Doc) -> None:
+    doc.heading("Protocol")
+    doc.para(
+        "Each optimizer's main knob is tuned on seed 0 over its grid; the setting with the "
+        "best final validation metric (accuracy, else loss) is selected and rerun with all "
+        "seeds. Intervals are 95% t-intervals over seeds. Wall time excludes evaluation. "
+        "Costs are measured by the harness in backprop-equivalents per training-set size "
+        f"(forward {WEIGHTS['forward']}, gradient backward {WEIGHTS['gradient']}, "
+        f"Hessian-vector product {WEIGHTS['hvp']} per sample; one SGD epoch = 1). "
+        f"Validation target: {TARGET_FRACTION:.0%} of the improvement over initialization of "
+        "the best tuned first-order method's best validation value (mean over seeds). "
+        "Training-loss target: the lowest training loss a tuned first-order method reaches "
+        "(mean over seeds of each run's lowest). A value reaches a target when it is at "
+        f"least as good up to {REACH_RTOL:g} times the target's magnitude plus {REACH_ATOL:g} "
+        "times the initial value's. Costs to target: mean and 95% interval when every seed "
+        "reached the target, else the median, with the seeds that reached it; a winner must "
+        "reach the target in every seed, and methods whose intervals overlap the winner's "
+        f"are tied. Failed to learn: final test accuracy within {verdict.CHANCE_MARGIN:g} of "
+        "chance (the majority class of the test split), or a final training loss less than "
+        f"{verdict.MIN_LOSS_DECREASE:.0%} below the initial one.")
 
 
 def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = None,
@@ -354,7 +281,8 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         command: the command line to print in the report.
 
     Returns:
-        ``{"markdown": Path, "html": Path, "figures": [Path], "summaries": [...]}``.
+        ``{"markdown": Path, "html": Path, "figures": [Path], "summaries": [...],
+        "answer": str}``.
 
     Raises:
         FileNotFoundError: if ``db_path`` does not exist.
@@ -363,9 +291,6 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     db_path = Path(db_path)
     if not db_path.exists():
         raise FileNotFoundError(f"no results database at {db_path}: run `secondorder bench`")
-    out = Path(out_dir)
-    figdir = out / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
     with Store(db_path) as store:
         sweeps = store.sweeps()
         if sweep is None:
@@ -375,14 +300,38 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         records = load_records(store, sweep)
         skipped = store.get_meta(sweep, "skipped_optimizers", {}) or {}
         config = store.get_meta(sweep, "config", {}) or {}
+        data = store.get_meta(sweep, META_KEY, None)
         env = store.environment()
     if not records:
         raise ValueError(f"the database {db_path} has no finished run for sweep {sweep!r}")
-    summaries = summarize(records)
+    problems = list(dict.fromkeys(r.problem for r in records))
+    data_note = ""
+    if data is None:
+        data = facts_from_registry(problems, config.get("data_dir"))
+        data_note = (" (not recorded by this older sweep: recomputed from the problem "
+                     "definition, split seed 0)")
+    summaries = summarize(records, data)
+    out = Path(out_dir)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    figures: list[Path] = []
     doc = _Doc()
     doc.heading(f"secondorder benchmark: {sweep}", 1)
     doc.para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {db_path.name}"
              + (f"; command: `{command}`" if command else "") + ".")
+
+    doc.heading("Verdict")
+    for ps in summaries:
+        doc.heading(ps.problem, 3)
+        doc.para(describe(ps.data) + (data_note if ps.data else ""))
+        doc.para(_targets_line(ps))
+        doc.bullets(_verdict_items(ps))
+    doc.heading("Across problems", 3)
+    paragraph = verdict.answer(summaries)
+    doc.para(paragraph)
+    _figure(doc, figures, figdir, "performance_profile.png", "performance profiles",
+            figs.profiles(summaries))
+
     if env:
         e = env[-1]
         doc.para(f"Environment: Python {e['python']}, torch {e['torch']}, numpy {e['numpy']}, "
@@ -392,60 +341,23 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         doc.para(f"Sweep: seeds={config.get('seeds')}, grid={config.get('grid')}, "
                  f"budget={config.get('budget') or 'problem default epochs'}, "
                  f"workers={config.get('workers')}.")
-    doc.heading("Protocol")
-    doc.para(
-        "Each optimizer's main knob is tuned on seed 0 over its grid; the setting with the "
-        "best final validation metric (accuracy, else loss) is selected and rerun with all "
-        "seeds. Intervals are 95% t-intervals over seeds. Wall time excludes evaluation. "
-        "Costs are measured by the harness in backprop-equivalents per training-set size "
-        f"(forward {WEIGHTS['forward']}, gradient backward {WEIGHTS['gradient']}, "
-        f"Hessian-vector product {WEIGHTS['hvp']} per sample; one SGD epoch = 1). "
-        f"Target: {TARGET_FRACTION:.0%} of the improvement over initialization of the best "
-        "tuned first-order method's best validation value (mean over seeds); to-target "
-        "figures are medians over seeds, with the number of seeds that reached it.")
+    _protocol(doc)
     if skipped:
         doc.heading("Optimizers not run")
         doc.table(("Optimizer", "Reason"), [[k, v] for k, v in skipped.items()])
-    figures: list[Path] = []
-    # Summary over all problems first.
     doc.heading("Summary")
     for ps in summaries:
         doc.heading(f"{ps.problem}", 3)
-        doc.para(f"Metric: {ps.metric} ({'higher' if ps.higher else 'lower'} is better); "
-                 f"target {_fmt(ps.target)} from {', '.join(ps.target_from) or '-'}.")
+        doc.para(f"Metric: {ps.metric} ({'higher' if ps.higher else 'lower'} is better). "
+                 + _targets_line(ps))
         doc.table(SUMMARY_HEADERS, _summary_rows(ps))
-        if ps.no_setting:
-            doc.para("Every setting diverged or failed: " + ", ".join(ps.no_setting) + ".")
     for ps in summaries:
         doc.heading(f"Problem {ps.problem}")
-        acc = ps.metric == "val_acc"
-        test_key = "test_acc" if acc else "test_loss"
-        doc.heading(f"Table 1: {ps.problem}", 3)
-        doc.table(
-            ("Method", "Knob", "Test accuracy" if acc else "Test loss", "Epoch time (s)"),
-            [[m.optimizer, f"{m.knob}={_fmt(m.value, 3)}", _pm(*m.stat(test_key)),
-              _pm(*_sd(m.epoch_times()), digits=3)] for m in ps.methods])
-        doc.heading(f"Tables 3-4: {ps.problem}", 3)
-        tr, va = ("train_acc", "val_acc") if acc else ("train_loss", "val_loss")
-        doc.table(
-            ("Solver", "Train acc" if acc else "Train loss", "Dev acc" if acc else "Dev loss",
-             "Runtime (s)", "Runtime per iteration (s)", "Iterations"),
-            [[m.optimizer, _pm(*m.stat(tr)), _pm(*m.stat(va)),
-              _fmt(_sd([r.last.get("wall_time", math.nan) for r in m.runs])[0], 3),
-              _fmt(_sd(m.step_times())[0], 3),
-              _fmt(_sd([r.last.get("step", math.nan) for r in m.runs])[0], 4)]
-             for m in ps.methods])
-        for kind, fn in (("loss", _curves), ("test", _test_metric),
-                         ("sensitivity", _sensitivity)):
-            path = figdir / f"{ps.problem}_{kind}.png"
-            fn(ps, path)
-            figures.append(path)
-            doc.image(f"figures/{path.name}", f"{ps.problem} {kind}")
-    doc.heading("Performance profiles")
-    path = figdir / "performance_profile.png"
-    _profiles(summaries, path)
-    figures.append(path)
-    doc.image(f"figures/{path.name}", "performance profiles")
+        _paper_tables(doc, ps)
+        for kind, fn in (("loss", figs.loss_curves), ("test", figs.metric_curves),
+                         ("to_target", figs.cost_bars), ("sensitivity", figs.sensitivity)):
+            _figure(doc, figures, figdir, f"{ps.problem}_{kind}.png",
+                    f"{ps.problem} {kind.replace('_', ' ')}", fn(ps))
     failures = [r for r in records if r.status == "failed"]
     if failures:
         doc.heading("Failed runs")
@@ -460,5 +372,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>secondorder benchmark"
         "</title><style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #aaa;padding:2px 6px}"
+        "figcaption{font-style:italic;font-size:90%}"
         "</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
-    return {"markdown": md, "html": page, "figures": figures, "summaries": summaries}
+    return {"markdown": md, "html": page, "figures": figures, "summaries": summaries,
+            "answer": paragraph}

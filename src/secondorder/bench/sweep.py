@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
+from secondorder.bench.datafacts import data_facts
 from secondorder.bench.registry import get_optimizer
 from secondorder.bench.runner import Budget, run
 from secondorder.bench.store import TERMINAL, Store
@@ -247,6 +249,9 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
             "budget": None if config.budget is None else config.budget.as_dict(),
             "evals_per_epoch": config.evals_per_epoch,
         })
+        # What data each problem used, for the report (secondorder.bench.datafacts).
+        store.set_meta(config.name, DATA_META_KEY,
+                       {p: data_facts(prob) for p, prob in problems.items()})
 
     def budget_of(pname: str) -> tuple[tuple[str, float], ...]:
         b = config.budget or Budget(epochs=float(problems[pname].epochs))
