@@ -305,3 +305,23 @@ def test_hyperparameters_must_agree_across_groups(key, value):
 def test_bad_group_value():
     with pytest.raises(ValueError, match="Invalid warm_start: 1.5"):
         NewtonKrylov([{"params": [nn.Parameter(torch.zeros(2))], "warm_start": 1.5}])
+
+
+def test_complex_step_closure_that_ignores_its_parameters_is_refused():
+    prob, x, _ = _logistic_setup()
+    opt = NewtonKrylov([x], backend="complex-step")
+    x0 = x.detach().clone()
+
+    def ignores_ps(ps=None):
+        return prob.per_sample(x)[:64].mean()
+
+    with pytest.raises(ValueError, match="ignored the tensors ps it was given"):
+        opt.step(ignores_ps)
+    assert torch.equal(x.detach(), x0)
+
+
+def test_complex_step_closure_without_a_parameter_argument_is_refused():
+    prob, x, _ = _logistic_setup()
+    opt = NewtonKrylov([x], backend="complex-step")
+    with pytest.raises(ValueError, match="does not accept the parameter tensors"):
+        opt.step(lambda: prob.per_sample(x)[:64].mean())

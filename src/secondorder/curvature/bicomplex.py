@@ -258,7 +258,7 @@ _UNARY_LINEAR = frozenset(
     """reshape view view_as reshape_as flatten unflatten ravel permute transpose swapaxes
     swapdims movedim moveaxis t T mT contiguous squeeze unsqueeze expand expand_as
     broadcast_to repeat repeat_interleave tile split split_with_sizes tensor_split chunk
-    unbind narrow select index_select gather take take_along_dim __getitem__ clone detach
+    unbind narrow select index_select gather take take_along_dim __getitem__ clone
     roll flip fliplr flipud rot90 diagonal diag diag_embed tril triu unfold sum mean
     nansum cumsum trace neg negative __neg__ positive __pos__ pad to type float double
     type_as embedding""".split()
@@ -330,8 +330,9 @@ class Bicomplex(Tensor):
         pass
 
     def _branch_real(self) -> Tensor:
-        """The real component, which decides branches (ReLU, max, ...)."""
-        return self.z1.real
+        """The real component, detached: it decides branches (ReLU, max, ...) and is the
+        value of ``detach``."""
+        return self.z1.real.detach()
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
         return f"Bicomplex(z1={self.z1!r}, z2={self.z2!r})"
@@ -373,6 +374,7 @@ def bicomplex_vhv(
 
     Raises:
         ValueError: bad ``params``, ``vec`` or ``h``; non-scalar loss.
+        NonFiniteLossError: the loss is NaN or infinite.
         ComplexStepUnsupportedError: the loss uses an op without a bicomplex rule.
 
     Example:
@@ -392,11 +394,13 @@ def bicomplex_vhv(
     with torch.no_grad(), cs.module_scope(getattr(loss_fn, "model", None)):
         loss = loss_fn(zs)
     if not isinstance(loss, Bicomplex):
-        check_scalar_loss(loss, check_finite=False)
+        loss = check_scalar_loss(loss, check_finite=False)
+        cs.check_finite_loss(loss.detach().real if loss.is_complex() else loss.detach())
         return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
     if loss.z1.numel() != 1:
         raise ValueError(
             f"the loss must be a scalar, got a tensor of shape {tuple(loss.z1.shape)}"
         )
+    cs.check_finite_loss(loss.z1.real)
     return (loss.z2.imag.reshape(()) / (h * h)).to(params[0].dtype)
 

@@ -53,7 +53,7 @@ from torch.overrides import TorchFunctionMode
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
-from secondorder.errors import ComplexStepUnsupportedError
+from secondorder.errors import ComplexStepUnsupportedError, NonFiniteLossError
 
 __all__ = [
     "ANALYTIC_OPS",
@@ -63,6 +63,7 @@ __all__ = [
     "ComplexStepMode",
     "LINEAR_RULES",
     "base_name",
+    "check_finite_loss",
     "check_point",
     "check_step",
     "complex_call",
@@ -699,6 +700,22 @@ def _identity(input: Any, *args: Any, **kwargs: Any) -> Any:
     return input
 
 
+def _detach(input: Any) -> Any:
+    """``detach`` stops derivatives: the detached value is a constant, ``Re x``.
+
+    Keeping the imaginary part (a plain ``detach`` of the complex tensor) would carry the
+    direction through the value while autograd drops it from the graph, so ``x * x.detach()``
+    would differentiate like ``x * x`` in the first-order part and like a constant in the
+    backward. The real part is the value the real function detaches (to ``O(h^2)``).
+    """
+    return real_part(input)
+
+
+def _detach_in_place(input: Any) -> Any:
+    raise unsupported("detach_", "in-place detach of a complex-step tensor cannot drop its "
+                                 "imaginary part; use x = x.detach()")
+
+
 def _normalize(d: Any, var: Any, eps: float) -> Any:
     return d / torch.sqrt(var + eps)
 
@@ -1031,6 +1048,8 @@ RULES: dict[str, Callable] = {
     "l1_loss": _l1_loss,
     "binary_cross_entropy_with_logits": _bce_with_logits,
     "binary_cross_entropy": _bce,
+    "detach": _detach,
+    "detach_": _detach_in_place,
     "dropout": _identity,
     "dropout1d": _identity,
     "dropout2d": _identity,
@@ -1093,7 +1112,7 @@ STRUCTURAL_OPS: frozenset[str] = frozenset(
     swapdims movedim moveaxis t T mT contiguous squeeze unsqueeze expand expand_as
     broadcast_to repeat repeat_interleave tile cat concat concatenate stack hstack vstack
     split split_with_sizes tensor_split chunk unbind narrow select index_select gather take
-    take_along_dim __getitem__ __setitem__ clone detach roll flip fliplr flipud rot90
+    take_along_dim __getitem__ __setitem__ clone roll flip fliplr flipud rot90
     masked_fill scatter scatter_add index_add index_put diagonal diag diag_embed tril triu
     unfold where zeros_like ones_like empty_like full_like new_zeros new_ones new_empty
     new_full new_tensor size dim ndimension numel nelement __len__ is_complex
@@ -1190,6 +1209,19 @@ def _complex_point(params: tuple[Tensor, ...], vec: Sequence[Tensor], h: float) 
     )
 
 
+def check_finite_loss(value: Tensor) -> None:
+    """Raise :class:`~secondorder.errors.NonFiniteLossError` unless ``value`` is finite.
+
+    ``value`` is the real part of a complex (or bicomplex) evaluation: ``f(w)`` to
+    ``O(h^2)``. One host sync, the same as the autograd backend's check.
+
+    Raises:
+        NonFiniteLossError: ``value`` is NaN or infinite.
+    """
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteLossError(f"the loss is not finite: {value.reshape(()).item()}")
+
+
 def check_point(params: Sequence[Tensor], vec: Sequence[Tensor]) -> tuple[Tensor, ...]:
     """Validate a point and a direction for the complex step; return ``params`` as a tuple.
 
@@ -1230,6 +1262,7 @@ def complex_step_hvp(
 
     Raises:
         ValueError: bad ``params``/``vec``/``h``, non-float32/64 parameters, non-scalar loss.
+        NonFiniteLossError: the loss is NaN or infinite.
         ComplexStepUnsupportedError: the loss uses an op without a complex-step rule.
 
     Example:
@@ -1247,6 +1280,7 @@ def complex_step_hvp(
         with ComplexStepMode(getattr(loss_fn, "model", None), first_order):
             loss = loss_fn(zs)
         loss = check_scalar_loss(loss, check_finite=False)
+        check_finite_loss(loss.detach().real)
         if not loss.requires_grad:
             return tl.zeros_like(params)
         grads = torch.autograd.grad(loss.real, zs, allow_unused=True)
@@ -1278,6 +1312,7 @@ def complex_step_directional(
 
     Raises:
         ValueError: bad ``params``/``vec``/``h`` or non-scalar loss.
+        NonFiniteLossError: the loss is NaN or infinite.
         ComplexStepUnsupportedError: the loss uses an op without a complex-step rule.
 
     Example:
@@ -1293,6 +1328,7 @@ def complex_step_directional(
     with torch.no_grad(), ComplexStepMode(getattr(loss_fn, "model", None), first_order):
         loss = loss_fn(zs)
     loss = check_scalar_loss(loss, check_finite=False)
+    check_finite_loss(loss.real)
     if not loss.is_complex():
         return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
     return (loss.imag / h).to(params[0].dtype)
