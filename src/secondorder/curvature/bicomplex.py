@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from secondorder.curvature import complex_step as cs
+from secondorder.curvature.complex_step.first_order import gelu_derivs
 from secondorder.curvature.functional import LossFunction, check_scalar_loss
 
 __all__ = ["Bicomplex", "bicomplex_vhv"]
@@ -240,6 +241,40 @@ def _first_order(value: Callable, derivative: Callable) -> Callable:
     return handler
 
 
+def _gelu(func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Exact GELU (``erf`` has no complex kernel) by its second-order jet.
+
+    With ``z1 = a + b i1``, ``z2 = c + d i1`` (``b, c = O(h)``, ``d = O(h^2)``),
+    ``f(z) = f(a) + b f'(a) i1 + c f'(a) i2 + (d f'(a) + b c f''(a)) i1 i2`` up to terms
+    ``O(h^2)`` relative to each component, the order of eq. 11's own truncation. The tanh
+    form is a composition of analytic ops and uses the complex-step rule.
+    """
+    approximate = args[1] if len(args) > 1 else kwargs.get("approximate", "none")
+    if approximate == "tanh":
+        return cs.RULES["gelu"](*args, **kwargs)
+    z = args[0]
+    a, b, c, d = z.z1.real, z.z1.imag, z.z2.real, z.z2.imag
+    f, d1, d2 = gelu_derivs(a)
+    return Bicomplex(torch.complex(f, b * d1), torch.complex(c * d1, d * d1 + b * c * d2))
+
+
+_ADD_PRODUCT = {
+    "addmm": torch.mm, "baddbmm": torch.bmm, "addmv": torch.mv,
+    "addbmm": lambda a, b: torch.bmm(a, b).sum(0),
+}
+
+
+def _add_product(func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``beta * input + alpha * (m1 @ m2)`` (``addmm``, ``baddbmm``, ``addmv``, ``addbmm``)
+    from the bilinear product and the affine sum."""
+    name = cs.base_name(cs.op_name(func))
+    kwargs = dict(kwargs)
+    beta, alpha = kwargs.pop("beta", 1), kwargs.pop("alpha", 1)
+    if kwargs or len(args) != 3:
+        raise cs.unsupported(name, "only (input, m1, m2, beta=, alpha=) is supported")
+    return args[0] * beta + _ADD_PRODUCT[name](args[1], args[2]) * alpha
+
+
 def _rsqrt(func: Callable, args: tuple, kwargs: dict) -> Any:
     return _reciprocal(torch.sqrt(args[0]))
 
@@ -252,7 +287,8 @@ _META = frozenset(
     """shape dtype device ndim requires_grad is_leaf grad_fn grad layout is_cuda is_sparse
     is_meta is_quantized itemsize nbytes _version output_nr _base names size dim ndimension
     numel nelement __len__ is_complex is_floating_point is_contiguous stride storage_offset
-    element_size get_device has_names __hash__ __format__""".split()
+    element_size get_device has_names __hash__ __format__ is_nested is_cpu is_xpu is_mps
+    is_mkldnn is_inference is_sparse_csr is_signed is_conj is_neg""".split()
 )
 _UNARY_LINEAR = frozenset(
     """reshape view view_as reshape_as flatten unflatten ravel permute transpose swapaxes
@@ -261,7 +297,7 @@ _UNARY_LINEAR = frozenset(
     unbind narrow select index_select gather take take_along_dim __getitem__ clone
     roll flip fliplr flipud rot90 diagonal diag diag_embed tril triu unfold sum mean
     nansum cumsum trace neg negative __neg__ positive __pos__ pad to type float double
-    type_as embedding""".split()
+    type_as""".split()
 ) | frozenset(cs.LINEAR_RULES)
 _JOINT_LINEAR = frozenset(
     """add sub subtract rsub __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ cat concat
@@ -291,6 +327,9 @@ for _name in ("pow", "__pow__", "__rpow__", "__ipow__", "float_power"):
 _HANDLERS["square"] = _square
 _HANDLERS["reciprocal"] = _reciprocal_handler
 _HANDLERS["rsqrt"] = _rsqrt
+_HANDLERS["gelu"] = _gelu
+for _name in _ADD_PRODUCT:
+    _HANDLERS[_name] = _add_product
 for _name in ("exp", "expm1", "sin", "cos", "sinh", "cosh"):
     _HANDLERS[_name] = _exact(_name)
 _HANDLERS["log"] = _first_order(torch.log, lambda a, fa: 1.0 / a)
@@ -343,6 +382,8 @@ class Bicomplex(Tensor):
         kwargs = kwargs or {}
         name = cs.op_name(func)
         base = cs.base_name(name)
+        if name in cs.COMPOSITE_OPS:  # its body dispatches each op on Bicomplex again
+            return torch.overrides.redispatch_function(func, types, args, kwargs)
         handler = _HANDLERS.get(name) or _HANDLERS.get(base)
         if handler is not None:
             return handler(func, args, kwargs)

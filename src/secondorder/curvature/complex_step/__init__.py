@@ -41,8 +41,8 @@ returns the conjugate Wirtinger gradient: for a real ``L = Re f*(z)`` it gives
 The package groups the machinery by kind: :mod:`.steps` (dtypes, ``h``),
 :mod:`.scope` (op names, errors), :mod:`.arguments`, :mod:`.first_order`, the rules
 (:mod:`.elementwise`, :mod:`.reductions`, :mod:`.losses`, :mod:`.linear_maps`,
-:mod:`.structural`), :mod:`.mode` (:class:`ComplexStepMode`, the merged :data:`RULES`) and
-:mod:`.products`.
+:mod:`.attention`, :mod:`.structural`), :mod:`.mode` (:class:`ComplexStepMode`, the merged
+:data:`RULES`) and :mod:`.products`.
 """
 
 from secondorder.curvature.complex_step.arguments import real_part
@@ -61,10 +61,15 @@ from secondorder.curvature.complex_step.steps import (
     default_step,
     first_order_step,
 )
-from secondorder.curvature.complex_step.structural import ANALYTIC_OPS, STRUCTURAL_OPS
+from secondorder.curvature.complex_step.structural import (
+    ANALYTIC_OPS,
+    COMPOSITE_OPS,
+    STRUCTURAL_OPS,
+)
 
 __all__ = [
     "ANALYTIC_OPS",
+    "COMPOSITE_OPS",
     "CONV_RULES",
     "LINEAR_RULES",
     "RULES",

@@ -17,6 +17,7 @@ from secondorder.curvature.complex_step.arguments import real_part
 from secondorder.curvature.complex_step.first_order import (
     FirstOrder,
     first_order_applies,
+    gelu_derivs,
     sigmoid_derivs,
     tanh_derivs,
 )
@@ -83,9 +84,15 @@ def _silu(input: Any, inplace: bool = False) -> Any:
 
 
 def _gelu(input: Any, approximate: str = "none") -> Any:
+    """GELU. The exact form ``x Phi(x)`` needs ``erf``, which has no complex kernel: it runs
+    to first order (:class:`~.first_order.FirstOrder`, exact to rounding at the default
+    steps); the tanh form is a composition of analytic ops."""
     if approximate != "tanh":
-        raise unsupported("gelu", "exact GELU needs erf, which has no complex kernel; "
-                                  "use nn.GELU(approximate='tanh')")
+        if first_order_applies(input):
+            return FirstOrder.apply(input, gelu_derivs)
+        raise unsupported("gelu", "exact GELU needs erf, which has no complex kernel, and "
+                                  "runs only at steps h <= first_order_step(dtype) (the "
+                                  "defaults); use a smaller h or nn.GELU(approximate='tanh')")
     c = math.sqrt(2.0 / math.pi)
     return 0.5 * input * (1.0 + torch.tanh(c * (input + 0.044715 * input * input * input)))
 

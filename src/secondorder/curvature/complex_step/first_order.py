@@ -6,6 +6,7 @@ the ``O(h^2)`` terms is exact to rounding.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["FIRST_ORDER", "FirstOrder", "first_order_applies", "sigmoid_derivs",
-           "tanh_derivs"]
+__all__ = ["FIRST_ORDER", "FirstOrder", "first_order_applies", "gelu_derivs",
+           "sigmoid_derivs", "tanh_derivs"]
 
 
 class _FirstOrderState(threading.local):
@@ -65,3 +66,11 @@ def tanh_derivs(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     t = torch.tanh(a)
     d1 = 1.0 - t * t
     return t, d1, -2.0 * t * d1
+
+
+def gelu_derivs(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact GELU ``a Phi(a)`` and its first two derivatives, ``Phi + a phi`` and
+    ``phi (2 - a^2)`` (``Phi``, ``phi``: the standard normal CDF and density)."""
+    cdf = 0.5 * (1.0 + torch.erf(a * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * a * a) * (1.0 / math.sqrt(2.0 * math.pi))
+    return a * cdf, cdf + a * pdf, pdf * (2.0 - a * a)

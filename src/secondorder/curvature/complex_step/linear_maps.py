@@ -1,4 +1,4 @@
-"""Linear maps: ``linear``, convolutions (four real ones, or three to first order),
+"""Linear maps: ``linear``, ``embedding``, convolutions (four real ones, or three to first order),
 pooling (averages as real-linear maps, max-pooling at the real part's argmax)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from secondorder.curvature.complex_step.arguments import complex_target, promote, real_part
 from secondorder.curvature.complex_step.first_order import first_order_applies
+from secondorder.curvature.complex_step.scope import unsupported
 
 __all__ = ["CONV_RULES", "LINEAR_RULES", "RULES", "split_linear"]
 
@@ -237,6 +238,31 @@ def _linear(input: Any, weight: Any, bias: Any = None) -> Any:
     return out if bias is None else out + bias
 
 
+def _embedding(input: Tensor, weight: Any, padding_idx: int | None = None,
+               max_norm: float | None = None, norm_type: float = 2.0,
+               scale_grad_by_freq: bool = False, sparse: bool = False) -> Any:
+    """``F.embedding``: rows of ``weight`` at the token ids ``input`` (linear in ``weight``).
+
+    PyTorch's embedding kernel has no complex autograd; ``index_select`` does. The row
+    ``padding_idx`` gets no gradient in the real function, so it is looked up as a
+    constant (its real part, as ``detach``). ``sparse`` only changes the gradient's layout.
+
+    Raises:
+        ComplexStepUnsupportedError: ``max_norm`` (renormalizes the weight in place) or
+            ``scale_grad_by_freq`` (rescales the gradient, which is then no derivative).
+    """
+    if max_norm is not None:
+        raise unsupported("embedding", "max_norm renormalizes the weight in place")
+    if scale_grad_by_freq:
+        raise unsupported("embedding", "scale_grad_by_freq rescales the gradient, so it is "
+                                       "not the derivative of the loss")
+    out = weight.index_select(0, input.reshape(-1)).reshape(*input.shape, weight.shape[-1])
+    if padding_idx is not None:
+        row = padding_idx % weight.shape[0]
+        out = torch.where((input == row).unsqueeze(-1), real_part(weight)[row], out)
+    return out
+
+
 #: Real-linear ops handled by :func:`split_linear` (no complex kernel); a bicomplex number
 #: applies them to each component.
 LINEAR_RULES: dict[str, Callable] = {}
@@ -252,7 +278,8 @@ for _nd in (1, 2, 3):
         CONV_RULES[_name] = _conv(getattr(F, _name))
 
 #: Linear-map and pooling rules, keyed by op name.
-RULES: dict[str, Callable] = {"linear": _linear, **LINEAR_RULES, **CONV_RULES}
+RULES: dict[str, Callable] = {"linear": _linear, "embedding": _embedding, **LINEAR_RULES,
+                              **CONV_RULES}
 for _nd in (1, 2, 3):
     RULES[f"max_pool{_nd}d"] = _max_pool(_nd)
     RULES[f"max_pool{_nd}d_with_indices"] = _max_pool_with_indices(_nd)

@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from secondorder.curvature.complex_step import (
+    attention,
     elementwise,
     linear_maps,
     losses,
@@ -20,7 +22,11 @@ from secondorder.curvature.complex_step import (
 from secondorder.curvature.complex_step.arguments import complex_target, promote
 from secondorder.curvature.complex_step.first_order import FIRST_ORDER
 from secondorder.curvature.complex_step.scope import base_name, module_scope, op_name, unsupported
-from secondorder.curvature.complex_step.structural import ANALYTIC_OPS, STRUCTURAL_OPS
+from secondorder.curvature.complex_step.structural import (
+    ANALYTIC_OPS,
+    COMPOSITE_OPS,
+    STRUCTURAL_OPS,
+)
 
 __all__ = ["ComplexStepMode", "RULES", "complex_call"]
 
@@ -31,6 +37,7 @@ RULES: dict[str, Callable] = {
     **losses.RULES,
     **linear_maps.RULES,
     **structural.RULES,
+    **attention.RULES,
 }
 
 
@@ -106,4 +113,11 @@ class ComplexStepMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
+        if op_name(func) in COMPOSITE_OPS:
+            # Run the body with this mode on the stack, skipping only its own dispatch.
+            TorchFunctionMode.__enter__(self)
+            try:
+                return torch.overrides.redispatch_function(func, types, args, kwargs or {})
+            finally:
+                TorchFunctionMode.__exit__(self, None, None, None)
         return complex_call(func, args, kwargs)

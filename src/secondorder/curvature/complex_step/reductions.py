@@ -13,7 +13,7 @@ from torch import Tensor
 from secondorder.curvature.complex_step.arguments import real_part
 from secondorder.curvature.complex_step.elementwise import maximum, minimum
 
-__all__ = ["RULES", "log_softmax"]
+__all__ = ["RULES", "log_softmax", "softmax"]
 
 
 def _select(input: Any, dim: Any, keepdim: bool, largest: bool) -> tuple[Any, Tensor]:
@@ -77,7 +77,7 @@ def _legacy_dim(input: Any, dim: Any) -> int:
     return dim
 
 
-def _softmax(input: Any, dim: Any = None, *args: Any, **kwargs: Any) -> Any:
+def softmax(input: Any, dim: Any = None, *args: Any, **kwargs: Any) -> Any:
     dim = _legacy_dim(input, dim)
     e = torch.exp(input - _shift(input, dim))
     return e / e.sum(dim, keepdim=True)
@@ -155,7 +155,7 @@ RULES: dict[str, Callable] = {
     "min": _max_min(False, torch.return_types.min),
     "amax": _amax_amin(True),
     "amin": _amax_amin(False),
-    "softmax": _softmax,
+    "softmax": softmax,
     "log_softmax": log_softmax,
     "logsumexp": _logsumexp,
     "batch_norm": _batch_norm,

@@ -13,7 +13,7 @@ from secondorder.curvature.complex_step.arguments import real_part
 from secondorder.curvature.complex_step.scope import unsupported
 from secondorder.curvature.complex_step.steps import COMPLEX_OF, complex_dtype
 
-__all__ = ["ANALYTIC_OPS", "RULES", "STRUCTURAL_OPS"]
+__all__ = ["ANALYTIC_OPS", "COMPOSITE_OPS", "RULES", "STRUCTURAL_OPS"]
 
 
 def _identity(input: Any, *args: Any, **kwargs: Any) -> Any:
@@ -60,7 +60,7 @@ ANALYTIC_OPS: frozenset[str] = frozenset(
     """add sub subtract rsub mul multiply div divide true_divide neg negative positive pow
     square sqrt rsqrt reciprocal exp exp2 log log2 log10 log1p expm1 sin cos tan sinh cosh
     tanh matmul mm bmm mv dot inner outer ger einsum linear sum mean nansum prod cumsum cumprod
-    trace addmm addmv addbmm baddbmm addcmul addcdiv lerp tensordot kron embedding pad
+    trace addmm addmv addbmm baddbmm addcmul addcdiv lerp tensordot kron pad
     __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__
     __truediv__ __rtruediv__ __itruediv__ __div__ __rdiv__ __matmul__ __rmatmul__
     __neg__ __pos__ __pow__ __rpow__ __ipow__""".split()
@@ -79,11 +79,17 @@ STRUCTURAL_OPS: frozenset[str] = frozenset(
     is_floating_point is_contiguous requires_grad_ retain_grad stride storage_offset
     element_size get_device isfinite isnan isinf shape dtype device ndim requires_grad
     is_leaf grad_fn grad layout data is_cuda is_sparse is_meta is_quantized itemsize nbytes
+    is_nested is_cpu is_xpu is_mps is_mkldnn is_inference is_sparse_csr is_signed
+    is_conj is_neg
     _version output_nr _base names copy fill zero __repr__ __format__ __hash__
     __iter__ __reversed__ __array_priority__ __dlpack_device__ __deepcopy__
     __reduce_ex__ __setstate__ __torch_function__ __len__ has_names""".split()
 )
 
+
+#: Python compositions of torch ops that dispatch as one function (``handle_torch_function``
+#: at their top): their bodies run with the complex-step semantics of each op inside.
+COMPOSITE_OPS: frozenset[str] = frozenset({"multi_head_attention_forward"})
 
 #: Structural rules, keyed by op name.
 RULES: dict[str, Callable] = {
