@@ -244,13 +244,16 @@ def test_unsupported_op_names_op_and_module():
         complex_step_directional(loss_fn, params, vec)
 
 
-def test_unsupported_fft_and_exact_gelu():
+def test_unsupported_fft_and_exact_gelu_above_the_first_order_step():
     model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 1)).double()
     loss_fn, params = functional_loss(model, nn.MSELoss(), torch.randn(4, 3, dtype=F64),
                                       torch.randn(4, 1, dtype=F64))
     vec = tuple(torch.ones_like(p) for p in params)
     with pytest.raises(ComplexStepUnsupportedError, match=r"'gelu'.*module '1' \(GELU\).*erf"):
-        complex_step_hvp(loss_fn, params, vec)
+        complex_step_hvp(loss_fn, params, vec, h=1e-6)
+    # at the default step exact GELU runs to first order, exact to rounding
+    want = hvp(loss_fn, params, vec, backend="autograd")
+    assert _relerr(tl.flatten(complex_step_hvp(loss_fn, params, vec)), tl.flatten(want)) < 1e-12
     model = nn.Sequential(nn.Linear(3, 4), _FFTNet(), nn.Linear(4, 1)).double()
     loss_fn, params = functional_loss(model, nn.MSELoss(), torch.randn(4, 3, dtype=F64),
                                       torch.randn(4, 1, dtype=F64))
