@@ -427,10 +427,10 @@ def bicomplex_vhv(
     """
     params = cs.check_point(params, vec)
     h = cs.check_step(h, params[0].dtype, order=2)
+    unit, scale = cs.unit_direction(vec, params[0].dtype, h)  # v^T H v = scale^2 u^T H u
     zs = [
-        Bicomplex(torch.complex(p.detach(), v.detach().to(p.dtype) * h),
-                  torch.complex(v.detach().to(p.dtype) * h, torch.zeros_like(p)))
-        for p, v in zip(params, vec, strict=True)
+        Bicomplex(torch.complex(p.detach(), u * h), torch.complex(u * h, torch.zeros_like(p)))
+        for p, u in zip(params, unit, strict=True)
     ]
     with torch.no_grad(), cs.module_scope(getattr(loss_fn, "model", None)):
         loss = loss_fn(zs)
@@ -443,5 +443,5 @@ def bicomplex_vhv(
             f"the loss must be a scalar, got a tensor of shape {tuple(loss.z1.shape)}"
         )
     cs.check_finite_loss(loss.z1.real)
-    return (loss.z2.imag.reshape(()) / (h * h)).to(params[0].dtype)
+    return (loss.z2.imag.reshape(()) / (h * h) * scale * scale).to(params[0].dtype)
 

@@ -53,6 +53,7 @@ from secondorder.curvature.complex_step.products import (
     check_point,
     complex_step_directional,
     complex_step_hvp,
+    unit_direction,
 )
 from secondorder.curvature.complex_step.scope import base_name, module_scope, op_name, unsupported
 from secondorder.curvature.complex_step.steps import (
@@ -88,5 +89,6 @@ __all__ = [
     "module_scope",
     "op_name",
     "real_part",
+    "unit_direction",
     "unsupported",
 ]
