@@ -37,6 +37,18 @@ class TokenTransformer(nn.Module):
         return self.head(self.encoder(self.embed(tokens)).mean(1))
 
 
+class MaskedTokenTransformer(TokenTransformer):
+    """The same with a causal mask and a key padding mask (token 0), masked mean pool."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pad = tokens == 0
+        n = tokens.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool).triu(1)  # True: not allowed, as pad
+        h = self.encoder(self.embed(tokens), mask=causal, src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(h.dtype)
+        return self.head((h * keep).sum(1) / keep.sum(1))
+
+
 def _relerr(a, b):
     return float(tl.norm(tl.sub(a, b)) / tl.norm(b))
 
@@ -57,12 +69,14 @@ def _check(loss_fn, params, vec):
     assert got_gv == pytest.approx(want_gv, rel=1e-10)
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_transformer_classifier_on_tokens_matches_autograd(train):
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("net", [TokenTransformer, MaskedTokenTransformer],
+                         ids=["unmasked", "causal-and-padding-masks"])
+def test_transformer_classifier_on_tokens_matches_autograd(net, train):
     torch.manual_seed(0)
-    model = TokenTransformer().to(F64).train(train)
-    tokens = torch.randint(0, 11, (3, 5))
-    tokens[0, -1] = 0  # a padding token: its embedding row is a constant
+    model = net().to(F64).train(train)
+    tokens = torch.randint(1, 11, (3, 5))
+    tokens[0, -2:] = 0  # padding tokens: their embedding row is a constant
     labels = torch.randint(0, 3, (3,))
     loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(), tokens, labels)
     vec = tuple(torch.randn_like(p) for p in params)
@@ -82,7 +96,8 @@ def test_multihead_attention_matches_autograd(masks):
     v = torch.randn(2, 6, kwargs.get("vdim", 8), dtype=F64)
     call: dict = {}
     if masks == "need-weights-padding-float-mask":
-        call = {"key_padding_mask": torch.tensor([[False] * 5 + [True], [False] * 6]),
+        padding = torch.tensor([[0.0] * 5 + [float("-inf")], [0.0] * 6], dtype=F64)
+        call = {"key_padding_mask": padding,
                 "attn_mask": 0.3 * torch.randn(4, 6, dtype=F64)}
     elif masks == "sdpa-causal":
         k, v = torch.randn(2, 4, 8, dtype=F64), torch.randn(2, 4, 8, dtype=F64)

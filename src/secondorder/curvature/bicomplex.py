@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from secondorder.curvature import complex_step as cs
 from secondorder.curvature.complex_step.first_order import gelu_derivs
@@ -286,7 +287,7 @@ def _meta(func: Callable, args: tuple, kwargs: dict) -> Any:
 _META = frozenset(
     """shape dtype device ndim requires_grad is_leaf grad_fn grad layout is_cuda is_sparse
     is_meta is_quantized itemsize nbytes _version output_nr _base names size dim ndimension
-    numel nelement __len__ is_complex is_floating_point is_contiguous stride storage_offset
+    numel nelement __len__ is_complex is_contiguous stride storage_offset
     element_size get_device has_names __hash__ __format__ is_nested is_cpu is_xpu is_mps
     is_mkldnn is_inference is_sparse_csr is_signed is_conj is_neg""".split()
 )
@@ -393,6 +394,27 @@ class Bicomplex(Tensor):
         raise cs.unsupported(name, "no bicomplex rule")
 
 
+class _FloatingQueries(TorchFunctionMode):
+    """Answers ``is_floating_point`` with ``True`` for complex tensors, as
+    :class:`~secondorder.curvature.complex_step.ComplexStepMode` does: torch builds masks
+    in the activations' dtype (complex here) and then insists they be bool or floating.
+    Every other call runs unchanged (bicomplex arguments dispatch as usual), the bodies of
+    :data:`~secondorder.curvature.complex_step.COMPOSITE_OPS` under this mode."""
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        name = cs.op_name(func)
+        if name == "is_floating_point" and args and isinstance(args[0], Tensor):
+            return cs.RULES["is_floating_point"](args[0])
+        if name in cs.COMPOSITE_OPS:  # its body must run with this mode on the stack
+            TorchFunctionMode.__enter__(self)
+            try:
+                return torch.overrides.redispatch_function(func, types, args, kwargs or {})
+            finally:
+                TorchFunctionMode.__exit__(self, None, None, None)
+        return func(*args, **(kwargs or {}))
+
+
 def bicomplex_vhv(
     loss_fn: LossFunction,
     params: Sequence[Tensor],
@@ -432,7 +454,7 @@ def bicomplex_vhv(
         Bicomplex(torch.complex(p.detach(), u * h), torch.complex(u * h, torch.zeros_like(p)))
         for p, u in zip(params, unit, strict=True)
     ]
-    with torch.no_grad(), cs.module_scope(getattr(loss_fn, "model", None)):
+    with torch.no_grad(), cs.module_scope(getattr(loss_fn, "model", None)), _FloatingQueries():
         loss = loss_fn(zs)
     if not isinstance(loss, Bicomplex):
         loss = check_scalar_loss(loss, check_finite=False)

@@ -5,8 +5,9 @@ differentiable twice). The rule is the math kernel,
 
     ``softmax(Q K^T * scale + bias) V``,
 
-with ``bias`` the causal or boolean mask (``-inf`` where attention is not allowed, put in
-with ``where`` so that masked scores carry no imaginary part) or the float mask (added).
+with ``bias`` the causal, boolean or float mask: finite float entries are added, and
+``-inf`` where attention is not allowed is put in with ``where`` (so that masked scores
+carry no imaginary part and no ``inf * 0``).
 The softmax is :func:`~.reductions.softmax`: shifted by the real part's row max, the
 branch the real function takes. Dropout is the identity, as for ``nn.Dropout``
 (evaluation semantics). The same rule runs on bicomplex numbers.
@@ -49,10 +50,16 @@ def _scaled_dot_product_attention(
     if is_causal:
         allowed = torch.ones(n_query, n_key, dtype=torch.bool, device=scores.device).tril()
     if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            allowed = attn_mask if allowed is None else allowed & attn_mask
-        else:
-            scores = scores + attn_mask
+        if attn_mask.dtype != torch.bool:
+            # A float mask is a constant. torch converts masks to the activations' dtype,
+            # complex here, and complex arithmetic on -inf gives NaN parts (inf * 0 in
+            # (1 + 0i)(-inf + 0i)): keep its real part, add the finite entries and block
+            # the -inf ones with ``where``.
+            bias = attn_mask.real if attn_mask.is_complex() else attn_mask
+            blocked = torch.isneginf(bias)
+            scores = scores + torch.where(blocked, 0.0, bias)
+            attn_mask = ~blocked
+        allowed = attn_mask if allowed is None else allowed & attn_mask
     if allowed is not None:
         scores = torch.where(allowed, scores, float("-inf"))
     return torch.matmul(softmax(scores, -1), value)

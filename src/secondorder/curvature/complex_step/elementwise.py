@@ -146,6 +146,17 @@ def _compare(name: str) -> Callable:
     return rule
 
 
+def _logical(name: str) -> Callable:
+    """``logical_not/and/or/xor``: boolean results of the real parts (the real function's
+    values), never of the imaginary parts."""
+    real_op = getattr(torch, name)
+
+    def rule(*args: Any, **kwargs: Any) -> Any:
+        return real_op(*(real_part(a) for a in args), **kwargs)
+
+    return rule
+
+
 def _arg_extreme(name: str) -> Callable:
     real_op = getattr(torch, name)
 
@@ -196,6 +207,8 @@ RULES: dict[str, Callable] = {
 for _cmp in ("gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal",
              "less_equal", "not_equal"):
     RULES[_cmp] = _compare(_cmp)
+for _name in ("logical_not", "logical_and", "logical_or", "logical_xor"):
+    RULES[_name] = _logical(_name)
 for _dunder, _cmp in (("__gt__", "gt"), ("__lt__", "lt"), ("__ge__", "ge"), ("__le__", "le"),
                       ("__eq__", "eq"), ("__ne__", "ne")):
     RULES[_dunder] = _compare(_cmp)

@@ -31,6 +31,18 @@ def _detach(input: Any) -> Any:
     return real_part(input)
 
 
+def _is_floating_point(input: Any) -> bool:
+    """A complex-step tensor stands for a real floating one: masks that torch converts to
+    the activations' (complex) dtype must still pass its "bool or floating" checks."""
+    return bool(input.is_floating_point() or input.is_complex())
+
+
+def _left_aligned(input: Any, mask: Tensor) -> Any:
+    """``torch._nested_tensor_from_mask_left_aligned``: a query on the mask (``input`` only
+    gives the shape); ``TransformerEncoder`` asks it before choosing its fast path."""
+    return torch._nested_tensor_from_mask_left_aligned(real_part(input), real_part(mask))
+
+
 def _detach_in_place(input: Any) -> Any:
     raise unsupported("detach_", "in-place detach of a complex-step tensor cannot drop its "
                                  "imaginary part; use x = x.detach()")
@@ -95,6 +107,8 @@ COMPOSITE_OPS: frozenset[str] = frozenset({"multi_head_attention_forward"})
 RULES: dict[str, Callable] = {
     "detach": _detach,
     "detach_": _detach_in_place,
+    "is_floating_point": _is_floating_point,
+    "_nested_tensor_from_mask_left_aligned": _left_aligned,
     "dropout": _identity,
     "dropout1d": _identity,
     "dropout2d": _identity,
