@@ -463,3 +463,19 @@ def test_in_place_detach_of_a_complex_step_tensor_is_refused():
     w = torch.ones(2, dtype=F64)
     with pytest.raises(ComplexStepUnsupportedError, match="detach_"):
         complex_step_hvp(lambda ps: (ps[0] * ps[0].detach_()).sum(), [w], [w])
+
+
+def test_required_parameter_the_loss_ignores_is_an_error():
+    a, b = torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)
+    outside = torch.ones(3, dtype=F64)
+
+    def f(ps):
+        return (ps[0] ** 3).sum() + (outside ** 2).sum()  # ignores ps[1]
+
+    vec = [torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)]
+    hv = complex_step_hvp(f, [a, b], vec, required=[True, False])  # unused: zero row
+    assert torch.equal(hv[1], torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match=r"params\[1\] \(shape \(3,\)\)"):
+        complex_step_hvp(f, [a, b], vec, required=[True, True])
+    with pytest.raises(ValueError, match="required has 1 entries for 2 parameters"):
+        complex_step_hvp(f, [a, b], vec, required=[True])

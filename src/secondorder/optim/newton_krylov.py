@@ -68,7 +68,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.curvature.hvp import hvp
+from secondorder.curvature.complex_step import complex_step_hvp
 from secondorder.curvature.vhv import vhv
 from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim.base import Closure, SecondOrderOptimizer
@@ -414,6 +414,9 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             return product, curvature
         params = self.params()
         loss_fn = _substituted_loss(closure)
+        # a parameter with a nonzero gradient must be reached through the ps given to closure
+        required = torch.stack([g.abs().amax() > 0 if g.numel() else g.new_zeros((), dtype=bool)
+                                for g in ev.grads]).tolist()
 
         def curvature(p):
             self.count_hvps(1, ev.samples)
@@ -421,7 +424,7 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
 
         def product(p):
             self.count_hvps(1, ev.samples)
-            return hvp(loss_fn, params, p, backend="complex-step")
+            return complex_step_hvp(loss_fn, params, p, required=required)
 
         return product, curvature
 

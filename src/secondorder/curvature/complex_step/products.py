@@ -100,6 +100,8 @@ def complex_step_hvp(
     params: Sequence[Tensor],
     vec: Sequence[Tensor],
     h: float | None = None,
+    *,
+    required: Sequence[bool] | None = None,
 ) -> tuple[Tensor, ...]:
     """Hessian-vector product by the complex step, seed 002 eq. 10.
 
@@ -113,12 +115,18 @@ def complex_step_hvp(
         params: the point ``w`` (float32 or float64 tensors).
         vec: the direction ``v``, shaped like ``params``.
         h: complex step (default :func:`default_step`).
+        required: per parameter, whether the loss is known to depend on it (e.g. its real
+            gradient is nonzero). A required parameter that the complex evaluation never
+            reaches means ``loss_fn`` ignored the tensor it was given (a closure reading
+            the model's own parameter): an error, not a zero row. Default: none required
+            (an unused parameter gets a zero product).
 
     Returns:
         A tuple shaped like ``params`` (their dtype).
 
     Raises:
-        ValueError: bad ``params``/``vec``/``h``, non-float32/64 parameters, non-scalar loss.
+        ValueError: bad ``params``/``vec``/``h``/``required``, non-float32/64 parameters,
+            non-scalar loss, or a required parameter the loss does not depend on.
         NonFiniteLossError: the loss is NaN or infinite.
         ComplexStepUnsupportedError: the loss uses an op without a complex-step rule.
 
@@ -139,14 +147,32 @@ def complex_step_hvp(
             loss = loss_fn(zs)
         loss = check_scalar_loss(loss, check_finite=False)
         check_finite_loss(loss.detach().real)
-        if not loss.requires_grad:
-            return tl.zeros_like(params)
-        grads = torch.autograd.grad(loss.real, zs, allow_unused=True)
+        if loss.requires_grad:
+            grads = torch.autograd.grad(loss.real, zs, allow_unused=True)
+        else:
+            grads = (None,) * len(zs)
+    if required is not None:
+        _check_reached(grads, params, required)
     # autograd gives conj(f*'(z)); Im of the holomorphic gradient is -Im of it.
     return tuple(
         torch.zeros_like(p) if g is None else (g.imag * (-1.0 / h) * scale).to(p.dtype)
         for p, g in zip(params, grads, strict=True)
     )
+
+
+def _check_reached(grads: Sequence[Tensor | None], params: tuple[Tensor, ...],
+                   required: Sequence[bool]) -> None:
+    required = tuple(bool(r) for r in required)
+    if len(required) != len(params):
+        raise ValueError(f"required has {len(required)} entries for {len(params)} parameters")
+    for i, (g, need) in enumerate(zip(grads, required, strict=True)):
+        if need and g is None:
+            raise ValueError(
+                f"the loss does not depend on the tensor it was given for params[{i}] "
+                f"(shape {tuple(params[i].shape)}), although it depends on that parameter: "
+                "the loss function must compute the loss from the tensors it is passed, "
+                "not read the model's own parameters"
+            )
 
 
 def complex_step_directional(
