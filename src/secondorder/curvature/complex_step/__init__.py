@@ -22,7 +22,12 @@ complex tensor goes through one of three tables:
   max-pooling gathers at the real part's argmax, ``logsumexp`` shifts by the real
   part's max, batch norm uses the analytic variance ``mean((x - mu)^2)`` (no conjugate);
   dropout is the identity (evaluation semantics) and batch norm does not update its
-  running statistics;
+  running statistics; ``detach`` gives the real part (a constant, as autograd treats
+  it); embedding lookups and ``scaled_dot_product_attention`` (the math kernel, its
+  softmax shifted by the real part's max, ``-inf`` masks put in with ``where``) have
+  rules, and the Python body of ``multi_head_attention_forward``
+  (:data:`COMPOSITE_OPS`) runs under the mode, so ``nn.MultiheadAttention`` and
+  ``nn.TransformerEncoder`` work;
 - anything else raises :class:`~secondorder.errors.ComplexStepUnsupportedError` naming
   the op and, when the loss has a ``.model`` (:func:`~secondorder.curvature.functional_loss`
   sets it), the module it was called in.
@@ -30,9 +35,15 @@ complex tensor goes through one of three tables:
 Speed (exact to rounding, never approximate): when the step is at most
 :func:`first_order_step` (the defaults always are), sigmoid and tanh compute
 ``f(a) + i b f'(a)`` in real arithmetic with a holomorphic backward
-(:class:`~.first_order.FirstOrder`) instead of complex ``exp``/division; a real input
-meets a complex weight in one real GEMM (``linear``); average pooling runs as one real
-pool over the interleaved (re, im) pairs.
+(:class:`~.first_order.FirstOrder`) instead of complex ``exp``/division (exact GELU,
+whose ``erf`` has no complex kernel, runs only this way); a real input meets a complex
+weight in one real GEMM (``linear``); average pooling runs as one real pool over the
+interleaved (re, im) pairs. The products run on :func:`unit_direction` (the direction
+divided by a power of two) and scale back, so the imaginary parts never become subnormal
+(slow on many CPUs) whatever the direction's norm.
+
+A NaN or infinite loss raises :class:`~secondorder.errors.NonFiniteLossError`, as the
+other backends do.
 
 Gradients of the complex evaluation come from :func:`torch.autograd.grad`. PyTorch
 returns the conjugate Wirtinger gradient: for a real ``L = Re f*(z)`` it gives
