@@ -431,7 +431,7 @@ def _detached_penalty_problem():
 
     def with_detach(ps):
         w = ps[0]
-        return (loss_fn(ps) + (w * w.detach()).sum()
+        return (loss_fn(ps) + (w * w.detach()).sum() + (w * w * w.data).sum()
                 + (torch.tanh(w) * w.detach() ** 2).sum() + 0.5 * (w * w).sum())
 
     return with_detach, params, vec

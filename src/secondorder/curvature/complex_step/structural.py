@@ -106,6 +106,7 @@ COMPOSITE_OPS: frozenset[str] = frozenset({"multi_head_attention_forward"})
 #: Structural rules, keyed by op name.
 RULES: dict[str, Callable] = {
     "detach": _detach,
+    "data": _detach,  # ``x.data`` stops derivatives like ``x.detach()``
     "detach_": _detach_in_place,
     "is_floating_point": _is_floating_point,
     "_nested_tensor_from_mask_left_aligned": _left_aligned,
