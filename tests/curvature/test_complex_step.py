@@ -244,13 +244,16 @@ def test_unsupported_op_names_op_and_module():
         complex_step_directional(loss_fn, params, vec)
 
 
-def test_unsupported_fft_and_exact_gelu():
+def test_unsupported_fft_and_exact_gelu_above_the_first_order_step():
     model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 1)).double()
     loss_fn, params = functional_loss(model, nn.MSELoss(), torch.randn(4, 3, dtype=F64),
                                       torch.randn(4, 1, dtype=F64))
     vec = tuple(torch.ones_like(p) for p in params)
     with pytest.raises(ComplexStepUnsupportedError, match=r"'gelu'.*module '1' \(GELU\).*erf"):
-        complex_step_hvp(loss_fn, params, vec)
+        complex_step_hvp(loss_fn, params, vec, h=1e-6)
+    # at the default step exact GELU runs to first order, exact to rounding
+    want = hvp(loss_fn, params, vec, backend="autograd")
+    assert _relerr(tl.flatten(complex_step_hvp(loss_fn, params, vec)), tl.flatten(want)) < 1e-12
     model = nn.Sequential(nn.Linear(3, 4), _FFTNet(), nn.Linear(4, 1)).double()
     loss_fn, params = functional_loss(model, nn.MSELoss(), torch.randn(4, 3, dtype=F64),
                                       torch.randn(4, 1, dtype=F64))
@@ -397,3 +400,82 @@ def test_first_order_convolution_matches_autograd_and_complex_path():
     assert _relerr(tl.flatten(complex_step_hvp(loss_fn, params, vec)), ref) <= 1e-12
     big = tl.flatten(complex_step_hvp(loss_fn, params, vec, h=1e-5))  # full complex evaluation
     assert _relerr(big, ref) <= 1e-8
+
+
+# --------------------------------------------------------------------------- issue 8 item 5
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("product", ["hvp-forward", "hvp-complex-step", "vhv-complex-step",
+                                     "directional"])
+def test_non_finite_loss_raises_instead_of_returning_nan(product, bad):
+    from secondorder.curvature.vhv import vhv
+    from secondorder.errors import NonFiniteLossError
+
+    loss_fn, params, vec = _problem(tanh_mlp)
+
+    def poisoned(ps):
+        return loss_fn(ps) * bad
+
+    call = {
+        "hvp-forward": lambda: hvp(poisoned, params, vec, backend="forward"),
+        "hvp-complex-step": lambda: hvp(poisoned, params, vec, backend="complex-step"),
+        "vhv-complex-step": lambda: vhv(poisoned, params, vec, backend="complex-step"),
+        "directional": lambda: complex_step_directional(poisoned, params, vec),
+    }[product]
+    with pytest.raises(NonFiniteLossError, match=f"the loss is not finite: {bad}"):
+        call()
+
+
+def _detached_penalty_problem():
+    """MLP loss plus terms whose detached factors autograd treats as constants."""
+    loss_fn, params, vec = _problem(tanh_mlp)
+
+    def with_detach(ps):
+        w = ps[0]
+        return (loss_fn(ps) + (w * w.detach()).sum() + (w * w * w.data).sum()
+                + (torch.tanh(w) * w.detach() ** 2).sum() + 0.5 * (w * w).sum())
+
+    return with_detach, params, vec
+
+
+def test_detach_is_a_constant_in_hvp_and_directional_derivative():
+    from secondorder.curvature.hvp import gradient
+
+    loss_fn, params, vec = _detached_penalty_problem()
+    want = hvp(loss_fn, params, vec, backend="autograd")
+    got = complex_step_hvp(loss_fn, params, vec)
+    assert _relerr(tl.flatten(got), tl.flatten(want)) < 1e-12
+    _, g = gradient(loss_fn, params)
+    gv = float(tl.dot(g, vec))
+    assert float(complex_step_directional(loss_fn, params, vec)) == pytest.approx(gv, rel=1e-12)
+
+
+def test_detach_is_a_constant_in_vhv():
+    from secondorder.curvature.vhv import vhv
+
+    loss_fn, params, vec = _detached_penalty_problem()
+    want = float(vhv(loss_fn, params, vec, backend="autograd"))
+    assert float(vhv(loss_fn, params, vec, backend="complex-step")) == pytest.approx(
+        want, rel=1e-10
+    )
+
+
+def test_in_place_detach_of_a_complex_step_tensor_is_refused():
+    w = torch.ones(2, dtype=F64)
+    with pytest.raises(ComplexStepUnsupportedError, match="detach_"):
+        complex_step_hvp(lambda ps: (ps[0] * ps[0].detach_()).sum(), [w], [w])
+
+
+def test_required_parameter_the_loss_ignores_is_an_error():
+    a, b = torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)
+    outside = torch.ones(3, dtype=F64)
+
+    def f(ps):
+        return (ps[0] ** 3).sum() + (outside ** 2).sum()  # ignores ps[1]
+
+    vec = [torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)]
+    hv = complex_step_hvp(f, [a, b], vec, required=[True, False])  # unused: zero row
+    assert torch.equal(hv[1], torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match=r"params\[1\] \(shape \(3,\)\)"):
+        complex_step_hvp(f, [a, b], vec, required=[True, True])
+    with pytest.raises(ValueError, match="required has 1 entries for 2 parameters"):
+        complex_step_hvp(f, [a, b], vec, required=[True])

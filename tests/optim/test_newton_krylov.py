@@ -305,3 +305,51 @@ def test_hyperparameters_must_agree_across_groups(key, value):
 def test_bad_group_value():
     with pytest.raises(ValueError, match="Invalid warm_start: 1.5"):
         NewtonKrylov([{"params": [nn.Parameter(torch.zeros(2))], "warm_start": 1.5}])
+
+
+def test_complex_step_closure_that_ignores_its_parameters_is_refused():
+    prob, x, _ = _logistic_setup()
+    opt = NewtonKrylov([x], backend="complex-step")
+    x0 = x.detach().clone()
+
+    def ignores_ps(ps=None):
+        return prob.per_sample(x)[:64].mean()
+
+    with pytest.raises(ValueError, match="ignored the tensors ps it was given"):
+        opt.step(ignores_ps)
+    assert torch.equal(x.detach(), x0)
+
+
+def test_complex_step_closure_without_a_parameter_argument_is_refused():
+    prob, x, _ = _logistic_setup()
+    opt = NewtonKrylov([x], backend="complex-step")
+    with pytest.raises(ValueError, match="does not accept the parameter tensors"):
+        opt.step(lambda: prob.per_sample(x)[:64].mean())
+
+
+def test_complex_step_closure_that_ignores_one_of_its_parameters_is_refused():
+    torch.manual_seed(0)
+    X, t = torch.randn(40, 3, dtype=DT), torch.randn(40, dtype=DT)
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    b = torch.zeros(1, dtype=DT, requires_grad=True)
+    unused = torch.zeros(2, dtype=DT, requires_grad=True)  # legitimately unused: fine
+
+    def closure(ps=None):
+        w_, b_ = (w, b) if ps is None else (ps[0], b)  # reads the model's b, not ps[1]
+        return (torch.tanh(X @ w_ + b_) - t).pow(2).mean()
+
+    opt = NewtonKrylov([w, b, unused], backend="complex-step")
+    with pytest.raises(ValueError, match=r"does not depend on the tensor it was given for "
+                                         r"params\[1\] \(shape \(1,\)\)"):
+        opt.step(closure)
+    assert not w.detach().any() and not b.detach().any()
+
+    def honest(ps=None):
+        w_, b_ = (w, b) if ps is None else (ps[0], ps[1])
+        return (torch.tanh(X @ w_ + b_) - t).pow(2).mean()
+
+    with torch.no_grad():
+        f0 = float(honest())
+    opt.step(honest)
+    with torch.no_grad():
+        assert float(honest()) < f0

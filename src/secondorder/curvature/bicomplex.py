@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from secondorder.curvature import complex_step as cs
+from secondorder.curvature.complex_step.first_order import gelu_derivs
 from secondorder.curvature.functional import LossFunction, check_scalar_loss
 
 __all__ = ["Bicomplex", "bicomplex_vhv"]
@@ -240,6 +242,40 @@ def _first_order(value: Callable, derivative: Callable) -> Callable:
     return handler
 
 
+def _gelu(func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Exact GELU (``erf`` has no complex kernel) by its second-order jet.
+
+    With ``z1 = a + b i1``, ``z2 = c + d i1`` (``b, c = O(h)``, ``d = O(h^2)``),
+    ``f(z) = f(a) + b f'(a) i1 + c f'(a) i2 + (d f'(a) + b c f''(a)) i1 i2`` up to terms
+    ``O(h^2)`` relative to each component, the order of eq. 11's own truncation. The tanh
+    form is a composition of analytic ops and uses the complex-step rule.
+    """
+    approximate = args[1] if len(args) > 1 else kwargs.get("approximate", "none")
+    if approximate == "tanh":
+        return cs.RULES["gelu"](*args, **kwargs)
+    z = args[0]
+    a, b, c, d = z.z1.real, z.z1.imag, z.z2.real, z.z2.imag
+    f, d1, d2 = gelu_derivs(a)
+    return Bicomplex(torch.complex(f, b * d1), torch.complex(c * d1, d * d1 + b * c * d2))
+
+
+_ADD_PRODUCT = {
+    "addmm": torch.mm, "baddbmm": torch.bmm, "addmv": torch.mv,
+    "addbmm": lambda a, b: torch.bmm(a, b).sum(0),
+}
+
+
+def _add_product(func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``beta * input + alpha * (m1 @ m2)`` (``addmm``, ``baddbmm``, ``addmv``, ``addbmm``)
+    from the bilinear product and the affine sum."""
+    name = cs.base_name(cs.op_name(func))
+    kwargs = dict(kwargs)
+    beta, alpha = kwargs.pop("beta", 1), kwargs.pop("alpha", 1)
+    if kwargs or len(args) != 3:
+        raise cs.unsupported(name, "only (input, m1, m2, beta=, alpha=) is supported")
+    return args[0] * beta + _ADD_PRODUCT[name](args[1], args[2]) * alpha
+
+
 def _rsqrt(func: Callable, args: tuple, kwargs: dict) -> Any:
     return _reciprocal(torch.sqrt(args[0]))
 
@@ -251,17 +287,18 @@ def _meta(func: Callable, args: tuple, kwargs: dict) -> Any:
 _META = frozenset(
     """shape dtype device ndim requires_grad is_leaf grad_fn grad layout is_cuda is_sparse
     is_meta is_quantized itemsize nbytes _version output_nr _base names size dim ndimension
-    numel nelement __len__ is_complex is_floating_point is_contiguous stride storage_offset
-    element_size get_device has_names __hash__ __format__""".split()
+    numel nelement __len__ is_complex is_contiguous stride storage_offset
+    element_size get_device has_names __hash__ __format__ is_nested is_cpu is_xpu is_mps
+    is_mkldnn is_inference is_sparse_csr is_signed is_conj is_neg""".split()
 )
 _UNARY_LINEAR = frozenset(
     """reshape view view_as reshape_as flatten unflatten ravel permute transpose swapaxes
     swapdims movedim moveaxis t T mT contiguous squeeze unsqueeze expand expand_as
     broadcast_to repeat repeat_interleave tile split split_with_sizes tensor_split chunk
-    unbind narrow select index_select gather take take_along_dim __getitem__ clone detach
+    unbind narrow select index_select gather take take_along_dim __getitem__ clone
     roll flip fliplr flipud rot90 diagonal diag diag_embed tril triu unfold sum mean
     nansum cumsum trace neg negative __neg__ positive __pos__ pad to type float double
-    type_as embedding""".split()
+    type_as""".split()
 ) | frozenset(cs.LINEAR_RULES)
 _JOINT_LINEAR = frozenset(
     """add sub subtract rsub __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ cat concat
@@ -291,6 +328,9 @@ for _name in ("pow", "__pow__", "__rpow__", "__ipow__", "float_power"):
 _HANDLERS["square"] = _square
 _HANDLERS["reciprocal"] = _reciprocal_handler
 _HANDLERS["rsqrt"] = _rsqrt
+_HANDLERS["gelu"] = _gelu
+for _name in _ADD_PRODUCT:
+    _HANDLERS[_name] = _add_product
 for _name in ("exp", "expm1", "sin", "cos", "sinh", "cosh"):
     _HANDLERS[_name] = _exact(_name)
 _HANDLERS["log"] = _first_order(torch.log, lambda a, fa: 1.0 / a)
@@ -330,8 +370,9 @@ class Bicomplex(Tensor):
         pass
 
     def _branch_real(self) -> Tensor:
-        """The real component, which decides branches (ReLU, max, ...)."""
-        return self.z1.real
+        """The real component, detached: it decides branches (ReLU, max, ...) and is the
+        value of ``detach``."""
+        return self.z1.real.detach()
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
         return f"Bicomplex(z1={self.z1!r}, z2={self.z2!r})"
@@ -342,6 +383,8 @@ class Bicomplex(Tensor):
         kwargs = kwargs or {}
         name = cs.op_name(func)
         base = cs.base_name(name)
+        if name in cs.COMPOSITE_OPS:  # its body dispatches each op on Bicomplex again
+            return torch.overrides.redispatch_function(func, types, args, kwargs)
         handler = _HANDLERS.get(name) or _HANDLERS.get(base)
         if handler is not None:
             return handler(func, args, kwargs)
@@ -349,6 +392,27 @@ class Bicomplex(Tensor):
         if rule is not None:
             return rule(*args, **kwargs)
         raise cs.unsupported(name, "no bicomplex rule")
+
+
+class _FloatingQueries(TorchFunctionMode):
+    """Answers ``is_floating_point`` with ``True`` for complex tensors, as
+    :class:`~secondorder.curvature.complex_step.ComplexStepMode` does: torch builds masks
+    in the activations' dtype (complex here) and then insists they be bool or floating.
+    Every other call runs unchanged (bicomplex arguments dispatch as usual), the bodies of
+    :data:`~secondorder.curvature.complex_step.COMPOSITE_OPS` under this mode."""
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        name = cs.op_name(func)
+        if name == "is_floating_point" and args and isinstance(args[0], Tensor):
+            return cs.RULES["is_floating_point"](args[0])
+        if name in cs.COMPOSITE_OPS:  # its body must run with this mode on the stack
+            TorchFunctionMode.__enter__(self)
+            try:
+                return torch.overrides.redispatch_function(func, types, args, kwargs or {})
+            finally:
+                TorchFunctionMode.__exit__(self, None, None, None)
+        return func(*args, **(kwargs or {}))
 
 
 def bicomplex_vhv(
@@ -373,6 +437,7 @@ def bicomplex_vhv(
 
     Raises:
         ValueError: bad ``params``, ``vec`` or ``h``; non-scalar loss.
+        NonFiniteLossError: the loss is NaN or infinite.
         ComplexStepUnsupportedError: the loss uses an op without a bicomplex rule.
 
     Example:
@@ -384,19 +449,21 @@ def bicomplex_vhv(
     """
     params = cs.check_point(params, vec)
     h = cs.check_step(h, params[0].dtype, order=2)
+    unit, scale = cs.unit_direction(vec, params[0].dtype, h)  # v^T H v = scale^2 u^T H u
     zs = [
-        Bicomplex(torch.complex(p.detach(), v.detach().to(p.dtype) * h),
-                  torch.complex(v.detach().to(p.dtype) * h, torch.zeros_like(p)))
-        for p, v in zip(params, vec, strict=True)
+        Bicomplex(torch.complex(p.detach(), u * h), torch.complex(u * h, torch.zeros_like(p)))
+        for p, u in zip(params, unit, strict=True)
     ]
-    with torch.no_grad(), cs.module_scope(getattr(loss_fn, "model", None)):
+    with torch.no_grad(), cs.module_scope(getattr(loss_fn, "model", None)), _FloatingQueries():
         loss = loss_fn(zs)
     if not isinstance(loss, Bicomplex):
-        check_scalar_loss(loss, check_finite=False)
+        loss = check_scalar_loss(loss, check_finite=False)
+        cs.check_finite_loss(loss.detach().real if loss.is_complex() else loss.detach())
         return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
     if loss.z1.numel() != 1:
         raise ValueError(
             f"the loss must be a scalar, got a tensor of shape {tuple(loss.z1.shape)}"
         )
-    return (loss.z2.imag.reshape(()) / (h * h)).to(params[0].dtype)
+    cs.check_finite_loss(loss.z1.real)
+    return (loss.z2.imag.reshape(()) / (h * h) * scale * scale).to(params[0].dtype)
 

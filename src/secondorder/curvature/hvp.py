@@ -63,10 +63,17 @@ def _hvp_autograd(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[
 
 
 def _hvp_forward(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[Tensor, ...]):
-    def grad_fn(ps):
-        return torch.func.grad(lambda q: check_scalar_loss(loss_fn(q), check_finite=False))(ps)
+    def loss_and_aux(q):
+        loss = check_scalar_loss(loss_fn(q), check_finite=False)
+        return loss, loss.detach()
 
-    _, hv = torch.func.jvp(grad_fn, (tuple(p.detach() for p in params),), (tuple(vec),))
+    def grad_fn(ps):
+        return torch.func.grad(loss_and_aux, has_aux=True)(ps)
+
+    _, hv, loss = torch.func.jvp(
+        grad_fn, (tuple(p.detach() for p in params),), (tuple(vec),), has_aux=True
+    )
+    check_scalar_loss(loss)  # NaN/Inf: NonFiniteLossError, as the other backends
     return tuple(hv)
 
 

@@ -58,6 +58,7 @@ parameters, e.g. built from :func:`~secondorder.curvature.functional_loss`::
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.curvature.hvp import hvp
+from secondorder.curvature.complex_step import complex_step_hvp
 from secondorder.curvature.vhv import vhv
 from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim.base import Closure, SecondOrderOptimizer
@@ -412,9 +413,10 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
 
             return product, curvature
         params = self.params()
-
-        def loss_fn(ps):
-            return closure(ps)
+        loss_fn = _substituted_loss(closure)
+        # a parameter with a nonzero gradient must be reached through the ps given to closure
+        required = torch.stack([g.abs().amax() > 0 if g.numel() else g.new_zeros((), dtype=bool)
+                                for g in ev.grads]).tolist()
 
         def curvature(p):
             self.count_hvps(1, ev.samples)
@@ -422,7 +424,7 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
 
         def product(p):
             self.count_hvps(1, ev.samples)
-            return hvp(loss_fn, params, p, backend="complex-step")
+            return complex_step_hvp(loss_fn, params, p, required=required)
 
         return product, curvature
 
@@ -439,6 +441,11 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
 
         Returns:
             The batch loss before the step (detached).
+
+        Raises:
+            ValueError: with ``backend="complex-step"``, a closure that does not take the
+                parameter tensors or ignores them (returns a real loss for complex ones).
+            NonFiniteLossError: with ``backend="complex-step"``, a NaN or infinite loss.
         """
         hp = self.shared_hyperparameters()
         G = self._global()
@@ -506,6 +513,45 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         if global_closure is not None:
             G["global_loss"] = torch.as_tensor(ss.loss, dtype=ev.loss.dtype, device=ev.loss.device)
         return ev.loss
+
+
+_CLOSURE_CONTRACT = (
+    "with backend='complex-step' the closure must compute the loss from the tensors ps "
+    "it is given, in place of the parameters, e.g. loss_fn, params = "
+    "functional_loss(model, criterion, x, y); closure = lambda ps=None: "
+    "loss_fn(params if ps is None else ps)"
+)
+
+
+def _substituted_loss(closure: Closure) -> Callable[[Sequence[Tensor]], Tensor]:
+    """``ps -> closure(ps)``, refusing a closure that cannot take or ignores ``ps``.
+
+    The complex step evaluates the loss at complex parameters ``w + i h v``; a closure
+    that reads the model's own (real) parameters instead returns a real loss, whose
+    curvature along every direction would be read as exactly zero.
+
+    Raises:
+        ValueError: the closure takes no argument, or returned a real (not complex) loss
+            for complex parameters, i.e. it ignored them.
+    """
+    try:
+        inspect.signature(closure).bind(())
+    except TypeError as e:
+        raise ValueError(f"the closure does not accept the parameter tensors ({e}); "
+                         f"{_CLOSURE_CONTRACT}") from None
+    except ValueError:  # no signature (a builtin): try the call
+        pass
+
+    def loss_fn(ps: Sequence[Tensor]) -> Tensor:
+        loss = closure(ps)
+        if isinstance(loss, Tensor) and not loss.is_complex():
+            raise ValueError(
+                "the closure returned a real loss for complex parameters: it ignored the "
+                f"tensors ps it was given (it reads the model's parameters); {_CLOSURE_CONTRACT}"
+            )
+        return loss
+
+    return loss_fn
 
 
 def _check_int(name: str, value: int, low: int) -> None:
