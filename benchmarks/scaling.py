@@ -1,8 +1,9 @@
 """Per-step cost and peak memory per parameter versus model size, one process per measurement.
 
 For every optimizer in :mod:`secondorder.optim` plus ``torch.optim.SGD``, ``Adam`` and
-``LBFGS`` (all with their default hyperparameters), on fully connected nets
-784-h-h-10 (tanh) whose size ranges from about 10k to a few million parameters, on
+``LBFGS`` (all with their default hyperparameters, plus the one required argument:
+BarzilaiBorwein's ``epoch_length``, the 16 steps of one pass over the batches), on fully
+connected nets 784-h-h-10 (tanh) whose size ranges from about 10k to a few million parameters, on
 synthetic MNIST-shaped batches (256 samples, 784 inputs, 10 classes, labels from a random
 linear teacher; 16 batches, each step takes the next one: a single fixed batch is fitted
 within a few steps, after which methods with stopping tests, such as torch's LBFGS, do
@@ -96,10 +97,12 @@ SECONDORDER_METHODS = {name: getattr(so, name) for name in sorted(so.__all__)
                        and issubclass(getattr(so, name), so.SecondOrderOptimizer)
                        and getattr(so, name) is not so.SecondOrderOptimizer}
 METHODS = {**TORCH_METHODS, **SECONDORDER_METHODS}
+INPUTS, CLASSES, BATCH, BATCHES = 784, 10, 256, 16
+# Arguments without a default: SGD-BB's steps per epoch (one pass over the batches).
+REQUIRED_KWARGS: dict[str, dict[str, Any]] = {"BarzilaiBorwein": {"epoch_length": BATCHES}}
 DEFAULT_SIZES = (1e4, 3e4, 1e5, 3e5, 1e6, 2e6)
 QUICK_SIZES = (1e4, 1e5)
 QUICK_METHODS = ("SGD", "Adam", "LBFGS", "NewtonCG")
-INPUTS, CLASSES, BATCH, BATCHES = 784, 10, 256, 16
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -216,7 +219,7 @@ class Stepper:
         self.x = self.y = torch.empty(0)
         self.calls = 0
         cls = METHODS[method]
-        self.optimizer = cls(model.parameters())
+        self.optimizer = cls(model.parameters(), **REQUIRED_KWARGS.get(method, {}))
         self.torch_protocol = method in TORCH_METHODS
         self.kwargs: dict[str, Any] = {}
         params = inspect.signature(self.optimizer.step).parameters
@@ -439,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per worker process")
     p.add_argument("--json", help="also write the raw results to this file")
+    p.add_argument("--from-json", nargs="+", metavar="FILE",
+                   help="print the tables of earlier --json results (later files win)")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("mem_steps", "rounds", "max_rounds", "threads"):
@@ -450,6 +455,17 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(method, float(size), mem_steps=args.mem_steps,
                                  rounds=args.rounds, min_time=args.min_time,
                                  max_rounds=args.max_rounds, threads=args.threads)))
+        return
+
+    if args.from_json:
+        merged: dict[tuple[str, float], dict[str, Any]] = {}
+        for path in args.from_json:
+            with open(path) as f:
+                merged.update({(r["method"], r["n_target"]): r for r in json.load(f)})
+        results = list(merged.values())
+        methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+        sizes = sorted({r["n_target"] for r in results})
+        print(tables(results, methods, sizes))
         return
 
     sizes = parse_list(args.sizes, float) if args.sizes else list(
