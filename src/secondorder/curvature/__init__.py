@@ -22,9 +22,11 @@ from secondorder.curvature.lanczos import LanczosResult, lanczos
 from secondorder.curvature.layer_hessians import layer_hessians
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.curvature.spectrum import (
+    EigenResult,
     SpectralDensity,
     TraceEstimate,
     eigenvalues,
+    extreme_eigenpairs,
     spectral_density,
     trace,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "Bicomplex",
     "CurvatureOperator",
     "DatasetHessianOperator",
+    "EigenResult",
     "GGNOperator",
     "HessianOperator",
     "LanczosResult",
@@ -48,6 +51,7 @@ __all__ = [
     "default_step",
     "diagonal_mass",
     "eigenvalues",
+    "extreme_eigenpairs",
     "functional_loss",
     "ggnvp",
     "gradient",
