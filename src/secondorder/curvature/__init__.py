@@ -1,5 +1,6 @@
 """How curvature is obtained: products, operators, diagonals, spectra."""
 
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.bicomplex import Bicomplex
 from secondorder.curvature.checks import TaylorTestResult, gradient_test, hvp_test
 from secondorder.curvature.complex_step import (
@@ -50,6 +51,7 @@ __all__ = [
     "complex_step_hvp",
     "default_step",
     "diagonal_mass",
+    "double_differentiable_attention",
     "eigenvalues",
     "extreme_eigenpairs",
     "functional_loss",

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
 
 __all__ = ["hessian", "check_max_params"]
@@ -82,4 +83,5 @@ def hessian(
     def flat_loss(flat: Tensor) -> Tensor:
         return check_scalar_loss(loss_fn(tl.unflatten(flat, like)), check_finite=False)
 
-    return torch.func.jacfwd(torch.func.grad(flat_loss))(tl.flatten(like))
+    with double_differentiable_attention():
+        return torch.func.jacfwd(torch.func.grad(flat_loss))(tl.flatten(like))

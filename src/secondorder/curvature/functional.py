@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.errors import NonFiniteLossError
 
 LossFunction = Callable[[Sequence[Tensor]], Tensor]
@@ -79,7 +80,8 @@ def functional_model(
     ``params``), in ``model.named_parameters()`` order. Buffers (batch-norm running
     statistics) are read from the model but each call works on copies of them, so
     evaluating curvature never changes the model (and ``torch.func`` transforms see no
-    mutation of captured tensors). :func:`functional_loss` and
+    mutation of captured tensors). Attention runs with the math kernel, which autograd
+    can differentiate twice (:mod:`secondorder.curvature.attention`). :func:`functional_loss` and
     :meth:`~secondorder.curvature.ggn.GGNOperator.from_model` are built on it.
 
     Args:
@@ -110,7 +112,8 @@ def functional_model(
             raise ValueError(f"expected {len(names)} parameter tensors, got {len(ps)}")
         tensors = {n: b.clone() for n, b in buffers.items()}
         tensors.update(zip(names, ps, strict=True))
-        return torch.func.functional_call(model, tensors, (inputs,), strict=False)
+        with double_differentiable_attention():
+            return torch.func.functional_call(model, tensors, (inputs,), strict=False)
 
     return output_fn, tuple(p for _, p in named)
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.functional import check_params, check_scalar_loss, functional_model
 from secondorder.curvature.operators import CurvatureOperator
 
@@ -76,7 +77,7 @@ class GGNOperator(CurvatureOperator):
         params = check_params(params)
         xs = tuple(p.detach().requires_grad_(True) for p in params)
         super().__init__(xs)
-        with torch.enable_grad():
+        with torch.enable_grad(), double_differentiable_attention():
             outputs = _check_outputs(output_fn(xs))
             z = outputs.detach().requires_grad_(True)
             loss = check_scalar_loss(output_loss(z))

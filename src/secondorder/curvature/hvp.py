@@ -22,6 +22,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature import complex_step
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
 from secondorder.curvature.operators import HessianOperator
 
@@ -66,7 +67,8 @@ def _hvp_forward(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[T
     def grad_fn(ps):
         return torch.func.grad(lambda q: check_scalar_loss(loss_fn(q), check_finite=False))(ps)
 
-    _, hv = torch.func.jvp(grad_fn, (tuple(p.detach() for p in params),), (tuple(vec),))
+    with double_differentiable_attention():
+        _, hv = torch.func.jvp(grad_fn, (tuple(p.detach() for p in params),), (tuple(vec),))
     return tuple(hv)
 
 
