@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from secondorder import tensorlist as tl
-from secondorder.curvature import functional_loss, hvp
+from secondorder.curvature import GGNOperator, functional_loss, hvp
 
 
 def _mlp():
@@ -84,3 +84,17 @@ def test_forward_mode_under_autocast_through_a_convolution_raises_a_clear_error(
         hvp(loss_fn, params, v, backend="autograd")  # the double backward works
         with pytest.raises(RuntimeError, match=r"backend='forward'\) failed under torch.autocast"):
             hvp(loss_fn, params, v, backend="forward")
+
+
+def test_ggn_of_a_bfloat16_model_in_float32():
+    model, x, y = _mlp()
+    model = model.to(torch.bfloat16)
+    ref = GGNOperator.from_model(copy.deepcopy(model).double(), nn.CrossEntropyLoss(),
+                                 x.bfloat16().double(), y)
+    ggn = GGNOperator.from_model(model, nn.CrossEntropyLoss(), x.bfloat16(), y,
+                                 dtype=torch.float32)
+    v64 = tuple(torch.randn(p.shape, generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64) for p in ref.params)
+    out = ggn.matvec(tuple(v.float() for v in v64))
+    assert all(o.dtype == torch.float32 for o in out)
+    assert _rel(tuple(o.double() for o in out), ref.matvec(v64)) < 5e-6

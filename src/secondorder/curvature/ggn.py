@@ -103,6 +103,7 @@ class GGNOperator(CurvatureOperator):
         targets: Tensor,
         *,
         params: Sequence[Tensor] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> GGNOperator:
         """The GGN of ``criterion(model(inputs), targets)`` at the model's parameters.
 
@@ -118,6 +119,9 @@ class GGNOperator(CurvatureOperator):
             targets: the batch targets.
             params: which of the model's parameters are the variables (default: all that
                 require grad).
+            dtype: floating-point precision to evaluate the model and the loss in, e.g.
+                ``torch.float32`` for a bfloat16 model (see
+                :func:`~secondorder.curvature.functional.functional_model`).
 
         Returns:
             A :class:`GGNOperator`.
@@ -125,7 +129,9 @@ class GGNOperator(CurvatureOperator):
         Raises:
             ValueError: if no parameter requires grad (or as :class:`GGNOperator`).
         """
-        output_fn, variables = functional_model(model, inputs, params=params)
+        output_fn, variables = functional_model(model, inputs, params=params, dtype=dtype)
+        if dtype is not None and targets.is_floating_point():
+            targets = targets.to(dtype)
 
         def output_loss(outputs: Tensor) -> Tensor:
             return criterion(outputs, targets)
