@@ -143,8 +143,11 @@ def _orthogonalize(w: Tensor, basis: Tensor) -> Tensor:
 def _fresh_direction(basis: Tensor, generator: torch.Generator | None) -> Tensor | None:
     """A random unit vector orthogonal to the rows of ``basis``, or None if none is found."""
     n = basis.shape[1]
+    # Drawn on the generator's device (then moved), as rademacher_like does: a seeded CPU
+    # generator gives the same restarts whatever the operator's device.
+    dev = generator.device if generator is not None else basis.device
     for _ in range(_RESTART_TRIES):
-        r = torch.randn(n, generator=generator, dtype=basis.dtype, device=basis.device)
+        r = torch.randn(n, generator=generator, dtype=basis.dtype, device=dev).to(basis.device)
         r_norm = torch.linalg.vector_norm(r)
         r = _orthogonalize(r, basis)
         norm = torch.linalg.vector_norm(r)
