@@ -323,7 +323,7 @@ def eigenvalues(
         generator=generator, return_eigenvectors=return_eigenvectors,
     )  # fmt: skip
     if not res.converged:
-        worst = float((res.residuals / res.values.abs().clamp_min(1e-300)).max())
+        worst = float((res.residuals.double() / res.values.double().abs().clamp_min(1e-300)).max())
         warnings.warn(
             f"eigenvalues: the {k} wanted values did not converge to tol={tol} in "
             f"{res.num_steps} Lanczos steps (largest relative residual {worst:.1e}); raise "
