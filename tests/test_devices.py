@@ -17,6 +17,7 @@ from secondorder import tensorlist as tl
 from secondorder.curvature import (
     GGNOperator,
     eigenvalues,
+    extreme_eigenpairs,
     functional_loss,
     hessian_diagonal,
     hvp,
@@ -135,8 +136,23 @@ def test_curvature_tools_match_cpu():
         loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(), x, y)
         res[device] = (
             tl.flatten(hessian_diagonal(loss_fn, params, method="exact")).cpu(),
-            eigenvalues(loss_fn, params, k=3, num_steps=tl.flatten(params).numel()).cpu(),
+            eigenvalues(loss_fn, params, k=3, num_steps=tl.flatten(params).numel(), tol=0).cpu(),
             torch.cat([b.reshape(-1) for b in layer_hessians(model, x, y)]).cpu(),
         )
     for a, b in zip(res["cuda"], res["cpu"], strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_eigenvalues_restart_on_cuda_with_a_cpu_generator():
+    # Rank-1 Hessian 2 * 1 1^T: the Krylov space breaks down and Lanczos restarts from
+    # random vectors drawn on the (CPU) generator, then moved to the device.
+    out = {}
+    for device in ["cpu", "cuda"]:
+        params = [torch.zeros(7, dtype=torch.float64, device=device)]
+        res = extreme_eigenpairs(lambda ps: ps[0].sum() ** 2, params, k=3,
+                                 generator=torch.Generator().manual_seed(0))
+        out[device] = res.values.cpu()
+        assert res.restarts >= 1
+    torch.testing.assert_close(out["cuda"], out["cpu"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(out["cpu"], torch.tensor([14.0, 0.0, 0.0], dtype=torch.float64),
+                               atol=1e-12, rtol=0)

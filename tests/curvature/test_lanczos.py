@@ -109,3 +109,44 @@ def test_bad_inputs():
     res = lanczos(lambda v: v, v0, 1)
     with pytest.raises(ValueError, match=r"coeffs must have shape \(1,\)"):
         res.combine(torch.ones(2, dtype=DT))
+
+
+def test_restart_continues_past_breakdown_to_the_whole_spectrum():
+    # Eigenvalue 2 has multiplicity 3 and v0 misses eigenvalue 5: one Krylov space cannot
+    # see them all; restarts in the orthogonal complement do.
+    evals = torch.tensor([2.0, 2.0, 2.0, 5.0, -1.0, 0.0, 0.0], dtype=DT)
+    u, _ = torch.linalg.qr(torch.randn(7, 7, generator=torch.Generator().manual_seed(2), dtype=DT))
+    a = u @ torch.diag(evals) @ u.T
+    v0 = (u[:, 0] + u[:, 4] + u[:, 5],)
+    res = lanczos(_mv(a), v0, 20, restart=True, generator=torch.Generator().manual_seed(0))
+    # Blocks: {2, -1, 0} from v0, then the distinct {2, 5, 0} of the complement, then 2.
+    assert res.num_steps == 7 and res.block_starts == (0, 3, 6) and res.breakdown
+    assert all(float(res.betas[b - 1]) == 0.0 for b in res.block_starts[1:])
+    q = res.flat_basis
+    torch.testing.assert_close(q @ q.T, torch.eye(7, dtype=DT), atol=1e-12, rtol=0)
+    torch.testing.assert_close(res.ritz()[0], torch.sort(evals).values, atol=1e-12, rtol=0)
+    # Without restart the same v0 stops at its 3-dimensional Krylov space.
+    assert lanczos(_mv(a), v0, 20).num_steps == 3
+
+
+def test_ritz_residuals_are_the_true_residuals_and_stop_ends_early():
+    a = _sym(40, seed=6)
+    v0 = (torch.randn(40, dtype=DT, generator=torch.Generator().manual_seed(3)),)
+    seen = []
+
+    def stop(partial):
+        seen.append(partial.num_steps)
+        return partial.num_steps == 9
+
+    res = lanczos(_mv(a), v0, 30, stop=stop)
+    assert res.num_steps == 9 and seen == list(range(1, 10)) and not res.breakdown
+    theta, s = res.ritz()
+    for i in range(9):
+        y = res.combine(s[:, i])[0]
+        true_r = torch.linalg.vector_norm(a @ y - theta[i] * y)
+        torch.testing.assert_close(res.ritz_residuals(s)[i], true_r, atol=1e-10, rtol=1e-8)
+
+
+def test_restart_needs_reorthogonalization():
+    with pytest.raises(ValueError, match="restart=True needs reorthogonalize=True"):
+        lanczos(_mv(_sym(3)), (torch.ones(3, dtype=DT),), 3, restart=True, reorthogonalize=False)

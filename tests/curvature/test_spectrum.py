@@ -11,6 +11,7 @@ from secondorder.curvature import (
     CurvatureOperator,
     HessianOperator,
     eigenvalues,
+    extreme_eigenpairs,
     functional_loss,
     hessian,
     spectral_density,
@@ -46,18 +47,19 @@ def test_top3_match_dense_mlp_hessian():
     loss_fn, params = _mlp_loss()
     dense = hessian(loss_fn, params)
     evals = torch.linalg.eigvalsh(dense)
-    top = eigenvalues(loss_fn, params, k=3, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    top = eigenvalues(loss_fn, params, k=3, tol=1e-10, generator=g)
     torch.testing.assert_close(top, evals.flip(0)[:3], rtol=1e-8, atol=0)
-    low = eigenvalues(loss_fn, params, k=2, which="smallest")
+    low = eigenvalues(loss_fn, params, k=2, which="smallest", tol=1e-10)
     torch.testing.assert_close(low, evals[:2], rtol=1e-8, atol=1e-10)
-    mag = eigenvalues(loss_fn, params, k=1, which="magnitude")
+    mag = eigenvalues(loss_fn, params, k=1, which="magnitude", tol=1e-10)
     torch.testing.assert_close(mag.abs(), evals.abs().max().reshape(1), rtol=1e-8, atol=0)
 
 
 def test_eigenvectors_are_eigenvectors():
     loss_fn, params = _mlp_loss()
     op = HessianOperator(loss_fn, params)
-    values, vectors = eigenvalues(op, k=2, return_eigenvectors=True)
+    values, vectors = eigenvalues(op, k=2, tol=1e-10, return_eigenvectors=True)
     for lam, v in zip(values, vectors, strict=True):
         assert abs(float(tl.norm(v)) - 1) < 1e-10
         residual = tl.norm(tl.sub(op.matvec(v), tl.scale(v, lam)))
@@ -65,16 +67,17 @@ def test_eigenvectors_are_eigenvectors():
 
 
 def test_few_steps_still_find_a_well_separated_top_eigenvalue():
-    # 300-dim spectrum: 10 and 8 isolated above a bulk in [-1, 1]; 40 steps suffice.
+    # 300-dim spectrum: 10 and 8 isolated above a bulk in [-1, 1]; fewer than 40 steps
+    # suffice, and the convergence test stops there.
     n = 300
     g = torch.Generator().manual_seed(3)
     u, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
     bulk = 2 * torch.rand(n - 2, generator=g, dtype=DT) - 1
     lam = torch.cat([torch.tensor([10.0, 8.0], dtype=DT), bulk])
     op = _Dense(u @ torch.diag(lam) @ u.T)
-    top = eigenvalues(op, k=2, num_steps=40, generator=g)
+    top = eigenvalues(op, k=2, num_steps=40, tol=1e-10, generator=g)
     torch.testing.assert_close(top, torch.tensor([10.0, 8.0], dtype=DT), rtol=1e-8, atol=0)
-    assert op.num_products == 40
+    assert op.num_products < 40
 
 
 def test_trace_within_statistical_tolerance_and_improves_with_samples():
@@ -155,3 +158,102 @@ def test_bad_arguments():
         spectral_density(loss_fn, params, sigma=-1.0)
     with pytest.raises(ValueError, match="Invalid num_probes: 0"):
         spectral_density(loss_fn, params, num_probes=0)
+
+
+def _mlp39():
+    """MLP 5-4-3 (39 parameters): softmax shift invariance gives a 5-dim null space."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
+    x, y = torch.randn(16, 5, dtype=DT), torch.randint(0, 3, (16,))
+    return functional_loss(model, nn.CrossEntropyLoss(), x, y)
+
+
+def test_all_39_eigenvalues_of_a_39_parameter_mlp_including_the_repeated_zeros():
+    # The Krylov space of any v0 has dimension <= 35 (the 0 eigenvalue is repeated): the
+    # old code refused k > 35 ("Krylov space ... invariant, pick another v0").
+    loss_fn, params = _mlp39()
+    evals = torch.linalg.eigvalsh(hessian(loss_fn, params))
+    assert int((evals.abs() < 1e-12).sum()) >= 5
+    res = extreme_eigenpairs(loss_fn, params, k=39, generator=torch.Generator().manual_seed(0))
+    assert res.converged and res.restarts >= 4 and res.num_steps == 39
+    torch.testing.assert_close(res.values, evals.flip(0), atol=1e-12, rtol=0)
+    low = eigenvalues(loss_fn, params, k=39, which="smallest")
+    torch.testing.assert_close(low, evals, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_wanted_values_that_reach_into_a_repeated_zero_get_every_copy(which):
+    # 35 of 39 values: the wanted set holds several copies of 0, which only restarts find.
+    loss_fn, params = _mlp39()
+    evals = torch.linalg.eigvalsh(hessian(loss_fn, params))
+    expected = evals.flip(0)[:35] if which == "largest" else evals[:35]
+    got = eigenvalues(loss_fn, params, k=35, which=which, tol=1e-10,
+                      generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_zero_hessian_gives_zeros_in_two_products():
+    op = _Dense(torch.zeros(6, 6, dtype=DT))
+    res = extreme_eigenpairs(op, k=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.values, torch.zeros(2, dtype=DT))
+    assert res.converged and res.num_steps == 2 and op.num_products == 2
+    assert torch.equal(res.residuals, torch.zeros(2, dtype=DT))
+
+
+@pytest.mark.parametrize("which", ["largest", "magnitude"])
+def test_rank_one_hessian(which):
+    # f = (sum of all parameters)^2: H = 2 * 1 1^T on 43 parameters, eigenvalues 86 and 0.
+    loss_fn, params = _mlp_loss()
+    rank1 = lambda ps: sum(p.sum() for p in ps) ** 2  # noqa: E731
+    n = sum(p.numel() for p in params)
+    evals = torch.linalg.eigvalsh(hessian(rank1, params))
+    torch.testing.assert_close(evals[-1], torch.tensor(2.0 * n, dtype=DT))
+    got = eigenvalues(rank1, params, k=3, which=which, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, evals.flip(0)[:3], atol=1e-12, rtol=1e-14)
+
+
+def test_start_vector_inside_an_invariant_subspace_restarts_and_finds_the_top():
+    # v0 in span(e1, e2): its Krylov space holds only 1 and 2; the old code returned 2.
+    op = _Dense(torch.diag(torch.arange(1.0, 7.0, dtype=DT)))
+    v0 = (torch.tensor([1.0, 1.0, 0, 0, 0, 0], dtype=DT),)
+    res = extreme_eigenpairs(op, k=2, v0=v0, tol=1e-12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.values, torch.tensor([6.0, 5.0], dtype=DT), atol=1e-12, rtol=0)
+    assert res.restarts >= 1
+
+
+def test_stops_when_the_residual_bounds_meet_tol_and_the_bounds_hold():
+    loss_fn, params = _mlp_loss()
+    evals = torch.linalg.eigvalsh(hessian(loss_fn, params))
+    steps = {}
+    for tol in (1e-2, 1e-3, 1e-6):
+        g = torch.Generator().manual_seed(0)
+        res = extreme_eigenpairs(loss_fn, params, k=2, tol=tol, generator=g,
+                                 return_eigenvectors=True)
+        assert res.converged and res.num_steps < 38
+        assert bool((res.residuals <= tol * res.values.abs()).all())
+        # Rigorous: an eigenvalue lies within the residual bound of each value ...
+        dist = (res.values[:, None] - evals[None]).abs().min(1).values
+        assert bool((dist <= res.residuals + 1e-14).all())
+        # ... and the bound is the true residual of the Ritz vector.
+        op = HessianOperator(loss_fn, params)
+        for lam, v, r in zip(res.values, res.vectors, res.residuals, strict=True):
+            true_r = tl.norm(tl.sub(op.matvec(v), tl.scale(v, lam)))
+            assert abs(float(true_r - r)) <= 1e-9 * float(res.values[0])
+        steps[tol] = res.num_steps
+    assert steps[1e-2] < steps[1e-3] < steps[1e-6]
+
+
+def test_running_out_of_steps_is_reported():
+    loss_fn, params = _mlp_loss()
+    res = extreme_eigenpairs(loss_fn, params, k=3, num_steps=4, tol=1e-6)
+    assert not res.converged and res.num_steps == 4
+    with pytest.warns(RuntimeWarning, match="did not converge to tol=1e-06 in 4 Lanczos steps"):
+        eigenvalues(loss_fn, params, k=3, num_steps=4, tol=1e-6)
+
+
+def test_bad_tol():
+    loss_fn, params = _mlp_loss()
+    with pytest.raises(ValueError, match="Invalid tol: 1.5"):
+        eigenvalues(loss_fn, params, tol=1.5)
+    with pytest.raises(ValueError, match="Invalid tol: -0.1"):
+        extreme_eigenpairs(loss_fn, params, tol=-0.1)

@@ -1,5 +1,6 @@
 """How curvature is obtained: products, operators, diagonals, spectra."""
 
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.bicomplex import Bicomplex
 from secondorder.curvature.checks import TaylorTestResult, gradient_test, hvp_test
 from secondorder.curvature.complex_step import (
@@ -22,9 +23,11 @@ from secondorder.curvature.lanczos import LanczosResult, lanczos
 from secondorder.curvature.layer_hessians import layer_hessians
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.curvature.spectrum import (
+    EigenResult,
     SpectralDensity,
     TraceEstimate,
     eigenvalues,
+    extreme_eigenpairs,
     spectral_density,
     trace,
 )
@@ -35,6 +38,7 @@ __all__ = [
     "Bicomplex",
     "CurvatureOperator",
     "DatasetHessianOperator",
+    "EigenResult",
     "GGNOperator",
     "HessianOperator",
     "LanczosResult",
@@ -47,7 +51,9 @@ __all__ = [
     "complex_step_hvp",
     "default_step",
     "diagonal_mass",
+    "double_differentiable_attention",
     "eigenvalues",
+    "extreme_eigenpairs",
     "functional_loss",
     "ggnvp",
     "gradient",

@@ -2,10 +2,16 @@
 
 ``hessian(loss_fn, params)`` materializes the ``(n, n)`` Hessian of the loss with respect to
 all parameters flattened in order (``tensorlist.flatten`` layout: each tensor row-major, one
-after another) with :func:`torch.func.hessian` (forward-over-reverse). It costs ``O(n)``
-backward passes and ``n^2`` memory, so it refuses models above ``max_params`` parameters;
-use :class:`~secondorder.curvature.HessianOperator` products, :func:`hessian_diagonal` or
-:func:`eigenvalues` for those.
+after another) by forward-over-reverse, :func:`torch.func.jacfwd` of :func:`torch.func.grad`.
+It costs ``O(n)`` backward passes and ``n^2`` memory, so it refuses models above
+``max_params`` parameters; use :class:`~secondorder.curvature.HessianOperator` products,
+:func:`hessian_diagonal` or :func:`eigenvalues` for those.
+
+Not :func:`torch.func.hessian` (``jacfwd(jacrev(f))``): its ``jacrev`` runs the backward
+pass under ``vmap``, and the batching rule of the layer-norm backward is wrong
+(pytorch/functorch#534, still in torch 2.13): on an MLP with a ``LayerNorm`` it returned a
+Hessian 0.05 off in float64, not even symmetric. ``jacfwd`` of a plain ``grad`` never
+batches a backward pass.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
 
 __all__ = ["hessian", "check_max_params"]
@@ -76,4 +83,5 @@ def hessian(
     def flat_loss(flat: Tensor) -> Tensor:
         return check_scalar_loss(loss_fn(tl.unflatten(flat, like)), check_finite=False)
 
-    return torch.func.hessian(flat_loss)(tl.flatten(like))
+    with double_differentiable_attention():
+        return torch.func.jacfwd(torch.func.grad(flat_loss))(tl.flatten(like))

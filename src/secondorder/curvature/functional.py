@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.errors import NonFiniteLossError
 
 LossFunction = Callable[[Sequence[Tensor]], Tensor]
@@ -71,6 +72,7 @@ def functional_model(
     inputs: Tensor,
     *,
     params: Sequence[Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Callable[[Sequence[Tensor]], Tensor], tuple[Tensor, ...]]:
     """Turn a model and its inputs into ``(output_fn, params)``: outputs as a function of params.
 
@@ -79,21 +81,34 @@ def functional_model(
     ``params``), in ``model.named_parameters()`` order. Buffers (batch-norm running
     statistics) are read from the model but each call works on copies of them, so
     evaluating curvature never changes the model (and ``torch.func`` transforms see no
-    mutation of captured tensors). :func:`functional_loss` and
-    :meth:`~secondorder.curvature.ggn.GGNOperator.from_model` are built on it.
+    mutation of captured tensors). Attention runs with the math kernel, which autograd
+    can differentiate twice (:mod:`secondorder.curvature.attention`). :func:`functional_loss`
+    and :meth:`~secondorder.curvature.ggn.GGNOperator.from_model` are built on it.
+
+    With ``dtype`` (e.g. ``torch.float32`` for a bfloat16 model) the model is evaluated in
+    that precision: the returned ``params`` are copies of the parameters cast to ``dtype``,
+    and floating-point inputs, buffers and the other parameters are cast too (once, here;
+    the model itself is not touched). Curvature at these ``params`` is then computed in
+    ``dtype``, as mixed-precision training keeps its optimizer state in float32
+    (``docs/curvature_accuracy.md`` measures what this buys).
 
     Args:
         model: the network.
         inputs: the batch inputs.
         params: which of the model's parameters to treat as variables (default: all
             parameters that require grad).
+        dtype: floating-point precision to evaluate the model in (default: as it is).
 
     Returns:
-        ``(output_fn, params)`` with ``params`` the model's current parameter tensors.
+        ``(output_fn, params)`` with ``params`` the model's current parameter tensors (cast
+        copies of them when ``dtype`` is given).
 
     Raises:
-        ValueError: if no parameter requires grad.
+        ValueError: if no parameter requires grad, or ``dtype`` is not a floating-point
+            dtype.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"Invalid dtype: {dtype!r}; expected a floating-point torch.dtype")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if params is not None:
         wanted = {id(p) for p in params}
@@ -104,15 +119,30 @@ def functional_model(
         )
     names = [n for n, _ in named]
     buffers = dict(model.named_buffers())
+    variables = tuple(p for _, p in named)
+    if dtype is not None:
+        inputs = _cast(inputs, dtype)
+        buffers = {n: _cast(b, dtype) for n, b in buffers.items()}
+        # The parameters that are not variables are passed too, in the same precision.
+        chosen = set(names)
+        buffers.update((n, p.detach().to(dtype)) for n, p in model.named_parameters()
+                       if n not in chosen)
+        variables = tuple(p.detach().to(dtype) for p in variables)
 
     def output_fn(ps: Sequence[Tensor]) -> Tensor:
         if len(ps) != len(names):
             raise ValueError(f"expected {len(names)} parameter tensors, got {len(ps)}")
         tensors = {n: b.clone() for n, b in buffers.items()}
         tensors.update(zip(names, ps, strict=True))
-        return torch.func.functional_call(model, tensors, (inputs,), strict=False)
+        with double_differentiable_attention():
+            return torch.func.functional_call(model, tensors, (inputs,), strict=False)
 
-    return output_fn, tuple(p for _, p in named)
+    return output_fn, variables
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` if it holds floating-point numbers (indices and counters stay)."""
+    return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
 
 
 def functional_loss(
@@ -122,6 +152,7 @@ def functional_loss(
     targets: Tensor,
     *,
     params: Sequence[Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[LossFunction, tuple[Tensor, ...]]:
     """Turn a model, a criterion and a batch into ``(loss_fn, params)``.
 
@@ -136,12 +167,16 @@ def functional_loss(
         targets: the batch targets.
         params: which of the model's parameters to treat as variables (default: all
             parameters that require grad).
+        dtype: floating-point precision to evaluate the model and the loss in (floating
+            targets are cast too); see :func:`functional_model`.
 
     Returns:
-        ``(loss_fn, params)`` with ``params`` the model's current parameter tensors.
+        ``(loss_fn, params)`` with ``params`` the model's current parameter tensors (cast
+        copies of them when ``dtype`` is given).
 
     Raises:
-        ValueError: if no parameter requires grad.
+        ValueError: if no parameter requires grad, or ``dtype`` is not a floating-point
+            dtype.
 
     Example:
         >>> model, x, y = nn.Linear(3, 1), torch.ones(4, 3), torch.zeros(4, 1)
@@ -149,7 +184,9 @@ def functional_loss(
         >>> bool(torch.allclose(loss_fn(params), nn.MSELoss()(model(x), y)))
         True
     """
-    output_fn, params = functional_model(model, inputs, params=params)
+    output_fn, params = functional_model(model, inputs, params=params, dtype=dtype)
+    if dtype is not None:
+        targets = _cast(targets, dtype)
 
     def loss_fn(ps: Sequence[Tensor]) -> Tensor:
         return criterion(output_fn(ps), targets)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.functional import check_params, check_scalar_loss, functional_model
 from secondorder.curvature.operators import CurvatureOperator
 
@@ -76,7 +77,7 @@ class GGNOperator(CurvatureOperator):
         params = check_params(params)
         xs = tuple(p.detach().requires_grad_(True) for p in params)
         super().__init__(xs)
-        with torch.enable_grad():
+        with torch.enable_grad(), double_differentiable_attention():
             outputs = _check_outputs(output_fn(xs))
             z = outputs.detach().requires_grad_(True)
             loss = check_scalar_loss(output_loss(z))
@@ -102,6 +103,7 @@ class GGNOperator(CurvatureOperator):
         targets: Tensor,
         *,
         params: Sequence[Tensor] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> GGNOperator:
         """The GGN of ``criterion(model(inputs), targets)`` at the model's parameters.
 
@@ -117,6 +119,9 @@ class GGNOperator(CurvatureOperator):
             targets: the batch targets.
             params: which of the model's parameters are the variables (default: all that
                 require grad).
+            dtype: floating-point precision to evaluate the model and the loss in, e.g.
+                ``torch.float32`` for a bfloat16 model (see
+                :func:`~secondorder.curvature.functional.functional_model`).
 
         Returns:
             A :class:`GGNOperator`.
@@ -124,7 +129,9 @@ class GGNOperator(CurvatureOperator):
         Raises:
             ValueError: if no parameter requires grad (or as :class:`GGNOperator`).
         """
-        output_fn, variables = functional_model(model, inputs, params=params)
+        output_fn, variables = functional_model(model, inputs, params=params, dtype=dtype)
+        if dtype is not None and targets.is_floating_point():
+            targets = targets.to(dtype)
 
         def output_loss(outputs: Tensor) -> Tensor:
             return criterion(outputs, targets)

@@ -6,6 +6,12 @@ like ``params``. Backends:
 - ``"autograd"`` (default): Pearlmutter's double backward,
   ``Hv = d/dw <grad f(w), v>`` via two :func:`torch.autograd.grad` calls.
 - ``"forward"``: forward-over-reverse, :func:`torch.func.jvp` of :func:`torch.func.grad`.
+  Under :class:`torch.autocast` it works where every op's forward-mode rule follows the
+  casts (linear layers, layer norm, attention) and raises a ``RuntimeError`` that says so
+  where one does not (convolutions).
+
+For a bfloat16 or float16 model, build the loss with ``functional_loss(..., dtype=
+torch.float32)`` to take the products in float32 (``docs/curvature_accuracy.md``).
 - ``"complex-step"``: seed 002 eq. 10, ``Hv = Im(grad f(w + i h v)) / h``; exact to
   rounding for any ``h`` small enough (no subtractive cancellation). See
   :mod:`secondorder.curvature.complex_step`.
@@ -22,6 +28,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature import complex_step
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
 from secondorder.curvature.operators import HessianOperator
 
@@ -70,9 +77,20 @@ def _hvp_forward(loss_fn: LossFunction, params: tuple[Tensor, ...], vec: tuple[T
     def grad_fn(ps):
         return torch.func.grad(loss_and_aux, has_aux=True)(ps)
 
-    _, hv, loss = torch.func.jvp(
-        grad_fn, (tuple(p.detach() for p in params),), (tuple(vec),), has_aux=True
-    )
+    try:
+        with double_differentiable_attention():
+            _, hv, loss = torch.func.jvp(
+                grad_fn, (tuple(p.detach() for p in params),), (tuple(vec),), has_aux=True
+            )
+    except RuntimeError as exc:
+        if not torch.is_autocast_enabled(params[0].device.type):
+            raise
+        raise RuntimeError(
+            "hvp(backend='forward') failed under torch.autocast: forward-mode AD does not "
+            "follow autocast's casts through every op (a convolution's tangent stays in the "
+            "parameters' dtype while autocast casts its input). Use backend='autograd', or "
+            f"take the product outside the autocast region. Cause: {exc}"
+        ) from exc
     check_scalar_loss(loss)  # NaN/Inf: NonFiniteLossError, as the other backends
     return tuple(hv)
 
@@ -123,6 +141,8 @@ def hvp(
         ValueError: bad backend or scheme, ``vec`` not shaped like ``params``, non-scalar loss.
         NonFiniteLossError: NaN or infinite loss.
         ComplexStepUnsupportedError: ``"complex-step"`` through an op without a rule.
+        RuntimeError: ``"forward"`` under :class:`torch.autocast` through an op whose
+            forward-mode rule does not follow autocast's casts (module docstring).
 
     Example:
         >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
 
 __all__ = ["CurvatureOperator", "HessianOperator"]
@@ -102,7 +103,7 @@ class HessianOperator(CurvatureOperator):
     def __init__(self, loss_fn: LossFunction, params: Sequence[Tensor]):
         params = check_params(params)
         xs = tuple(p.detach().requires_grad_(True) for p in params)
-        with torch.enable_grad():
+        with torch.enable_grad(), double_differentiable_attention():
             loss = check_scalar_loss(loss_fn(xs))
             grads = torch.autograd.grad(loss, xs, create_graph=True, allow_unused=True)
         self._init(xs, loss, grads)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import HessianOperator
 from secondorder.errors import NonFiniteLossError
 
@@ -204,7 +205,8 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         params = self.params()
         if not params:
             raise ValueError("no parameter requires grad: the optimizer has nothing to optimize")
-        with torch.enable_grad():
+        # A graph kept for HVPs needs attention that autograd can differentiate twice.
+        with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
             out = closure()
             loss, samples = self._reduce(out)
             c = self.counters

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim._model_step import check_finite_start
@@ -290,7 +291,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         """Loss, gradient, optional Fisher diagonal and optional Hessian, one forward."""
         params = self.params()
         c = self.counters
-        with torch.enable_grad():
+        with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
             out = closure()
             if not isinstance(out, Tensor):
                 raise ValueError(

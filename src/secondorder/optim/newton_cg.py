@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import HessianOperator
 from secondorder.optim import _direction_search as ds
 from secondorder.optim import krylov
@@ -143,7 +144,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         if frac is None:
             ev = self.evaluate(closure, create_graph=True)
             return ev.loss, ev.grads, ev.hessian
-        with torch.enable_grad():
+        with torch.enable_grad(), double_differentiable_attention():  # HVPs run through it
             out = closure()
         if not (isinstance(out, Tensor) and out.dim() == 1):
             raise ValueError(
