@@ -149,31 +149,6 @@ def test_bad_numeric_options_are_refused_before_any_run(tmp_path, capsys, flag, 
     assert not out.exists()  # nothing stored, not even an empty database
 
 
-def test_a_sweep_in_which_every_run_failed_exits_1_and_is_retried(tmp_path, capsys, monkeypatch):
-    from secondorder.bench import sweep
-
-    def broken(*a, **k):
-        raise RuntimeError("injected fault")
-
-    args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--grid", "quick",
-            "--seeds", "1", "--budget", "1", "--no-progress", "--workers", "1",
-            "--out", str(tmp_path)]
-    monkeypatch.setattr(sweep, "run", broken)
-    assert cli.main(args) == 1
-    err = capsys.readouterr().err
-    assert "every run of sweep 'bench' failed (3 runs)" in err and "injected fault" in err
-    assert _counts(tmp_path / "results.sqlite") == (3, 0)
-    assert not (tmp_path / "report.md").exists()
-    # --no-retry-failed keeps them; the default retries them, in place, once fixed.
-    assert cli.main([*args, "--no-retry-failed"]) == 1
-    monkeypatch.undo()
-    assert cli.main(args) == 0
-    assert _counts(tmp_path / "results.sqlite") == (3, 6)
-    with Store(tmp_path / "results.sqlite") as st:
-        assert [r["attempts"] for r in st.runs()] == [2, 2, 2]
-        assert {r["status"] for r in st.runs()} <= {"finished", "diverged"}
-
-
 def test_evaluation_frequency_is_part_of_the_run_key(tmp_path, capsys):
     args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--grid", "quick",
             "--seeds", "1", "--budget", "2", "--no-progress", "--workers", "1",

@@ -287,8 +287,7 @@ class Store:
                          "pass a writable --out") from err
         if not os.access(folder, os.W_OK | os.X_OK):
             raise _fault(folder, "the results folder is read-only",
-                         "make it writable or pass another --out "
-                         "(`secondorder export`/`report` read a read-only folder)")
+                         "make it writable or pass another --out")
         if path.exists() and not os.access(path, os.W_OK):
             raise _fault(path, "the results database is read-only",
                          "make it writable or pass another --out")
