@@ -7,15 +7,18 @@ in-process. Problems are tiny; ``--budget-seconds`` makes runs last long enough 
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -234,3 +237,41 @@ def test_failed_runs_are_retried_once_the_cause_is_fixed(tmp_path, capsys, monke
     runs = _check_consistent(db)
     assert len(runs) == 3 and [r["attempts"] for r in runs] == [2, 2, 2]
     assert all(r["error"] is None or "injected" not in r["error"] for r in runs)
+
+
+# ------------------------------------------------------------------- data files
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    array = np.asarray(array, dtype=np.uint8)
+    magic = 2051 if array.ndim == 3 else 2049
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(f">i{array.ndim}i", magic, *array.shape) + array.tobytes())
+
+
+def test_bad_labels_stop_the_sweep_and_a_fixed_or_changed_file_makes_new_runs(tmp_path,
+                                                                             capsys):
+    data, out = tmp_path / "data" / "mnist", tmp_path / "out"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    _write_idx(data / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (60, 28, 28)))
+    labels = np.arange(60) % 10
+    labels[7] = 10
+    label_file = data / "t10k-labels-idx1-ubyte.gz"
+    _write_idx(label_file, labels)
+    args = ["bench", "--problems", "mnist_mlp1", "--optimizers", "sgd", "--grid", "quick",
+            "--seeds", "1", "--budget", "1", "--no-progress", "--workers", "1",
+            "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"secondorder: error: data: {label_file}: label 10 at index 7 is outside 0..9 (1 such "
+        "labels); expected 10-class labels\n")
+    assert not (out / "results.sqlite").exists()
+    labels[7] = 7
+    _write_idx(label_file, labels)
+    assert cli.main(args) == 0
+    assert "new or redone: 3" in capsys.readouterr().out
+    labels[8] = 0  # another data set: its runs are new runs, not the old ones reused
+    _write_idx(label_file, labels)
+    assert cli.main(args) == 0
+    assert "new or redone: 3" in capsys.readouterr().out
+    runs = _check_consistent(out / "results.sqlite")
+    assert len(runs) == 6 and len({r["settings"]["data"] for r in runs}) == 2

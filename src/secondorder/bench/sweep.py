@@ -321,9 +321,9 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
     specs = [get_optimizer(o) for o in config.optimizers]
     skipped = {s.name: r for s in specs if (r := s.unavailable_reason()) is not None}
     specs = [s for s in specs if s.name not in skipped]
-    Store(db_path).close()  # refuse a damaged or unwritable database before any work
     load = loader or _default_loader
     problems = {p: _problem(load, p, config.data_dir) for p in config.problems}
+    Store(db_path).close()  # refuse a damaged or unwritable database before any run
     settings = {p: _items({"evals_per_epoch": config.evals_per_epoch,
                            "data": files_fingerprint(getattr(prob, "data_files", ()))})
                 for p, prob in problems.items()}
