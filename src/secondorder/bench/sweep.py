@@ -70,6 +70,7 @@ __all__ = [
     "RunRecord",
     "SweepConfig",
     "Task",
+    "die_with_parent",
     "load_records",
     "mean_ci",
     "metric_for",
