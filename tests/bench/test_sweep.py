@@ -210,3 +210,15 @@ def test_workers_die_with_their_parent(tmp_path):
         for p in psutil.Process().children(recursive=True):
             if p.pid != parent.pid:
                 p.kill()
+
+
+def test_records_are_those_of_the_latest_settings(tmp_path):
+    db = tmp_path / "r.db"
+    for evals in (1, 2):
+        run_sweep(SweepConfig(["fake"], ["sgd"], seeds=1, grid="quick", name="t",
+                              evals_per_epoch=evals), db, progress=False, loader=_loader)
+    with Store(db) as st:
+        assert st.count("runs") == 6
+        recs = load_records(st, "t")
+        assert len(recs) == 3 and {r.settings["evals_per_epoch"] for r in recs} == {2}
+        assert len(load_records(st)) == 6  # no sweep named: everything

@@ -332,6 +332,7 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
     with Store(db_path, verify=False) as store:
         store.record_environment()
         store.set_meta(config.name, "skipped_optimizers", skipped)
+        store.set_meta(config.name, "settings", {p: dict(v) for p, v in settings.items()})
         store.set_meta(config.name, "config", {
             "problems": list(config.problems), "optimizers": [s.name for s in specs],
             "seeds": config.seeds, "grid": config.grid, "workers": config.workers,
@@ -405,12 +406,19 @@ class RunRecord:
 
 
 def load_records(store: Store, sweep: str | None = None) -> list[RunRecord]:
-    """All terminal runs of ``sweep`` with their measurements."""
+    """All terminal runs of ``sweep`` with their measurements.
+
+    For a named sweep, a problem's runs are those with the settings of the sweep's latest
+    invocation (meta ``"settings"``): runs made with another evaluation frequency or other
+    data files stay in the database but are not mixed into its statistics.
+    """
+    current = {} if sweep is None else store.get_meta(sweep, "settings", {})
     return [
         RunRecord(r["id"], r["problem"], r["optimizer"], r["hyperparameters"], r["seed"],
                   r["budget"], r["status"], r["error"], store.measurements(r["id"]),
                   r["settings"])
         for r in store.runs(sweep, status=TERMINAL)
+        if r["problem"] not in current or r["settings"] == current[r["problem"]]
     ]
 
 
