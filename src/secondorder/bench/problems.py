@@ -119,6 +119,8 @@ class Problem:
         regularization: always 0: regularization is inside ``loss``/the model.
         epochs: default epoch budget for ``secondorder bench``.
         tags: labels such as ``"embedded"``, ``"classification"``, ``"convex"``, ``"seed003"``.
+        data_files: the files the data was read from (empty for embedded problems); their
+            :func:`~secondorder.bench.data.files_fingerprint` is part of each run's key.
     """
 
     name: str
@@ -134,6 +136,7 @@ class Problem:
     regularization: float = 0.0
     epochs: int = 10
     tags: tuple[str, ...] = ()
+    data_files: tuple[Path, ...] = ()
 
 
 # --------------------------------------------------------------------------------------
@@ -733,6 +736,7 @@ def _image_problem(name: str, spec: _FileSpec, data_dir: Path | None, seed: int)
         batch_size=spec.batch_size,
         epochs=spec.epochs,
         tags=("file", *spec.tags),
+        data_files=image_set.files,
     )
 
 
@@ -913,6 +917,7 @@ def _libsvm_logistic(data_dir: Path | None, seed: int) -> Problem:
         full_batch=len(train) <= 1024,
         epochs=20,
         tags=("file", "classification", "convex", "seed002"),
+        data_files=(train_file,) if test_file is None else (train_file, test_file),
     )
 
 
