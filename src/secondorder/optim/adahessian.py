@@ -222,6 +222,15 @@ class AdaHessian(SecondOrderOptimizer):
         if optimizer.generator is not None and "generator_state" in state:
             optimizer.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
 
+    def extra_state(self) -> Any:
+        """The probe generator's state: a step that is undone does not advance it."""
+        return None if self.generator is None else self.generator.get_state()
+
+    def load_extra_state(self, extra: Any) -> None:
+        """Restore the probe generator's state saved by :meth:`extra_state`."""
+        if extra is not None:
+            self.generator.set_state(extra)
+
     def _global(self) -> dict[str, Any]:
         return self.state.setdefault("global", {"step": 0})
 
@@ -234,6 +243,11 @@ class AdaHessian(SecondOrderOptimizer):
 
         Returns:
             The loss before the step (detached).
+
+        Raises:
+            NonFiniteLossError: if the loss, the gradient or a Hessian-vector product is NaN
+                or infinite; the step is undone (parameters, moments and the generator are
+                as before it), the rule every optimizer follows (:mod:`secondorder.optim.base`).
         """
         glob = self._global()
         refresh = glob["step"] % self.update_each == 0

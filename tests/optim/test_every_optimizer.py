@@ -1,0 +1,234 @@
+"""Rules every optimizer exported by :mod:`secondorder.optim` obeys, tested on each of them.
+
+* **Non-finite values** (the transaction of :mod:`secondorder.optim.base`): a NaN/Inf loss
+  or gradient at the point a step starts from, or a NaN Hessian-vector product there,
+  makes the step raise :class:`NonFiniteLossError` with the parameters and the state (cost
+  counters aside) bit-identical to before it, and the optimizer then goes on exactly as one
+  that never saw the fault.
+* **state_dict** holds plain values only: ``torch.save`` / ``torch.load`` with the default
+  ``weights_only=True`` round-trips it, and a fresh optimizer loaded from it steps in
+  lockstep with the original.
+
+A new optimizer exported from :mod:`secondorder.optim` must be added to ``FACTORIES``
+(:func:`test_every_exported_optimizer_is_tested` fails otherwise).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor
+
+import secondorder.optim as so
+from secondorder.errors import NonFiniteLossError
+
+DT = torch.float64
+TARGET = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
+
+# Constructors with the defaults, except where a default needs an extra closure
+# (Hessian-free's GGN and Fisher preconditioner) or a seed makes runs repeatable.
+FACTORIES: dict[str, Callable[[list[Tensor]], so.SecondOrderOptimizer]] = {
+    "AdaHessian": lambda p: so.AdaHessian(p, lr=0.1, generator=torch.Generator().manual_seed(0)),
+    "AdaptiveCubic": lambda p: so.AdaptiveCubic(p),
+    "BarzilaiBorwein": lambda p: so.BarzilaiBorwein(p, epoch_length=2),  # (no default: why)
+    "HessianFree": lambda p: so.HessianFree(p, curvature="hessian", preconditioner=False),
+    "LBFGS": lambda p: so.LBFGS(p),
+    "LSCG": lambda p: so.LSCG(p),
+    "LevenbergMarquardt": lambda p: so.LevenbergMarquardt(p),
+    "NewtonCG": lambda p: so.NewtonCG(p),
+    "NewtonKrylov": lambda p: so.NewtonKrylov(p),
+    "NonlinearCG": lambda p: so.NonlinearCG(p),
+    "TrustRegion": lambda p: so.TrustRegion(p),
+}
+NAMES = sorted(FACTORIES)
+
+
+def exported_optimizers() -> set[str]:
+    return {
+        name
+        for name in so.__all__
+        if isinstance(getattr(so, name), type)
+        and issubclass(getattr(so, name), so.SecondOrderOptimizer)
+        and getattr(so, name) is not so.SecondOrderOptimizer
+    }
+
+
+def test_every_exported_optimizer_is_tested():
+    assert exported_optimizers() == set(FACTORIES)
+
+
+def loss_of(w: Tensor) -> Tensor:
+    """A smooth convex loss, not quadratic (every method takes several steps)."""
+    return ((w - TARGET) ** 2).sum() + 0.1 * (w**4).sum()
+
+
+class NaNCurvature(torch.autograd.Function):
+    """``sum(w^2)`` with a finite gradient ``2 w`` whose derivative is NaN.
+
+    The backward multiplies by ``1 + 0 * sqrt(w - w)`` (value 1); differentiating it again
+    gives ``0 * inf``: every Hessian-vector product through it is NaN, the loss and the
+    gradient are not.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        return (w * w).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (w,) = ctx.saved_tensors
+        return grad * 2 * w * (1 + 0 * torch.sqrt(w - w.detach()))
+
+
+def test_nan_curvature_poisons_only_the_hessian_vector_product():
+    w = torch.tensor([0.5, -1.0, 2.0], dtype=DT, requires_grad=True)
+    loss = loss_of(w) + 0 * NaNCurvature.apply(w)
+    (g,) = torch.autograd.grad(loss, w, create_graph=True)
+    (hv,) = torch.autograd.grad(g, w, torch.ones_like(w))
+    assert bool(torch.isfinite(loss)) and bool(torch.isfinite(g).all())
+    assert bool(torch.isnan(hv).all())
+
+
+class FaultyClosure:
+    """``loss_of(w)``, with a fault injected at a chosen step.
+
+    ``fault`` is ``"nan"`` / ``"inf"`` (the first closure call of step ``at_step`` returns
+    a non-finite loss; at step 1 that is the very first call) or ``"hvp"`` (every call of
+    step ``at_step`` carries a NaN Hessian-vector product, loss and gradient unchanged).
+    """
+
+    def __init__(self, w: Tensor, fault: str, at_step: int):
+        self.w, self.fault, self.at_step = w, fault, at_step
+        self.step = 0
+        self.calls_in_step = 0
+
+    def begin_step(self) -> None:
+        self.step += 1
+        self.calls_in_step = 0
+
+    def __call__(self) -> Tensor:
+        self.calls_in_step += 1
+        loss = loss_of(self.w)
+        if self.step != self.at_step:
+            return loss
+        if self.fault == "hvp":
+            return loss + 0 * NaNCurvature.apply(self.w)
+        if self.calls_in_step == 1:
+            return loss * (math.nan if self.fault == "nan" else math.inf)
+        return loss
+
+
+def state_snapshot(opt: so.SecondOrderOptimizer) -> list:
+    """A deep copy of the state without the cost counters; parameters keyed by position."""
+    index = {id(p): i for i, p in enumerate(opt.all_params())}
+    items = [
+        (index[id(k)] if isinstance(k, Tensor) else k, copy.deepcopy(v))
+        for k, v in opt.state.items()
+        if k != "counters"
+    ]
+    return sorted(items, key=lambda kv: str(kv[0]))
+
+
+def assert_same(a, b, path: str = "state") -> None:
+    """Bit-identical nested values (tensors by ``torch.equal``, NaN equal to NaN)."""
+    if isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b) or bool(
+            (torch.isnan(a) == torch.isnan(b)).all() & ((a == b) | torch.isnan(a)).all()
+        ), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("fault,at_step", [("nan", 1), ("nan", 3), ("inf", 3), ("hvp", 1),
+                                           ("hvp", 3)])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_fault_raises_and_leaves_no_trace(name, fault, at_step):
+    """The faulty step raises and is undone; the run then matches a run without the fault.
+
+    An optimizer that takes no Hessian-vector product (L-BFGS, nonlinear CG,
+    Barzilai-Borwein) does not see a NaN curvature: that step is an ordinary step.
+    """
+    make = FACTORIES[name]
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    w_ref = w.detach().clone().requires_grad_(True)
+    opt, ref = make([w]), make([w_ref])
+    closure = FaultyClosure(w, fault, at_step)
+    for step in range(1, at_step + 3):
+        closure.begin_step()
+        if step != at_step:
+            opt.step(closure)
+            ref.step(lambda: loss_of(w_ref))
+        else:
+            before_w, before_state = w.detach().clone(), state_snapshot(opt)
+            hvps = opt.counters.hvps
+            try:
+                opt.step(closure)
+            except NonFiniteLossError:
+                assert torch.equal(w.detach(), before_w)
+                assert_same(state_snapshot(opt), before_state)
+            else:  # only an optimizer that never multiplies by the Hessian
+                assert fault == "hvp" and opt.counters.hvps == hvps
+                ref.step(lambda: loss_of(w_ref))
+        assert torch.equal(w.detach(), w_ref.detach()), f"step {step}"
+        assert bool(torch.isfinite(w).all())
+    assert_same(state_snapshot(opt), state_snapshot(ref))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_loads_with_weights_only_and_steps_in_lockstep(name):
+    """``torch.load``'s default ``weights_only=True`` reads the state dict; the loaded
+    optimizer continues bit for bit, cost counters included."""
+    make = FACTORIES[name]
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = make([w])
+    for _ in range(3):
+        opt.step(lambda: loss_of(w))
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)  # weights_only=True (the default since torch 2.6)
+    assert saved["state"]["counters"] == opt.counters.as_dict()
+    w2 = w.detach().clone().requires_grad_(True)
+    opt2 = make([w2])
+    opt2.load_state_dict(saved)
+    assert opt2.counters == opt.counters
+    for _ in range(3):
+        opt.step(lambda: loss_of(w))
+        opt2.step(lambda: loss_of(w2))
+        assert torch.equal(w.detach(), w2.detach())
+    assert opt2.counters == opt.counters
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shared_input_checks_name_the_problem(name):
+    """Every optimizer (Hessian-free included: it raised raw torch errors) runs the checks of
+    :meth:`~secondorder.optim.base.SecondOrderOptimizer.call_closure`; nothing moves."""
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = FACTORIES[name]([w])
+    with pytest.raises(ValueError, match="the closure's loss does not require grad: return"):
+        opt.step(lambda: loss_of(w).detach())
+    with pytest.raises(ValueError, match="the closure must return the loss tensor, got float"):
+        opt.step(lambda: 1.0)
+    with pytest.raises(ValueError, match=r"returned a tensor of shape \(3, 2\)"):
+        opt.step(lambda: loss_of(w) * torch.ones(3, 2, dtype=DT))
+    w.requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter requires grad: the optimizer has nothing"):
+        opt.step(lambda: loss_of(w))
+    assert not w.any() and opt.counters.gradients == 0
