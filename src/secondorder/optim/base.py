@@ -31,6 +31,12 @@ before the step first moves the parameters (:meth:`SecondOrderOptimizer.set_para
 :meth:`SecondOrderOptimizer.add_to_params`). The transaction costs one copy of the
 parameters and the state per step and one host sync.
 
+**Low precision.** With float16 or bfloat16 parameters the closure, the gradient and the
+Hessian-vector products run in the parameters' dtype, but what an optimizer accumulates
+(moments, adaptive-norm accumulators, Krylov scalars, predicted decreases, steps) is kept
+in :func:`working_dtype`, at least float32, as mixed-precision training does; a step is
+rounded to the parameters' dtype when it is applied.
+
 ``state_dict()`` holds only tensors, numbers, strings, tuples, lists and dicts (the cost
 counters as a plain dict), so ``torch.load`` with its default ``weights_only=True`` reads
 a saved one.
@@ -53,7 +59,16 @@ from secondorder.errors import NonFiniteLossError
 
 Closure = Callable[[], Tensor]
 
-__all__ = ["Closure", "CostCounter", "Evaluation", "SecondOrderOptimizer", "StepTransaction"]
+__all__ = [
+    "Closure",
+    "CostCounter",
+    "Evaluation",
+    "SecondOrderOptimizer",
+    "StepTransaction",
+    "needs_working_precision",
+    "to_working_precision",
+    "working_dtype",
+]
 
 
 @dataclass
@@ -118,6 +133,21 @@ def _to_device(obj: Any, device: torch.device | None) -> Any:
         for k, v in vars(obj).items():
             setattr(obj, k, _to_device(v, device))
     return obj
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a solver works in for tensors of ``dtype``: at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def to_working_precision(vec: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``vec`` in :func:`working_dtype` (the same tensors when already float32/float64)."""
+    return tuple(v.to(working_dtype(v.dtype)) for v in vec)
+
+
+def needs_working_precision(params: Sequence[Tensor]) -> bool:
+    """Whether a parameter is in a dtype below float32 (float16, bfloat16)."""
+    return any(working_dtype(p.dtype) != p.dtype for p in params)
 
 
 class StepTransaction:

@@ -44,9 +44,15 @@ from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim._model_step import check_finite_start
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.base import (
+    Closure,
+    SecondOrderOptimizer,
+    needs_working_precision,
+    to_working_precision,
+)
 from secondorder.optim.curvature_source import (
     CurvatureClosure,
+    WorkingPrecisionOperator,
     check_closures,
     check_curvature,
     separate_operator,
@@ -366,6 +372,10 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
             if op is None:
                 op = separate_operator(self, curvature, hessian_closure=hessian_closure,
                                        ggn_closure=ggn_closure)
+            if needs_working_precision(self.params()):  # float16/bfloat16: solve in float32
+                op = WorkingPrecisionOperator(op, self.params())  # type: ignore[assignment]
+                grads = to_working_precision(grads)
+                fisher = None if fisher is None else to_working_precision(fisher)
             res, values = self._solve(op.matvec, grads, damping, fisher, hp)
         finally:
             release = getattr(op, "free", None)
