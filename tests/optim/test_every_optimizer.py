@@ -27,6 +27,7 @@ from problems import digits_data, digits_mlp
 from torch import Tensor
 
 import secondorder.optim as so
+from secondorder.curvature.operators import CurvatureOperator
 from secondorder.errors import NonFiniteLossError
 
 DT = torch.float64
@@ -296,3 +297,34 @@ def test_complex_step_newton_krylov_refuses_low_precision_at_construction(dtype)
     with pytest.raises(ValueError, match=match):
         opt.add_param_group({"params": [w]})
     assert len(opt.param_groups) == 1
+
+
+class ScaledIdentity(CurvatureOperator):
+    """``v -> c v`` at ``params`` (a Gauss-Newton stand-in; ``c = nan`` poisons it)."""
+
+    def __init__(self, params, c: float):
+        super().__init__(params)
+        self.c = c
+
+    def _matvec(self, vec):
+        return tuple(self.c * v for v in vec)
+
+
+GGN_OPTIMIZERS = {
+    "AdaptiveCubic": lambda p: so.AdaptiveCubic(p, curvature="gauss_newton"),
+    "HessianFree": lambda p: so.HessianFree(p, preconditioner=False),  # gauss_newton default
+    "TrustRegion": lambda p: so.TrustRegion(p, curvature="gauss_newton"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GGN_OPTIMIZERS))
+def test_a_nan_gauss_newton_product_raises_and_leaves_no_trace(name):
+    """The rule covers the curvature operator a ``ggn_closure`` returns, too."""
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = GGN_OPTIMIZERS[name]([w])
+    opt.step(lambda: loss_of(w), ggn_closure=lambda: ScaledIdentity((w,), 2.0))
+    before_w, before_state = w.detach().clone(), state_snapshot(opt)
+    with pytest.raises(NonFiniteLossError, match="Hessian-vector product"):
+        opt.step(lambda: loss_of(w), ggn_closure=lambda: ScaledIdentity((w,), math.nan))
+    assert torch.equal(w.detach(), before_w)
+    assert_same(state_snapshot(opt), before_state)

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.curvature.operators import HessianOperator
+from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
 
 Closure = Callable[[], Tensor]
@@ -300,8 +300,9 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         """Restore what :meth:`extra_state` returned."""
 
     def watch_start(self, loss: Tensor | None, grads: Sequence[Tensor | None] = (),
-                    hessian: HessianOperator | None = None) -> None:
-        """Check ``loss``, ``grads`` and every product of ``hessian`` at the step's start.
+                    hessian: CurvatureOperator | None = None) -> None:
+        """Check ``loss``, ``grads`` and every product of ``hessian`` (a Hessian, GGN or any
+        curvature operator built at the step's start) at the step's start.
 
         Called by :meth:`evaluate` for each evaluation made before the step first moves the
         parameters; an optimizer that differentiates its closure itself calls it too. A

@@ -208,4 +208,5 @@ def separate_operator(
     outputs = getattr(op, "outputs", None)  # GGNOperator: one row of outputs per sample
     samples = int(outputs.shape[0]) if isinstance(outputs, Tensor) and outputs.dim() > 0 else 0
     op.on_product = lambda: optimizer.count_hvps(1, samples)
+    optimizer.watch_start(None, (), op)  # a NaN product undoes the step (optim.base)
     return op
