@@ -33,10 +33,15 @@ parameters and the state per step (memory and bandwidth: for L-BFGS with history
 about ``2 m + 2`` parameter-sized vectors, for AdaHessian four) and one host sync.
 
 **Low precision.** With float16 or bfloat16 parameters the closure, the gradient and the
-Hessian-vector products run in the parameters' dtype, but what an optimizer accumulates
-(moments, adaptive-norm accumulators, Krylov scalars, predicted decreases, steps) is kept
-in :func:`working_dtype`, at least float32, as mixed-precision training does; a step is
-rounded to the parameters' dtype when it is applied.
+Hessian-vector products run in the parameters' dtype. The methods that accumulate small
+squares or ratios (trust region and ARC with their adaptive norms, Levenberg-Marquardt and
+LSCG through :func:`~secondorder.optim.curvature_source.local_model`, Hessian-free, and
+AdaHessian's moments) keep them, their Krylov scalars and their steps in
+:func:`working_dtype`, at least float32, as mixed-precision training does; a step is
+rounded to the parameters' dtype when it is applied. The line-search methods work in the
+parameters' dtype. Every optimizer trains a float16 and a bfloat16 model about as well as
+a float32 one (``tests/optim/test_every_optimizer.py``); Newton-Krylov's complex-step
+backend refuses them at construction.
 
 ``state_dict()`` holds only tensors, numbers, strings, tuples, lists and dicts (the cost
 counters as a plain dict), so ``torch.load`` with its default ``weights_only=True`` reads
