@@ -328,3 +328,30 @@ def test_a_nan_gauss_newton_product_raises_and_leaves_no_trace(name):
         opt.step(lambda: loss_of(w), ggn_closure=lambda: ScaledIdentity((w,), math.nan))
     assert torch.equal(w.detach(), before_w)
     assert_same(state_snapshot(opt), before_state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float16_state_dict_round_trip_keeps_float32_state_and_steps_in_lockstep(name):
+    """torch.optim.Optimizer.load_state_dict rounds per-parameter state to the parameter's
+    dtype: AdaHessian's float32 moments of float16 parameters came back float16 and the
+    reloaded optimizer drifted from the original."""
+    make = FACTORIES[name]
+    w = torch.full((3,), 0.25, dtype=torch.float16, requires_grad=True)
+
+    def loss(x):
+        return loss_of(x.float())
+
+    opt = make([w])
+    for _ in range(3):
+        opt.step(lambda: loss(w))
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    w2 = w.detach().clone().requires_grad_(True)
+    opt2 = make([w2])
+    opt2.load_state_dict(torch.load(buffer))
+    assert_same(state_snapshot(opt2), state_snapshot(opt))
+    for _ in range(3):
+        opt.step(lambda: loss(w))
+        opt2.step(lambda: loss(w2))
+        assert torch.equal(w.detach(), w2.detach())

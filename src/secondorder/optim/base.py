@@ -390,7 +390,9 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         ``torch.optim.Optimizer`` casts per-parameter state but stores other entries (here
         ``"global"`` and ``"counters"``) by reference; this copies them, so two optimizers
         never share a quasi-Newton memory, and moves their tensors next to the parameters
-        (a CPU checkpoint loads into a CUDA optimizer).
+        (a CPU checkpoint loads into a CUDA optimizer). Per-parameter state saved in the
+        parameter's :func:`working_dtype` (float32 moments of float16 parameters) keeps that
+        dtype, which ``torch.optim.Optimizer`` would round to the parameter's.
         """
         super().load_state_dict(state_dict)
         params = self.params()
@@ -398,6 +400,16 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         for key in list(self.state):
             if not isinstance(key, Tensor):
                 self.state[key] = _to_device(copy.deepcopy(self.state[key]), device)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved_ids, all_params, strict=True):
+            saved = state_dict["state"].get(i)
+            if not (isinstance(saved, dict) and p.is_floating_point()):
+                continue
+            for k, v in saved.items():
+                if (isinstance(v, Tensor) and v.dtype != p.dtype
+                        and v.dtype == working_dtype(p.dtype)):
+                    self.state[p][k] = v.to(device=p.device, copy=True)
 
     # ----------------------------------------------------------------- counters
     @property
