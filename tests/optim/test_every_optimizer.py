@@ -17,8 +17,10 @@ A new optimizer exported from :mod:`secondorder.optim` must be added to ``FACTOR
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import math
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -29,6 +31,7 @@ from torch import Tensor
 import secondorder.optim as so
 from secondorder.curvature.operators import CurvatureOperator
 from secondorder.errors import NonFiniteLossError
+from secondorder.optim import base
 
 DT = torch.float64
 TARGET = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
@@ -355,3 +358,27 @@ def test_float16_state_dict_round_trip_keeps_float32_state_and_steps_in_lockstep
         opt.step(lambda: loss(w))
         opt2.step(lambda: loss(w2))
         assert torch.equal(w.detach(), w2.detach())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_step_snapshot_is_freed_when_the_step_returns(name, monkeypatch):
+    """No reference cycle keeps a step's copy of the parameters and state alive until the
+    garbage collector runs (the watched Hessian operator held one)."""
+    alive: weakref.WeakSet = weakref.WeakSet()
+    init = base.StepTransaction.__init__
+
+    def tracked_init(self, optimizer):
+        init(self, optimizer)
+        alive.add(self)
+
+    monkeypatch.setattr(base.StepTransaction, "__init__", tracked_init)
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = FACTORIES[name]([w])
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            opt.step(lambda: loss_of(w))
+        assert len(alive) == 0
+    finally:
+        gc.enable()

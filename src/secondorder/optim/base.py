@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -319,12 +320,15 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             return
         tr.watch([loss, *grads])
         if hessian is not None:
-            product = hessian._matvec
+            # weak references: no cycle through the operator, which holds the graph, and
+            # no snapshot kept alive by an operator that outlives the step
+            op_ref, tr_ref, product = weakref.ref(hessian), weakref.ref(tr), type(hessian)._matvec
 
             def watched_product(vec: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-                out = product(vec)
-                if self._transaction is tr:
-                    tr.watch(out)
+                out = product(op_ref(), vec)
+                current = tr_ref()
+                if current is not None and self._transaction is current:
+                    current.watch(out)
                 return out
 
             hessian._matvec = watched_product  # type: ignore[method-assign]
