@@ -59,18 +59,20 @@ __all__ = [
 class WorkingPrecisionOperator:
     """A curvature operator between float32 vectors, for low-precision parameters.
 
-    ``matvec`` rounds the vector to each parameter's dtype, applies the wrapped operator
-    there and returns the product in :func:`working_dtype`; everything else (``free``,
-    ``params``, counters) is the wrapped operator's.
+    ``matvec`` rounds the vector to the dtype of the operator's point (its ``params``, else
+    the parameters': a float32 operator of a bfloat16 model gets float32 vectors), applies
+    the wrapped operator and returns the product in
+    :func:`~secondorder.optim.base.working_dtype`; everything else (``free``, ``params``,
+    counters) is the wrapped operator's.
 
     Args:
-        operator: the operator in the parameters' dtype.
-        params: the parameters (their dtypes).
+        operator: the curvature operator.
+        params: the parameters (their dtypes, when the operator has no ``params``).
     """
 
     def __init__(self, operator: CurvatureOperator, params: Sequence[Tensor]):
         self.operator = operator
-        self._dtypes = tuple(p.dtype for p in params)
+        self._dtypes = tuple(p.dtype for p in getattr(operator, "params", None) or params)
 
     def matvec(self, vec: Sequence[Tensor]) -> tuple[Tensor, ...]:
         low = tuple(v.to(d) for v, d in zip(vec, self._dtypes, strict=True))
