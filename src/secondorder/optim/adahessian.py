@@ -37,7 +37,12 @@ import torch
 from torch import Tensor
 
 from secondorder.curvature.diagonal import hutchinson_diagonal, spatially_averaged
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.base import (
+    Closure,
+    SecondOrderOptimizer,
+    to_working_precision,
+    working_dtype,
+)
 
 __all__ = ["AdaHessian", "adahessian_update"]
 
@@ -104,6 +109,10 @@ def adahessian_update(
 
 class AdaHessian(SecondOrderOptimizer):
     """AdaHessian (Yao et al. 2020; seed 000 Alg. 2); the update is in the module docstring.
+
+    With float16/bfloat16 parameters the moments are kept, and the update computed, in
+    float32 (rounded into the parameters once per step; :mod:`secondorder.optim.base`):
+    in float16, ``(1 - beta2) D^2`` underflows to 0 and the step becomes ``lr m / eps``.
 
     Each step calls the closure once, differentiates it with ``create_graph=True`` when the
     diagonal is due (every ``update_each`` steps) and takes ``n_samples`` Hessian-vector
@@ -222,6 +231,15 @@ class AdaHessian(SecondOrderOptimizer):
         if optimizer.generator is not None and "generator_state" in state:
             optimizer.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
 
+    def extra_state(self) -> Any:
+        """The probe generator's state: a step that is undone does not advance it."""
+        return None if self.generator is None else self.generator.get_state()
+
+    def load_extra_state(self, extra: Any) -> None:
+        """Restore the probe generator's state saved by :meth:`extra_state`."""
+        if extra is not None:
+            self.generator.set_state(extra)
+
     def _global(self) -> dict[str, Any]:
         return self.state.setdefault("global", {"step": 0})
 
@@ -234,6 +252,11 @@ class AdaHessian(SecondOrderOptimizer):
 
         Returns:
             The loss before the step (detached).
+
+        Raises:
+            NonFiniteLossError: if the loss, the gradient or a Hessian-vector product is NaN
+                or infinite; the step is undone (parameters, moments and the generator are
+                as before it), the rule every optimizer follows (:mod:`secondorder.optim.base`).
         """
         glob = self._global()
         refresh = glob["step"] % self.update_each == 0
@@ -246,7 +269,7 @@ class AdaHessian(SecondOrderOptimizer):
                 )
             finally:
                 ev.hessian.free()
-            diag = spatially_averaged(diag, self.spatial_average_block_size)
+            diag = to_working_precision(spatially_averaged(diag, self.spatial_average_block_size))
         else:
             diag = tuple(self.state[p]["hessian_diag"] for p in params)
         glob["step"] += 1
@@ -263,15 +286,18 @@ class AdaHessian(SecondOrderOptimizer):
             states = [self.state[p] for p in ps]
             for p, st, i in zip(ps, states, idx, strict=True):
                 if "exp_avg" not in st:
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_hessian_diag_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
+                    st["exp_avg"] = torch.zeros_like(
+                        p, dtype=working_dtype(p.dtype), memory_format=torch.preserve_format
                     )
+                    st["exp_hessian_diag_sq"] = torch.zeros_like(st["exp_avg"])
                 st["hessian_diag"] = diag[i]
             beta1, beta2 = group["betas"]
+            low = [p for p in ps if working_dtype(p.dtype) != p.dtype]
+            # float16/bfloat16: the update is computed in float32 and rounded into p once
+            work = [p.detach().to(working_dtype(p.dtype)) if low else p for p in ps]
             adahessian_update(
-                ps,
-                [ev.grads[i] for i in idx],
+                work,
+                to_working_precision([ev.grads[i] for i in idx]),
                 [diag[i] for i in idx],
                 [st["exp_avg"] for st in states],
                 [st["exp_hessian_diag_sq"] for st in states],
@@ -283,4 +309,7 @@ class AdaHessian(SecondOrderOptimizer):
                 weight_decay=group["weight_decay"],
                 hessian_power=group["hessian_power"],
             )
+            if low:
+                with torch.no_grad():
+                    torch._foreach_copy_(ps, work)
         return ev.loss

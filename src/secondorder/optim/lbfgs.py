@@ -173,7 +173,6 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             if lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 break
             x0 = tl.clone(self.params())
-            st["x_good"] = x0
             d = scale.apply(tl.neg(mem.solve(g)))
             gtd = tl.dot(g, d)
             if not bool(gtd < 0):  # not a descent direction: restart from steepest descent
@@ -213,6 +212,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 elif overlap_closure is None:
                     st["pending"] = (s, g)
                 st["fresh"] = False
+                st["x_good"] = x0  # unchecked landing point: the next start may reject it
                 at_current = False
                 break
             if not is_finite(new_loss, new_g):

@@ -145,8 +145,8 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             ev = self.evaluate(closure, create_graph=True)
             return ev.loss, ev.grads, ev.hessian
         with torch.enable_grad(), double_differentiable_attention():  # HVPs run through it
-            out = closure()
-        if not (isinstance(out, Tensor) and out.dim() == 1):
+            out, _, _, params = self.call_closure(closure)
+        if out.dim() != 1:
             raise ValueError(
                 "hessian_fraction needs a closure that returns per-sample losses (a 1-D tensor, "
                 f"e.g. reduction='none'); got {type(out).__name__} of shape "
@@ -155,7 +155,6 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         n = out.numel()
         k = max(1, int(round(frac * n)))
         idx = torch.randperm(n, generator=self.generator)[:k].to(out.device)
-        params = self.params()
         with torch.enable_grad():
             loss, sub_loss = out.mean(), out[idx].mean()
             g_sub = torch.autograd.grad(sub_loss, params, create_graph=True, allow_unused=True)
@@ -166,9 +165,8 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         )
         hess = HessianOperator.from_gradient(params, g_sub, sub_loss)
         hess.on_product = lambda: self.count_hvps(1, k)
-        c = self.counters  # one forward (n samples), gradients on n and on k samples
-        c.loss_evals += 1
-        c.loss_samples += n
+        self.watch_start(loss, g, hess)
+        c = self.counters  # one forward (counted above), gradients on n and on k samples
         c.gradients += 2
         c.gradient_samples += n + k
         return loss.detach(), g, hess
@@ -192,12 +190,18 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         grp = self.shared_hyperparameters()
         st = self.state["global"]
         frac = grp["hessian_fraction"]
+        x_good = st.pop("x_good", None)  # left by a fixed step that did not check its landing
         loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
+        if x_good is not None and not is_finite(loss, g):  # reject that step, start from x_good
+            if hess is not None:
+                hess.free()
+            self.set_params(x_good)
+            self.restart_step()
+            self.reset_memory()
+            loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
         scale = ds.GroupScale.of(self)
         try:
-            if not is_finite(loss, g):
-                if "x_good" in st:
-                    self.set_params(st["x_good"])
+            if not is_finite(loss, g):  # the step raises NonFiniteLossError and is undone
                 return loss
             if scale.lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 return loss
@@ -219,12 +223,13 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             gtd = -tl.dot(g, scale.apply(g))
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
         x0 = tl.clone(self.params())
-        st["x_good"] = x0
         phi = LineObjective(self, closure, x0, p)
         _, new_loss, _ = ds.search(
             phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],
             max_evals=grp["max_ls_evals"],
         )  # fmt: skip
-        if new_loss is not None and not bool(torch.isfinite(new_loss)):
+        if new_loss is None:  # fixed step: the next step checks the landing point
+            st["x_good"] = x0
+        elif not bool(torch.isfinite(new_loss)):
             self.set_params(x0)
         return loss

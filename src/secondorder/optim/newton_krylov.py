@@ -389,6 +389,28 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
                 f"Invalid damping_scale: {hp['damping_scale']}; it must be positive"
             )
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (checked as in :class:`GlobalHyperparameters`).
+
+        Raises:
+            ValueError: as :meth:`GlobalHyperparameters.add_param_group`, or for
+                ``backend="complex-step"`` with a parameter that is not float32 or float64
+                (the complex-step curvature refuses them at the first step otherwise; the
+                group is not added).
+        """
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["backend"] != "complex-step":
+            return
+        for p in group["params"]:
+            if p.dtype not in (torch.float32, torch.float64):
+                self.param_groups.pop()
+                raise ValueError(
+                    f"NewtonKrylov(backend='complex-step') needs float32 or float64 parameters, "
+                    f"got {p.dtype}: pass backend='autograd', which works with float16 and "
+                    "bfloat16 parameters, or cast the model to float32"
+                )
+
     def _global(self) -> dict[str, Any]:
         return self.state.setdefault(
             "global",

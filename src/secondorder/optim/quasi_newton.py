@@ -220,25 +220,32 @@ def finite_start(
     reuse: bool,
     reset: Callable[[], None],
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...] | None]:
-    """The point a step starts from, rolled back past a NaN/Inf loss or gradient.
+    """The point a step starts from, rolled back past the method's own unchecked step.
 
     :func:`start_evaluation` gives the loss and gradient at the current parameters. When
-    they are not finite the parameters go back to ``store["x_good"]`` (the last iterate a
-    step started from), ``reset()`` forgets what the method learned (memory, previous
-    direction, step scale) and the closure is evaluated there.
+    they are not finite and the previous step was a fixed step that did not evaluate where
+    it landed (it left ``store["x_good"]``, the point it started from), that step is
+    rejected: the parameters go back to ``x_good``, ``reset()`` forgets what the method
+    learned (memory, previous direction, step scale) and the closure is evaluated there,
+    the new start of the step (:meth:`~secondorder.optim.base.SecondOrderOptimizer.restart_step`).
+    Any other non-finite start is the closure's fault: the step raises
+    :class:`~secondorder.errors.NonFiniteLossError` and is undone (the shared rule of
+    :mod:`secondorder.optim.base`). ``x_good`` is consumed either way.
 
     Returns:
         ``(first_loss, loss, grad)``: the loss first computed (what ``step`` returns) and
         the finite loss and gradient to start from; ``grad`` is ``None`` when there is no
-        finite point to start from (no ``x_good`` yet, or the closure is still not finite
-        there), and the step should return ``first_loss`` without moving.
+        finite point to start from, and the step should return ``first_loss`` without
+        moving (the transaction then raises).
     """
+    x_good = store.pop("x_good", None)
     loss, grad = start_evaluation(optimizer, closure, store, reuse)
     if is_finite(loss, grad):
         return loss, loss, grad
-    if "x_good" not in store:
+    if x_good is None:
         return loss, loss, None
-    optimizer.set_params(store["x_good"])
+    optimizer.set_params(x_good)
+    optimizer.restart_step()
     reset()
     ev = optimizer.evaluate(closure)
     if not is_finite(ev.loss, ev.grads):
