@@ -88,8 +88,9 @@ def _limit(quick: bool, max_train: int | None) -> int | None:
     return QUICK_TRAIN if quick and max_train is None else max_train
 
 
-def _tag(base: str, problem: P.Problem, limit: int | None) -> str:
-    return base if limit is None else f"{base}-n{len(problem.train)}"
+def _tag(base: str, full: P.Problem, problem: P.Problem) -> str:
+    """``base``, with ``-n<train size>`` when ``problem`` is a subset of ``full``."""
+    return base if len(problem.train) == len(full.train) else f"{base}-n{len(problem.train)}"
 
 
 # ------------------------------------------------------------------------- [Veitch]
@@ -143,8 +144,8 @@ def mlp(data_dir=None, quick: bool = False, hidden_layers: int = 1,
         base, original = "digits", False
         data = ("scikit-learn's 8 x 8 digits standing in for Fashion-MNIST (neither it nor "
                 "MNIST is on this machine; inputs 64, not 784)")
-    problem = _shrink(problem, limit)
-    return StudyProblem(problem, _tag(base, problem, limit), f"{data}, {_sizes(problem)}",
+    small = _shrink(problem, limit)
+    return StudyProblem(small, _tag(base, problem, small), f"{data}, {_sizes(small)}",
                         original)
 
 
@@ -191,8 +192,8 @@ def cnn(data_dir=None, quick: bool = False, max_train: int | None = None) -> Stu
             loss=P.cross_entropy, accuracy=P.multiclass_accuracy,
             description=f"{base}, [Filippova] CNN with 2 conv + 2 linear layers")
         original = False
-    problem = _shrink(problem, limit)
-    return StudyProblem(problem, _tag(base, problem, limit), f"{data}, {_sizes(problem)}",
+    small = _shrink(problem, limit)
+    return StudyProblem(small, _tag(base, problem, small), f"{data}, {_sizes(small)}",
                         original)
 
 
