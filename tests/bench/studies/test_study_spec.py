@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from secondorder import cli
+from secondorder.bench.store import Store
 from secondorder.bench.studies import get_study, list_studies
 from secondorder.bench.studies.metrics import niters
 from secondorder.bench.studies.render import agreement, paper_number
@@ -90,6 +91,15 @@ def test_cli_list_and_errors(capsys, tmp_path):
                      str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["study"]) == 2
+    broken = tmp_path / "data" / "fashion-mnist"
+    broken.mkdir(parents=True)
+    (broken / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    assert cli.main(["study", "veitch", "--quick", "--data-dir", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "data: " in err and "t10k-images-idx3-ubyte.gz" in err
+    with Store(tmp_path / "o" / "results.sqlite") as st:
+        assert st.count("runs") == 0  # the data are checked before any run starts
 
 
 def test_eq29_iterations_to_convergence():

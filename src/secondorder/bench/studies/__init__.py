@@ -18,6 +18,7 @@ from pathlib import Path
 
 from secondorder.bench.studies import filippova, veitch
 from secondorder.bench.studies.spec import Study, StudySpecError
+from secondorder.errors import DataFormatError
 
 __all__ = ["STUDIES", "get_study", "list_studies", "main", "run"]
 
@@ -83,6 +84,9 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                   seeds=args.seeds, command=command)
     except StudySpecError as e:
         print(f"secondorder: error: {e}", file=sys.stderr)
+        return 2
+    except DataFormatError as e:
+        print(f"secondorder: error: data: {e}", file=sys.stderr)
         return 2
     for name, (_, _, line) in rep["tables"].items():
         print(f"{name}: {line}")

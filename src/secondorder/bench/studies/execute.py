@@ -210,13 +210,15 @@ def _run(study: Study, db: str, data_dir: str | None, quick: bool, progress: boo
             "parts": {p.name: {"budget": dict(p.budget), "seeds": p.seeds} for p in study.parts}})
     results = Results(study)
     bar = Progress(study.name, count_runs(study), stream, progress)
-    for part in study.parts:
-        problems = {}
+    built: dict[str, dict[str, tuple[str, StudyProblem]]] = {}
+    for part in study.parts:  # every data set loads (or fails) before any run starts
+        built[part.name] = {}
         for p in part.problems:
             sp = BUILDERS[p.build](data_dir, quick, **dict(p.options))
-            problems[p.name] = (f"{p.name}@{sp.tag}", sp)
+            built[part.name][p.name] = (f"{p.name}@{sp.tag}", sp)
             results.problems[(part.name, p.name)] = sp
-        runner = _PartRunner(study, part, db, data_dir, problems, bar)
+    for part in study.parts:
+        runner = _PartRunner(study, part, db, data_dir, built[part.name], bar)
         for p in part.problems:
             for m in part.methods:
                 cell = (part.name, p.name, m.label)
