@@ -85,9 +85,11 @@ def build(quick: bool = False, seeds: int | None = None) -> Study:
         note="Why ours may differ: on a stand-in data set accuracies are not comparable "
         "(MNIST digits are far easier than CIFAR-10); seconds depend on the machine, so "
         "only the ratio to SGD is compared. Our data sit in memory as one tensor (no "
-        "DataLoader, no augmentation), so an epoch is pure compute: AdaHessian's extra "
-        "Hessian-vector product (about one more backward pass per step) shows in full, "
-        "where the paper's epoch time was dominated by data loading, which hid it (1.08x).")
+        "DataLoader, no augmentation), so an epoch is pure compute and AdaHessian's extra "
+        "Hessian-vector product (about one more backward pass per step, plus the "
+        "double-backward graph) shows in full; the paper's epoch times most likely include "
+        "loading and converting CIFAR-10 batches, the same for every method, which dilutes "
+        "the difference to 1.08x.")
     t_ada = Table(
         "AdaHessian spatial average", "Ours only: [Filippova] Alg. 2 averages the signed "
         "Hessian diagonal D over each block; the AdaHessian reference code averages |D|. The "

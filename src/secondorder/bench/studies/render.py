@@ -77,9 +77,13 @@ def agreement(table: Table, compared: list[tuple]) -> str:
     return text + table.note
 
 
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
     return "\n".join(out)
 
 
