@@ -68,14 +68,16 @@ def rosenbrock_paths(results, part: str, problem: str, path: Path, *, a: float =
     xs, ys = np.meshgrid(np.linspace(-2.0, 2.0, 300), np.linspace(-1.0, 3.0, 300))
     zs = (a - xs) ** 2 + b * (ys - xs**2) ** 2
     ax.contour(xs, ys, np.log10(zs + 1e-3), levels=25, cmap="Greys", linewidths=0.6)
-    for meth in [m.label for m in results.study.part(part).methods]:
+    for k, meth in enumerate([m.label for m in results.study.part(part).methods]):
         recs = results.runs(part, problem, meth)
         if not recs:
             continue
         pts = [(m.get("optimizer_counters") or {}).get("x") for m in recs[0].measurements]
         pts = np.array([p for p in pts if p is not None and all(map(math.isfinite, p))])
         if len(pts):
-            ax.plot(pts[:, 0], pts[:, 1], ".-", ms=3, lw=1, label=f"{meth} ({len(pts) - 1} it.)")
+            end = f"ends at ({pts[-1, 0]:.3g}, {pts[-1, 1]:.3g})"
+            ax.plot(pts[:, 0], pts[:, 1], ".-", ms=4 - k, lw=2.0 - 0.4 * k, zorder=10 - k,
+                    label=f"{meth}: {len(pts) - 1} it., {end}")
     ax.plot([a], [a * a], "r*", ms=12, label="minimum (1, 1)")
     ax.set_xlim(-2, 2)
     ax.set_ylim(-1, 3)
