@@ -119,7 +119,7 @@ def build(quick: bool = False, seeds: int | None = None) -> Study:
         Figure(f"Fig. {i + 1}", f"[Filippova] Fig. {i + 1} redrawn: {label} against epoch "
                "(seed 0; evaluated on the whole split after every epoch).", "cnn",
                lambda r, p, key=key, label=label: curves(r, "cnn", ["cnn"], [(key, label)], p,
-                                                         x="epoch", xlabel="epoch",
+                                                         x="data_epoch", xlabel="epoch",
                                                          title=label))
         for i, (key, label) in enumerate(panels))
     notes = (
