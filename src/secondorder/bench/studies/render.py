@@ -123,7 +123,7 @@ def write_study_report(results: Results, out_dir: str | Path, *, command: str = 
     md = [f"# Study {study.key}: {study.title}", "",
           f"{kind}; written {stamp}." + (f" Command: `{command}`." if command else ""), ""]
     md += [f"- {n}" for n in study.notes] + [""] if study.notes else []
-    md += ["Data: " + " ".join(f"{d}." for d in results.data_notes()), ""]
+    md += ["Data: " + " ".join(f"{d[:1].upper()}{d[1:]}." for d in results.data_notes()), ""]
     hparts = [f"<h1>Study {html.escape(study.key)}: {html.escape(study.title)}</h1>",
               f"<p>{html.escape(md[2])}</p>"]
     hparts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in study.notes) + "</ul>"]
