@@ -13,6 +13,8 @@ The optimizer differentiates the loss itself (with ``create_graph`` only when it
 curvature) and drops every graph before ``step`` returns, so memory after 100 steps equals
 memory after one. The closure may also return per-sample losses (a 1-D tensor, e.g. from
 ``reduction="none"``): they are averaged, and their count is used for the sample counters.
+A closure in the torch.optim convention (``zero_grad(); loss.backward(); return loss``) also
+works where only the gradient is needed; see :mod:`secondorder.optim.closure_convention`.
 
 Costs are counted here, once, for every optimizer: loss evaluations, gradients and
 Hessian(-like) vector products, each also in samples (see :class:`CostCounter`).
@@ -31,6 +33,11 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import HessianOperator
 from secondorder.errors import NonFiniteLossError
+from secondorder.optim.closure_convention import (
+    call_closure,
+    grads_from_attribute,
+    graph_needed_error,
+)
 
 Closure = Callable[[], Tensor]
 
@@ -187,7 +194,8 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         """Call the closure and differentiate it.
 
         Args:
-            closure: re-evaluates the model and returns the loss (no backward).
+            closure: re-evaluates the model and returns the loss (no backward), or, in the
+                torch.optim convention, also runs backward; its ``.grad`` is then used.
             grad: compute the gradient.
             create_graph: keep the gradient's graph and return a counted
                 :class:`HessianOperator` in ``Evaluation.hessian``.
@@ -198,14 +206,17 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
 
         Raises:
             ValueError: if the closure returns something other than a tensor with one
-                element or a 1-D tensor of per-sample losses.
+                element or a 1-D tensor of per-sample losses, or if ``create_graph`` is
+                asked of a closure that ran backward (torch.optim convention).
             NonFiniteLossError: if ``check_finite`` and the loss is not finite.
         """
         params = self.params()
         if not params:
             raise ValueError("no parameter requires grad: the optimizer has nothing to optimize")
+        out, ran_backward = call_closure(closure, params)
+        if ran_backward and create_graph:
+            raise graph_needed_error(type(self).__name__)
         with torch.enable_grad():
-            out = closure()
             loss, samples = self._reduce(out)
             c = self.counters
             c.loss_evals += 1
@@ -214,12 +225,17 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")
             if not grad:
                 return Evaluation(loss.detach(), None, samples)
-            if not loss.requires_grad:
+            if ran_backward:  # torch.optim-style closure: its backward filled .grad
+                grads = grads_from_attribute(params)
+            elif not loss.requires_grad:
                 raise ValueError(
                     "the closure's loss does not require grad: return the loss tensor "
                     "computed from the parameters, inside the closure, without detaching it"
                 )
-            grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+            else:
+                grads = torch.autograd.grad(
+                    loss, params, create_graph=create_graph, allow_unused=True
+                )
         c.gradients += 1
         c.gradient_samples += samples
         hessian = None

@@ -1,0 +1,82 @@
+"""The two closure conventions an optimizer's ``step(closure)`` accepts.
+
+* **secondorder's**: the closure returns the loss and does not call ``backward()``; the
+  optimizer differentiates it (with ``create_graph`` when it needs curvature).
+* **torch.optim's**: ``optimizer.zero_grad(); loss = f(); loss.backward(); return loss``
+  (``torch.optim.LBFGS``'s documented closure, and the closure PyTorch Lightning passes
+  under automatic optimization, which returns a detached loss).
+
+:func:`call_closure` tells them apart by watching the parameters: a post-accumulate-grad
+hook on each one records whether the closure's own ``backward()`` wrote its ``.grad``
+(no sniffing of error messages or graphs). Optimizers that need only the gradient then read
+it from ``.grad`` (:func:`grads_from_attribute`) instead of differentiating a freed graph;
+optimizers that need Hessian products raise :func:`graph_needed_error`, which shows the
+two-line change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["call_closure", "graph_needed_error", "grads_from_attribute"]
+
+
+def call_closure(closure: Callable[[], Any], params: Sequence[Tensor]) -> tuple[Any, bool]:
+    """Call ``closure`` with grad enabled and say whether it ran backward into ``params``.
+
+    Args:
+        closure: a closure of either convention (module doc).
+        params: the optimizer's trainable leaf tensors.
+
+    Returns:
+        ``(output, ran_backward)``: what the closure returned, and whether a backward pass
+        inside it accumulated a gradient into the ``.grad`` of at least one parameter.
+    """
+    fired = [False]
+
+    def hook(_: Tensor) -> None:
+        fired[0] = True
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
+    try:
+        with torch.enable_grad():
+            out = closure()
+    finally:
+        for h in handles:
+            h.remove()
+    return out, fired[0]
+
+
+def grads_from_attribute(params: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """Detached copies of ``p.grad`` (zeros where ``None``), as ``torch.optim`` reads them.
+
+    Copies, because the next torch.optim-style closure may zero ``.grad`` in place
+    (``zero_grad(set_to_none=False)``) while the optimizer still holds this gradient.
+    """
+    return tuple(
+        torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params
+    )
+
+
+def graph_needed_error(optimizer: str) -> ValueError:
+    """The error for a torch.optim-style closure given to an optimizer that needs curvature.
+
+    Args:
+        optimizer: the optimizer's class name, for the message.
+
+    Returns:
+        A ``ValueError`` whose message shows the change to make.
+    """
+    return ValueError(
+        f"{optimizer} needs the loss's graph for Hessian-vector products, but the closure "
+        "called backward() (the torch.optim convention), which frees it. Make two changes "
+        "to the closure: delete the `optimizer.zero_grad()` and `loss.backward()` lines and "
+        "keep `return loss`, e.g.\n"
+        "    def closure():\n"
+        "        return loss_fn(model(inputs), targets)\n"
+        f"{optimizer} differentiates the returned loss itself."
+    )
