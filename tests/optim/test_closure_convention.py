@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import secondorder.optim as so
+from secondorder.optim.closure_convention import call_closure
 
 
 def _logistic_data(seed: int = 0, n: int = 200, d: int = 5):
@@ -194,3 +195,49 @@ def test_curvature_methods_explain_the_two_line_change(name):
         assert torch.equal(p, b)
     # the two-line change: the same optimizer then steps
     opt.step(lambda: loss_fn(model(x), y))
+
+
+def _zero_in_place_then_backward(p):
+    p.grad.zero_()
+    (p**2).sum().backward()
+
+
+@pytest.mark.parametrize(
+    "body, ran_backward",
+    [
+        (lambda p: (p**2).sum(), False),  # secondorder's convention
+        (lambda p: p.grad.zero_(), False),  # zero_grad(set_to_none=False) only
+        (lambda p: setattr(p, "grad", None), False),  # zero_grad() only
+        (lambda p: (setattr(p, "grad", None), (p**2).sum().backward()), True),  # torch.optim's
+        (_zero_in_place_then_backward, True),  # zero_grad(set_to_none=False), backward
+        (lambda p: (p**2).sum().backward(), True),  # backward accumulating into .grad
+    ],
+    ids=["plain", "zero-in-place-only", "set-to-none-only", "torch", "zero-in-place-torch",
+         "accumulate"],
+)
+def test_call_closure_detects_a_backward(body, ran_backward):
+    p = torch.ones(3, requires_grad=True)
+    p.grad = torch.full((3,), 5.0)
+    _, detected = call_closure(lambda: body(p), [p])
+    assert detected is ran_backward
+
+
+def test_a_closure_that_only_zeroes_grad_in_place_is_the_secondorder_convention():
+    """zero_grad(set_to_none=False) without backward leaves zeros in .grad: the optimizer
+    must still differentiate the returned loss (same iterates as a plain closure)."""
+    x, y = _logistic_data()
+    loss_fn = nn.BCEWithLogitsLoss()
+    plain_model, zeroing_model = _model(), _model()
+    loss_fn(zeroing_model(x), y).backward()  # .grad tensors exist, to be zeroed in place
+    plain_opt = so.LBFGS(plain_model.parameters(), max_iter=3)
+    zeroing_opt = so.LBFGS(zeroing_model.parameters(), max_iter=3)
+
+    def zeroing_closure():
+        zeroing_opt.zero_grad(set_to_none=False)
+        return loss_fn(zeroing_model(x), y)
+
+    for _ in range(3):
+        plain_opt.step(lambda: loss_fn(plain_model(x), y))
+        zeroing_opt.step(zeroing_closure)
+    for a, b in zip(plain_model.parameters(), zeroing_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
