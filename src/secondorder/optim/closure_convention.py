@@ -12,8 +12,9 @@ A ``.grad`` tensor that was not there before (``zero_grad()`` sets it to ``None`
 (``zero_grad(set_to_none=False)`` then ``backward()``, or backward accumulating without
 ``zero_grad``), means the closure ran backward. A closure that only zeroes ``.grad`` in
 place is still secondorder's convention (one host sync decides, on that rare path only).
-The check reads each parameter's ``.grad`` identity and version counter, about 0.5 us per
-tensor; a post-accumulate-grad hook per parameter would say the same at ten times the cost.
+The check reads each parameter's ``.grad`` identity and version counter, which is much
+cheaper than registering and removing a post-accumulate-grad hook on every parameter at
+every call.
 
 Optimizers that need only the gradient then read it from ``.grad``
 (:func:`grads_from_attribute`) instead of differentiating a freed graph; optimizers that
