@@ -33,11 +33,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import HessianOperator
 from secondorder.errors import NonFiniteLossError
-from secondorder.optim.closure_convention import (
-    call_closure,
-    grads_from_attribute,
-    graph_needed_error,
-)
+from secondorder.optim.closure_convention import BackwardWatch, grads_from_attribute
 
 Closure = Callable[[], Tensor]
 
@@ -210,13 +206,14 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 asked of a closure that ran backward (torch.optim convention).
             NonFiniteLossError: if ``check_finite`` and the loss is not finite.
         """
+        closure = watch = BackwardWatch(
+            closure, self.params(), graph_needed_by=type(self).__name__ if create_graph else None
+        )
         params = self.params()
         if not params:
             raise ValueError("no parameter requires grad: the optimizer has nothing to optimize")
-        out, ran_backward = call_closure(closure, params)
-        if ran_backward and create_graph:
-            raise graph_needed_error(type(self).__name__)
         with torch.enable_grad():
+            out = closure()
             loss, samples = self._reduce(out)
             c = self.counters
             c.loss_evals += 1
@@ -225,7 +222,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")
             if not grad:
                 return Evaluation(loss.detach(), None, samples)
-            if ran_backward:  # torch.optim-style closure: its backward filled .grad
+            if watch.ran_backward:  # torch.optim-style closure: its backward filled .grad
                 grads = grads_from_attribute(params)
             elif not loss.requires_grad:
                 raise ValueError(

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["call_closure", "graph_needed_error", "grads_from_attribute"]
+__all__ = ["BackwardWatch", "call_closure", "graph_needed_error", "grads_from_attribute"]
 
 
 def call_closure(closure: Callable[[], Any], params: Sequence[Tensor]) -> tuple[Any, bool]:
@@ -58,6 +58,44 @@ def call_closure(closure: Callable[[], Any], params: Sequence[Tensor]) -> tuple[
     # written in place: backward, or only zero_grad(set_to_none=False)
     ran_backward = bool(written) and bool(torch.stack([g.ne(0).any() for g in written]).any())
     return out, ran_backward
+
+
+class BackwardWatch:
+    """A closure that calls ``closure`` through :func:`call_closure` and remembers the answer.
+
+    Optimizers rebind their closure to one (``closure = BackwardWatch(closure, params)``)
+    and read :attr:`ran_backward` after calling it.
+
+    Args:
+        closure: a closure of either convention.
+        params: the optimizer's trainable leaf tensors.
+        graph_needed_by: the optimizer's name when it needs the loss's graph: a closure that
+            ran backward then raises :func:`graph_needed_error`.
+
+    Attributes:
+        ran_backward: whether the last call ran backward into ``params``.
+    """
+
+    def __init__(
+        self,
+        closure: Callable[[], Any],
+        params: Sequence[Tensor],
+        *,
+        graph_needed_by: str | None = None,
+    ):
+        self.closure, self.params, self.graph_needed_by = closure, params, graph_needed_by
+        self.ran_backward = False
+
+    def __call__(self) -> Any:
+        """Call the closure.
+
+        Raises:
+            ValueError: if it ran backward and ``graph_needed_by`` is set.
+        """
+        out, self.ran_backward = call_closure(self.closure, self.params)
+        if self.ran_backward and self.graph_needed_by is not None:
+            raise graph_needed_error(self.graph_needed_by)
+        return out
 
 
 def grads_from_attribute(params: Sequence[Tensor]) -> tuple[Tensor, ...]:

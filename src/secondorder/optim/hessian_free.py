@@ -45,7 +45,7 @@ from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim._model_step import check_finite_start
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.closure_convention import call_closure, graph_needed_error
+from secondorder.optim.closure_convention import BackwardWatch
 from secondorder.optim.curvature_source import (
     CurvatureClosure,
     check_closures,
@@ -289,12 +289,11 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         self, closure: Closure, *, fisher: bool, create_graph: bool
     ) -> tuple[Tensor, TensorList, TensorList | None, HessianOperator | None]:
         """Loss, gradient, optional Fisher diagonal and optional Hessian, one forward."""
+        closure = BackwardWatch(closure, self.params(), graph_needed_by=type(self).__name__)
         params = self.params()
         c = self.counters
-        out, ran_backward = call_closure(closure, params)
-        if ran_backward:
-            raise graph_needed_error(type(self).__name__)
         with torch.enable_grad():
+            out = closure()
             if not isinstance(out, Tensor):
                 raise ValueError(
                     f"the closure must return the loss tensor, got {type(out).__name__}"
