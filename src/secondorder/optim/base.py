@@ -13,6 +13,8 @@ The optimizer differentiates the loss itself (with ``create_graph`` only when it
 curvature) and drops every graph before ``step`` returns, so memory after 100 steps equals
 memory after one. The closure may also return per-sample losses (a 1-D tensor, e.g. from
 ``reduction="none"``): they are averaged, and their count is used for the sample counters.
+A closure in the torch.optim convention (``zero_grad(); loss.backward(); return loss``) also
+works where only the gradient is needed; see :mod:`secondorder.optim.closure_convention`.
 
 Costs are counted here, once, for every optimizer: loss evaluations, gradients and
 Hessian(-like) vector products, each also in samples (see :class:`CostCounter`).
@@ -64,6 +66,7 @@ from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
+from secondorder.optim.closure_convention import BackwardWatch, grads_from_attribute
 
 Closure = Callable[[], Tensor]
 
@@ -448,7 +451,8 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         it is watched (:meth:`watch_start`, module docstring).
 
         Args:
-            closure: re-evaluates the model and returns the loss (no backward).
+            closure: re-evaluates the model and returns the loss (no backward), or, in the
+                torch.optim convention, also runs backward; its ``.grad`` is then used.
             grad: compute the gradient.
             create_graph: keep the gradient's graph and return a counted
                 :class:`HessianOperator` in ``Evaluation.hessian``.
@@ -459,19 +463,33 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
 
         Raises:
             ValueError: if no parameter requires grad, the closure returns something other
-                than a tensor with one element or a 1-D tensor of per-sample losses, or (with
-                ``grad``) its loss does not require grad.
+                than a tensor with one element or a 1-D tensor of per-sample losses, (with
+                ``grad``) its loss does not require grad, or ``create_graph`` is asked of a
+                closure that ran backward (torch.optim convention).
             NonFiniteLossError: if ``check_finite`` and the loss is not finite.
         """
+        watch = BackwardWatch(
+            closure, self.params(), graph_needed_by=type(self).__name__ if create_graph else None
+        )
         # A graph kept for HVPs needs attention that autograd can differentiate twice.
         with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
-            _, loss, samples, params = self.call_closure(closure, need_grad=grad)
+            _, loss, samples, params = self.call_closure(watch, need_grad=False)
             if check_finite and not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")
             if not grad:
                 self.watch_start(loss)
                 return Evaluation(loss.detach(), None, samples)
-            grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+            if watch.ran_backward:  # torch.optim-style closure: its backward filled .grad
+                grads = grads_from_attribute(params)
+            elif not loss.requires_grad:
+                raise ValueError(
+                    "the closure's loss does not require grad: return the loss tensor "
+                    "computed from the parameters, inside the closure, without detaching it"
+                )
+            else:
+                grads = torch.autograd.grad(
+                    loss, params, create_graph=create_graph, allow_unused=True
+                )
         c = self.counters
         c.gradients += 1
         c.gradient_samples += samples
@@ -521,6 +539,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 "computed from the parameters, inside the closure, without detaching it"
             )
         return out, loss, samples, params
+
     def _reduce(self, out: Tensor) -> tuple[Tensor, int]:
         if not isinstance(out, Tensor):
             raise ValueError(

@@ -51,6 +51,7 @@ from secondorder.optim.base import (
     needs_working_precision,
     to_working_precision,
 )
+from secondorder.optim.closure_convention import BackwardWatch
 from secondorder.optim.curvature_source import (
     CurvatureClosure,
     WorkingPrecisionOperator,
@@ -295,6 +296,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         self, closure: Closure, *, fisher: bool, create_graph: bool
     ) -> tuple[Tensor, TensorList, TensorList | None, HessianOperator | None]:
         """Loss, gradient, optional Fisher diagonal and optional Hessian, one forward."""
+        closure = BackwardWatch(closure, self.params(), graph_needed_by=type(self).__name__)
         with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
             out, loss, n, params = self.call_closure(closure)
             if fisher and out.dim() != 1:
