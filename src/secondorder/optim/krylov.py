@@ -24,6 +24,7 @@ ARC subproblem both use it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ CGCallback = Callable[[int, TensorList, TensorList], "bool | Tensor"]
 
 STATUSES = ("max_iter", "converged", "negative_curvature", "callback", "boundary")
 
-__all__ = ["CGResult", "STATUSES", "steihaug_cg", "truncated_cg"]
+__all__ = ["CGResult", "STATUSES", "sqrt_gradient_forcing", "steihaug_cg", "truncated_cg"]
 
 # Status codes kept in a 0-dim integer tensor during the loop (index into STATUSES).
 _RUNNING, _CONVERGED, _NEGATIVE, _CALLBACK, _BOUNDARY = 0, 1, 2, 3, 4
@@ -65,6 +66,13 @@ class CGResult:
             ``False`` for :func:`truncated_cg`).
         iterates: ``{iteration: x}`` for the iterations listed in ``keep_iterates`` that
             were reached (iteration 0 is the starting point).
+        residual: the residual vector itself, ``b - A x`` for :func:`truncated_cg` and
+            ``-(g + B s)`` for :func:`steihaug_cg`, kept by the recurrence (no product), or
+            ``None``. With it the model value of the solution costs no product:
+            ``g^T s + s^T B s / 2 = (g^T s - s^T r) / 2`` (:func:`steihaug_cg`).
+        initial_curvature: ``p_0^T A p_0`` of the first search direction (0-dim tensor),
+            ``None`` when no product was taken. For :func:`steihaug_cg`, ``p_0 = -M^{-1} g``
+            is the Cauchy direction, so this is the curvature the Cauchy point needs.
     """
 
     solution: TensorList
@@ -74,6 +82,8 @@ class CGResult:
     negative_curvature: TensorList | None = None
     hits_boundary: bool = False
     iterates: dict[int, TensorList] = field(default_factory=dict)
+    residual: TensorList | None = None
+    initial_curvature: Tensor | None = None
 
 
 def _where(cond: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> TensorList:
@@ -231,6 +241,7 @@ def truncated_cg(
         negative_curvature=p if code == _NEGATIVE else None,
         hits_boundary=False,
         iterates=iterates,
+        residual=r,
     )
 
 
@@ -333,12 +344,15 @@ def steihaug_cg(
     status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
     done_iters = torch.zeros((), dtype=torch.long, device=like.device)
     zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    initial_curvature = None
 
     for i in range(max_iter):
         if i % check_every == 0 and not bool(active):
             break
         bp = tuple(matvec(p))
         pbp = tl.dot(p, bp)
+        if i == 0:
+            initial_curvature = pbp
         done_iters = done_iters + active.long()
         negative = active & (pbp <= 0)
         # ||s + tau p||_M^2 = ss + 2 tau sp + tau^2 pp
@@ -377,4 +391,30 @@ def steihaug_cg(
         negative_curvature=p if code == _NEGATIVE else None,
         hits_boundary=code in (_NEGATIVE, _BOUNDARY),
         iterates={},
+        residual=r,
+        initial_curvature=initial_curvature,
     )
+
+
+def sqrt_gradient_forcing(grad_norm: float, eta_max: float = 0.5) -> float:
+    """The forcing term ``eta_k = min(eta_max, sqrt(|g_k|))`` of [NocedalWright2006] Alg. 7.1.
+
+    An inner CG solve stopped at ``|r| <= eta_k |g_k|`` gives a superlinearly convergent
+    truncated Newton method ([NocedalWright2006] Thm. 7.2), and a loose solve far from the
+    minimizer, where an exact Newton step is wasted. scipy's ``trust-ncg`` and
+    pytorch-minimize's ``newton-cg`` / ``trust-ncg`` use this rule.
+
+    Args:
+        grad_norm: ``|g_k|`` (in the norm the residual is measured in).
+        eta_max: the cap, also the value far from a minimizer.
+
+    Returns:
+        ``eta_k`` in ``[0, eta_max]``.
+
+    Example:
+        >>> sqrt_gradient_forcing(1e-4), sqrt_gradient_forcing(10.0)
+        (0.01, 0.5)
+    """
+    if not (grad_norm >= 0 and math.isfinite(grad_norm)):
+        raise ValueError(f"Invalid grad_norm value: {grad_norm}; it must be finite and >= 0")
+    return min(eta_max, math.sqrt(grad_norm))
