@@ -440,3 +440,25 @@ def test_sqrt_gradient_forcing():
     for bad in (float("nan"), -1.0, float("inf")):
         with pytest.raises(ValueError, match="Invalid grad_norm value"):
             sqrt_gradient_forcing(bad)
+
+
+@pytest.mark.parametrize("kind", ["interior", "boundary", "negative", "max_iter"])
+@pytest.mark.parametrize("use_metric", [False, True])
+def test_steihaug_host_branching_equals_masked_loop(kind, use_metric):
+    # check_every=1 branches on the host; any other value runs the masked loop. Same bits.
+    A = indefinite(N, 4) if kind == "negative" else spd(N, 4, cond=100.0)
+    g = split(rand(N, 5))
+    metric = split(rand_metric(2)) if use_metric else None
+    radius = 0.05 if kind == "boundary" else 1e3
+    kw = dict(metric=metric, rtol=1e-10, max_iter=3 if kind == "max_iter" else 50)
+    host = steihaug_cg(op(A), g, radius, check_every=1, **kw)
+    masked = steihaug_cg(op(A), g, radius, check_every=2, **kw)
+    expected = {"interior": "converged", "boundary": "boundary",
+                "negative": "negative_curvature", "max_iter": "max_iter"}[kind]
+    assert host.status == masked.status == expected
+    assert host.iterations == masked.iterations
+    assert host.hits_boundary == masked.hits_boundary
+    for a, b in ((host.solution, masked.solution), (host.residual, masked.residual)):
+        torch.testing.assert_close(tl.flatten(a), tl.flatten(b), rtol=0, atol=0)
+    torch.testing.assert_close(host.initial_curvature, masked.initial_curvature, rtol=0, atol=0)
+    torch.testing.assert_close(host.residual_norm, masked.residual_norm, rtol=0, atol=0)

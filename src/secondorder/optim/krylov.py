@@ -345,6 +345,9 @@ def steihaug_cg(
     done_iters = torch.zeros((), dtype=torch.long, device=like.device)
     zero = torch.zeros((), dtype=like.dtype, device=like.device)
     initial_curvature = None
+    if check_every == 1:
+        return _steihaug_host(matvec, g, s, r, z, p, rz, tol, active, radius2, max_iter,
+                              m_dot, inv_metric if metric is not None else None)
 
     for i in range(max_iter):
         if i % check_every == 0 and not bool(active):
@@ -383,6 +386,78 @@ def steihaug_cg(
         rz = torch.where(active, rz_new, rz)
 
     code, iterations = (int(v) for v in torch.stack([status, done_iters]).tolist())
+    return CGResult(
+        solution=s,
+        iterations=iterations,
+        status=STATUSES[code],
+        residual_norm=tl.norm(r),
+        negative_curvature=p if code == _NEGATIVE else None,
+        hits_boundary=code in (_NEGATIVE, _BOUNDARY),
+        iterates={},
+        residual=r,
+        initial_curvature=initial_curvature,
+    )
+
+
+def _steihaug_host(
+    matvec: MatVec,
+    g: TensorList,
+    s: TensorList,
+    r: TensorList,
+    z: TensorList,
+    p: TensorList,
+    rz: Tensor,
+    tol: Tensor,
+    active: Tensor,
+    radius2: Tensor,
+    max_iter: int,
+    m_dot: Callable[[TensorList, TensorList], Tensor],
+    inv_metric: TensorList | None,
+) -> CGResult:
+    """:func:`steihaug_cg` with ``check_every=1``: the same arithmetic, decided on the host.
+
+    Reading the flags every iteration costs one sync anyway, so the iteration branches
+    instead of masking: the boundary roots and the model values along ``p`` are computed
+    only at the iteration that leaves the region or meets negative curvature. Every value
+    that reaches the result is computed by the same operations as in the masked loop, so
+    the results are the same bit for bit (``test_check_every_does_not_change_results``).
+    """
+    code, iterations, initial_curvature = _RUNNING, 0, None
+    if not bool(active):
+        code = _CONVERGED
+        max_iter = 0
+    for _ in range(max_iter):
+        bp = tuple(matvec(p))
+        pbp = tl.dot(p, bp)
+        iterations += 1
+        if initial_curvature is None:
+            initial_curvature = pbp
+        ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
+        negative = pbp <= 0
+        alpha = rz / torch.where(negative, torch.ones_like(pbp), pbp)
+        leaves = ss + 2 * alpha * sp + alpha * alpha * pp >= radius2
+        is_negative, is_outside = torch.stack([negative, leaves]).tolist()
+        if is_negative or is_outside:
+            tau_lo, tau_hi = _boundary_roots(pp, sp, ss - radius2)
+            if is_negative:
+                rp = tl.dot(r, p)
+                m_lo = -tau_lo * rp + 0.5 * tau_lo * tau_lo * pbp
+                m_hi = -tau_hi * rp + 0.5 * tau_hi * tau_hi * pbp
+                step, code = torch.where(m_lo < m_hi, tau_lo, tau_hi), _NEGATIVE
+            else:
+                step, code = tau_hi, _BOUNDARY
+            s = tl.add(s, p, step)
+            r = tl.sub(r, tl.scale(bp, step))
+            break
+        s = tl.add(s, p, alpha)
+        r = tl.sub(r, tl.scale(bp, alpha))
+        z = r if inv_metric is None else tl.mul(inv_metric, r)
+        rz_new = tl.dot(r, z)
+        if bool(torch.sqrt(rz_new) <= tol):
+            code = _CONVERGED
+            break
+        p = tl.add(z, p, rz_new / rz)
+        rz = rz_new
     return CGResult(
         solution=s,
         iterations=iterations,

@@ -64,13 +64,20 @@ def two_loop(
     alphas = []
     for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
         a = rho * tl.dot(s, q)
-        q = tl.add(q, y, -a)
+        q = _add_scaled(q, y, -a)
         alphas.append(a)
     r = tl.scale(q, gamma)
     for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
         b = rho * tl.dot(y, r)
-        r = tl.add(r, s, a - b)
+        r = _add_scaled(r, s, a - b)
     return r
+
+
+def _add_scaled(a: Sequence[Tensor], b: Sequence[Tensor], c: Tensor) -> tuple[Tensor, ...]:
+    """``a + c b`` for a 0-dim tensor ``c``: one fused kernel per tensor (``addcmul``)."""
+    if len(a) == 1:
+        return (torch.addcmul(a[0], b[0], c),)
+    return tuple(torch._foreach_addcmul(list(a), list(b), [c] * len(a)))
 
 
 class LBFGSMemory:
