@@ -198,6 +198,14 @@ def truncated_cg(
     iterates: dict[int, TensorList] = {}
     if 0 in keep:
         iterates[0] = tl.clone(x)
+    if check_every == 1:
+        x, r, p, code, iterations = _truncated_cg_host(
+            matvec, x, r, z, p, rz, tol, active, max_iter, preconditioner, callback, keep,
+            iterates,
+        )  # fmt: skip
+        max_iter = 0  # skip the masked loop below
+        status = torch.tensor(code, device=like.device)
+        done_iters = torch.tensor(iterations, device=like.device)
 
     for i in range(max_iter):
         if i % check_every == 0 and not bool(active):
@@ -243,6 +251,67 @@ def truncated_cg(
         iterates=iterates,
         residual=r,
     )
+
+
+def _truncated_cg_host(
+    matvec: MatVec,
+    x: TensorList,
+    r: TensorList,
+    z: TensorList,
+    p: TensorList,
+    rz: Tensor,
+    tol: Tensor,
+    active: Tensor,
+    max_iter: int,
+    preconditioner: Preconditioner | None,
+    callback: CGCallback | None,
+    keep: set[int],
+    iterates: dict[int, TensorList],
+) -> tuple[TensorList, TensorList, TensorList, int, int]:
+    """:func:`truncated_cg`'s loop for ``check_every=1``: the same arithmetic, decided on the host.
+
+    One host read per iteration (the flags of the masked loop, read together), and no
+    masking: the iteration stops where the masked loop's ``active`` flag falls. The values
+    are computed by the same operations, so the results (and the callback's calls) are the
+    same bit for bit (``test_check_every_does_not_change_results``).
+
+    Returns:
+        ``(x, r, p, status code, iterations)``; ``iterates`` is filled in place.
+    """
+    if not bool(active):
+        return x, r, p, _CONVERGED, 0
+    code = _RUNNING
+    for i in range(max_iter):
+        ap = tuple(matvec(p))
+        pap = tl.dot(p, ap)
+        negative = pap <= 0
+        alpha = rz / pap
+        if i == 0:
+            # Nothing to return yet: step along p0 with |curvature| (docstring).
+            tau = torch.where(pap != 0, rz / pap.abs(), torch.ones_like(pap))
+            alpha = torch.where(negative, tau, alpha)
+        else:
+            alpha = torch.where(negative, torch.zeros_like(pap), alpha)
+        x = tl.add(x, p, alpha)
+        r = tl.sub(r, tl.scale(ap, alpha))
+        flags = [negative, tl.norm(r) <= tol]
+        if callback is not None:
+            flags.append(torch.as_tensor(callback(i + 1, x, r), dtype=torch.bool,
+                                         device=pap.device))
+        stop = torch.stack(flags).tolist()
+        if (i + 1) in keep:
+            iterates[i + 1] = tl.clone(x)
+        if stop[0]:
+            return x, r, p, _NEGATIVE, i + 1
+        if stop[1]:
+            return x, r, p, _CONVERGED, i + 1
+        if callback is not None and stop[2]:
+            return x, r, p, _CALLBACK, i + 1
+        z = r if preconditioner is None else tuple(preconditioner(r))
+        rz_new = tl.dot(r, z)
+        p = tl.add(z, p, rz_new / rz)
+        rz = rz_new
+    return x, r, p, code, max_iter
 
 
 def _boundary_roots(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
