@@ -334,7 +334,7 @@ def bench_problem(problem: FlatProblem, solvers: list[str], repeats: int,
             print(line + (f"{ratio:>11.2f}" if k == "ours" else ""))
         (ro, co), (rp, cp) = counts["ours"], counts["peer"]
         rows.append(
-            f"| {problem.name.split(',')[0]} | {ours_name} vs {method} | "
+            f"| {problem.name.split(',')[0].split(' from ')[0]} | {ours_name} vs {method} | "
             f"{med['ours']:.3f} s ({ro.iterations} it, {co['hvps']} HVPs) | "
             f"{med['peer']:.3f} s ({rp.iterations} it, {cp['hvps']} HVPs) | {ratio:.2f} |"
             + ("" if ro.reached and rp.reached else " (target not reached)")
