@@ -190,7 +190,9 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         "matrix (Martens 2010)"),
     _so("NewtonKrylov", "taylor_ratio",
         {"full": (0.01, 0.02, 0.05, 0.1, 0.2), "default": (0.02, 0.05, 0.2), "quick": (0.05,)},
-        "complex-step Newton-Krylov with Taylor-ratio step sizing (seed 002 Alg. 1)",
+        "stochastic Newton-Krylov with Taylor-ratio step sizing ([Shen] Alg. 1); Hessian "
+        "products by autograd unless backend='complex-step' (the paper's complex-step "
+        "products: same iterates to rounding, different cost)",
         global_closure=True),
     # LSCG costs 50-100 HVPs per step: its default grid is the default step only.
     _so("LSCG", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
