@@ -220,6 +220,11 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         {"line_search": None, "forcing": 1e-8}, full_batch=True, study_only=True,
         description="Newton without line search: x -= lr H^-1 g, H^-1 g by CG to 1e-8 "
         "([Veitch] Newton (noLS))"),
+    # Optional extra "shampoo" (pyproject): unavailable, and skipped, when not installed.
+    OptimizerSpec(
+        "Shampoo", "Shampoo", "pytorch_optimizer", "torch", "lr", _lr(), {},
+        description="Shampoo (Gupta, Koren, Singer 2018) from pytorch-optimizer, the "
+        "[Shen] Fig. 3 baseline (optional extra 'shampoo')"),
     _so("LevenbergMarquardt", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},
