@@ -31,7 +31,8 @@ def cg_energy_figure(results, part: str, problem: str, path: Path, *,
         ax.set_xlabel("CG iteration")
         ax.grid(alpha=0.3)
         if stop is not None:
-            ax.axvline(stop, ls=":", color="k", label=f"first kappa < 0 (iteration {stop + 1})")
+            ax.axvline(stop, ls=":", color="k",
+                       label=f"Alg. 1 stops here (kappa < 0 at iteration {stop + 1})")
             ax.legend(fontsize=7)
     a.set_title("quadratic energy", fontsize=9)
     b.set_title("residual", fontsize=9)
