@@ -417,7 +417,21 @@ def test_counters_tally_step_attempts_and_seconds():
     ({"fd_step": 0.0}, "fd_step"), ({"step_sizing": "wolfe"}, "step_sizing"),
     ({"armijo_c": 1.5}, "armijo_c"), ({"armijo_tau": 0.0}, "armijo_tau"),
     ({"early_termination": "yes"}, "early_termination"),
+    ({"printed_cg_step": 1}, "printed_cg_step"),
     ({"backend": "fd"}, "backend")])
 def test_bad_ablation_options(kwargs, match):
     with pytest.raises(ValueError, match=f"Invalid {match}"):
         NewtonKrylov([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_printed_cg_step_and_post_screen_variants():
+    A = torch.diag(torch.tensor([2.0, 4.0], dtype=DT))
+    g = torch.tensor([2.0, 4.0], dtype=DT)
+    prod, curv = _dense(A)
+    res = krylov_direction(prod, curv, (g,), max_iter=1, printed_step=True)
+    # alpha = ||r|| / kappa with r = p = -g: sqrt(20) / (g^T A g = 72)
+    torch.testing.assert_close(res.direction[0], -(20.0**0.5 / 72.0) * g)
+    d, s = post_screen((torch.tensor([1.0, 1.0]),), (torch.tensor([1.0, 0.0]),), printed=True)
+    # (1 + dw.g / (|dw| |g|)) dw = (1 + 1/sqrt 2) dw: still uphill, as printed
+    assert s and float(d[0] @ torch.tensor([1.0, 0.0])) > 0
+    torch.testing.assert_close(d[0], (1 + 2**-0.5) * torch.tensor([1.0, 1.0]))

@@ -137,6 +137,7 @@ def krylov_direction(
     damping_threshold: float = 1e-8,
     damping_scale: float = 0.01,
     early_termination: bool = True,
+    printed_step: bool = False,
 ) -> KrylovDirection:
     """Seed 002 Alg. 1 lines 10-28: CG on ``H dw = -g`` with early termination.
 
@@ -151,6 +152,8 @@ def krylov_direction(
         damping_scale: the damped curvature is ``damping_scale * ||p||`` (line 19).
         early_termination: stop at ``kappa < 0`` (lines 14-16); ``False`` runs plain CG
             through it (the ablation of [Shen] supplementary "Early termination").
+        printed_step: ``alpha = ||r|| / kappa`` as line 21 prints it, instead of CG's
+            ``||r||^2 / kappa`` (for measuring the departure only).
 
     Returns:
         A :class:`KrylovDirection`; the module docstring lists the choices made.
@@ -192,7 +195,7 @@ def krylov_direction(
         if 0 <= k < damping_threshold:
             kappa = damping_scale * tl.norm(p)
             damped += 1
-        alpha = rr / kappa
+        alpha = rr.sqrt() / kappa if printed_step else rr / kappa
         q = product(p)
         x = tl.add(x, p, alpha)
         r = tl.sub(r, tl.scale(q, alpha))
@@ -210,11 +213,15 @@ def krylov_direction(
     return KrylovDirection(x, quad, iterations, status, damped)
 
 
-def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor]) -> tuple[tuple, bool]:
+def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor], *,
+                printed: bool = False) -> tuple[tuple, bool]:
     """Seed 002 Alg. 1 lines 29-30: make ``dw`` a descent direction for ``g``.
 
     If ``dw . g > 0``, the component of ``dw`` along ``g`` is reflected:
     ``dw - 2 (dw . g / |g|^2) g`` (module docstring: our reading of line 30).
+
+    ``printed=True`` applies line 30 as printed instead, a positive rescaling that leaves
+    ``dw . g > 0`` (for measuring the departure only).
 
     Returns:
         ``(direction, screened)``: the (possibly) corrected direction and whether it was.
@@ -228,6 +235,8 @@ def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor]) -> tuple[tu
     s = tl.dot(d, grad)
     if not float(s) > 0:
         return d, False
+    if printed:  # line 30 as printed: dw <- (1 + dw.g / (|dw| |g|)) dw, still uphill
+        return tl.scale(d, 1.0 + s / (tl.norm(d) * tl.norm(grad))), True
     return tl.add(d, grad, -2.0 * s / tl.dot(grad, grad)), True
 
 
@@ -409,6 +418,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         step_sizing: ``"taylor"`` (Alg. 1) or ``"armijo"`` (module docstring).
         armijo_c, armijo_tau: the Armijo constant and the backtracking factor, both in
             ``(0, 1)``.
+        printed_cg_step, printed_post_screen: run line 21 / line 30 as printed (module
+            docstring lists why ours differ); for measuring those departures only.
 
     Raises:
         ValueError: for a hyperparameter out of range, or one that differs between param
@@ -433,6 +444,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         step_sizing: str = "taylor",
         armijo_c: float = 0.01,
         armijo_tau: float = 0.8,
+        printed_cg_step: bool = False,
+        printed_post_screen: bool = False,
     ):
         defaults = dict(
             taylor_ratio=taylor_ratio,
@@ -450,6 +463,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             step_sizing=step_sizing,
             armijo_c=armijo_c,
             armijo_tau=armijo_tau,
+            printed_cg_step=printed_cg_step,
+            printed_post_screen=printed_post_screen,
         )
         super().__init__(params, defaults)
 
@@ -481,10 +496,9 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             )
         if not hp["fd_step"] > 0.0:
             raise ValueError(f"Invalid fd_step: {hp['fd_step']}; it must be positive")
-        if not isinstance(hp["early_termination"], bool):
-            raise ValueError(
-                f"Invalid early_termination: {hp['early_termination']!r}; use True or False"
-            )
+        for key in ("early_termination", "printed_cg_step", "printed_post_screen"):
+            if not isinstance(hp[key], bool):
+                raise ValueError(f"Invalid {key}: {hp[key]!r}; use True or False")
         if hp["step_sizing"] not in STEP_SIZINGS:
             raise ValueError(
                 f"Invalid step_sizing: {hp['step_sizing']!r}; choose one of {STEP_SIZINGS}"
@@ -627,8 +641,9 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
                 product, curvature, g, x0=x0, rtol=hp["rtol"], max_iter=hp["max_krylov"],
                 damping_threshold=hp["damping_threshold"], damping_scale=hp["damping_scale"],
                 early_termination=hp["early_termination"],
+                printed_step=hp["printed_cg_step"],
             )  # fmt: skip
-            d, screened = post_screen(kd.direction, g)
+            d, screened = post_screen(kd.direction, g, printed=hp["printed_post_screen"])
             quad = curvature(d) if screened else kd.quadratic
         finally:
             if ev.hessian is not None:
