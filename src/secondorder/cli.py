@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few problems, small grid, one seed (about 3 minutes)")
     b.add_argument("--sweep", help="sweep name in the database (default bench / quick)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_extension_arguments(b)
 
     r = sub.add_parser("report", help="write the report from the database")
     r.add_argument("--out", default="secondorder-results", help="results folder")
@@ -111,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", type=int, help="repetitions (default: the study's)")
     st.add_argument("--out", default="secondorder-study", help="results folder")
     return p
+
+
+def _add_extension_arguments(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--optimizer", action="append", metavar="SPEC",
+                   help="an optimizer by import path with its grid, added to the sweep "
+                        "(repeatable): '[NAME=]module.path:Class lr=1e-3,1e-2 key=value'")
+    b.add_argument("--config", metavar="TOML",
+                   help="sweep file: problems, optimizers, seeds, budget, user problems "
+                        "(docs/benchmark.md); command-line flags win")
+    b.add_argument("--tensorboard", metavar="DIR",
+                   help="also write each run's measurements to TensorBoard event files "
+                        "(needs the tensorboard extra)")
 
 
 def _check_names(kind: str, names: list[str], valid: Sequence[str]) -> None:
@@ -180,11 +193,16 @@ def _report_lock(out: Path) -> Iterator[None]:
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench import problems as P
+    from secondorder.bench.config import apply_bench_extensions
     from secondorder.bench.registry import available_optimizers, list_optimizers
     from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows, write_report
     from secondorder.bench.runner import Budget
     from secondorder.bench.sweep import SweepConfig, run_sweep
 
+    try:  # --config, --optimizer, --tensorboard (secondorder.bench.config)
+        apply_bench_extensions(args)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     _check_bench_options(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise CLIError(f"data directory {args.data_dir!r} does not exist")
