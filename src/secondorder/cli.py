@@ -133,9 +133,11 @@ def _check_names(kind: str, names: list[str], valid: Sequence[str]) -> None:
 
 
 def _cmd_list() -> int:
+    from secondorder.bench import plugins
     from secondorder.bench import problems as P
     from secondorder.bench.registry import REGISTRY
 
+    plugins.load_entry_points()  # entry-point problems join the list
     print("Problems (embedded suite marked *):")
     for name in P.list_problems():
         star = "*" if name in P.EMBEDDED else " "
@@ -160,6 +162,7 @@ def _cmd_list() -> int:
                                  ("first-order baseline", s.first_order)) if on]
         if extra or flags:
             print(f"      defaults {extra} {'; '.join(flags)}")
+    print("\n".join(plugins.describe()))
     return 0
 
 

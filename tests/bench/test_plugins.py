@@ -1,6 +1,7 @@
 """Bring your own optimizer and problem: import-path specs, TOML configs, entry points."""
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -256,3 +257,32 @@ def test_config_options_and_command_line_precedence(isolated, tmp_path):
     assert args.optimizers == ["adam", "torch.optim:RMSprop", "mysgd"]
     s = get_optimizer("mysgd")
     assert s.first_order and s.knob == "lr" and s.defaults == {"momentum": 0.9}
+
+
+def test_spawned_workers_run_external_optimizer_and_problem(isolated, tmp_path):
+    """With --workers 2 the runs execute in spawned processes that only inherit the
+    environment and sys.path: they must find the user's optimizer and problem."""
+    mod = write_toy(tmp_path, isolated, "toy_workers_mod")
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(f'problems = []\n[problem.toyw]\nfactory = "{mod}:make_problem"\n')
+    out = tmp_path / "out"
+    argv = ["bench", "--config", str(cfg), "--optimizers", "sgd", "--optimizer",
+            f"gdw={mod}:PlainGD lr=0.5,0.05", "--seeds", "1", "--budget", "1", "--grid",
+            "quick", "--no-progress", "--workers", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    with Store(out / "results.sqlite") as st:
+        runs = st.runs()
+    assert {(r["problem"], r["optimizer"]) for r in runs} == {("toyw", "sgd"), ("toyw", "gdw")}
+    assert len(runs) == 5 and {r["status"] for r in runs} == {"finished"}
+
+
+def test_list_shows_entry_point_optimizers_and_problems(isolated, tmp_path, capsys):
+    mod = write_toy(tmp_path, isolated, "toy_list_mod")
+    _fake_distribution(tmp_path, f"[secondorder.optimizers]\nplaingd2 = {mod}:PlainGD\n"
+                                 "broken2 = nomodule_ep_abc:Opt\n[secondorder.problems]\n"
+                                 f"toylist = {mod}:make_problem\n")
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"toylist +n=48 +batch=16", out)
+    assert re.search(r"plaingd2 +toy_list_mod:PlainGD \[torch protocol\]", out)
+    assert re.search(r"broken2 +NOT AVAILABLE \(.*nomodule_ep_abc", out)

@@ -68,6 +68,7 @@ __all__ = [
     "OptimizerDeclaration",
     "PluginError",
     "declare_optimizer",
+    "describe",
     "declare_problem",
     "find_optimizer",
     "find_problem",
@@ -524,3 +525,18 @@ def _replay() -> None:
 def declared() -> dict[str, Sequence[str]]:
     """Names declared in this process: ``{"optimizers": [...], "problems": [...]}``."""
     return {"optimizers": list(_OPTIMIZER_DECLS), "problems": list(_PROBLEM_DECLS)}
+
+
+def describe() -> list[str]:
+    """Lines for ``secondorder list``: the plug-in optimizers (entry points and those
+    declared in this process) and the entry points that failed to load."""
+    load_entry_points()
+    if not _OPTIMIZERS and not _ENTRY_POINT_ERRORS:
+        return []
+    lines = [f"\nPlug-in optimizers (import paths, entry points of {OPTIMIZER_GROUP}):"]
+    for name, s in _OPTIMIZERS.items():
+        lines.append(f"  {name:18s} {s.module}:{s.class_name} [{s.protocol} protocol]")
+        lines.append(f"      knob {s.knob}: default grid {list(s.grid('default'))}"
+                     + (f"; defaults {dict(s.defaults)}" if s.defaults else ""))
+    lines += [f"  {name:18s} NOT AVAILABLE ({why})" for name, why in _ENTRY_POINT_ERRORS.items()]
+    return lines
