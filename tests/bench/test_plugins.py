@@ -158,6 +158,14 @@ def test_in_process_sweep_with_external_optimizer_and_problem(isolated, tmp_path
     assert "| gd | lr=" in report
     assert cli.main(argv) == 0  # a rerun declares the same things again and resumes
     assert "new or redone: 0" in capsys.readouterr().out
+    # A later `secondorder report` process knows nothing of the declarations: the knob is
+    # the hyperparameter that varied in tuning.
+    isolated.setattr(plugins, "_OPTIMIZERS", {})
+    isolated.setattr(plugins, "_OPTIMIZER_DECLS", {})
+    isolated.setenv(plugins.ENV_KEY, "")
+    (out / "report.md").unlink()
+    assert cli.main(["report", "--out", str(out), "--sweep", "byo"]) == 0
+    assert "| gd | lr=" in (out / "report.md").read_text()
 
 
 def test_worker_processes_replay_the_declarations(isolated, tmp_path):
