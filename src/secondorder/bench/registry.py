@@ -236,8 +236,11 @@ REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in _REGISTRY_LIST}
 
 
 def list_optimizers() -> list[str]:
-    """All registered names (available or not), in report order."""
-    return list(REGISTRY)
+    """All registered names (available or not), in report order, then the optimizers
+    declared by import path or entry point (:mod:`secondorder.bench.plugins`)."""
+    from secondorder.bench.plugins import optimizer_names
+
+    return list(REGISTRY) + optimizer_names()
 
 
 def get_optimizer(name: str) -> OptimizerSpec:
@@ -249,6 +252,10 @@ def get_optimizer(name: str) -> OptimizerSpec:
     try:
         return REGISTRY[name]
     except KeyError:
+        from secondorder.bench.plugins import find_optimizer
+
+        if (spec := find_optimizer(name)) is not None:
+            return spec
         raise ValueError(
             f"unknown optimizer {name!r}; valid names: {', '.join(REGISTRY)}"
         ) from None

@@ -254,6 +254,10 @@ def get_problem(name: str, *, data_dir: str | Path | None = None, seed: int = 0)
         DataFormatError: if a file-based problem's files are missing or malformed.
     """
     if name not in _REGISTRY:
+        from secondorder.bench.plugins import find_problem  # declared or an entry point
+
+        find_problem(name)
+    if name not in _REGISTRY:
         raise ValueError(f"Unknown problem {name!r}; available: {', '.join(list_problems())}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"Invalid seed: {seed!r}; expected a non-negative int")
