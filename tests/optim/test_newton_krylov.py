@@ -210,7 +210,7 @@ def test_complex_step_and_autograd_backends_same_iterates():
     trajectories = {}
     for backend in ("autograd", "complex-step"):
         prob, x, batch_closure = _logistic_setup()
-        opt = NewtonKrylov([x], backend=backend, max_krylov=5)
+        opt = NewtonKrylov([x], backend=backend, max_cg_iter=5)
         traj = []
         for idx in list(minibatches(569, 64, 0))[:5]:
             try:
@@ -229,12 +229,12 @@ def test_state_dict_round_trip_in_lockstep():
     X, y = X[:300], y[:300]
     crit = nn.CrossEntropyLoss()
     a = digits_mlp(0, hidden=8, dtype=DT)
-    opt_a = NewtonKrylov(a.parameters(), global_refresh=2, warm_start=0.5, max_krylov=5)
+    opt_a = NewtonKrylov(a.parameters(), global_refresh=2, warm_start=0.5, max_cg_iter=5)
     batches = list(minibatches(300, 60, 0))
     for idx in batches[:2]:
         opt_a.step(lambda idx=idx: crit(a(X[idx]), y[idx]), lambda: crit(a(X), y))
     b = copy.deepcopy(a)
-    opt_b = NewtonKrylov(b.parameters(), global_refresh=2, warm_start=0.5, max_krylov=5)
+    opt_b = NewtonKrylov(b.parameters(), global_refresh=2, warm_start=0.5, max_cg_iter=5)
     opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
     for idx in batches[2:5]:
         opt_a.step(lambda idx=idx: crit(a(X[idx]), y[idx]), lambda: crit(a(X), y))
@@ -246,7 +246,7 @@ def test_state_dict_round_trip_in_lockstep():
 
 def test_graphs_freed_no_growth_over_50_steps():
     prob, x, batch_closure = _logistic_setup()
-    opt = NewtonKrylov([x], max_krylov=3)
+    opt = NewtonKrylov([x], max_cg_iter=3)
     closure = batch_closure(torch.arange(64))
     assert_no_tensor_growth(lambda: opt.step(closure))
 
@@ -257,7 +257,7 @@ def _global_step(opt, batch, full):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_digits_mlp_minibatches(seed):
-    final = digits_subset_loss(lambda ps: NewtonKrylov(ps, max_krylov=5), seed, epochs=2,
+    final = digits_subset_loss(lambda ps: NewtonKrylov(ps, max_cg_iter=5), seed, epochs=2,
                                step=_global_step)
     assert final < THRESHOLD_DIGITS
 
@@ -270,8 +270,8 @@ THRESHOLD_DIGITS = 0.3  # from log(10) = 2.30; measured 0.12-0.16
     [
         (dict(taylor_ratio=0.0), "Invalid taylor_ratio: 0.0"),
         (dict(taylor_ratio=1.0), "Invalid taylor_ratio: 1.0"),
-        (dict(max_krylov=0), "Invalid max_krylov: 0"),
-        (dict(rtol=-1.0), "Invalid rtol: -1.0"),
+        (dict(max_cg_iter=0), "Invalid max_cg_iter: 0"),
+        (dict(cg_rtol=-1.0), "Invalid cg_rtol: -1.0"),
         (dict(backend="forward"), "Invalid backend: 'forward'"),
         (dict(global_refresh=0), "Invalid global_refresh: 0"),
         (dict(warm_start=1.5), "Invalid warm_start: 1.5"),
@@ -296,7 +296,7 @@ def test_krylov_quadratic_identity():
     assert float(res.quadratic) == pytest.approx(float(tl.dot(d, prod(d))), rel=1e-12)
 
 
-@pytest.mark.parametrize("key, value", [("taylor_ratio", 0.1), ("max_krylov", 7),
+@pytest.mark.parametrize("key, value", [("taylor_ratio", 0.1), ("max_cg_iter", 7),
                                         ("backend", "complex-step")])
 def test_hyperparameters_must_agree_across_groups(key, value):
     assert_hyperparameter_agrees(NewtonKrylov, key, value, "NewtonKrylov")

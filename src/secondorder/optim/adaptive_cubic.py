@@ -205,8 +205,8 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         epsilon: ``eps > 0`` of seed 001 eqs. 2-3.
         power: the norm matrix is ``M = A_t^power``.
         sigma_min: lower bound on ``sigma`` (positive).
-        krylov_dim: Lanczos vectors per step (>= 1).
-        grad_tol: no step when ``||g|| <= grad_tol``.
+        max_cg_iter: Lanczos vectors per step (>= 1); the Lanczos form of CG, one product each.
+        tolerance_grad: no step when ``||g|| <= tolerance_grad``.
         normalize: scale ``M`` to mean diagonal 1, so that ``sigma`` is in Euclidean units
             (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
@@ -236,15 +236,15 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         epsilon: float = 1e-8,
         power: float = 0.5,
         sigma_min: float = 1e-10,
-        krylov_dim: int = 20,
-        grad_tol: float = 0.0,
+        max_cg_iter: int = 20,
+        tolerance_grad: float = 0.0,
         normalize: bool = True,
     ):
         defaults = dict(
             sigma=sigma, norm=norm, curvature=curvature, eta1=eta1, eta2=eta2,
             gamma=gamma, beta=beta, epsilon=epsilon, power=power, normalize=normalize,
             sigma_min=sigma_min,
-            krylov_dim=krylov_dim, grad_tol=grad_tol,
+            max_cg_iter=max_cg_iter, tolerance_grad=tolerance_grad,
         )
         super().__init__(params, defaults)
 
@@ -262,11 +262,13 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
             raise ValueError(f"Invalid gamma value: {hp['gamma']}; it must be > 1")
         if not hp["sigma_min"] > 0:
             raise ValueError(f"Invalid sigma_min value: {hp['sigma_min']}; it must be positive")
-        krylov_dim = hp["krylov_dim"]
-        if not (isinstance(krylov_dim, int) and krylov_dim >= 1):
-            raise ValueError(f"Invalid krylov_dim value: {krylov_dim}; it must be an int >= 1")
-        if not hp["grad_tol"] >= 0:
-            raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
+        max_cg_iter = hp["max_cg_iter"]
+        if not (isinstance(max_cg_iter, int) and max_cg_iter >= 1):
+            raise ValueError(f"Invalid max_cg_iter value: {max_cg_iter}; it must be an int >= 1")
+        if not hp["tolerance_grad"] >= 0:
+            raise ValueError(
+                f"Invalid tolerance_grad value: {hp['tolerance_grad']}; it must be >= 0"
+            )
         check_curvature(hp["curvature"])
 
     def step(
@@ -297,10 +299,10 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         norm = self.norm
 
         def solve(matvec: MatVec, grads: TensorList) -> CubicStep:
-            return solve_cubic_subproblem(matvec, grads, sigma, norm, krylov_dim=hp["krylov_dim"])
+            return solve_cubic_subproblem(matvec, grads, sigma, norm, krylov_dim=hp["max_cg_iter"])
 
         loss, sub = solve_in_norm(
-            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["grad_tol"],
+            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["tolerance_grad"],
             hessian_closure=hessian_closure, ggn_closure=ggn_closure,
         )  # fmt: skip
         if sub is None:

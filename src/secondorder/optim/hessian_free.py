@@ -211,7 +211,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
             the key otherwise, when a group is added and at each step).
         damping: initial ``lambda > 0``.
         curvature: ``"gauss_newton"`` (default) or ``"hessian"``.
-        cg_max_iter: most CG products per step (>= 1).
+        max_cg_iter: most CG products per step (>= 1).
         cg_rtol: CG's relative residual tolerance (>= 0); Martens' rule usually stops first.
         decay: warm-start factor in [0, 1] (0 starts CG from zero).
         preconditioner: use Martens' diagonal preconditioner (needs per-sample losses).
@@ -222,9 +222,9 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
             sum (:func:`per_sample_squared_gradients`, slow on large batches).
         progress_tol: Martens' relative-progress threshold (5e-4), >= 0.
         line_search: run Martens' backtracking line search on the chosen step.
-        ls_c1: its sufficient-decrease constant in (0, 1) (Martens: 1e-2).
+        c1: its sufficient-decrease constant in (0, 1) (Martens: 1e-2).
         ls_shrink: its step factor in (0, 1) (Martens: 0.8).
-        ls_max_evals: most line-search evaluations (>= 1; Martens: 60).
+        max_ls_evals: most line-search evaluations (>= 1; Martens: 60).
 
     Raises:
         ValueError: if a hyperparameter is out of range, a name is unknown, or a value
@@ -236,7 +236,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         damping: float = 1.0,
         curvature: str = "gauss_newton",
-        cg_max_iter: int = 250,
+        max_cg_iter: int = 250,
         cg_rtol: float = 1e-6,
         decay: float = 0.95,
         preconditioner: bool = True,
@@ -244,16 +244,16 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         fisher_probes: int = 4,
         progress_tol: float = 5e-4,
         line_search: bool = True,
-        ls_c1: float = 1e-2,
+        c1: float = 1e-2,
         ls_shrink: float = 0.8,
-        ls_max_evals: int = 60,
+        max_ls_evals: int = 60,
     ):
         defaults = dict(
-            damping=damping, curvature=curvature, cg_max_iter=cg_max_iter, cg_rtol=cg_rtol,
+            damping=damping, curvature=curvature, max_cg_iter=max_cg_iter, cg_rtol=cg_rtol,
             decay=decay, preconditioner=preconditioner,
             preconditioner_power=preconditioner_power, fisher_probes=fisher_probes,
             progress_tol=progress_tol,
-            line_search=line_search, ls_c1=ls_c1, ls_shrink=ls_shrink, ls_max_evals=ls_max_evals,
+            line_search=line_search, c1=c1, ls_shrink=ls_shrink, max_ls_evals=max_ls_evals,
         )
         super().__init__(params, defaults)
 
@@ -263,10 +263,10 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         if not hp["damping"] > 0:
             raise ValueError(f"Invalid damping value: {hp['damping']}; it must be positive")
         check_curvature(hp["curvature"])
-        cg_max_iter, probes = hp["cg_max_iter"], hp["fisher_probes"]
-        ls_max_evals = hp["ls_max_evals"]
-        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
+        max_cg_iter, probes = hp["max_cg_iter"], hp["fisher_probes"]
+        max_ls_evals = hp["max_ls_evals"]
+        if not (isinstance(max_cg_iter, int) and max_cg_iter >= 1):
+            raise ValueError(f"Invalid max_cg_iter value: {max_cg_iter}; it must be an int >= 1")
         if not hp["cg_rtol"] >= 0:
             raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
         if not 0.0 <= hp["decay"] <= 1.0:
@@ -282,13 +282,13 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
             raise ValueError(
                 f"Invalid progress_tol value: {hp['progress_tol']}; it must be >= 0"
             )
-        if not 0.0 < hp["ls_c1"] < 1.0:
-            raise ValueError(f"Invalid ls_c1 value: {hp['ls_c1']}; it must be in (0, 1)")
+        if not 0.0 < hp["c1"] < 1.0:
+            raise ValueError(f"Invalid c1 value: {hp['c1']}; it must be in (0, 1)")
         if not 0.0 < hp["ls_shrink"] < 1.0:
             raise ValueError(f"Invalid ls_shrink value: {hp['ls_shrink']}; it must be in (0, 1)")
-        if not (isinstance(ls_max_evals, int) and ls_max_evals >= 1):
+        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
             raise ValueError(
-                f"Invalid ls_max_evals value: {ls_max_evals}; it must be an int >= 1"
+                f"Invalid max_ls_evals value: {max_ls_evals}; it must be an int >= 1"
             )
 
     # ------------------------------------------------------------------ evaluation
@@ -407,8 +407,8 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         else:
             x0 = None
         progress = MartensProgress(b, tol=hp["progress_tol"])
-        keep = backtracking_iterations(hp["cg_max_iter"])
-        res = truncated_cg(damped, b, x0=x0, rtol=hp["cg_rtol"], max_iter=hp["cg_max_iter"],
+        keep = backtracking_iterations(hp["max_cg_iter"])
+        res = truncated_cg(damped, b, x0=x0, rtol=hp["cg_rtol"], max_iter=hp["max_cg_iter"],
                            preconditioner=precond, callback=progress, keep_iterates=keep)
         gstate["cg_init"] = res.solution
         values = progress.values
@@ -451,8 +451,8 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
                     return best_loss, None
                 return self._loss_at(closure, tl.add(old, p, t)), None
 
-            ls = backtracking(phi, loss, slope, c1=hp["ls_c1"], shrink=hp["ls_shrink"],
-                              max_evals=hp["ls_max_evals"], interpolate=False)
+            ls = backtracking(phi, loss, slope, c1=hp["c1"], shrink=hp["ls_shrink"],
+                              max_evals=hp["max_ls_evals"], interpolate=False)
             t = ls.step if ls.success or (ls.loss is not None and float(ls.loss) < loss_f) else 0.0
         else:
             t = 1.0 if best_f < loss_f else 0.0

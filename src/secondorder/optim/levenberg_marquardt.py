@@ -123,8 +123,8 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
         increase: factor on ``lambda`` when ``rho < 1/4``, ``> 1``.
         decrease: factor on ``lambda`` when ``rho > 3/4``, in ``(0, 1)``.
         min_damping: floor of ``lambda``, ``>= 0``.
-        max_cg: most CG iterations per step (``>= 1``).
-        rtol: CG's relative residual tolerance, ``>= 0``.
+        max_cg_iter: most CG iterations per step (``>= 1``).
+        cg_rtol: CG's relative residual tolerance, ``>= 0``.
 
     Raises:
         ValueError: for a hyperparameter out of range, or one that differs between param
@@ -138,18 +138,19 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
         increase: float = 1.5,
         decrease: float = 2.0 / 3.0,
         min_damping: float = 1e-8,
-        max_cg: int = 50,
-        rtol: float = 1e-5,
+        max_cg_iter: int = 50,
+        cg_rtol: float = 1e-5,
     ):
         defaults = dict(damping=damping, increase=increase, decrease=decrease,
-                        min_damping=min_damping, max_cg=max_cg, rtol=rtol)  # fmt: skip
+                        min_damping=min_damping, max_cg_iter=max_cg_iter,
+                        cg_rtol=cg_rtol)  # fmt: skip
         super().__init__(params, defaults)
 
     @staticmethod
     def check_hyperparameters(hp: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
         damping, increase, decrease = hp["damping"], hp["increase"], hp["decrease"]
-        min_damping, max_cg, rtol = hp["min_damping"], hp["max_cg"], hp["rtol"]
+        min_damping, max_cg_iter, cg_rtol = hp["min_damping"], hp["max_cg_iter"], hp["cg_rtol"]
         if not damping > 0.0:
             raise ValueError(f"Invalid damping: {damping}; it must be positive")
         if not increase > 1.0:
@@ -158,10 +159,10 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
             raise ValueError(f"Invalid decrease: {decrease}; it must be in (0, 1)")
         if not min_damping >= 0.0:
             raise ValueError(f"Invalid min_damping: {min_damping}; it must be >= 0")
-        if isinstance(max_cg, bool) or not isinstance(max_cg, int) or max_cg < 1:
-            raise ValueError(f"Invalid max_cg: {max_cg}; it must be an integer >= 1")
-        if not rtol >= 0.0:
-            raise ValueError(f"Invalid rtol: {rtol}; it must be >= 0")
+        if isinstance(max_cg_iter, bool) or not isinstance(max_cg_iter, int) or max_cg_iter < 1:
+            raise ValueError(f"Invalid max_cg_iter: {max_cg_iter}; it must be an integer >= 1")
+        if not cg_rtol >= 0.0:
+            raise ValueError(f"Invalid cg_rtol: {cg_rtol}; it must be >= 0")
 
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One damped Newton-CG step; accepted only if it lowers the loss.
@@ -175,8 +176,8 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
         hp = self.shared_hyperparameters()
         G = self.state.setdefault("global", {"damping": float(hp["damping"])})
         with local_model(self, closure, "hessian") as model:
-            res = lm_direction(model.operator, model.grads, G["damping"], rtol=hp["rtol"],
-                               max_iter=hp["max_cg"])
+            res = lm_direction(model.operator, model.grads, G["damping"], rtol=hp["cg_rtol"],
+                               max_iter=hp["max_cg_iter"])
         trial = try_step(self, closure, model.loss, res.direction, -res.model_decrease, 0.0)
         G["damping"] = update_damping(
             G["damping"], trial.rho_or_fail, increase=hp["increase"], decrease=hp["decrease"],

@@ -77,7 +77,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         lr: initial step of the line search, or the fixed step with ``line_search=None``.
         line_search: ``"armijo"`` (backtracking on loss values only), ``"strong_wolfe"`` or
             ``None``.
-        cg_max_iter: CG iterations per step (``None``: number of parameters, capped at 250).
+        max_cg_iter: CG iterations per step (``None``: number of parameters, capped at 250).
         forcing: ``"eisenstat_walker"`` or a constant relative CG tolerance in ``(0, 1)``.
         hessian_fraction: fraction in ``(0, 1]`` of the closure's per-sample losses whose
             Hessian is used (``None``: all samples).
@@ -96,7 +96,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1.0,
         line_search: str | None = "armijo",
-        cg_max_iter: int | None = None,
+        max_cg_iter: int | None = None,
         forcing: str | float = "eisenstat_walker",
         hessian_fraction: float | None = None,
         tolerance_grad: float = 1e-7,
@@ -106,7 +106,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         generator: torch.Generator | None = None,
     ):
         defaults = dict(
-            lr=lr, line_search=line_search, cg_max_iter=cg_max_iter, forcing=forcing,
+            lr=lr, line_search=line_search, max_cg_iter=max_cg_iter, forcing=forcing,
             hessian_fraction=hessian_fraction, tolerance_grad=tolerance_grad, c1=c1, c2=c2,
             max_ls_evals=max_ls_evals,
         )  # fmt: skip
@@ -117,7 +117,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
     def check_hyperparameters(hp: dict[str, Any]) -> None:
         """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
         ds.check_choice("line_search", hp["line_search"], NEWTON_LINE_SEARCHES)
-        ds.check_int("cg_max_iter", hp["cg_max_iter"], optional=True)
+        ds.check_int("max_cg_iter", hp["max_cg_iter"], optional=True)
         forcing = hp["forcing"]
         if isinstance(forcing, str):
             if forcing != "eisenstat_walker":
@@ -211,7 +211,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             else:
                 eta = float(grp["forcing"])
             n = sum(p.numel() for p in self.params())
-            max_iter = grp["cg_max_iter"] or min(n, 250)
+            max_iter = grp["max_cg_iter"] or min(n, 250)
             res = krylov.truncated_cg(hess.matvec, tl.neg(g), rtol=eta, max_iter=max_iter)
         finally:
             if hess is not None:

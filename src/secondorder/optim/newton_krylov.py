@@ -314,8 +314,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             step size are global, so every hyperparameter must be the same in all groups
             (``ValueError`` naming the key otherwise, when a group is added and at each step).
         taylor_ratio: the target Taylor ratio ``eta~`` (seed 002: 0.05), in ``(0, 1)``.
-        max_krylov: most Krylov iterations per batch (``>= 1``).
-        rtol: the Krylov loop stops when ``||r|| <= rtol ||g||``.
+        max_cg_iter: most Krylov iterations per batch (``>= 1``).
+        cg_rtol: the Krylov loop stops when ``||r|| <= cg_rtol ||g||``.
         backend: ``"autograd"`` or ``"complex-step"`` (module docstring).
         global_refresh: recompute the global gradient after this many accepted steps
             (seed 002: 1, line 48).
@@ -338,8 +338,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         taylor_ratio: float = 0.05,
-        max_krylov: int = 20,
-        rtol: float = 1e-4,
+        max_cg_iter: int = 20,
+        cg_rtol: float = 1e-4,
         backend: str = "autograd",
         global_refresh: int = 1,
         warm_start: float = 0.0,
@@ -350,8 +350,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
     ):
         defaults = dict(
             taylor_ratio=taylor_ratio,
-            max_krylov=max_krylov,
-            rtol=rtol,
+            max_cg_iter=max_cg_iter,
+            cg_rtol=cg_rtol,
             backend=backend,
             global_refresh=global_refresh,
             warm_start=warm_start,
@@ -367,9 +367,9 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
         if not 0.0 < hp["taylor_ratio"] < 1.0:
             raise ValueError(f"Invalid taylor_ratio: {hp['taylor_ratio']}; it must be in (0, 1)")
-        _check_int("max_krylov", hp["max_krylov"], 1)
-        if not hp["rtol"] >= 0.0:
-            raise ValueError(f"Invalid rtol: {hp['rtol']}; it must be >= 0")
+        _check_int("max_cg_iter", hp["max_cg_iter"], 1)
+        if not hp["cg_rtol"] >= 0.0:
+            raise ValueError(f"Invalid cg_rtol: {hp['cg_rtol']}; it must be >= 0")
         if hp["backend"] not in BACKENDS:
             raise ValueError(f"Invalid backend: {hp['backend']!r}; choose one of {BACKENDS}")
         _check_int("global_refresh", hp["global_refresh"], 1)
@@ -495,7 +495,7 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
                 warm, hp["warm_start"]
             )
             kd = krylov_direction(
-                product, curvature, g, x0=x0, rtol=hp["rtol"], max_iter=hp["max_krylov"],
+                product, curvature, g, x0=x0, rtol=hp["cg_rtol"], max_iter=hp["max_cg_iter"],
                 damping_threshold=hp["damping_threshold"], damping_scale=hp["damping_scale"],
             )  # fmt: skip
             d, screened = post_screen(kd.direction, g)

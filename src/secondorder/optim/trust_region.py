@@ -196,9 +196,9 @@ class TrustRegion(AdaptiveNormOptimizer):
         epsilon: ``eps > 0`` of eqs. 2-3.
         power: the norm matrix is ``M = A_t^power`` (0.5: seed 001 Corollary 1).
         max_radius: cap on the radius (>= ``radius``).
-        cg_max_iter: most products per Steihaug solve (>= 1).
+        max_cg_iter: most products per Steihaug solve (>= 1).
         cg_rtol: Steihaug's relative residual tolerance (>= 0).
-        grad_tol: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= grad_tol`` (no step).
+        tolerance_grad: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= tolerance_grad`` (no step).
         cauchy_floor: take the Cauchy point when it beats Steihaug's step.
         eta_expand: ``None`` (seed 001 Alg. 1): the radius grows after every accepted step.
             A value in ``[eta, 1)``: it grows only when ``rho >= eta_expand`` and is kept for
@@ -233,9 +233,9 @@ class TrustRegion(AdaptiveNormOptimizer):
         epsilon: float = 1e-8,
         power: float = 0.5,
         max_radius: float = 1e4,
-        cg_max_iter: int = 250,
+        max_cg_iter: int = 250,
         cg_rtol: float = 1e-4,
-        grad_tol: float = 0.0,
+        tolerance_grad: float = 0.0,
         cauchy_floor: bool = True,
         normalize: bool = True,
         eta_expand: float | None = None,
@@ -244,7 +244,7 @@ class TrustRegion(AdaptiveNormOptimizer):
             radius=radius, norm=norm, curvature=curvature, eta=eta, gamma=gamma,
             beta=beta, epsilon=epsilon, power=power, normalize=normalize,
             max_radius=max_radius,
-            cg_max_iter=cg_max_iter, cg_rtol=cg_rtol, grad_tol=grad_tol,
+            max_cg_iter=max_cg_iter, cg_rtol=cg_rtol, tolerance_grad=tolerance_grad,
             cauchy_floor=cauchy_floor, eta_expand=eta_expand,
         )
         super().__init__(params, defaults)
@@ -268,13 +268,15 @@ class TrustRegion(AdaptiveNormOptimizer):
             raise ValueError(
                 f"Invalid max_radius value: {hp['max_radius']}; it must be >= radius ({radius})"
             )
-        cg_max_iter = hp["cg_max_iter"]
-        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
+        max_cg_iter = hp["max_cg_iter"]
+        if not (isinstance(max_cg_iter, int) and max_cg_iter >= 1):
+            raise ValueError(f"Invalid max_cg_iter value: {max_cg_iter}; it must be an int >= 1")
         if not hp["cg_rtol"] >= 0:
             raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
-        if not hp["grad_tol"] >= 0:
-            raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
+        if not hp["tolerance_grad"] >= 0:
+            raise ValueError(
+                f"Invalid tolerance_grad value: {hp['tolerance_grad']}; it must be >= 0"
+            )
         check_curvature(hp["curvature"])
 
     def step(
@@ -306,10 +308,10 @@ class TrustRegion(AdaptiveNormOptimizer):
 
         def solve(matvec: MatVec, grads: TensorList) -> SubproblemResult:
             return solve_subproblem(matvec, grads, radius, norm, rtol=hp["cg_rtol"],
-                                    max_iter=hp["cg_max_iter"], cauchy_floor=hp["cauchy_floor"])
+                                    max_iter=hp["max_cg_iter"], cauchy_floor=hp["cauchy_floor"])
 
         loss, sub = solve_in_norm(
-            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["grad_tol"],
+            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["tolerance_grad"],
             hessian_closure=hessian_closure, ggn_closure=ggn_closure,
         )  # fmt: skip
         if sub is None:
