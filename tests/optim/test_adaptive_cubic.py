@@ -201,8 +201,8 @@ def test_zero_gradient_takes_no_step():
         ({"sigma_min": 0.0}, "Invalid sigma_min value: 0.0"),
         ({"max_cg_iter": 0}, "Invalid max_cg_iter value: 0"),
         ({"tolerance_grad": -1.0}, "Invalid tolerance_grad value: -1.0"),
-        ({"norm": "l1"}, "Invalid norm: 'l1'"),
-        ({"curvature": "fisher"}, "Invalid curvature: 'fisher'"),
+        ({"norm": "l1"}, "Invalid norm value: 'l1'"),
+        ({"curvature": "fisher"}, "Invalid curvature value: 'fisher'"),
     ],
 )
 def test_bad_hyperparameters(kw, msg):

@@ -199,7 +199,7 @@ def test_step_errors():
     "kw, msg",
     [
         ({"damping": 0.0}, "Invalid damping value: 0.0"),
-        ({"curvature": "fisher"}, "Invalid curvature: 'fisher'"),
+        ({"curvature": "fisher"}, "Invalid curvature value: 'fisher'"),
         ({"max_cg_iter": 0}, "Invalid max_cg_iter value: 0"),
         ({"cg_rtol": -1.0}, "Invalid cg_rtol value: -1.0"),
         ({"decay": 1.5}, "Invalid decay value: 1.5"),

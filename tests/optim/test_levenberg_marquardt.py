@@ -96,12 +96,12 @@ def test_digits_mlp_minibatches(seed):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(damping=0.0), "Invalid damping: 0.0"),
-        (dict(increase=1.0), "Invalid increase: 1.0"),
-        (dict(decrease=1.0), "Invalid decrease: 1.0"),
-        (dict(min_damping=-1.0), "Invalid min_damping: -1.0"),
-        (dict(max_cg_iter=0), "Invalid max_cg_iter: 0"),
-        (dict(cg_rtol=-1.0), "Invalid cg_rtol: -1.0"),
+        (dict(damping=0.0), "Invalid damping value: 0.0"),
+        (dict(increase=1.0), "Invalid increase value: 1.0"),
+        (dict(decrease=1.0), "Invalid decrease value: 1.0"),
+        (dict(min_damping=-1.0), "Invalid min_damping value: -1.0"),
+        (dict(max_cg_iter=0), "Invalid max_cg_iter value: 0"),
+        (dict(cg_rtol=-1.0), "Invalid cg_rtol value: -1.0"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
@@ -115,7 +115,7 @@ def test_hyperparameters_must_agree_across_groups(key, value):
 
 
 def test_group_values_are_checked_and_used():
-    with pytest.raises(ValueError, match="Invalid damping: -1.0"):
+    with pytest.raises(ValueError, match="Invalid damping value: -1.0"):
         LevenbergMarquardt([{"params": [nn.Parameter(torch.zeros(2))], "damping": -1.0}])
     # two agreeing groups that override the default run as one group with that value
     prob = logistic_regression()

@@ -84,11 +84,11 @@ def test_digits_mlp_minibatches_does_not_blow_up(seed):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(lr=0.0), "Invalid learning rate: 0.0"),
-        (dict(max_cg_iter=0), "Invalid max_cg_iter: 0"),
-        (dict(cg_rtol=-1.0), "Invalid cg_rtol: -1.0"),
-        (dict(c1=1.0), "Invalid c1: 1.0"),
-        (dict(max_ls_evals=0), "Invalid max_ls_evals: 0"),
+        (dict(lr=0.0), "Invalid lr value: 0.0"),
+        (dict(max_cg_iter=0), "Invalid max_cg_iter value: 0"),
+        (dict(cg_rtol=-1.0), "Invalid cg_rtol value: -1.0"),
+        (dict(c1=1.0), "Invalid c1 value: 1.0"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals value: 0"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
@@ -149,5 +149,5 @@ def test_group_with_lr_zero_is_frozen():
 
 
 def test_bad_group_lr():
-    with pytest.raises(ValueError, match="Invalid learning rate: -1.0"):
+    with pytest.raises(ValueError, match="Invalid lr value: -1.0"):
         LSCG([{"params": [nn.Parameter(torch.zeros(2))], "lr": -1.0}])

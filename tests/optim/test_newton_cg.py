@@ -101,14 +101,14 @@ def test_state_dict_round_trip_in_lockstep():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(lr=0.0), "Invalid learning rate: 0.0"),
-        (dict(line_search="wolfe"), "Invalid line_search: 'wolfe'"),
-        (dict(max_cg_iter=0), "Invalid max_cg_iter: 0"),
-        (dict(forcing="ew"), "Invalid forcing: 'ew'"),
-        (dict(forcing=1.5), "Invalid forcing: 1.5"),
-        (dict(hessian_fraction=0.0), "Invalid hessian_fraction: 0.0"),
-        (dict(c1=1.0), "Invalid c1: 1.0"),
-        (dict(max_ls_evals=0), "Invalid max_ls_evals: 0"),
+        (dict(lr=0.0), "Invalid lr value: 0.0"),
+        (dict(line_search="wolfe"), "Invalid line_search value: 'wolfe'"),
+        (dict(max_cg_iter=0), "Invalid max_cg_iter value: 0"),
+        (dict(forcing="ew"), "Invalid forcing value: 'ew'"),
+        (dict(forcing=1.5), "Invalid forcing value: 1.5"),
+        (dict(hessian_fraction=0.0), "Invalid hessian_fraction value: 0.0"),
+        (dict(c1=1.0), "Invalid c1 value: 1.0"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals value: 0"),
     ],
 )
 def test_bad_hyperparameters(kw, match):

@@ -268,17 +268,17 @@ THRESHOLD_DIGITS = 0.3  # from log(10) = 2.30; measured 0.12-0.16
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(taylor_ratio=0.0), "Invalid taylor_ratio: 0.0"),
-        (dict(taylor_ratio=1.0), "Invalid taylor_ratio: 1.0"),
-        (dict(max_cg_iter=0), "Invalid max_cg_iter: 0"),
-        (dict(cg_rtol=-1.0), "Invalid cg_rtol: -1.0"),
-        (dict(backend="forward"), "Invalid backend: 'forward'"),
-        (dict(global_refresh=0), "Invalid global_refresh: 0"),
-        (dict(warm_start=1.5), "Invalid warm_start: 1.5"),
-        (dict(max_step_adjust=-1), "Invalid max_step_adjust: -1"),
-        (dict(fallback_step=0.0), "Invalid fallback_step: 0.0"),
-        (dict(damping_threshold=-1.0), "Invalid damping_threshold: -1.0"),
-        (dict(damping_scale=0.0), "Invalid damping_scale: 0.0"),
+        (dict(taylor_ratio=0.0), "Invalid taylor_ratio value: 0.0"),
+        (dict(taylor_ratio=1.0), "Invalid taylor_ratio value: 1.0"),
+        (dict(max_cg_iter=0), "Invalid max_cg_iter value: 0"),
+        (dict(cg_rtol=-1.0), "Invalid cg_rtol value: -1.0"),
+        (dict(backend="forward"), "Invalid backend value: 'forward'"),
+        (dict(global_refresh=0), "Invalid global_refresh value: 0"),
+        (dict(warm_start=1.5), "Invalid warm_start value: 1.5"),
+        (dict(max_step_adjust=-1), "Invalid max_step_adjust value: -1"),
+        (dict(fallback_step=0.0), "Invalid fallback_step value: 0.0"),
+        (dict(damping_threshold=-1.0), "Invalid damping_threshold value: -1.0"),
+        (dict(damping_scale=0.0), "Invalid damping_scale value: 0.0"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
@@ -303,7 +303,7 @@ def test_hyperparameters_must_agree_across_groups(key, value):
 
 
 def test_bad_group_value():
-    with pytest.raises(ValueError, match="Invalid warm_start: 1.5"):
+    with pytest.raises(ValueError, match="Invalid warm_start value: 1.5"):
         NewtonKrylov([{"params": [nn.Parameter(torch.zeros(2))], "warm_start": 1.5}])
 
 

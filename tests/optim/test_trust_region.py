@@ -320,8 +320,8 @@ def test_step_closure_errors():
         ({"max_cg_iter": 0}, "Invalid max_cg_iter value: 0"),
         ({"cg_rtol": -1.0}, "Invalid cg_rtol value: -1.0"),
         ({"tolerance_grad": -1.0}, "Invalid tolerance_grad value: -1.0"),
-        ({"norm": "ellipse"}, "Invalid norm: 'ellipse'"),
-        ({"curvature": "fisher"}, "Invalid curvature: 'fisher'"),
+        ({"norm": "ellipse"}, "Invalid norm value: 'ellipse'"),
+        ({"curvature": "fisher"}, "Invalid curvature value: 'fisher'"),
     ],
 )
 def test_bad_hyperparameters(kw, msg):
@@ -362,5 +362,5 @@ def test_agreeing_group_values_are_used():
     assert two.norm.name == "full_adagrad" and two.norm.epsilon == 1e-3
     with pytest.raises(ValueError, match="Invalid radius value: -1.0"):
         TrustRegion([{"params": [w1], "radius": -1.0}])
-    with pytest.raises(ValueError, match="Invalid norm: 'ellipse'"):
+    with pytest.raises(ValueError, match="Invalid norm value: 'ellipse'"):
         TrustRegion([{"params": [w1], "norm": "ellipse"}])

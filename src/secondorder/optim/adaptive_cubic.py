@@ -35,9 +35,10 @@ from scipy.optimize import brentq
 from torch import Tensor
 
 from secondorder.curvature.lanczos import lanczos
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
 from secondorder.optim.base import Closure
-from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
+from secondorder.optim.curvature_source import CurvatureClosure
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
 
@@ -248,28 +249,18 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        sigma, eta1, eta2 = hp["sigma"], hp["eta1"], hp["eta2"]
-        if not sigma > 0:
-            raise ValueError(f"Invalid sigma value: {sigma}; it must be positive")
-        if not 0.0 < eta1 < 1.0:
-            raise ValueError(f"Invalid eta1 value: {eta1}; it must be in (0, 1)")
-        if not eta1 <= eta2 < 1.0:
-            raise ValueError(f"Invalid eta2 value: {eta2}; it must be in [eta1, 1) = [{eta1}, 1)")
-        if not hp["gamma"] > 1.0:
-            raise ValueError(f"Invalid gamma value: {hp['gamma']}; it must be > 1")
-        if not hp["sigma_min"] > 0:
-            raise ValueError(f"Invalid sigma_min value: {hp['sigma_min']}; it must be positive")
-        max_cg_iter = hp["max_cg_iter"]
-        if not (isinstance(max_cg_iter, int) and max_cg_iter >= 1):
-            raise ValueError(f"Invalid max_cg_iter value: {max_cg_iter}; it must be an int >= 1")
-        if not hp["tolerance_grad"] >= 0:
-            raise ValueError(
-                f"Invalid tolerance_grad value: {hp['tolerance_grad']}; it must be >= 0"
-            )
-        check_curvature(hp["curvature"])
+    HYPERPARAMETERS = {
+        **AdaptiveNormOptimizer.HYPERPARAMETERS,
+        "sigma": hyper.positive,
+        "eta1": hyper.in_range(0, 1),
+        "sigma_min": hyper.positive,
+    }
+
+    @classmethod
+    def check_relations(cls, hp: Mapping[str, Any]) -> None:
+        """``eta1 <= eta2 < 1``."""
+        eta1, eta2 = hp["eta1"], hp["eta2"]
+        hyper.require(eta1 <= eta2 < 1.0, "eta2", eta2, f"in [eta1, 1) = [{eta1}, 1)")
 
     def step(
         self,

@@ -34,7 +34,7 @@ preconditioner is on; the GGN comes from ``step(closure, ggn_closure=...)`` (see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import check_finite_start
 from secondorder.optim.base import (
     Closure,
@@ -53,10 +53,10 @@ from secondorder.optim.base import (
 )
 from secondorder.optim.closure_convention import BackwardWatch
 from secondorder.optim.curvature_source import (
+    CURVATURES,
     CurvatureClosure,
     WorkingPrecisionOperator,
     check_closures,
-    check_curvature,
     separate_operator,
 )
 from secondorder.optim.krylov import truncated_cg
@@ -193,7 +193,7 @@ def per_sample_squared_gradients(losses: Tensor, params: Sequence[Tensor], *,
     return tuple(out)
 
 
-class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
+class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
     """Martens' (2010) Hessian-free optimizer (module docstring).
 
     ``step(closure, ggn_closure=...)``: ``closure`` returns the per-sample losses on the
@@ -257,39 +257,19 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        if not hp["damping"] > 0:
-            raise ValueError(f"Invalid damping value: {hp['damping']}; it must be positive")
-        check_curvature(hp["curvature"])
-        max_cg_iter, probes = hp["max_cg_iter"], hp["fisher_probes"]
-        max_ls_evals = hp["max_ls_evals"]
-        if not (isinstance(max_cg_iter, int) and max_cg_iter >= 1):
-            raise ValueError(f"Invalid max_cg_iter value: {max_cg_iter}; it must be an int >= 1")
-        if not hp["cg_rtol"] >= 0:
-            raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
-        if not 0.0 <= hp["decay"] <= 1.0:
-            raise ValueError(f"Invalid decay value: {hp['decay']}; it must be in [0, 1]")
-        power = hp["preconditioner_power"]
-        if not 0.0 < power <= 1.0:
-            raise ValueError(
-                f"Invalid preconditioner_power value: {power}; it must be in (0, 1]"
-            )
-        if not (isinstance(probes, int) and probes >= 0):
-            raise ValueError(f"Invalid fisher_probes value: {probes}; it must be an int >= 0")
-        if not hp["progress_tol"] >= 0:
-            raise ValueError(
-                f"Invalid progress_tol value: {hp['progress_tol']}; it must be >= 0"
-            )
-        if not 0.0 < hp["c1"] < 1.0:
-            raise ValueError(f"Invalid c1 value: {hp['c1']}; it must be in (0, 1)")
-        if not 0.0 < hp["ls_shrink"] < 1.0:
-            raise ValueError(f"Invalid ls_shrink value: {hp['ls_shrink']}; it must be in (0, 1)")
-        if not (isinstance(max_ls_evals, int) and max_ls_evals >= 1):
-            raise ValueError(
-                f"Invalid max_ls_evals value: {max_ls_evals}; it must be an int >= 1"
-            )
+    HYPERPARAMETERS = {
+        "damping": hyper.positive,
+        "curvature": hyper.one_of(CURVATURES),
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+        "decay": hyper.in_range(0, 1, "[]"),
+        "preconditioner_power": hyper.in_range(0, 1, "(]"),
+        "fisher_probes": hyper.integer(0),
+        "progress_tol": hyper.nonnegative,
+        "c1": hyper.in_range(0, 1),
+        "ls_shrink": hyper.in_range(0, 1),
+        "max_ls_evals": hyper.integer(1),
+    }
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(

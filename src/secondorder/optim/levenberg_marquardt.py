@@ -21,14 +21,14 @@ and one extra loss evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import try_step
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import local_model
@@ -109,7 +109,7 @@ def update_damping(
     return damping
 
 
-class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
+class LevenbergMarquardt(hyper.Hyperparameters, SecondOrderOptimizer):
     """LM-damped Newton-CG (module docstring).
 
     The damping lives in ``optimizer.state["global"]["damping"]``; the last step's ``rho``,
@@ -146,23 +146,14 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
                         cg_rtol=cg_rtol)  # fmt: skip
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        damping, increase, decrease = hp["damping"], hp["increase"], hp["decrease"]
-        min_damping, max_cg_iter, cg_rtol = hp["min_damping"], hp["max_cg_iter"], hp["cg_rtol"]
-        if not damping > 0.0:
-            raise ValueError(f"Invalid damping: {damping}; it must be positive")
-        if not increase > 1.0:
-            raise ValueError(f"Invalid increase: {increase}; it must be > 1")
-        if not 0.0 < decrease < 1.0:
-            raise ValueError(f"Invalid decrease: {decrease}; it must be in (0, 1)")
-        if not min_damping >= 0.0:
-            raise ValueError(f"Invalid min_damping: {min_damping}; it must be >= 0")
-        if isinstance(max_cg_iter, bool) or not isinstance(max_cg_iter, int) or max_cg_iter < 1:
-            raise ValueError(f"Invalid max_cg_iter: {max_cg_iter}; it must be an integer >= 1")
-        if not cg_rtol >= 0.0:
-            raise ValueError(f"Invalid cg_rtol: {cg_rtol}; it must be >= 0")
+    HYPERPARAMETERS = {
+        "damping": hyper.positive,
+        "increase": hyper.greater_than(1),
+        "decrease": hyper.in_range(0, 1),
+        "min_damping": hyper.nonnegative,
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+    }
 
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One damped Newton-CG step; accepted only if it lowers the loss.

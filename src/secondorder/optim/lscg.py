@@ -18,8 +18,7 @@ steepest descent ``-g``, then takes an Armijo backtracking step (Nocedal & Wrigh
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +26,8 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._direction_search import GroupScale
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import local_model
 from secondorder.optim.krylov import CGResult, truncated_cg
@@ -88,7 +87,7 @@ def lscg_direction(
     return LSCGDirection(tuple(res.solution), res)
 
 
-class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
+class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
     """Least-squares CG Newton method with Armijo backtracking (module docstring).
 
     The outcome of the last step is in ``optimizer.state["global"]``: ``cg_status``,
@@ -117,7 +116,8 @@ class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
             between param groups (the message names it).
     """
 
-    per_group = ("lr",)
+    PER_GROUP = ("lr",)
+    DEFAULT_RULES = {"lr": hyper.positive}
 
     def __init__(
         self,
@@ -128,27 +128,17 @@ class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
         c1: float = 1e-4,
         max_ls_evals: int = 30,
     ):
-        if not lr > 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
         defaults = dict(lr=lr, max_cg_iter=max_cg_iter, cg_rtol=cg_rtol, c1=c1,
                         max_ls_evals=max_ls_evals)
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        lr, max_cg_iter, cg_rtol, c1, max_ls_evals = (
-            hp[k] for k in ("lr", "max_cg_iter", "cg_rtol", "c1", "max_ls_evals"))
-        if not (lr >= 0.0 and math.isfinite(lr)):
-            raise ValueError(f"Invalid learning rate: {lr}; it must be finite and >= 0")
-        if isinstance(max_cg_iter, bool) or not isinstance(max_cg_iter, int) or max_cg_iter < 1:
-            raise ValueError(f"Invalid max_cg_iter: {max_cg_iter}; it must be an integer >= 1")
-        if not cg_rtol >= 0.0:
-            raise ValueError(f"Invalid cg_rtol: {cg_rtol}; it must be >= 0")
-        if not 0.0 < c1 < 1.0:
-            raise ValueError(f"Invalid c1: {c1}; it must be in (0, 1)")
-        if isinstance(max_ls_evals, bool) or not isinstance(max_ls_evals, int) or max_ls_evals < 1:
-            raise ValueError(f"Invalid max_ls_evals: {max_ls_evals}; it must be an integer >= 1")
+    HYPERPARAMETERS = {
+        "lr": hyper.finite_nonnegative,
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+        "c1": hyper.in_range(0, 1),
+        "max_ls_evals": hyper.integer(1),
+    }
 
     def _free_groups(self) -> list[dict[str, Any]]:
         free = [g for g in self.param_groups if float(g["lr"]) != 0]

@@ -34,6 +34,7 @@ from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import HessianOperator
 from secondorder.optim import _direction_search as ds
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import krylov
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import LineObjective, is_finite, max_abs
@@ -113,22 +114,16 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         super().__init__(params, defaults)
         self.generator = generator
 
-    @staticmethod
-    def check_hyperparameters(hp: dict[str, Any]) -> None:
-        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
-        ds.check_choice("line_search", hp["line_search"], NEWTON_LINE_SEARCHES)
-        ds.check_int("max_cg_iter", hp["max_cg_iter"], optional=True)
-        forcing = hp["forcing"]
-        if isinstance(forcing, str):
-            if forcing != "eisenstat_walker":
-                raise ValueError(
-                    f"Invalid forcing: {forcing!r} (use 'eisenstat_walker' or a float)"
-                )
-        elif not 0 < forcing < 1:
-            raise ValueError(f"Invalid forcing: {forcing} (need 0 < forcing < 1)")
-        frac = hp["hessian_fraction"]
-        if frac is not None and not 0 < frac <= 1:
-            raise ValueError(f"Invalid hessian_fraction: {frac} (need 0 < f <= 1)")
+    HYPERPARAMETERS = {
+        **ds.SharedHyperparameters.HYPERPARAMETERS,
+        "line_search": hyper.one_of(NEWTON_LINE_SEARCHES),
+        "max_cg_iter": hyper.optional(hyper.integer(1)),
+        "forcing": hyper.Rule(
+            lambda f: f == "eisenstat_walker" if isinstance(f, str) else 0 < f < 1,
+            "'eisenstat_walker' or a float in (0, 1)",
+        ),
+        "hessian_fraction": hyper.optional(hyper.in_range(0, 1, "(]")),
+    }
 
     def reset_memory(self) -> None:
         """Forget the previous gradient norm and forcing term (Eisenstat-Walker restarts)."""

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.complex_step import complex_step_hvp
 from secondorder.curvature.vhv import vhv
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 
 BACKENDS = ("autograd", "complex-step")
@@ -300,7 +300,7 @@ def taylor_step_size(
 
 
 # --------------------------------------------------------------------------- optimizer
-class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
+class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
     """Seed 002's stochastic Newton-Krylov method (Alg. 1; module docstring).
 
     ``step(closure, global_closure=None)`` processes one mini-batch: ``closure`` returns
@@ -362,38 +362,24 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        if not 0.0 < hp["taylor_ratio"] < 1.0:
-            raise ValueError(f"Invalid taylor_ratio: {hp['taylor_ratio']}; it must be in (0, 1)")
-        _check_int("max_cg_iter", hp["max_cg_iter"], 1)
-        if not hp["cg_rtol"] >= 0.0:
-            raise ValueError(f"Invalid cg_rtol: {hp['cg_rtol']}; it must be >= 0")
-        if hp["backend"] not in BACKENDS:
-            raise ValueError(f"Invalid backend: {hp['backend']!r}; choose one of {BACKENDS}")
-        _check_int("global_refresh", hp["global_refresh"], 1)
-        if not 0.0 <= hp["warm_start"] <= 1.0:
-            raise ValueError(f"Invalid warm_start: {hp['warm_start']}; it must be in [0, 1]")
-        _check_int("max_step_adjust", hp["max_step_adjust"], 0)
-        if not hp["fallback_step"] > 0.0:
-            raise ValueError(
-                f"Invalid fallback_step: {hp['fallback_step']}; it must be positive"
-            )
-        if not hp["damping_threshold"] >= 0.0:
-            raise ValueError(
-                f"Invalid damping_threshold: {hp['damping_threshold']}; it must be >= 0"
-            )
-        if not hp["damping_scale"] > 0.0:
-            raise ValueError(
-                f"Invalid damping_scale: {hp['damping_scale']}; it must be positive"
-            )
+    HYPERPARAMETERS = {
+        "taylor_ratio": hyper.in_range(0, 1),
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+        "backend": hyper.one_of(BACKENDS),
+        "global_refresh": hyper.integer(1),
+        "warm_start": hyper.in_range(0, 1, "[]"),
+        "max_step_adjust": hyper.integer(0),
+        "fallback_step": hyper.positive,
+        "damping_threshold": hyper.nonnegative,
+        "damping_scale": hyper.positive,
+    }
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (checked as in :class:`GlobalHyperparameters`).
+        """Add a group (checked as in :class:`~secondorder.optim.hyperparameters.Hyperparameters`).
 
         Raises:
-            ValueError: as :meth:`GlobalHyperparameters.add_param_group`, or for
+            ValueError: as :meth:`Hyperparameters.add_param_group`, or for
                 ``backend="complex-step"`` with a parameter that is not float32 or float64
                 (the complex-step curvature refuses them at the first step otherwise; the
                 group is not added).
@@ -575,7 +561,3 @@ def _substituted_loss(closure: Closure) -> Callable[[Sequence[Tensor]], Tensor]:
 
     return loss_fn
 
-
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Invalid {name}: {value}; it must be an integer >= {low}")

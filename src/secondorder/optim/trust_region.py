@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
 from secondorder.optim.base import Closure
-from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
+from secondorder.optim.curvature_source import CurvatureClosure
 from secondorder.optim.krylov import steihaug_cg
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
@@ -249,35 +250,21 @@ class TrustRegion(AdaptiveNormOptimizer):
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        radius, eta, eta_expand = hp["radius"], hp["eta"], hp["eta_expand"]
-        if not radius > 0:
-            raise ValueError(f"Invalid radius value: {radius}; it must be positive")
-        if not 0.0 < eta < 1.0:
-            raise ValueError(f"Invalid eta value: {eta}; it must be in (0, 1)")
-        if not hp["gamma"] > 1.0:
-            raise ValueError(f"Invalid gamma value: {hp['gamma']}; it must be > 1")
-        if eta_expand is not None and not eta <= eta_expand < 1.0:
-            raise ValueError(
-                f"Invalid eta_expand value: {eta_expand}; it must be None or in [eta, 1) = "
-                f"[{eta}, 1)"
-            )
-        if not hp["max_radius"] >= radius:
-            raise ValueError(
-                f"Invalid max_radius value: {hp['max_radius']}; it must be >= radius ({radius})"
-            )
-        max_cg_iter = hp["max_cg_iter"]
-        if not (isinstance(max_cg_iter, int) and max_cg_iter >= 1):
-            raise ValueError(f"Invalid max_cg_iter value: {max_cg_iter}; it must be an int >= 1")
-        if not hp["cg_rtol"] >= 0:
-            raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
-        if not hp["tolerance_grad"] >= 0:
-            raise ValueError(
-                f"Invalid tolerance_grad value: {hp['tolerance_grad']}; it must be >= 0"
-            )
-        check_curvature(hp["curvature"])
+    HYPERPARAMETERS = {
+        **AdaptiveNormOptimizer.HYPERPARAMETERS,
+        "radius": hyper.positive,
+        "eta": hyper.in_range(0, 1),
+        "cg_rtol": hyper.nonnegative,
+    }
+
+    @classmethod
+    def check_relations(cls, hp: Mapping[str, Any]) -> None:
+        """``eta <= eta_expand < 1`` (or ``None``) and ``max_radius >= radius``."""
+        eta, eta_expand, radius = hp["eta"], hp["eta_expand"], hp["radius"]
+        hyper.require(eta_expand is None or eta <= eta_expand < 1.0, "eta_expand", eta_expand,
+                      f"None or in [eta, 1) = [{eta}, 1)")
+        hyper.require(hp["max_radius"] >= radius, "max_radius", hp["max_radius"],
+                      f">= radius ({radius})")
 
     def step(
         self,
