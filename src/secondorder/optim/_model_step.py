@@ -169,6 +169,8 @@ class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):
         ValueError: for an invalid norm name or value, or groups that disagree.
     """
 
+    NEEDS_CURVATURE = True
+    SUPPORTS_GAUSS_NEWTON = True
     HYPERPARAMETERS = {
         "curvature": hyper.one_of(CURVATURES),
         "gamma": hyper.greater_than(1),

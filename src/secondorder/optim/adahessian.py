@@ -215,6 +215,7 @@ class AdaHessian(hyper.Hyperparameters, SecondOrderOptimizer):
         self.register_state_dict_pre_hook(AdaHessian._save_generator)
         self.register_load_state_dict_post_hook(AdaHessian._load_generator)
 
+    NEEDS_CURVATURE = True
     PER_GROUP = hyper.EVERY_KEY
     DEFAULT_RULES = {"lr": hyper.positive}
     HYPERPARAMETERS = {

@@ -257,6 +257,8 @@ class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
         )
         super().__init__(params, defaults)
 
+    NEEDS_CURVATURE = True
+    SUPPORTS_GAUSS_NEWTON = True
     HYPERPARAMETERS = {
         "damping": hyper.positive,
         "curvature": hyper.one_of(CURVATURES),

@@ -146,6 +146,7 @@ class LevenbergMarquardt(hyper.Hyperparameters, SecondOrderOptimizer):
                         cg_rtol=cg_rtol)  # fmt: skip
         super().__init__(params, defaults)
 
+    NEEDS_CURVATURE = True
     HYPERPARAMETERS = {
         "damping": hyper.positive,
         "increase": hyper.greater_than(1),

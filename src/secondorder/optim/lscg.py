@@ -116,6 +116,7 @@ class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
             between param groups (the message names it).
     """
 
+    NEEDS_CURVATURE = True
     PER_GROUP = ("lr",)
     DEFAULT_RULES = {"lr": hyper.positive}
 

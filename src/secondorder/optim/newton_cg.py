@@ -114,6 +114,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         super().__init__(params, defaults)
         self.generator = generator
 
+    NEEDS_CURVATURE = True
     HYPERPARAMETERS = {
         **ds.SharedHyperparameters.HYPERPARAMETERS,
         "line_search": hyper.one_of(NEWTON_LINE_SEARCHES),

@@ -362,6 +362,7 @@ class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
         )
         super().__init__(params, defaults)
 
+    NEEDS_CURVATURE = True
     HYPERPARAMETERS = {
         "taylor_ratio": hyper.in_range(0, 1),
         "max_cg_iter": hyper.integer(1),
