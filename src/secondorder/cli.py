@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few problems, small grid, one seed (about 3 minutes)")
     b.add_argument("--sweep", help="sweep name in the database (default bench / quick)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_extension_arguments(b)
 
     r = sub.add_parser("report", help="write the report from the database")
     r.add_argument("--out", default="secondorder-results", help="results folder")
@@ -113,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_extension_arguments(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--optimizer", action="append", metavar="SPEC",
+                   help="an optimizer by import path with its grid, added to the sweep "
+                        "(repeatable): '[NAME=]module.path:Class lr=1e-3,1e-2 key=value'")
+    b.add_argument("--config", metavar="TOML",
+                   help="sweep file: problems, optimizers, seeds, budget, user problems "
+                        "(docs/benchmark.md); command-line flags win")
+    b.add_argument("--tensorboard", metavar="DIR",
+                   help="also write each run's measurements to TensorBoard event files "
+                        "(needs the tensorboard extra)")
+
+
 def _check_names(kind: str, names: list[str], valid: Sequence[str]) -> None:
     bad = [n for n in names if n not in valid]
     if bad:
@@ -120,9 +133,11 @@ def _check_names(kind: str, names: list[str], valid: Sequence[str]) -> None:
 
 
 def _cmd_list() -> int:
+    from secondorder.bench import plugins
     from secondorder.bench import problems as P
     from secondorder.bench.registry import REGISTRY
 
+    plugins.load_entry_points()  # entry-point problems join the list
     print("Problems (embedded suite marked *):")
     for name in P.list_problems():
         star = "*" if name in P.EMBEDDED else " "
@@ -147,6 +162,7 @@ def _cmd_list() -> int:
                                  ("first-order baseline", s.first_order)) if on]
         if extra or flags:
             print(f"      defaults {extra} {'; '.join(flags)}")
+    print("\n".join(plugins.describe()))
     return 0
 
 
@@ -180,11 +196,16 @@ def _report_lock(out: Path) -> Iterator[None]:
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench import problems as P
+    from secondorder.bench.config import apply_bench_extensions
     from secondorder.bench.registry import available_optimizers, list_optimizers
     from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows, write_report
     from secondorder.bench.runner import Budget
     from secondorder.bench.sweep import SweepConfig, run_sweep
 
+    try:  # --config, --optimizer, --tensorboard (secondorder.bench.config)
+        apply_bench_extensions(args)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     _check_bench_options(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise CLIError(f"data directory {args.data_dir!r} does not exist")

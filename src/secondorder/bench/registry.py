@@ -218,7 +218,9 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         "matrix (Martens 2010)"),
     _so("NewtonKrylov", "taylor_ratio",
         {"full": (0.01, 0.02, 0.05, 0.1, 0.2), "default": (0.02, 0.05, 0.2), "quick": (0.05,)},
-        "complex-step Newton-Krylov with Taylor-ratio step sizing (seed 002 Alg. 1)",
+        "stochastic Newton-Krylov with Taylor-ratio step sizing ([Shen] Alg. 1); Hessian "
+        "products by autograd unless backend='complex-step' (the paper's complex-step "
+        "products: same iterates to rounding, different cost)",
         global_closure=True),
     # LSCG costs 50-100 HVPs per step: its default grid is the default step only.
     _so("LSCG", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
@@ -246,6 +248,11 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         {"line_search": None, "forcing": 1e-8}, full_batch=True, study_only=True,
         description="Newton without line search: x -= lr H^-1 g, H^-1 g by CG to 1e-8 "
         "([Veitch] Newton (noLS))"),
+    # Optional extra "shampoo" (pyproject): unavailable, and skipped, when not installed.
+    OptimizerSpec(
+        "Shampoo", "Shampoo", "pytorch_optimizer", "torch", "lr", _lr(), {},
+        description="Shampoo (Gupta, Koren, Singer 2018) from pytorch-optimizer, the "
+        "[Shen] Fig. 3 baseline (optional extra 'shampoo')"),
     _so("LevenbergMarquardt", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},
@@ -277,8 +284,11 @@ def register(spec: OptimizerSpec, *, replace: bool = False) -> OptimizerSpec:
 
 
 def list_optimizers() -> list[str]:
-    """All registered names (available or not), in report order."""
-    return list(REGISTRY)
+    """All registered names (available or not), in report order, then the optimizers
+    declared by import path or entry point (:mod:`secondorder.bench.plugins`)."""
+    from secondorder.bench.plugins import optimizer_names
+
+    return list(REGISTRY) + optimizer_names()
 
 
 def get_optimizer(name: str) -> OptimizerSpec:
@@ -290,6 +300,10 @@ def get_optimizer(name: str) -> OptimizerSpec:
     try:
         return REGISTRY[name]
     except KeyError:
+        from secondorder.bench.plugins import find_optimizer
+
+        if (spec := find_optimizer(name)) is not None:
+            return spec
         raise ValueError(
             f"unknown optimizer {name!r}; valid names: {', '.join(REGISTRY)}"
         ) from None

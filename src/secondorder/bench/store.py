@@ -24,6 +24,8 @@ is dead (same host), or its heartbeat is older than the lease (``lease`` seconds
 host). Measurements and the terminal status are written in **one** transaction at the end
 (:meth:`Store.finish_run`), and only while the writer still owns the claim, so a killed
 run leaves a ``running`` row without measurements, and a run is never stored twice.
+Ownership and liveness of a claim (:func:`owner_id`, :func:`claim_is_stale`, :class:`Claim`)
+live in :mod:`secondorder.bench.claims`.
 
 Failed runs (an exception, no result) are claimed again when the caller passes
 ``retry_failed_before``: a sweep retries each run that failed before it started, once.
@@ -46,12 +48,12 @@ import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from secondorder.bench.claims import LEASE_SECONDS, Claim, claim_is_stale, owner_id
 
 __all__ = [
     "LEASE_SECONDS",
@@ -65,8 +67,6 @@ __all__ = [
 ]
 
 TERMINAL = ("finished", "diverged", "failed")
-#: Seconds without a heartbeat after which another process may take a running run over.
-LEASE_SECONDS = 60.0
 #: ``PRAGMA user_version`` of the current schema (1: no settings/claims; 2: this one).
 SCHEMA_VERSION = 2
 
@@ -142,66 +142,6 @@ def environment_info(device: str = "cpu") -> dict[str, Any]:
 
 class StoreError(Exception):
     """A results database that cannot be used: one line naming the file and the remedy."""
-
-
-_OWNER: tuple[int, str] | None = None
-
-
-def owner_id() -> str:
-    """``host:pid:uuid`` of this process (new in every process, forked ones included)."""
-    global _OWNER
-    if _OWNER is None or _OWNER[0] != os.getpid():
-        _OWNER = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}")
-    return _OWNER[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def claim_is_stale(owner: str | None, heartbeat: float | None, lease: float,
-                   now: float | None = None) -> bool:
-    """Whether a ``running`` row's claim may be taken over (module docstring).
-
-    Stale: no owner or heartbeat, a heartbeat older than ``lease`` seconds, an owner that
-    is this very process (a run it abandoned, e.g. after ``KeyboardInterrupt``), or an
-    owner process on this host that no longer exists.
-    """
-    now = time.time() if now is None else now
-    if owner is None or heartbeat is None or now - heartbeat > lease:
-        return True
-    if owner == owner_id():
-        return True
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host == socket.gethostname() and pid.isdigit():
-        return not _pid_alive(int(pid))
-    return False
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Outcome of :meth:`Store.claim_run`.
-
-    Attributes:
-        state: ``"claimed"`` (this process must run it), ``"done"`` (terminal already) or
-            ``"busy"`` (another live process is running it).
-        run_id: the run's row id (``None`` only for a key never seen).
-    """
-
-    state: str
-    run_id: int | None
 
 
 def _fault(path: Path, what: str, remedy: str) -> StoreError:
@@ -391,7 +331,7 @@ class Store:
         """Claim a run for this process, atomically (module docstring).
 
         A new key is inserted as ``running``; a ``running`` row whose claim is stale
-        (:func:`claim_is_stale`), or a ``failed`` row that finished before
+        (:func:`~secondorder.bench.claims.claim_is_stale`), or a ``failed`` row that finished before
         ``retry_failed_before``, is taken over: its measurements are deleted and it is
         marked ``running`` under this process, keeping its id (``attempts`` + 1).
         """

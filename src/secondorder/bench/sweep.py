@@ -66,6 +66,7 @@ from secondorder.bench.datafacts import data_facts
 from secondorder.bench.registry import get_optimizer
 from secondorder.bench.runner import Budget, RunResult, run
 from secondorder.bench.store import TERMINAL, Store
+from secondorder.bench.tensorboard import log_run as log_to_tensorboard
 
 __all__ = [
     "TARGET_FRACTION",
@@ -192,6 +193,7 @@ def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> st
                 result = RunResult("failed", [], f"{type(e).__name__}: {e}")
         if not store.finish_run(claim.run_id, result.status, result.measurements, result.error):
             return "busy"
+        log_to_tensorboard(task, result.measurements)  # a no-op without --tensorboard
         return result.status
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "Hyperparameters",
     "Rule",
     "at_least",
+    "boolean",
     "check_agree",
     "finite_nonnegative",
     "greater_than",
@@ -81,6 +82,7 @@ def _is_int(value: Any) -> bool:
 positive = Rule(lambda v: v > 0, "> 0")
 nonnegative = Rule(lambda v: v >= 0, ">= 0")
 finite_nonnegative = Rule(lambda v: v >= 0 and math.isfinite(v), "finite and >= 0")
+boolean = Rule(lambda v: isinstance(v, bool), "True or False")
 
 
 def greater_than(low: float) -> Rule:

@@ -60,17 +60,25 @@ def two_loop(
     Returns:
         ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no host sync).
     """
-    q = tuple(grad)
+    q = tl.clone(grad)  # updated in place below: two allocations per call, not 2 per pair
     alphas = []
     for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
         a = rho * tl.dot(s, q)
-        q = tl.add(q, y, -a)
+        _add_scaled_(q, y, -a)
         alphas.append(a)
     r = tl.scale(q, gamma)
     for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
         b = rho * tl.dot(y, r)
-        r = tl.add(r, s, a - b)
+        _add_scaled_(r, s, a - b)
     return r
+
+
+def _add_scaled_(a: Sequence[Tensor], b: Sequence[Tensor], c: Tensor) -> None:
+    """``a += c b`` in place for a 0-dim tensor ``c``: one fused kernel per tensor."""
+    if len(a) == 1:
+        a[0].addcmul_(b[0], c)
+    else:
+        torch._foreach_addcmul_(list(a), list(b), [c] * len(a))
 
 
 class LBFGSMemory:

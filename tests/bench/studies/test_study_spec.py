@@ -25,7 +25,7 @@ def _replace_part(study, index, **changes):
 
 
 def test_studies_are_named_after_the_paper_keys_and_valid():
-    assert list_studies() == ["veitch", "filippova"]
+    assert list_studies() == ["veitch", "filippova", "shen"]
     for name in list_studies():
         study = get_study(name)
         assert study.key == f"[{name.capitalize()}]"
@@ -72,8 +72,9 @@ def test_special_methods_only_in_iteration_parts_and_budgets_fit_the_kind():
 
 
 def test_unknown_study_and_bad_seeds():
-    with pytest.raises(StudySpecError, match="unknown study 'shen'; known: veitch, filippova"):
-        get_study("shen")
+    with pytest.raises(StudySpecError,
+                       match="unknown study 'adaptivenorms'; known: veitch, filippova, shen"):
+        get_study("adaptivenorms")
     with pytest.raises(StudySpecError, match="Invalid --seeds 0"):
         get_study("veitch", seeds=0)
 

@@ -136,7 +136,7 @@ class _PartRunner:
         t0 = time.perf_counter()
         if self.part.kind == "epochs":
             task = Task(self.sweep, pname, method.optimizer, _items(hyper), seed,
-                        _items(budget), 1, self.data_dir)
+                        _items(budget), self.part.evals_per_epoch, self.data_dir)
             status = execute(self.db, task, self.loader)
         else:
             status = _execute_iterations(self.db, (self.sweep, pname), sp.problem, pspec,

@@ -112,6 +112,8 @@ class Part:
         problems, methods: what runs.
         budget: ``{"epochs": E}`` or ``{"iterations": N}``.
         seeds: repetitions of each selected setting (seeds ``0..seeds-1``).
+        evals_per_epoch: evaluations per epoch of an ``"epochs"`` part (curves against
+            iterations need more than one).
     """
 
     name: str
@@ -121,6 +123,7 @@ class Part:
     methods: tuple[MethodSpec, ...]
     budget: Mapping[str, float]
     seeds: int = 1
+    evals_per_epoch: int = 1
 
     def method(self, label: str) -> MethodSpec:
         for m in self.methods:
@@ -235,6 +238,9 @@ class Study:
             if set(part.budget) != {unit} or not part.budget[unit] > 0:
                 raise StudySpecError(
                     f"{where}: budget {dict(part.budget)}; expected {{{unit!r}: >0}}")
+            if part.evals_per_epoch < 1:
+                raise StudySpecError(f"{where}: evals_per_epoch {part.evals_per_epoch}; it "
+                                     "must be >= 1")
             if part.seeds < 1:
                 raise StudySpecError(f"{where}: seeds {part.seeds}; it must be >= 1")
             for p in part.problems:
