@@ -140,12 +140,12 @@ def newton_krylov_table(args: argparse.Namespace, dtype: torch.dtype) -> None:
 
     x = torch.randn(args.batch, 784, dtype=dtype)
     y = torch.randint(0, 10, (args.batch,))
-    print(f"NewtonKrylov(backend='complex-step', max_krylov={args.max_krylov}), "
+    print(f"NewtonKrylov(backend='complex-step', max_cg_iter={args.max_cg_iter}), "
           f"{args.newton_krylov} steps, same batch, seconds per step:")
     for mode in ("before", "after"):
         model = mlp(784, args.hidden, 10, dtype)
         loss_fn, params = functional_loss(model, nn.CrossEntropyLoss(), x, y)
-        opt = NewtonKrylov(params, backend="complex-step", max_krylov=args.max_krylov)
+        opt = NewtonKrylov(params, backend="complex-step", max_cg_iter=args.max_cg_iter)
 
         def closure(ps=None, loss_fn=loss_fn, params=params):
             return loss_fn(params if ps is None else ps)
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--newton-krylov", type=int, default=0, metavar="STEPS",
                         help="also time STEPS NewtonKrylov steps before/after")
-    parser.add_argument("--max-krylov", type=int, default=10)
+    parser.add_argument("--max-cg-iter", type=int, default=10)
     parser.add_argument("--norms", type=float, nargs="+", default=list(NORMS),
                         help="direction norms (default: 1 1e-3 1e-6)")
     args = parser.parse_args()

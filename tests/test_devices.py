@@ -55,7 +55,7 @@ DETERMINISTIC = {
 }
 # Methods whose discrete decisions amplify rounding: Hessian-free's CG-iterate backtracking
 # matches CPU to 1e-16 for 6 steps, then one choice flips (measured on an H100); LSCG runs
-# CG on H^2 (condition number squared) cut off at max_cg, so its CUDA and CPU iterates differ
+# CG on H^2 (condition number squared) cut off at max_cg_iter, so its CUDA and CPU iterates differ
 # from the first step. They are checked for parity over fewer steps, or for loss decrease.
 SHORT_HORIZON = {
     "HessianFree-hessian": lambda ps: so.HessianFree(ps, curvature="hessian", preconditioner=False),

@@ -88,3 +88,25 @@ def test_study_entries_are_registered_but_not_in_the_default_suite():
     study = {n for n, s in REGISTRY.items() if s.study_only}
     assert study == {"sgd_momentum_avg", "torch_lbfgs", "gd_linesearch", "newton_nols"}
     assert not study & set(registry.available_optimizers())
+
+
+def test_register_a_class_defined_outside_any_module():
+    class Mine(torch.optim.SGD):
+        pass
+
+    grids = {"quick": (0.1,), "default": (0.1, 1.0), "full": (0.01, 0.1, 1.0)}
+    spec = OptimizerSpec.for_class(Mine, "lr", grids, protocol="torch", name="mine_sgd")
+    try:
+        assert registry.register(spec) is spec and get_optimizer("mine_sgd") is spec
+        assert spec.unavailable_reason() is None
+        assert type(spec.build([torch.zeros(2, requires_grad=True)], lr=0.1)) is Mine
+        with pytest.raises(ValueError, match="'mine_sgd' is already registered"):
+            registry.register(spec)
+        assert registry.register(spec, replace=True) is spec
+    finally:
+        REGISTRY.pop("mine_sgd", None)
+    with pytest.raises(ValueError, match="Invalid protocol value: 'jax'"):
+        registry.register(OptimizerSpec.for_class(Mine, "lr", grids, protocol="jax"))
+    with pytest.raises(ValueError, match=r"Invalid grids value: .*it must give \['full'\]"):
+        registry.register(OptimizerSpec.for_class(Mine, "lr", {"quick": (1,), "default": (1,)}))
+    assert "Mine" not in REGISTRY

@@ -327,3 +327,11 @@ def test_gauss_newton_closures_reach_trust_region_only_when_configured():
     assert uses_ggn_closure(HessianFree(w))
     assert not uses_ggn_closure(HessianFree(w, curvature="hessian"))
     assert not uses_ggn_closure(TrustRegion(w)) and not uses_ggn_closure(torch.optim.SGD(w, 0.1))
+
+    class Undeclared(torch.optim.SGD):  # takes ggn_closure but does not declare it
+        def step(self, closure=None, ggn_closure=None):
+            return super().step(closure)
+
+    undeclared = Undeclared(w, 0.1)
+    undeclared.param_groups[0]["curvature"] = "gauss_newton"
+    assert not uses_ggn_closure(undeclared)  # the class attribute decides, not the signature

@@ -186,9 +186,9 @@ def test_group_lr_zero_stays_put_and_group_values_are_checked():
     opt.step(lambda: (a**2).sum() + (b**2).sum())
     assert torch.equal(b.detach(), torch.ones(2, dtype=DT))
     assert bool((a.detach() < 1).all())
-    with pytest.raises(ValueError, match="Invalid beta parameter at index 0: 1.0"):
+    with pytest.raises(ValueError, match=r"Invalid betas value: \(1.0, 0.9\)"):
         opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "betas": (1.0, 0.9)})
-    with pytest.raises(ValueError, match="Invalid learning rate: -0.1"):
+    with pytest.raises(ValueError, match="Invalid lr value: -0.1"):
         AdaHessian([{"params": [a], "lr": -0.1}])
     assert len(opt.param_groups) == 2
 
@@ -196,19 +196,19 @@ def test_group_lr_zero_stays_put_and_group_values_are_checked():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(lr=0.0), "Invalid learning rate: 0.0"),
-        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
-        (dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
-        (dict(betas=(0.9, -0.1)), "Invalid beta parameter at index 1: -0.1"),
-        (dict(betas=(0.9,)), r"Invalid betas: \(0.9,\)"),
-        (dict(eps=0.0), "Invalid epsilon value: 0.0"),
+        (dict(lr=0.0), "Invalid lr value: 0.0"),
+        (dict(lr=-1.0), "Invalid lr value: -1.0"),
+        (dict(betas=(1.0, 0.999)), r"Invalid betas value: \(1.0, 0.999\)"),
+        (dict(betas=(0.9, -0.1)), r"Invalid betas value: \(0.9, -0.1\)"),
+        (dict(betas=(0.9,)), r"Invalid betas value: \(0.9,\)"),
+        (dict(eps=0.0), "Invalid eps value: 0.0"),
         (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
-        (dict(hessian_power=1.5), "Invalid Hessian power value: 1.5"),
-        (dict(update_each=0), "Invalid update_each: 0"),
-        (dict(update_each=1.5), "Invalid update_each: 1.5"),
-        (dict(n_samples=0), "Invalid n_samples: 0"),
-        (dict(spatial_average_block_size=0), "Invalid spatial_average_block_size: 0"),
-        (dict(generator=3), "Invalid generator: int"),
+        (dict(hessian_power=1.5), "Invalid hessian_power value: 1.5"),
+        (dict(update_each=0), "Invalid update_each value: 0"),
+        (dict(update_each=1.5), "Invalid update_each value: 1.5"),
+        (dict(n_samples=0), "Invalid n_samples value: 0"),
+        (dict(spatial_average_block_size=0), "Invalid spatial_average_block_size value: 0"),
+        (dict(generator=3), "Invalid generator value: 3"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):

@@ -40,5 +40,5 @@ def test_signed_average_cancels_and_abs_does_not():
 
 
 def test_bad_spatial_average_is_named():
-    with pytest.raises(ValueError, match="Invalid spatial_average: 'mean'"):
+    with pytest.raises(ValueError, match="Invalid spatial_average value: 'mean'"):
         AdaHessian([torch.nn.Parameter(torch.zeros(2))], spatial_average="mean")

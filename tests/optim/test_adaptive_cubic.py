@@ -154,7 +154,7 @@ def test_default_settings_make_progress_from_the_first_step(norm):
 def test_digits_minibatch_mlp(seed):
     X, y = digits_data(D)
     model = digits_mlp(seed, dtype=D)
-    opt = AdaptiveCubic(model.parameters(), krylov_dim=10)
+    opt = AdaptiveCubic(model.parameters(), max_cg_iter=10)
     crit = torch.nn.CrossEntropyLoss()
     for idx in list(minibatches(len(X), 128, seed))[:12] * 2:
         opt.step(lambda: crit(model(X[idx]), y[idx]))  # noqa: B023
@@ -199,10 +199,10 @@ def test_zero_gradient_takes_no_step():
         ({"eta1": 0.5, "eta2": 0.4}, "Invalid eta2 value: 0.4"),
         ({"gamma": 0.5}, "Invalid gamma value: 0.5"),
         ({"sigma_min": 0.0}, "Invalid sigma_min value: 0.0"),
-        ({"krylov_dim": 0}, "Invalid krylov_dim value: 0"),
-        ({"grad_tol": -1.0}, "Invalid grad_tol value: -1.0"),
-        ({"norm": "l1"}, "Invalid norm: 'l1'"),
-        ({"curvature": "fisher"}, "Invalid curvature: 'fisher'"),
+        ({"max_cg_iter": 0}, "Invalid max_cg_iter value: 0"),
+        ({"tolerance_grad": -1.0}, "Invalid tolerance_grad value: -1.0"),
+        ({"norm": "l1"}, "Invalid norm value: 'l1'"),
+        ({"curvature": "fisher"}, "Invalid curvature value: 'fisher'"),
     ],
 )
 def test_bad_hyperparameters(kw, msg):
@@ -211,7 +211,7 @@ def test_bad_hyperparameters(kw, msg):
         AdaptiveCubic([w], **kw)
 
 
-@pytest.mark.parametrize("key, value", [("sigma", 2.0), ("norm", "adagrad"), ("krylov_dim", 5)])
+@pytest.mark.parametrize("key, value", [("sigma", 2.0), ("norm", "adagrad"), ("max_cg_iter", 5)])
 def test_hyperparameters_must_agree_across_groups(key, value):
     assert_hyperparameter_agrees(AdaptiveCubic, key, value, "AdaptiveCubic")
 

@@ -97,18 +97,19 @@ def test_state_dict_round_trip_in_lockstep():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(lr=0.0, epoch_length=3), "Invalid learning rate: 0.0"),
-        (dict(mode="bb3"), "Invalid mode: 'bb3'"),
-        # the defaults say what to pass (issue 8: they raised "Invalid epoch_length: None")
+        (dict(lr=0.0, epoch_length=3), "Invalid lr value: 0.0"),
+        (dict(mode="bb3"), "Invalid mode value: 'bb3'"),
+        # the defaults say what to pass (issue 8: they raised "Invalid epoch_length value: None")
         (dict(), r"mode='sgd_bb' \(the default\) needs epoch_length, the number of steps per "
                  r"epoch: pass epoch_length=len\(train_loader\).*or mode='bb1' / mode='bb2'"),
-        (dict(epoch_length=0), "Invalid epoch_length: 0"),
-        (dict(epoch_length=True), "Invalid epoch_length: True"),
-        (dict(epoch_length=3, beta=0.0), "Invalid beta: 0.0"),
-        (dict(epoch_length=3, tau_0=-1.0), "Invalid tau_0: -1.0"),
-        (dict(epoch_length=3, tau_min=2.0, tau_max=1.0), "Invalid tau_min/tau_max: 2.0, 1.0"),
-        (dict(mode="bb1", memory=0), "Invalid memory: 0"),
-        (dict(mode="bb1", step_bounds=(1.0, 0.5)), r"Invalid step_bounds: \(1.0, 0.5\)"),
+        (dict(epoch_length=0), "Invalid epoch_length value: 0"),
+        (dict(epoch_length=True), "Invalid epoch_length value: True"),
+        (dict(epoch_length=3, beta=0.0), "Invalid beta value: 0.0"),
+        (dict(epoch_length=3, tau_0=-1.0), "Invalid tau_0 value: -1.0"),
+        (dict(epoch_length=3, tau_min=2.0, tau_max=1.0),
+         r"Invalid tau_max value: 1.0; it must be >= tau_min \(2.0\)"),
+        (dict(mode="bb1", memory=0), "Invalid memory value: 0"),
+        (dict(mode="bb1", step_bounds=(1.0, 0.5)), r"Invalid step_bounds value: \(1.0, 0.5\)"),
     ],
 )
 def test_bad_hyperparameters(kw, match):

@@ -42,7 +42,7 @@ def _setup():
 def test_check_curvature_and_check_closures_name_the_problem():
     assert CURVATURES == ("hessian", "gauss_newton")
     assert check_curvature("gauss_newton") == "gauss_newton"
-    with pytest.raises(ValueError, match=r"Invalid curvature: 'newton'; choose one of "
+    with pytest.raises(ValueError, match=r"Invalid curvature value: 'newton'; it must be one of "
                                          r"\('hessian', 'gauss_newton'\)"):
         check_curvature("newton")
     check_closures("hessian", None, None)

@@ -173,7 +173,7 @@ def test_add_param_group_checks_shared_hyperparameters_and_lr(name):
     opt = make([u])
     with pytest.raises(ValueError, match=rf"{key} differs between param groups"):
         opt.add_param_group({"params": [v], key: other})
-    with pytest.raises(ValueError, match=r"Invalid learning rate: -0.1 in a param group"):
+    with pytest.raises(ValueError, match=r"Invalid lr value: -0.1"):
         opt.add_param_group({"params": [v], "lr": -0.1})
     assert len(opt.param_groups) == 1  # rejected groups are not added
     opt.add_param_group({"params": [v], "lr": 0.0})
@@ -193,9 +193,9 @@ def test_shared_hyperparameter_changed_in_one_group_raises_at_step(name):
 
 def test_invalid_value_in_a_group_raises():
     u, v = split_quadratic().params()
-    with pytest.raises(ValueError, match="Invalid history_size: 0"):
+    with pytest.raises(ValueError, match="Invalid history_size value: 0"):
         LBFGS([{"params": [u], "history_size": 0}])
-    with pytest.raises(ValueError, match="Invalid c2: 2.0"):
+    with pytest.raises(ValueError, match="Invalid c2 value: 2.0"):
         NonlinearCG([{"params": [u], "c2": 2.0}, {"params": [v], "c2": 2.0}])
 
 

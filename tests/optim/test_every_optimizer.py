@@ -60,7 +60,7 @@ def exported_optimizers() -> set[str]:
         for name in so.__all__
         if isinstance(getattr(so, name), type)
         and issubclass(getattr(so, name), so.SecondOrderOptimizer)
-        and getattr(so, name) is not so.SecondOrderOptimizer
+        and getattr(so, name) not in (so.SecondOrderOptimizer, so.AdaptiveNormOptimizer)
     }
 
 

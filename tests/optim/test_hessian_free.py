@@ -107,7 +107,7 @@ def test_digits_autoencoder_gauss_newton():
     X, _ = digits_data(D)
     X = X[:500]
     model = _autoencoder()
-    opt = HessianFree(model.parameters(), cg_max_iter=50)
+    opt = HessianFree(model.parameters(), max_cg_iter=50)
 
     def crit(out, target):
         return ((out - target) ** 2).sum(1).mean()
@@ -125,7 +125,7 @@ def test_digits_autoencoder_gauss_newton():
 def test_digits_minibatch_mlp(seed):
     X, y = digits_data(D)
     model = digits_mlp(seed, dtype=D)
-    opt = HessianFree(model.parameters(), cg_max_iter=20)
+    opt = HessianFree(model.parameters(), max_cg_iter=20)
     ce = torch.nn.CrossEntropyLoss()
     torch.manual_seed(seed)
     for idx in list(minibatches(len(X), 256, seed))[:6] * 2:
@@ -141,7 +141,7 @@ def test_digits_minibatch_mlp(seed):
 def test_rejected_step_leaves_weights_bit_identical():
     w = torch.tensor([-1.2, 1.0], dtype=D, requires_grad=True)
     opt = HessianFree([w], curvature="hessian", preconditioner=False, damping=1e-6,
-                      ls_max_evals=1)
+                      max_ls_evals=1)
     rejected = 0
     for _ in range(30):
         before = w.detach().clone()
@@ -165,7 +165,7 @@ def test_state_dict_round_trip_in_lockstep():
     X, y = X[:200], y[:200]
     ce = torch.nn.CrossEntropyLoss()
     m1 = digits_mlp(0, dtype=D)
-    opt1 = HessianFree(m1.parameters(), cg_max_iter=10)
+    opt1 = HessianFree(m1.parameters(), max_cg_iter=10)
 
     def step(m, opt, k):
         torch.manual_seed(k)  # the preconditioner's Rademacher probes
@@ -199,16 +199,16 @@ def test_step_errors():
     "kw, msg",
     [
         ({"damping": 0.0}, "Invalid damping value: 0.0"),
-        ({"curvature": "fisher"}, "Invalid curvature: 'fisher'"),
-        ({"cg_max_iter": 0}, "Invalid cg_max_iter value: 0"),
+        ({"curvature": "fisher"}, "Invalid curvature value: 'fisher'"),
+        ({"max_cg_iter": 0}, "Invalid max_cg_iter value: 0"),
         ({"cg_rtol": -1.0}, "Invalid cg_rtol value: -1.0"),
         ({"decay": 1.5}, "Invalid decay value: 1.5"),
         ({"preconditioner_power": 0.0}, "Invalid preconditioner_power value: 0.0"),
         ({"fisher_probes": -1}, "Invalid fisher_probes value: -1"),
         ({"progress_tol": -1.0}, "Invalid progress_tol value: -1.0"),
-        ({"ls_c1": 1.0}, "Invalid ls_c1 value: 1.0"),
+        ({"c1": 1.0}, "Invalid c1 value: 1.0"),
         ({"ls_shrink": 0.0}, "Invalid ls_shrink value: 0.0"),
-        ({"ls_max_evals": 0}, "Invalid ls_max_evals value: 0"),
+        ({"max_ls_evals": 0}, "Invalid max_ls_evals value: 0"),
     ],
 )
 def test_bad_hyperparameters(kw, msg):
@@ -217,7 +217,7 @@ def test_bad_hyperparameters(kw, msg):
         HessianFree([w], **kw)
 
 
-@pytest.mark.parametrize("key, value", [("damping", 2.0), ("decay", 0.5), ("ls_c1", 0.1)])
+@pytest.mark.parametrize("key, value", [("damping", 2.0), ("decay", 0.5), ("c1", 0.1)])
 def test_hyperparameters_must_agree_across_groups(key, value):
     assert_hyperparameter_agrees(lambda ps: HessianFree(ps, curvature="hessian"), key, value,
                                  "HessianFree")

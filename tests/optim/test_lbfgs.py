@@ -175,17 +175,17 @@ def test_state_dict_round_trip_in_lockstep():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(lr=0.0), "Invalid learning rate: 0.0"),
-        (dict(history_size=0), "Invalid history_size: 0"),
-        (dict(line_search="wolfe"), "Invalid line_search: 'wolfe'"),
-        (dict(max_iter=0), "Invalid max_iter: 0"),
-        (dict(tolerance_grad=-1.0), "Invalid tolerance_grad: -1.0"),
-        (dict(tolerance_change=-1.0), "Invalid tolerance_change: -1.0"),
-        (dict(c1=1.5), "Invalid c1: 1.5"),
-        (dict(c2=1e-5), "Invalid c2: 1e-05"),
-        (dict(max_ls_evals=0), "Invalid max_ls_evals: 0"),
-        (dict(curvature_eps=-1.0), "Invalid curvature_eps: -1.0"),
-        (dict(curvature_rule="clip"), "Invalid curvature_rule: 'clip'"),
+        (dict(lr=0.0), "Invalid lr value: 0.0"),
+        (dict(history_size=0), "Invalid history_size value: 0"),
+        (dict(line_search="wolfe"), "Invalid line_search value: 'wolfe'"),
+        (dict(max_iter=0), "Invalid max_iter value: 0"),
+        (dict(tolerance_grad=-1.0), "Invalid tolerance_grad value: -1.0"),
+        (dict(tolerance_change=-1.0), "Invalid tolerance_change value: -1.0"),
+        (dict(c1=1.5), "Invalid c1 value: 1.5"),
+        (dict(c2=1e-5), "Invalid c2 value: 1e-05"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals value: 0"),
+        (dict(curvature_eps=-1.0), "Invalid curvature_eps value: -1.0"),
+        (dict(curvature_rule="clip"), "Invalid curvature_rule value: 'clip'"),
     ],
 )
 def test_bad_hyperparameters(kw, match):

@@ -53,7 +53,7 @@ def test_converges_to_scipy_minimizer_on_logistic_regression():
         scipy_minimize(prob, "L-BFGS-B", gtol=1e-12, ftol=1e-16, maxiter=5000).x, dtype=DT
     )
     x = prob.param()
-    opt = LSCG([x], max_cg=100, rtol=1e-10)
+    opt = LSCG([x], max_cg_iter=100, cg_rtol=1e-10)
     for _ in range(12):
         opt.step(lambda: prob.loss(x))
     assert float((x.detach() - best).norm()) < 1e-6
@@ -63,13 +63,14 @@ def test_converges_to_scipy_minimizer_on_logistic_regression():
 
 
 def test_state_dict_round_trip_in_lockstep():
-    assert_state_dict_lockstep(lambda ps: LSCG(ps, max_cg=5, lr=0.8), logistic_regression(), 1, 3)
+    assert_state_dict_lockstep(lambda ps: LSCG(ps, max_cg_iter=5, lr=0.8), logistic_regression(),
+                               1, 3)
 
 
 def test_graphs_freed_no_growth_over_50_steps():
     prob = logistic_regression()
     x = prob.param()
-    opt = LSCG([x], max_cg=3)
+    opt = LSCG([x], max_cg_iter=3)
     assert_no_tensor_growth(lambda: opt.step(lambda: prob.loss(x)))
 
 
@@ -77,17 +78,17 @@ def test_graphs_freed_no_growth_over_50_steps():
 def test_digits_mlp_minibatches_does_not_blow_up(seed):
     # Seed 002: LSCG ignores the curvature's sign and degrades to (at best) first order on
     # non-convex losses; on this MLP it barely moves (measured 2.33-2.38 from ~2.33).
-    assert digits_subset_loss(lambda ps: LSCG(ps, max_cg=10), seed, epochs=2) < 2.45
+    assert digits_subset_loss(lambda ps: LSCG(ps, max_cg_iter=10), seed, epochs=2) < 2.45
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(lr=0.0), "Invalid learning rate: 0.0"),
-        (dict(max_cg=0), "Invalid max_cg: 0"),
-        (dict(rtol=-1.0), "Invalid rtol: -1.0"),
-        (dict(c1=1.0), "Invalid c1: 1.0"),
-        (dict(max_evals=0), "Invalid max_evals: 0"),
+        (dict(lr=0.0), "Invalid lr value: 0.0"),
+        (dict(max_cg_iter=0), "Invalid max_cg_iter value: 0"),
+        (dict(cg_rtol=-1.0), "Invalid cg_rtol value: -1.0"),
+        (dict(c1=1.0), "Invalid c1 value: 1.0"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals value: 0"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
@@ -95,7 +96,7 @@ def test_bad_hyperparameters(kwargs, match):
         LSCG([nn.Parameter(torch.zeros(2))], **kwargs)
 
 
-@pytest.mark.parametrize("key, value", [("max_cg", 7), ("rtol", 1e-3), ("c1", 0.3)])
+@pytest.mark.parametrize("key, value", [("max_cg_iter", 7), ("cg_rtol", 1e-3), ("c1", 0.3)])
 def test_hyperparameters_other_than_lr_must_agree_across_groups(key, value):
     assert_hyperparameter_agrees(LSCG, key, value, "LSCG")
 
@@ -117,7 +118,7 @@ def test_group_lr_scales_the_searched_direction():
     # lr_v = 0.5 the first trial t = 1 moves u by d_u and v by 0.5 d_v (Armijo accepts it).
     q = split_quadratic()
     u, v = q.params()
-    opt = LSCG([{"params": [u]}, {"params": [v], "lr": 0.5}], rtol=1e-13)
+    opt = LSCG([{"params": [u]}, {"params": [v], "lr": 0.5}], cg_rtol=1e-13)
     x0 = torch.cat([q.u0, q.v0])
     d = -torch.linalg.solve(q.A, q.grad(x0))
     opt.step(lambda: q.loss(u, v))
@@ -131,9 +132,9 @@ def test_group_with_lr_zero_is_frozen():
     # step to the conditional minimizer; v never moves and gets no gradient.
     q = split_quadratic()
     u, v = q.params()
-    opt = LSCG([{"params": [u]}, {"params": [v], "lr": 0.0}], rtol=1e-13)
+    opt = LSCG([{"params": [u]}, {"params": [v], "lr": 0.0}], cg_rtol=1e-13)
     u_ref = q.u0.clone().requires_grad_(True)
-    ref = LSCG([u_ref], rtol=1e-13)
+    ref = LSCG([u_ref], cg_rtol=1e-13)
     for _ in range(2):
         opt.step(lambda: q.loss(u, v))
         ref.step(lambda: q.loss(u_ref, q.v0))
@@ -148,5 +149,5 @@ def test_group_with_lr_zero_is_frozen():
 
 
 def test_bad_group_lr():
-    with pytest.raises(ValueError, match="Invalid learning rate: -1.0"):
+    with pytest.raises(ValueError, match="Invalid lr value: -1.0"):
         LSCG([{"params": [nn.Parameter(torch.zeros(2))], "lr": -1.0}])

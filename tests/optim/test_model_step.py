@@ -178,7 +178,7 @@ def test_adaptive_norm_optimizer_builds_its_norm():
     opt = NormProbe([{"params": [w], "norm": "rmsprop"}], NORM_DEFAULTS)
     assert isinstance(opt.norm, DiagonalNorm) and opt.norm.rule == "rmsprop"
 
-    with pytest.raises(ValueError, match="Invalid norm: 'bogus'; choose one of"):
+    with pytest.raises(ValueError, match="Invalid norm value: 'bogus'; it must be one of"):
         NormProbe([w], {**NORM_DEFAULTS, "norm": "bogus"})
     v = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match="norm differs between param groups"):

@@ -35,7 +35,7 @@ def test_reaches_scipy_newton_cg_minimizer_within_1_5x_iterations(make, search):
 def test_quadratic_one_step_with_exact_cg():
     p = quadratic(n=20, cond=100.0)
     x = p.param()
-    opt = NewtonCG([x], forcing=1e-12, cg_max_iter=100)
+    opt = NewtonCG([x], forcing=1e-12, max_cg_iter=100)
     opt.step(lambda: p.loss(x))
     assert torch.allclose(x.detach(), p.solution, atol=1e-9)
 
@@ -43,7 +43,7 @@ def test_quadratic_one_step_with_exact_cg():
 def test_no_line_search_is_the_fixed_step():
     p = quadratic(n=10, cond=10.0)
     x = p.param()
-    opt = NewtonCG([x], lr=0.3, line_search=None, forcing=1e-12, cg_max_iter=50)
+    opt = NewtonCG([x], lr=0.3, line_search=None, forcing=1e-12, max_cg_iter=50)
     opt.step(lambda: p.loss(x))
     g0 = p.A @ p.x0 - p.b
     expected = p.x0 - 0.3 * torch.linalg.solve(p.A, g0)
@@ -109,7 +109,7 @@ def test_default_forcing_is_sqrt_gradient_and_bounds_the_cg_residual():
 
 
 def test_minibatch_mlp_digits_lowers_loss_without_nan():
-    finals = digits_minibatch_losses(lambda ps: NewtonCG(ps, cg_max_iter=10), 2, 128)
+    finals = digits_minibatch_losses(lambda ps: NewtonCG(ps, max_cg_iter=10), 2, 128)
     assert max(finals) < 0.3
 
 
@@ -120,14 +120,14 @@ def test_state_dict_round_trip_in_lockstep():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(lr=0.0), "Invalid learning rate: 0.0"),
-        (dict(line_search="wolfe"), "Invalid line_search: 'wolfe'"),
-        (dict(cg_max_iter=0), "Invalid cg_max_iter: 0"),
-        (dict(forcing="ew"), "Invalid forcing: 'ew'"),
-        (dict(forcing=1.5), "Invalid forcing: 1.5"),
-        (dict(hessian_fraction=0.0), "Invalid hessian_fraction: 0.0"),
-        (dict(c1=1.0), "Invalid c1: 1.0"),
-        (dict(max_ls_evals=0), "Invalid max_ls_evals: 0"),
+        (dict(lr=0.0), "Invalid lr value: 0.0"),
+        (dict(line_search="wolfe"), "Invalid line_search value: 'wolfe'"),
+        (dict(max_cg_iter=0), "Invalid max_cg_iter value: 0"),
+        (dict(forcing="ew"), "Invalid forcing value: 'ew'"),
+        (dict(forcing=1.5), "Invalid forcing value: 1.5"),
+        (dict(hessian_fraction=0.0), "Invalid hessian_fraction value: 0.0"),
+        (dict(c1=1.0), "Invalid c1 value: 1.0"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals value: 0"),
     ],
 )
 def test_bad_hyperparameters(kw, match):
@@ -141,7 +141,7 @@ def test_group_lrs_and_step_lr_scale_the_fixed_newton_step_exactly(gamma):
     q = split_quadratic()
     u, v = q.params()
     opt = NewtonCG([{"params": [u], "lr": 0.8}, {"params": [v], "lr": 0.2}], line_search=None,
-                   forcing=1e-12, cg_max_iter=50)
+                   forcing=1e-12, max_cg_iter=50)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
     x = torch.cat([q.u0, q.v0])
     for i in range(4):

@@ -71,14 +71,14 @@ def test_state_dict_round_trip_in_lockstep():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
-        (dict(beta="pr"), "Invalid beta: 'pr'"),
-        (dict(restart_every=0), "Invalid restart_every: 0"),
-        (dict(max_iter=0), "Invalid max_iter: 0"),
-        (dict(c1=0.0), "Invalid c1: 0.0"),
-        (dict(c2=2.0), "Invalid c2: 2.0"),
-        (dict(max_ls_evals=0), "Invalid max_ls_evals: 0"),
-        (dict(tolerance_grad=-1.0), "Invalid tolerance_grad: -1.0"),
+        (dict(lr=-1.0), "Invalid lr value: -1.0"),
+        (dict(beta="pr"), "Invalid beta value: 'pr'"),
+        (dict(restart_every=0), "Invalid restart_every value: 0"),
+        (dict(max_iter=0), "Invalid max_iter value: 0"),
+        (dict(c1=0.0), "Invalid c1 value: 0.0"),
+        (dict(c2=2.0), "Invalid c2 value: 2.0"),
+        (dict(max_ls_evals=0), "Invalid max_ls_evals value: 0"),
+        (dict(tolerance_grad=-1.0), "Invalid tolerance_grad value: -1.0"),
     ],
 )
 def test_bad_hyperparameters(kw, match):

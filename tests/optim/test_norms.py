@@ -211,9 +211,9 @@ def test_errors():
         FullMatrixNorm("adagrad", epsilon=0.0)
     with pytest.raises(ValueError, match="Invalid power value: -1"):
         DiagonalNorm(power=-1)
-    with pytest.raises(ValueError, match="Invalid accumulation rule: 'adam'"):
+    with pytest.raises(ValueError, match="Invalid rule value: 'adam'"):
         DiagonalNorm("adam")
-    with pytest.raises(ValueError, match="Invalid norm: 'ellipse'"):
+    with pytest.raises(ValueError, match="Invalid norm value: 'ellipse'"):
         make_norm("ellipse")
     with pytest.raises(RuntimeError, match="no gradient yet"):
         DiagonalNorm().diagonal()

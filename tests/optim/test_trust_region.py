@@ -63,7 +63,7 @@ def test_spherical_equals_ellipsoidal_path_with_identity():
     iterates = []
     for norm in ["spherical", _IdentityDiagonal()]:
         w = torch.zeros(10, dtype=D, requires_grad=True)
-        opt = TrustRegion([w], norm=norm, radius=0.3, cg_max_iter=4)
+        opt = TrustRegion([w], norm=norm, radius=0.3, max_cg_iter=4)
         path = []
         for _ in range(12):
             opt.step(lambda: 0.5 * (w - xs) @ A @ (w - xs))  # noqa: B023
@@ -183,7 +183,7 @@ def test_sqrt_gradient_rtol_stops_cg_early_far_from_the_minimizer():
 def _fig1_iterations(norm, x0, cap, normalize=True):
     lam = torch.tensor([1.0, 1e4], dtype=D)
     w = x0.clone().requires_grad_(True)
-    opt = TrustRegion([w], norm=norm, radius=1.0, cg_max_iter=1, normalize=normalize)
+    opt = TrustRegion([w], norm=norm, radius=1.0, max_cg_iter=1, normalize=normalize)
 
     def closure():
         return 0.5 * (lam * w * w).sum()
@@ -306,7 +306,7 @@ def _digits_run(seed, steps=30, **kw):
 def test_digits_minibatch_mlp(seed):
     # full-data cross-entropy starts near 2.3; measured after 30 steps of batch 128:
     # seeds 0/1/2 -> 0.270 / 0.220 / 0.216 (unnormalized rmsprop norm: 0.238 / 0.423 / 0.537)
-    loss = _digits_run(seed, cg_max_iter=20)
+    loss = _digits_run(seed, max_cg_iter=20)
     assert loss == loss and loss < 0.4
 
 
@@ -315,7 +315,7 @@ def test_gauss_newton_curvature_digits():
     X, y = X[:512], y[:512]
     model = digits_mlp(0, dtype=D)
     crit = torch.nn.CrossEntropyLoss()
-    opt = TrustRegion(model.parameters(), curvature="gauss_newton", cg_max_iter=20)
+    opt = TrustRegion(model.parameters(), curvature="gauss_newton", max_cg_iter=20)
     for _ in range(15):
         opt.step(lambda: crit(model(X), y),
                  ggn_closure=lambda: GGNOperator.from_model(model, crit, X, y))
@@ -328,7 +328,7 @@ def test_hessian_closure_subsamples_curvature():
     X, y = digits_data(D)
     model = digits_mlp(0, dtype=D)
     crit = torch.nn.CrossEntropyLoss()
-    opt = TrustRegion(model.parameters(), cg_max_iter=5)
+    opt = TrustRegion(model.parameters(), max_cg_iter=5)
     opt.samples_per_evaluation = None
     opt.step(lambda: crit(model(X[:256]), y[:256]),
              hessian_closure=lambda: crit(model(X[:32]), y[:32]))
@@ -342,13 +342,13 @@ def test_hessian_closure_subsamples_curvature():
 def test_state_dict_round_trip_in_lockstep():
     A, xs = _quadratic(6, seed=4)
     w1 = torch.zeros(6, dtype=D, requires_grad=True)
-    opt1 = TrustRegion([w1], norm="rmsprop", radius=0.2, cg_max_iter=2)
+    opt1 = TrustRegion([w1], norm="rmsprop", radius=0.2, max_cg_iter=2)
     for _ in range(3):
         opt1.step(lambda: 0.5 * (w1 - xs) @ A @ (w1 - xs))
     w2 = w1.detach().clone().requires_grad_(True)
     opt2 = TrustRegion([w2], norm="rmsprop", radius=5.0)
     opt2.load_state_dict(copy.deepcopy(opt1.state_dict()))
-    assert opt2.param_groups[0]["cg_max_iter"] == 2
+    assert opt2.param_groups[0]["max_cg_iter"] == 2
     for _ in range(5):
         opt1.step(lambda: 0.5 * (w1 - xs) @ A @ (w1 - xs))
         opt2.step(lambda: 0.5 * (w2 - xs) @ A @ (w2 - xs))
@@ -379,12 +379,12 @@ def test_step_closure_errors():
         ({"beta": 0.0}, "Invalid beta value: 0.0"),
         ({"epsilon": -1.0}, "Invalid epsilon value: -1.0"),
         ({"max_radius": 0.5}, "Invalid max_radius value: 0.5"),
-        ({"cg_max_iter": 0}, "Invalid cg_max_iter value: 0"),
+        ({"max_cg_iter": 0}, "Invalid max_cg_iter value: 0"),
         ({"cg_rtol": -1.0}, "Invalid cg_rtol value: -1.0"),
         ({"cg_rtol": "loose"}, "Invalid cg_rtol value: 'loose'"),
-        ({"grad_tol": -1.0}, "Invalid grad_tol value: -1.0"),
-        ({"norm": "ellipse"}, "Invalid norm: 'ellipse'"),
-        ({"curvature": "fisher"}, "Invalid curvature: 'fisher'"),
+        ({"tolerance_grad": -1.0}, "Invalid tolerance_grad value: -1.0"),
+        ({"norm": "ellipse"}, "Invalid norm value: 'ellipse'"),
+        ({"curvature": "fisher"}, "Invalid curvature value: 'fisher'"),
     ],
 )
 def test_bad_hyperparameters(kw, msg):
@@ -414,8 +414,8 @@ def test_agreeing_group_values_are_used():
     A, xs = _quadratic(6, seed=2)
     w1 = torch.zeros(6, dtype=D, requires_grad=True)
     w2 = torch.zeros(6, dtype=D, requires_grad=True)
-    one = TrustRegion([w1], radius=0.3, norm="full_adagrad", epsilon=1e-3, cg_max_iter=3)
-    hp = {"radius": 0.3, "norm": "full_adagrad", "epsilon": 1e-3, "cg_max_iter": 3}
+    one = TrustRegion([w1], radius=0.3, norm="full_adagrad", epsilon=1e-3, max_cg_iter=3)
+    hp = {"radius": 0.3, "norm": "full_adagrad", "epsilon": 1e-3, "max_cg_iter": 3}
     two = TrustRegion([{"params": [w2], **hp}])
     for _ in range(6):
         one.step(lambda: 0.5 * (w1 - xs) @ A @ (w1 - xs))
@@ -425,5 +425,5 @@ def test_agreeing_group_values_are_used():
     assert two.norm.name == "full_adagrad" and two.norm.epsilon == 1e-3
     with pytest.raises(ValueError, match="Invalid radius value: -1.0"):
         TrustRegion([{"params": [w1], "radius": -1.0}])
-    with pytest.raises(ValueError, match="Invalid norm: 'ellipse'"):
+    with pytest.raises(ValueError, match="Invalid norm value: 'ellipse'"):
         TrustRegion([{"params": [w1], "norm": "ellipse"}])

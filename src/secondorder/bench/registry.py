@@ -36,6 +36,7 @@ __all__ = [
     "available_optimizers",
     "get_optimizer",
     "list_optimizers",
+    "register",
     "unavailable_optimizers",
 ]
 
@@ -72,6 +73,9 @@ class OptimizerSpec:
         description: one line for ``secondorder list``.
         study_only: an entry a paper study needs (``secondorder study``) that the default
             ``secondorder bench`` suite leaves out (:func:`available_optimizers`).
+        optimizer_class: the class itself, for an optimizer defined outside an importable
+            module (a script, a notebook); :meth:`resolve` returns it instead of importing
+            ``module.class_name``. :meth:`for_class` fills it in.
     """
 
     name: str
@@ -88,6 +92,28 @@ class OptimizerSpec:
     full_batch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     epoch_length_kwarg: str | None = None
     study_only: bool = False
+    optimizer_class: type[torch.optim.Optimizer] | None = field(default=None, compare=False)
+
+    @classmethod
+    def for_class(
+        cls, optimizer_class: type[torch.optim.Optimizer], knob: str,
+        grids: Mapping[str, tuple[float, ...]], *, name: str | None = None,
+        protocol: str = "secondorder", **fields: Any,
+    ) -> OptimizerSpec:
+        """A spec for a class you wrote (name: the class name unless given).
+
+        Args:
+            optimizer_class: the optimizer class.
+            knob: the tuned hyperparameter.
+            grids: knob values per grid level (:data:`GRID_LEVELS`).
+            name: registry key.
+            protocol: ``"secondorder"`` (the closure returns the loss, no backward) or
+                ``"torch"``.
+            **fields: any other :class:`OptimizerSpec` field (``defaults``, ``description``...).
+        """
+        return cls(name or optimizer_class.__name__, optimizer_class.__qualname__,
+                   optimizer_class.__module__, protocol, knob, grids,
+                   optimizer_class=optimizer_class, **fields)
 
     def grid(self, level: str = "default") -> tuple[float, ...]:
         """Knob values for ``level``; raises ``ValueError`` naming the valid levels."""
@@ -101,6 +127,8 @@ class OptimizerSpec:
         Raises:
             ImportError: if the module or the class cannot be imported (yet).
         """
+        if self.optimizer_class is not None:
+            return self.optimizer_class
         mod = importlib.import_module(self.module)
         cls = getattr(mod, self.class_name, None)
         if cls is None:
@@ -233,6 +261,26 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
 
 #: All registered optimizers by name, in report order.
 REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in _REGISTRY_LIST}
+
+
+def register(spec: OptimizerSpec, *, replace: bool = False) -> OptimizerSpec:
+    """Add ``spec`` to :data:`REGISTRY` (last in report order) and return it.
+
+    Raises:
+        ValueError: if the name is taken (unless ``replace``), the protocol is not
+            ``"torch"`` or ``"secondorder"``, or a grid level is missing.
+    """
+    if spec.name in REGISTRY and not replace:
+        raise ValueError(f"optimizer {spec.name!r} is already registered; pass replace=True")
+    if spec.protocol not in ("torch", "secondorder"):
+        raise ValueError(
+            f"Invalid protocol value: {spec.protocol!r}; it must be one of ('torch', 'secondorder')"
+        )
+    missing = [level for level in GRID_LEVELS if level not in spec.grids]
+    if missing:
+        raise ValueError(f"Invalid grids value: {dict(spec.grids)}; it must give {missing}")
+    REGISTRY[spec.name] = spec
+    return spec
 
 
 def list_optimizers() -> list[str]:

@@ -15,7 +15,7 @@ infinite or exceeds ``divergence_factor`` times the initial training loss (what 
 so far is kept, plus the diverging point); ``failed`` when the optimizer raises (the message
 is kept). Neither ever propagates an exception to the sweep.
 
-Curvature closures: optimizers whose ``step`` takes ``ggn_closure`` and that are configured
+Curvature closures: optimizers that declare ``SUPPORTS_GAUSS_NEWTON`` and are configured
 with ``curvature="gauss_newton"`` (HessianFree by default; TrustRegion and AdaptiveCubic
 when asked) get :func:`make_ggn_closure` on the current batch, counted by the harness (see
 :mod:`~secondorder.bench.accounting`).
@@ -28,7 +28,6 @@ passes of the data iterator through the training set (one full-batch step = one 
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -265,12 +264,13 @@ def make_ggn_closure(
 
 
 def uses_ggn_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer.step`` takes ``ggn_closure`` and its curvature is Gauss-Newton."""
-    try:
-        takes = "ggn_closure" in inspect.signature(optimizer.step).parameters
-    except (TypeError, ValueError):
-        return False
-    return takes and optimizer.param_groups[0].get("curvature") == "gauss_newton"
+    """Whether the optimizer declares ``SUPPORTS_GAUSS_NEWTON`` and is set to Gauss-Newton.
+
+    The capability is the class attribute of
+    :class:`~secondorder.optim.base.SecondOrderOptimizer` (``False`` for any other class).
+    """
+    supports = getattr(type(optimizer), "SUPPORTS_GAUSS_NEWTON", False)
+    return supports is True and optimizer.param_groups[0].get("curvature") == "gauss_newton"
 
 
 def run(

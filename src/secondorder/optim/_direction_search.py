@@ -20,145 +20,77 @@ all parameters and move along it. Their param groups may differ only in ``lr``:
   every ``lr = 0`` nothing moves.
 * **Shared structure.** Every other hyperparameter (history size, line search, beta rule,
   ``c1``/``c2``, tolerances, forcing, epoch length, mode...) defines the one direction and
-  must be equal in all groups: :class:`SharedHyperparameters` checks it whenever a group is
-  added (in ``__init__`` and in ``add_param_group``) and at every ``step``.
+  must be equal in all groups: :class:`SharedHyperparameters` (the
+  :mod:`secondorder.optim.hyperparameters` mechanism with ``PER_GROUP = ("lr",)``) checks
+  it whenever a group is added (in ``__init__`` and in ``add_param_group``) and at every
+  ``step``.
 * **Line-search dispatch.** :func:`search` runs the named search of
   :mod:`secondorder.optim.line_search` (or takes a fixed step) along ``D`` and leaves the
   parameters at the accepted point.
 
-The hyperparameter checks the four optimizers share (:func:`check_common`,
-:func:`check_choice`, :func:`check_int`, :func:`check_nonnegative`) raise ``ValueError``
-naming the bad value.
+The range checks of the keys the four optimizers share are declared in
+:attr:`SharedHyperparameters.HYPERPARAMETERS`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import line_search as ls
+from secondorder.optim.hyperparameters import Hyperparameters, Rule
 from secondorder.optim.quasi_newton import LineObjective
 
 __all__ = [
     "GroupScale",
     "SharedHyperparameters",
-    "check_choice",
-    "check_common",
-    "check_int",
-    "check_nonnegative",
     "search",
 ]
 
 
-# ----------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------------------- groups
 
 
-def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"Invalid {name}: {value!r} (choose from {choices})")
-
-
-def check_int(name: str, value: Any, optional: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int >= 1 (or ``None`` when ``optional``)."""
-    if optional and value is None:
-        return
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        need = "None or an int >= 1" if optional else "an integer >= 1"
-        raise ValueError(f"Invalid {name}: {value} (need {need})")
-
-
-def check_nonnegative(name: str, value: Any) -> None:
-    """Raise ``ValueError`` unless ``value >= 0``."""
-    if not value >= 0:
-        raise ValueError(f"Invalid {name}: {value}")
-
-
-def check_common(hp: Mapping[str, Any]) -> None:
-    """Check the hyperparameters the line-search optimizers share, those present in ``hp``.
-
-    ``max_iter`` and ``max_ls_evals`` are ints >= 1, ``tolerance_grad`` and
-    ``tolerance_change`` are >= 0, ``0 < c1 < 1`` and ``c1 < c2 < 1``.
-
-    Raises:
-        ValueError: naming the first invalid value.
-    """
-    if "max_iter" in hp:
-        check_int("max_iter", hp["max_iter"])
-    for key in ("tolerance_grad", "tolerance_change"):
-        if key in hp:
-            check_nonnegative(key, hp[key])
-    c1 = hp["c1"]
-    if not 0 < c1 < 1:
-        raise ValueError(f"Invalid c1: {c1} (need 0 < c1 < 1)")
-    if "c2" in hp and not c1 < hp["c2"] < 1:
-        raise ValueError(f"Invalid c2: {hp['c2']} (need c1 < c2 < 1)")
-    check_int("max_ls_evals", hp["max_ls_evals"])
-
-
-def _check_group_lr(lr: Any) -> None:
-    try:
-        ok = float(lr) >= 0 and math.isfinite(float(lr))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"Invalid learning rate: {lr} in a param group (need a finite lr >= 0)")
-
-
-class SharedHyperparameters:
+class SharedHyperparameters(Hyperparameters):
     """Optimizer mixin: ``lr`` per group, every other hyperparameter the same in all groups.
 
-    Put it before :class:`~secondorder.optim.base.SecondOrderOptimizer` in the bases and
-    implement :meth:`check_hyperparameters` for the optimizer's own keys (the shared ones
-    go through :func:`check_common`). ``__init__`` checks the defaults (``lr > 0``);
-    ``torch.optim.Optimizer.__init__`` adds each group through :meth:`add_param_group`, so
-    the group checks run in ``__init__`` and for groups added later alike, and a rejected
-    group is not added.
+    The checks of :class:`~secondorder.optim.hyperparameters.Hyperparameters` with the keys
+    the line-search optimizers share: a default ``lr > 0``, a group ``lr`` finite and
+    ``>= 0`` (0 freezes the group, module docstring), ``max_iter`` and ``max_ls_evals``
+    ints ``>= 1``, ``tolerance_grad`` and ``tolerance_change`` ``>= 0``, ``0 < c1 < 1`` and
+    ``c1 < c2 < 1``. A subclass extends :attr:`HYPERPARAMETERS` with its own keys.
 
     Args:
         params: parameters or param groups.
         defaults: the default hyperparameters (``lr`` included).
 
     Raises:
-        ValueError: for a default ``lr <= 0`` or an invalid value (see
-            :meth:`add_param_group`).
+        ValueError: for a default ``lr <= 0``, an invalid value, or a hyperparameter other
+            than ``lr`` that differs between groups.
     """
 
-    defaults: dict[str, Any]
-    param_groups: list[dict[str, Any]]
+    PER_GROUP: ClassVar[Collection[str]] = ("lr",)
+    DEFAULT_RULES: ClassVar[Mapping[str, Rule]] = {"lr": hyper.positive}
+    HYPERPARAMETERS: ClassVar[Mapping[str, Rule]] = {
+        "lr": hyper.finite_nonnegative,
+        "max_iter": hyper.integer(1),
+        "tolerance_grad": hyper.nonnegative,
+        "tolerance_change": hyper.nonnegative,
+        "c1": hyper.in_range(0, 1),
+        "max_ls_evals": hyper.integer(1),
+    }
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
-        lr = defaults["lr"]
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        check_common(defaults)
-        self.check_hyperparameters(defaults)
-        super().__init__(params, defaults)  # type: ignore[call-arg]
-
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` for an invalid optimizer-specific value in ``hp``."""
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group after checking its ``lr`` and that its other hyperparameters agree.
-
-        Raises:
-            ValueError: if the group's ``lr`` is negative or not finite, a value is invalid,
-                or a hyperparameter other than ``lr`` differs from the first group's.
-        """
-        hp = {**self.defaults, **param_group}
-        _check_group_lr(hp["lr"])
-        check_common(hp)
-        self.check_hyperparameters(hp)
-        if self.param_groups:
-            _check_agree(self.defaults, self.param_groups[0], hp)
-        super().add_param_group(param_group)  # type: ignore[misc]
+    @classmethod
+    def check_relations(cls, hp: Mapping[str, Any]) -> None:
+        """``c1 < c2 < 1`` when the optimizer has a curvature condition ``c2``."""
+        if "c2" in hp:
+            c1, c2 = hp["c1"], hp["c2"]
+            hyper.require(c1 < c2 < 1, "c2", c2, f"in (c1, 1) = ({c1}, 1)")
 
     def shared_hyperparameters(self) -> dict[str, Any]:
         """Start a step: check the groups and reset the memory if the frozen set changed.
@@ -169,9 +101,7 @@ class SharedHyperparameters:
         Raises:
             ValueError: if a hyperparameter other than ``lr`` differs between groups.
         """
-        first = self.param_groups[0]
-        for group in self.param_groups[1:]:
-            _check_agree(self.defaults, first, group)
+        first = super().shared_hyperparameters()
         st = self.state["global"]  # type: ignore[attr-defined]
         frozen = tuple(float(g["lr"]) == 0 for g in self.param_groups)
         if st.get("frozen_groups", frozen) != frozen:
@@ -195,15 +125,6 @@ class SharedHyperparameters:
     def group_of(self) -> tuple[dict[str, Any], ...]:
         """The param group of each tensor of :meth:`params`, in the same order."""
         return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
-
-
-def _check_agree(defaults: Mapping[str, Any], first: Mapping[str, Any], other: Mapping[str, Any]):
-    for key in defaults:
-        if key != "lr" and first[key] != other[key]:
-            raise ValueError(
-                f"{key} differs between param groups: {first[key]!r} vs {other[key]!r}; "
-                "it must be the same for all groups (only lr may differ)"
-            )
 
 
 # ----------------------------------------------------------------------------- scaling

@@ -26,9 +26,9 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.errors import NonFiniteLossError
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.curvature_source import CurvatureClosure, local_model
+from secondorder.optim.curvature_source import CURVATURES, CurvatureClosure, local_model
 from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
 from secondorder.tensorlist import TensorList
 
@@ -150,14 +150,16 @@ def try_step(
     return Trial(predicted_f, rho_f, accepted)
 
 
-class AdaptiveNormOptimizer(GlobalHyperparameters, SecondOrderOptimizer):
+class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):
     """Base of the trust-region and ARC optimizers: one global adaptive norm.
 
     The norm is built by :func:`~secondorder.optim.norms.make_norm` from ``defaults``
     (``norm``, ``beta``, ``epsilon``, ``power``, ``normalize``; ``defaults["norm"]`` may
     be an :class:`AdaptiveNorm` instance, stored as its name), or from the first group's
     values when the groups override them (:func:`~secondorder.optim.norms.norm_of_group`).
-    Its accumulator lives in ``state["global"]["norm"]``.
+    Its accumulator lives in ``state["global"]["norm"]``. :attr:`HYPERPARAMETERS` checks
+    the keys the subclasses share (``curvature``, ``gamma``, ``max_cg_iter``,
+    ``tolerance_grad``); a subclass extends it with its own.
 
     Args:
         params: parameters or param groups (every hyperparameter equal in all groups).
@@ -166,6 +168,15 @@ class AdaptiveNormOptimizer(GlobalHyperparameters, SecondOrderOptimizer):
     Raises:
         ValueError: for an invalid norm name or value, or groups that disagree.
     """
+
+    NEEDS_CURVATURE = True
+    SUPPORTS_GAUSS_NEWTON = True
+    HYPERPARAMETERS = {
+        "curvature": hyper.one_of(CURVATURES),
+        "gamma": hyper.greater_than(1),
+        "max_cg_iter": hyper.integer(1),
+        "tolerance_grad": hyper.nonnegative,
+    }
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
         self._norm = make_norm(defaults["norm"], beta=defaults["beta"],

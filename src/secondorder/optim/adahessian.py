@@ -33,7 +33,6 @@ seeded generator reproduces a run; its state is saved in ``state_dict()``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ from secondorder.curvature.diagonal import (
     hutchinson_diagonal,
     spatially_averaged,
 )
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import (
     Closure,
     SecondOrderOptimizer,
@@ -139,7 +139,7 @@ def adahessian_update(
     torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr / bias_correction1)
 
 
-class AdaHessian(SecondOrderOptimizer):
+class AdaHessian(hyper.Hyperparameters, SecondOrderOptimizer):
     """AdaHessian (Yao et al. 2020; seed 000 Alg. 2); the update is in the module docstring.
 
     With float16/bfloat16 parameters the moments are kept, and the update computed, in
@@ -195,29 +195,16 @@ class AdaHessian(SecondOrderOptimizer):
         generator: torch.Generator | None = None,
         spatial_average: str = "abs",
     ):
-        if not lr > 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power
         )
-        self.check_group(defaults)
-        if isinstance(update_each, bool) or not isinstance(update_each, int) or update_each < 1:
-            raise ValueError(f"Invalid update_each: {update_each}; it must be an integer >= 1")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"Invalid n_samples: {n_samples}; it must be an integer >= 1")
         b = spatial_average_block_size
-        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-            raise ValueError(
-                f"Invalid spatial_average_block_size: {b}; it must be None or an integer >= 1"
-            )
-        if spatial_average not in SPATIAL_AVERAGES:
-            raise ValueError(
-                f"Invalid spatial_average: {spatial_average!r}; choose one of {SPATIAL_AVERAGES}"
-            )
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(
-                f"Invalid generator: {type(generator).__name__}; pass a torch.Generator or None"
-            )
+        hyper.integer(1)("update_each", update_each)
+        hyper.integer(1)("n_samples", n_samples)
+        hyper.optional(hyper.integer(1))("spatial_average_block_size", b)
+        hyper.one_of(SPATIAL_AVERAGES)("spatial_average", spatial_average)
+        hyper.Rule(lambda g: g is None or isinstance(g, torch.Generator),
+                   "a torch.Generator or None")("generator", generator)
         defaults["betas"] = tuple(betas)
         super().__init__(params, defaults)
         self.update_each = update_each
@@ -228,37 +215,20 @@ class AdaHessian(SecondOrderOptimizer):
         self.register_state_dict_pre_hook(AdaHessian._save_generator)
         self.register_load_state_dict_post_hook(AdaHessian._load_generator)
 
-    @staticmethod
-    def check_group(hp: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming an invalid ``lr``, ``betas``, ``eps``,
-        ``weight_decay`` or ``hessian_power`` in ``hp`` (the defaults or a param group)."""
-        lr, betas = hp["lr"], hp["betas"]
-        if not (lr >= 0.0 and math.isfinite(lr)):
-            raise ValueError(f"Invalid learning rate: {lr}; it must be finite and >= 0")
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"Invalid betas: {betas}; give a pair (beta1, beta2)")
-        for i, b in enumerate(betas):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b}; it must be in [0, 1)")
-        if not hp["eps"] > 0.0:
-            raise ValueError(f"Invalid epsilon value: {hp['eps']}; it must be positive")
-        if not hp["weight_decay"] >= 0.0:
-            raise ValueError(
-                f"Invalid weight_decay value: {hp['weight_decay']}; it must be >= 0"
-            )
-        if not 0.0 <= hp["hessian_power"] <= 1.0:
-            raise ValueError(
-                f"Invalid Hessian power value: {hp['hessian_power']}; it must be in [0, 1]"
-            )
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group after checking its hyperparameters (each group has its own).
-
-        Raises:
-            ValueError: naming an invalid value (a group's ``lr`` may be 0: it stays put).
-        """
-        self.check_group({**self.defaults, **param_group})
-        super().add_param_group(param_group)
+    NEEDS_CURVATURE = True
+    PER_GROUP = hyper.EVERY_KEY
+    DEFAULT_RULES = {"lr": hyper.positive}
+    HYPERPARAMETERS = {
+        "lr": hyper.finite_nonnegative,
+        "betas": hyper.Rule(
+            lambda b: isinstance(b, (tuple, list)) and len(b) == 2
+            and all(0.0 <= x < 1.0 for x in b),
+            "a pair (beta1, beta2), each in [0, 1)",
+        ),
+        "eps": hyper.positive,
+        "weight_decay": hyper.nonnegative,
+        "hessian_power": hyper.in_range(0, 1, "[]"),
+    }
 
     # ---------------------------------------------------------------- generator state
     @staticmethod

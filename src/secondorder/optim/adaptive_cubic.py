@@ -35,9 +35,10 @@ from scipy.optimize import brentq
 from torch import Tensor
 
 from secondorder.curvature.lanczos import lanczos
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
 from secondorder.optim.base import Closure
-from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
+from secondorder.optim.curvature_source import CurvatureClosure
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
 
@@ -205,8 +206,8 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         epsilon: ``eps > 0`` of seed 001 eqs. 2-3.
         power: the norm matrix is ``M = A_t^power``.
         sigma_min: lower bound on ``sigma`` (positive).
-        krylov_dim: Lanczos vectors per step (>= 1).
-        grad_tol: no step when ``||g|| <= grad_tol``.
+        max_cg_iter: Lanczos vectors per step (>= 1); the Lanczos form of CG, one product each.
+        tolerance_grad: no step when ``||g|| <= tolerance_grad``.
         normalize: scale ``M`` to mean diagonal 1, so that ``sigma`` is in Euclidean units
             (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
@@ -236,38 +237,30 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         epsilon: float = 1e-8,
         power: float = 0.5,
         sigma_min: float = 1e-10,
-        krylov_dim: int = 20,
-        grad_tol: float = 0.0,
+        max_cg_iter: int = 20,
+        tolerance_grad: float = 0.0,
         normalize: bool = True,
     ):
         defaults = dict(
             sigma=sigma, norm=norm, curvature=curvature, eta1=eta1, eta2=eta2,
             gamma=gamma, beta=beta, epsilon=epsilon, power=power, normalize=normalize,
             sigma_min=sigma_min,
-            krylov_dim=krylov_dim, grad_tol=grad_tol,
+            max_cg_iter=max_cg_iter, tolerance_grad=tolerance_grad,
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        sigma, eta1, eta2 = hp["sigma"], hp["eta1"], hp["eta2"]
-        if not sigma > 0:
-            raise ValueError(f"Invalid sigma value: {sigma}; it must be positive")
-        if not 0.0 < eta1 < 1.0:
-            raise ValueError(f"Invalid eta1 value: {eta1}; it must be in (0, 1)")
-        if not eta1 <= eta2 < 1.0:
-            raise ValueError(f"Invalid eta2 value: {eta2}; it must be in [eta1, 1) = [{eta1}, 1)")
-        if not hp["gamma"] > 1.0:
-            raise ValueError(f"Invalid gamma value: {hp['gamma']}; it must be > 1")
-        if not hp["sigma_min"] > 0:
-            raise ValueError(f"Invalid sigma_min value: {hp['sigma_min']}; it must be positive")
-        krylov_dim = hp["krylov_dim"]
-        if not (isinstance(krylov_dim, int) and krylov_dim >= 1):
-            raise ValueError(f"Invalid krylov_dim value: {krylov_dim}; it must be an int >= 1")
-        if not hp["grad_tol"] >= 0:
-            raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
-        check_curvature(hp["curvature"])
+    HYPERPARAMETERS = {
+        **AdaptiveNormOptimizer.HYPERPARAMETERS,
+        "sigma": hyper.positive,
+        "eta1": hyper.in_range(0, 1),
+        "sigma_min": hyper.positive,
+    }
+
+    @classmethod
+    def check_relations(cls, hp: Mapping[str, Any]) -> None:
+        """``eta1 <= eta2 < 1``."""
+        eta1, eta2 = hp["eta1"], hp["eta2"]
+        hyper.require(eta1 <= eta2 < 1.0, "eta2", eta2, f"in [eta1, 1) = [{eta1}, 1)")
 
     def step(
         self,
@@ -297,10 +290,10 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         norm = self.norm
 
         def solve(matvec: MatVec, grads: TensorList) -> CubicStep:
-            return solve_cubic_subproblem(matvec, grads, sigma, norm, krylov_dim=hp["krylov_dim"])
+            return solve_cubic_subproblem(matvec, grads, sigma, norm, krylov_dim=hp["max_cg_iter"])
 
         loss, sub = solve_in_norm(
-            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["grad_tol"],
+            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["tolerance_grad"],
             hessian_closure=hessian_closure, ggn_closure=ggn_closure,
         )  # fmt: skip
         if sub is None:

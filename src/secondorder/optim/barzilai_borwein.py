@@ -32,6 +32,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.optim import _direction_search as ds
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import LineObjective, finite_start, is_finite, versions
 
@@ -126,10 +127,18 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         )  # fmt: skip
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: dict[str, Any]) -> None:
-        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
-        ds.check_choice("mode", hp["mode"], BB_MODES)
+    HYPERPARAMETERS = {
+        **ds.SharedHyperparameters.HYPERPARAMETERS,
+        "mode": hyper.one_of(BB_MODES),
+        "beta": hyper.in_range(0, 1, "(]"),
+        "tau_0": hyper.positive,
+        "memory": hyper.integer(1),
+    }
+
+    @classmethod
+    def check_relations(cls, hp: dict[str, Any]) -> None:
+        """``sgd_bb`` needs ``epoch_length``; ``0 <= tau_min <= tau_max``; ``0 < low < high``."""
+        super().check_relations(hp)
         if hp["mode"] == "sgd_bb" and hp["epoch_length"] is None:
             raise ValueError(
                 "BarzilaiBorwein with mode='sgd_bb' (the default) needs epoch_length, the "
@@ -137,27 +146,14 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
                 "per pass over the training set), or mode='bb1' / mode='bb2' for full-batch "
                 "training (no epoch_length)"
             )
-        if hp["mode"] == "sgd_bb" and not (
-            isinstance(hp["epoch_length"], int) and not isinstance(hp["epoch_length"], bool)
-            and hp["epoch_length"] >= 1
-        ):
-            raise ValueError(
-                f"Invalid epoch_length: {hp['epoch_length']} (mode 'sgd_bb' needs the number "
-                "of steps per epoch, an int >= 1)"
-            )
-        if not 0 < hp["beta"] <= 1:
-            raise ValueError(f"Invalid beta: {hp['beta']} (need 0 < beta <= 1)")
-        if not hp["tau_0"] > 0:
-            raise ValueError(f"Invalid tau_0: {hp['tau_0']}")
+        if hp["mode"] == "sgd_bb":
+            hyper.integer(1)("epoch_length", hp["epoch_length"])
         tau_min, tau_max = hp["tau_min"], hp["tau_max"]
-        if not 0 <= tau_min <= tau_max:
-            raise ValueError(
-                f"Invalid tau_min/tau_max: {tau_min}, {tau_max} (need 0 <= min <= max)"
-            )
-        ds.check_int("memory", hp["memory"])
+        hyper.nonnegative("tau_min", tau_min)
+        hyper.require(tau_max >= tau_min, "tau_max", tau_max, f">= tau_min ({tau_min})")
         bounds = tuple(hp["step_bounds"])
-        if not 0 < bounds[0] < bounds[1]:
-            raise ValueError(f"Invalid step_bounds: {bounds} (need 0 < low < high)")
+        hyper.require(0 < bounds[0] < bounds[1], "step_bounds", bounds,
+                      "(low, high) with 0 < low < high")
 
     @property
     def step_size(self) -> float:

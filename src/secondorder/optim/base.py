@@ -57,7 +57,7 @@ import functools
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -277,11 +277,22 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     :meth:`add_to_params`, and keep anything outside ``self.state`` that a step changes in
     :meth:`extra_state`.
 
+    Capabilities are class attributes (read by the benchmark harness and by callers that
+    must know what to pass to ``step``; a subclass sets the ones that apply):
+
+    * :attr:`NEEDS_CURVATURE`: ``step`` takes Hessian (or Gauss-Newton) products, so the
+      closure's loss must be twice differentiable and a step costs more than a gradient.
+    * :attr:`SUPPORTS_GAUSS_NEWTON`: ``step`` accepts ``ggn_closure=`` (a callable returning
+      a :class:`~secondorder.curvature.operators.CurvatureOperator`) and uses it when the
+      optimizer is configured with ``curvature="gauss_newton"``.
+
     Attributes:
         samples_per_evaluation: samples per closure call, used for the sample counters when
             the closure returns a scalar (``None``: unknown).
     """
 
+    NEEDS_CURVATURE: ClassVar[bool] = False
+    SUPPORTS_GAUSS_NEWTON: ClassVar[bool] = False
     _transaction: StepTransaction | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import (
     Closure,
     SecondOrderOptimizer,
@@ -84,8 +85,7 @@ class WorkingPrecisionOperator:
 
 def check_curvature(curvature: str) -> str:
     """Return ``curvature`` or raise ``ValueError`` naming the valid choices."""
-    if curvature not in CURVATURES:
-        raise ValueError(f"Invalid curvature: {curvature!r}; choose one of {CURVATURES}")
+    hyper.one_of(CURVATURES)("curvature", curvature)
     return curvature
 
 

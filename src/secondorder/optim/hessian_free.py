@@ -34,7 +34,7 @@ preconditioner is on; the GGN comes from ``step(closure, ggn_closure=...)`` (see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import check_finite_start
 from secondorder.optim.base import (
     Closure,
@@ -53,10 +53,10 @@ from secondorder.optim.base import (
 )
 from secondorder.optim.closure_convention import BackwardWatch
 from secondorder.optim.curvature_source import (
+    CURVATURES,
     CurvatureClosure,
     WorkingPrecisionOperator,
     check_closures,
-    check_curvature,
     separate_operator,
 )
 from secondorder.optim.krylov import truncated_cg
@@ -193,7 +193,7 @@ def per_sample_squared_gradients(losses: Tensor, params: Sequence[Tensor], *,
     return tuple(out)
 
 
-class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
+class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
     """Martens' (2010) Hessian-free optimizer (module docstring).
 
     ``step(closure, ggn_closure=...)``: ``closure`` returns the per-sample losses on the
@@ -211,7 +211,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
             the key otherwise, when a group is added and at each step).
         damping: initial ``lambda > 0``.
         curvature: ``"gauss_newton"`` (default) or ``"hessian"``.
-        cg_max_iter: most CG products per step (>= 1).
+        max_cg_iter: most CG products per step (>= 1).
         cg_rtol: CG's relative residual tolerance (>= 0); Martens' rule usually stops first.
         decay: warm-start factor in [0, 1] (0 starts CG from zero).
         preconditioner: use Martens' diagonal preconditioner (needs per-sample losses).
@@ -222,9 +222,9 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
             sum (:func:`per_sample_squared_gradients`, slow on large batches).
         progress_tol: Martens' relative-progress threshold (5e-4), >= 0.
         line_search: run Martens' backtracking line search on the chosen step.
-        ls_c1: its sufficient-decrease constant in (0, 1) (Martens: 1e-2).
+        c1: its sufficient-decrease constant in (0, 1) (Martens: 1e-2).
         ls_shrink: its step factor in (0, 1) (Martens: 0.8).
-        ls_max_evals: most line-search evaluations (>= 1; Martens: 60).
+        max_ls_evals: most line-search evaluations (>= 1; Martens: 60).
 
     Raises:
         ValueError: if a hyperparameter is out of range, a name is unknown, or a value
@@ -236,7 +236,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         damping: float = 1.0,
         curvature: str = "gauss_newton",
-        cg_max_iter: int = 250,
+        max_cg_iter: int = 250,
         cg_rtol: float = 1e-6,
         decay: float = 0.95,
         preconditioner: bool = True,
@@ -244,52 +244,34 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         fisher_probes: int = 4,
         progress_tol: float = 5e-4,
         line_search: bool = True,
-        ls_c1: float = 1e-2,
+        c1: float = 1e-2,
         ls_shrink: float = 0.8,
-        ls_max_evals: int = 60,
+        max_ls_evals: int = 60,
     ):
         defaults = dict(
-            damping=damping, curvature=curvature, cg_max_iter=cg_max_iter, cg_rtol=cg_rtol,
+            damping=damping, curvature=curvature, max_cg_iter=max_cg_iter, cg_rtol=cg_rtol,
             decay=decay, preconditioner=preconditioner,
             preconditioner_power=preconditioner_power, fisher_probes=fisher_probes,
             progress_tol=progress_tol,
-            line_search=line_search, ls_c1=ls_c1, ls_shrink=ls_shrink, ls_max_evals=ls_max_evals,
+            line_search=line_search, c1=c1, ls_shrink=ls_shrink, max_ls_evals=max_ls_evals,
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        if not hp["damping"] > 0:
-            raise ValueError(f"Invalid damping value: {hp['damping']}; it must be positive")
-        check_curvature(hp["curvature"])
-        cg_max_iter, probes = hp["cg_max_iter"], hp["fisher_probes"]
-        ls_max_evals = hp["ls_max_evals"]
-        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
-        if not hp["cg_rtol"] >= 0:
-            raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
-        if not 0.0 <= hp["decay"] <= 1.0:
-            raise ValueError(f"Invalid decay value: {hp['decay']}; it must be in [0, 1]")
-        power = hp["preconditioner_power"]
-        if not 0.0 < power <= 1.0:
-            raise ValueError(
-                f"Invalid preconditioner_power value: {power}; it must be in (0, 1]"
-            )
-        if not (isinstance(probes, int) and probes >= 0):
-            raise ValueError(f"Invalid fisher_probes value: {probes}; it must be an int >= 0")
-        if not hp["progress_tol"] >= 0:
-            raise ValueError(
-                f"Invalid progress_tol value: {hp['progress_tol']}; it must be >= 0"
-            )
-        if not 0.0 < hp["ls_c1"] < 1.0:
-            raise ValueError(f"Invalid ls_c1 value: {hp['ls_c1']}; it must be in (0, 1)")
-        if not 0.0 < hp["ls_shrink"] < 1.0:
-            raise ValueError(f"Invalid ls_shrink value: {hp['ls_shrink']}; it must be in (0, 1)")
-        if not (isinstance(ls_max_evals, int) and ls_max_evals >= 1):
-            raise ValueError(
-                f"Invalid ls_max_evals value: {ls_max_evals}; it must be an int >= 1"
-            )
+    NEEDS_CURVATURE = True
+    SUPPORTS_GAUSS_NEWTON = True
+    HYPERPARAMETERS = {
+        "damping": hyper.positive,
+        "curvature": hyper.one_of(CURVATURES),
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+        "decay": hyper.in_range(0, 1, "[]"),
+        "preconditioner_power": hyper.in_range(0, 1, "(]"),
+        "fisher_probes": hyper.integer(0),
+        "progress_tol": hyper.nonnegative,
+        "c1": hyper.in_range(0, 1),
+        "ls_shrink": hyper.in_range(0, 1),
+        "max_ls_evals": hyper.integer(1),
+    }
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(
@@ -407,8 +389,8 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         else:
             x0 = None
         progress = MartensProgress(b, tol=hp["progress_tol"])
-        keep = backtracking_iterations(hp["cg_max_iter"])
-        res = truncated_cg(damped, b, x0=x0, rtol=hp["cg_rtol"], max_iter=hp["cg_max_iter"],
+        keep = backtracking_iterations(hp["max_cg_iter"])
+        res = truncated_cg(damped, b, x0=x0, rtol=hp["cg_rtol"], max_iter=hp["max_cg_iter"],
                            preconditioner=precond, callback=progress, keep_iterates=keep)
         gstate["cg_init"] = res.solution
         values = progress.values
@@ -451,8 +433,8 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
                     return best_loss, None
                 return self._loss_at(closure, tl.add(old, p, t)), None
 
-            ls = backtracking(phi, loss, slope, c1=hp["ls_c1"], shrink=hp["ls_shrink"],
-                              max_evals=hp["ls_max_evals"], interpolate=False)
+            ls = backtracking(phi, loss, slope, c1=hp["c1"], shrink=hp["ls_shrink"],
+                              max_evals=hp["max_ls_evals"], interpolate=False)
             t = ls.step if ls.success or (ls.loss is not None and float(ls.loss) < loss_f) else 0.0
         else:
             t = 1.0 if best_f < loss_f else 0.0

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.optim import _direction_search as ds
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import (
     CURVATURE_RULES,
@@ -122,13 +123,13 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         )  # fmt: skip
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: dict[str, Any]) -> None:
-        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
-        ds.check_int("history_size", hp["history_size"])
-        ds.check_choice("line_search", hp["line_search"], LINE_SEARCHES)
-        ds.check_nonnegative("curvature_eps", hp["curvature_eps"])
-        ds.check_choice("curvature_rule", hp["curvature_rule"], CURVATURE_RULES)
+    HYPERPARAMETERS = {
+        **ds.SharedHyperparameters.HYPERPARAMETERS,
+        "history_size": hyper.integer(1),
+        "line_search": hyper.one_of(LINE_SEARCHES),
+        "curvature_eps": hyper.nonnegative,
+        "curvature_rule": hyper.one_of(CURVATURE_RULES),
+    }
 
     # ------------------------------------------------------------------ helpers
     def _global(self) -> dict[str, Any]:

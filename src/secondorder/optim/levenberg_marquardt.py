@@ -21,14 +21,14 @@ and one extra loss evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import try_step
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import local_model
@@ -109,7 +109,7 @@ def update_damping(
     return damping
 
 
-class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
+class LevenbergMarquardt(hyper.Hyperparameters, SecondOrderOptimizer):
     """LM-damped Newton-CG (module docstring).
 
     The damping lives in ``optimizer.state["global"]["damping"]``; the last step's ``rho``,
@@ -123,8 +123,8 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
         increase: factor on ``lambda`` when ``rho < 1/4``, ``> 1``.
         decrease: factor on ``lambda`` when ``rho > 3/4``, in ``(0, 1)``.
         min_damping: floor of ``lambda``, ``>= 0``.
-        max_cg: most CG iterations per step (``>= 1``).
-        rtol: CG's relative residual tolerance, ``>= 0``.
+        max_cg_iter: most CG iterations per step (``>= 1``).
+        cg_rtol: CG's relative residual tolerance, ``>= 0``.
 
     Raises:
         ValueError: for a hyperparameter out of range, or one that differs between param
@@ -138,30 +138,23 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
         increase: float = 1.5,
         decrease: float = 2.0 / 3.0,
         min_damping: float = 1e-8,
-        max_cg: int = 50,
-        rtol: float = 1e-5,
+        max_cg_iter: int = 50,
+        cg_rtol: float = 1e-5,
     ):
         defaults = dict(damping=damping, increase=increase, decrease=decrease,
-                        min_damping=min_damping, max_cg=max_cg, rtol=rtol)  # fmt: skip
+                        min_damping=min_damping, max_cg_iter=max_cg_iter,
+                        cg_rtol=cg_rtol)  # fmt: skip
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        damping, increase, decrease = hp["damping"], hp["increase"], hp["decrease"]
-        min_damping, max_cg, rtol = hp["min_damping"], hp["max_cg"], hp["rtol"]
-        if not damping > 0.0:
-            raise ValueError(f"Invalid damping: {damping}; it must be positive")
-        if not increase > 1.0:
-            raise ValueError(f"Invalid increase: {increase}; it must be > 1")
-        if not 0.0 < decrease < 1.0:
-            raise ValueError(f"Invalid decrease: {decrease}; it must be in (0, 1)")
-        if not min_damping >= 0.0:
-            raise ValueError(f"Invalid min_damping: {min_damping}; it must be >= 0")
-        if isinstance(max_cg, bool) or not isinstance(max_cg, int) or max_cg < 1:
-            raise ValueError(f"Invalid max_cg: {max_cg}; it must be an integer >= 1")
-        if not rtol >= 0.0:
-            raise ValueError(f"Invalid rtol: {rtol}; it must be >= 0")
+    NEEDS_CURVATURE = True
+    HYPERPARAMETERS = {
+        "damping": hyper.positive,
+        "increase": hyper.greater_than(1),
+        "decrease": hyper.in_range(0, 1),
+        "min_damping": hyper.nonnegative,
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+    }
 
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One damped Newton-CG step; accepted only if it lowers the loss.
@@ -175,8 +168,8 @@ class LevenbergMarquardt(GlobalHyperparameters, SecondOrderOptimizer):
         hp = self.shared_hyperparameters()
         G = self.state.setdefault("global", {"damping": float(hp["damping"])})
         with local_model(self, closure, "hessian") as model:
-            res = lm_direction(model.operator, model.grads, G["damping"], rtol=hp["rtol"],
-                               max_iter=hp["max_cg"])
+            res = lm_direction(model.operator, model.grads, G["damping"], rtol=hp["cg_rtol"],
+                               max_iter=hp["max_cg_iter"])
         trial = try_step(self, closure, model.loss, res.direction, -res.model_decrease, 0.0)
         G["damping"] = update_damping(
             G["damping"], trial.rho_or_fail, increase=hp["increase"], decrease=hp["decrease"],

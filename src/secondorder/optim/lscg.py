@@ -18,8 +18,7 @@ steepest descent ``-g``, then takes an Armijo backtracking step (Nocedal & Wrigh
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +26,8 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._direction_search import GroupScale
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import local_model
 from secondorder.optim.krylov import CGResult, truncated_cg
@@ -88,7 +87,7 @@ def lscg_direction(
     return LSCGDirection(tuple(res.solution), res)
 
 
-class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
+class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
     """Least-squares CG Newton method with Armijo backtracking (module docstring).
 
     The outcome of the last step is in ``optimizer.state["global"]``: ``cg_status``,
@@ -107,47 +106,40 @@ class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
             the same in all groups (``ValueError`` naming the key otherwise).
         lr: first trial step of the backtracking search, ``> 0`` (1.0: the Newton step);
             a group's ``lr`` may be 0.
-        max_cg: most CG iterations per step (``>= 1``; each costs two HVPs).
-        rtol: CG's relative residual tolerance, ``>= 0``.
+        max_cg_iter: most CG iterations per step (``>= 1``; each costs two HVPs).
+        cg_rtol: CG's relative residual tolerance, ``>= 0``.
         c1: Armijo constant in ``(0, 1)``.
-        max_evals: most loss evaluations of the line search (``>= 1``).
+        max_ls_evals: most loss evaluations of the line search (``>= 1``).
 
     Raises:
         ValueError: for a hyperparameter out of range, or one other than ``lr`` that differs
             between param groups (the message names it).
     """
 
-    per_group = ("lr",)
+    NEEDS_CURVATURE = True
+    PER_GROUP = ("lr",)
+    DEFAULT_RULES = {"lr": hyper.positive}
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1.0,
-        max_cg: int = 50,
-        rtol: float = 1e-5,
+        max_cg_iter: int = 50,
+        cg_rtol: float = 1e-5,
         c1: float = 1e-4,
-        max_evals: int = 30,
+        max_ls_evals: int = 30,
     ):
-        if not lr > 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
-        defaults = dict(lr=lr, max_cg=max_cg, rtol=rtol, c1=c1, max_evals=max_evals)
+        defaults = dict(lr=lr, max_cg_iter=max_cg_iter, cg_rtol=cg_rtol, c1=c1,
+                        max_ls_evals=max_ls_evals)
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        lr, max_cg, rtol, c1, max_evals = (hp[k] for k in ("lr", "max_cg", "rtol", "c1",
-                                                            "max_evals"))
-        if not (lr >= 0.0 and math.isfinite(lr)):
-            raise ValueError(f"Invalid learning rate: {lr}; it must be finite and >= 0")
-        if isinstance(max_cg, bool) or not isinstance(max_cg, int) or max_cg < 1:
-            raise ValueError(f"Invalid max_cg: {max_cg}; it must be an integer >= 1")
-        if not rtol >= 0.0:
-            raise ValueError(f"Invalid rtol: {rtol}; it must be >= 0")
-        if not 0.0 < c1 < 1.0:
-            raise ValueError(f"Invalid c1: {c1}; it must be in (0, 1)")
-        if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
-            raise ValueError(f"Invalid max_evals: {max_evals}; it must be an integer >= 1")
+    HYPERPARAMETERS = {
+        "lr": hyper.finite_nonnegative,
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+        "c1": hyper.in_range(0, 1),
+        "max_ls_evals": hyper.integer(1),
+    }
 
     def _free_groups(self) -> list[dict[str, Any]]:
         free = [g for g in self.param_groups if float(g["lr"]) != 0]
@@ -180,8 +172,8 @@ class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
             G["step_size"] = 0.0
             return self.evaluate(closure, grad=False).loss
         with local_model(self, closure, "hessian") as model:
-            res = lscg_direction(model.operator, model.grads, rtol=hp["rtol"],
-                                 max_iter=hp["max_cg"])
+            res = lscg_direction(model.operator, model.grads, rtol=hp["cg_rtol"],
+                                 max_iter=hp["max_cg_iter"])
         g = model.grads
         d = scale.apply(res.direction)  # the direction searched: diag(lr_g / lr_max) dw
         slope = float(tl.dot(d, g))
@@ -196,7 +188,7 @@ class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
         w0 = tl.clone(self.params())
         phi = LineObjective(self, closure, w0, d)
         ls = backtracking(
-            phi, model.loss, slope, step=scale.lr, c1=hp["c1"], max_evals=hp["max_evals"]
+            phi, model.loss, slope, step=scale.lr, c1=hp["c1"], max_evals=hp["max_ls_evals"]
         )
         if ls.step > 0:
             phi.move(ls.step)

@@ -38,6 +38,7 @@ from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import HessianOperator
 from secondorder.optim import _direction_search as ds
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import krylov
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import LineObjective, is_finite, max_abs
@@ -82,7 +83,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         lr: initial step of the line search, or the fixed step with ``line_search=None``.
         line_search: ``"armijo"`` (backtracking on loss values only), ``"strong_wolfe"`` or
             ``None``.
-        cg_max_iter: CG iterations per step (``None``: number of parameters, capped at 250).
+        max_cg_iter: CG iterations per step (``None``: number of parameters, capped at 250).
         forcing: ``"sqrt_gradient"``, ``"eisenstat_walker"`` (module doc) or a constant
             relative CG tolerance in ``(0, 1)``.
         hessian_fraction: fraction in ``(0, 1]`` of the closure's per-sample losses whose
@@ -102,7 +103,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1.0,
         line_search: str | None = "armijo",
-        cg_max_iter: int | None = None,
+        max_cg_iter: int | None = None,
         forcing: str | float = "sqrt_gradient",
         hessian_fraction: float | None = None,
         tolerance_grad: float = 1e-7,
@@ -112,29 +113,24 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         generator: torch.Generator | None = None,
     ):
         defaults = dict(
-            lr=lr, line_search=line_search, cg_max_iter=cg_max_iter, forcing=forcing,
+            lr=lr, line_search=line_search, max_cg_iter=max_cg_iter, forcing=forcing,
             hessian_fraction=hessian_fraction, tolerance_grad=tolerance_grad, c1=c1, c2=c2,
             max_ls_evals=max_ls_evals,
         )  # fmt: skip
         super().__init__(params, defaults)
         self.generator = generator
 
-    @staticmethod
-    def check_hyperparameters(hp: dict[str, Any]) -> None:
-        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
-        ds.check_choice("line_search", hp["line_search"], NEWTON_LINE_SEARCHES)
-        ds.check_int("cg_max_iter", hp["cg_max_iter"], optional=True)
-        forcing = hp["forcing"]
-        if isinstance(forcing, str):
-            if forcing not in FORCING_RULES:
-                raise ValueError(
-                    f"Invalid forcing: {forcing!r} (use one of {FORCING_RULES} or a float)"
-                )
-        elif not 0 < forcing < 1:
-            raise ValueError(f"Invalid forcing: {forcing} (need 0 < forcing < 1)")
-        frac = hp["hessian_fraction"]
-        if frac is not None and not 0 < frac <= 1:
-            raise ValueError(f"Invalid hessian_fraction: {frac} (need 0 < f <= 1)")
+    NEEDS_CURVATURE = True
+    HYPERPARAMETERS = {
+        **ds.SharedHyperparameters.HYPERPARAMETERS,
+        "line_search": hyper.one_of(NEWTON_LINE_SEARCHES),
+        "max_cg_iter": hyper.optional(hyper.integer(1)),
+        "forcing": hyper.Rule(
+            lambda f: f in FORCING_RULES if isinstance(f, str) else 0 < f < 1,
+            f"one of {FORCING_RULES} or a float in (0, 1)",
+        ),
+        "hessian_fraction": hyper.optional(hyper.in_range(0, 1, "(]")),
+    }
 
     def reset_memory(self) -> None:
         """Forget the previous gradient norm and forcing term (Eisenstat-Walker restarts)."""
@@ -219,7 +215,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             else:
                 eta = float(grp["forcing"])
             n = sum(p.numel() for p in self.params())
-            max_iter = grp["cg_max_iter"] or min(n, 250)
+            max_iter = grp["max_cg_iter"] or min(n, 250)
             res = krylov.truncated_cg(hess.matvec, tl.neg(g), rtol=eta, max_iter=max_iter)
         finally:
             if hess is not None:

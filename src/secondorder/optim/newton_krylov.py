@@ -83,7 +83,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.complex_step import complex_step_hvp
 from secondorder.curvature.vhv import vhv
-from secondorder.optim._global_hyperparameters import GlobalHyperparameters
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, CostCounter, SecondOrderOptimizer
 
 BACKENDS = ("autograd", "complex-step", "finite-difference")
@@ -385,7 +385,7 @@ class NewtonKrylovCounter(CostCounter):
 
 
 # --------------------------------------------------------------------------- optimizer
-class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
+class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
     """Seed 002's stochastic Newton-Krylov method (Alg. 1; module docstring).
 
     ``step(closure, global_closure=None)`` processes one mini-batch: ``closure`` returns
@@ -399,8 +399,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             step size are global, so every hyperparameter must be the same in all groups
             (``ValueError`` naming the key otherwise, when a group is added and at each step).
         taylor_ratio: the target Taylor ratio ``eta~`` (seed 002: 0.05), in ``(0, 1)``.
-        max_krylov: most Krylov iterations per batch (``>= 1``).
-        rtol: the Krylov loop stops when ``||r|| <= rtol ||g||``.
+        max_cg_iter: most Krylov iterations per batch (``>= 1``).
+        cg_rtol: the Krylov loop stops when ``||r|| <= cg_rtol ||g||``.
         backend: ``"autograd"`` or ``"complex-step"`` (module docstring).
         global_refresh: recompute the global gradient after this many accepted steps
             (seed 002: 1, line 48).
@@ -430,8 +430,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         taylor_ratio: float = 0.05,
-        max_krylov: int = 20,
-        rtol: float = 1e-4,
+        max_cg_iter: int = 20,
+        cg_rtol: float = 1e-4,
         backend: str = "autograd",
         global_refresh: int = 1,
         warm_start: float = 0.0,
@@ -449,8 +449,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
     ):
         defaults = dict(
             taylor_ratio=taylor_ratio,
-            max_krylov=max_krylov,
-            rtol=rtol,
+            max_cg_iter=max_cg_iter,
+            cg_rtol=cg_rtol,
             backend=backend,
             global_refresh=global_refresh,
             warm_start=warm_start,
@@ -468,44 +468,26 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        if not 0.0 < hp["taylor_ratio"] < 1.0:
-            raise ValueError(f"Invalid taylor_ratio: {hp['taylor_ratio']}; it must be in (0, 1)")
-        _check_int("max_krylov", hp["max_krylov"], 1)
-        if not hp["rtol"] >= 0.0:
-            raise ValueError(f"Invalid rtol: {hp['rtol']}; it must be >= 0")
-        if hp["backend"] not in BACKENDS:
-            raise ValueError(f"Invalid backend: {hp['backend']!r}; choose one of {BACKENDS}")
-        _check_int("global_refresh", hp["global_refresh"], 1)
-        if not 0.0 <= hp["warm_start"] <= 1.0:
-            raise ValueError(f"Invalid warm_start: {hp['warm_start']}; it must be in [0, 1]")
-        _check_int("max_step_adjust", hp["max_step_adjust"], 0)
-        if not hp["fallback_step"] > 0.0:
-            raise ValueError(
-                f"Invalid fallback_step: {hp['fallback_step']}; it must be positive"
-            )
-        if not hp["damping_threshold"] >= 0.0:
-            raise ValueError(
-                f"Invalid damping_threshold: {hp['damping_threshold']}; it must be >= 0"
-            )
-        if not hp["damping_scale"] > 0.0:
-            raise ValueError(
-                f"Invalid damping_scale: {hp['damping_scale']}; it must be positive"
-            )
-        if not hp["fd_step"] > 0.0:
-            raise ValueError(f"Invalid fd_step: {hp['fd_step']}; it must be positive")
-        for key in ("early_termination", "printed_cg_step", "printed_post_screen"):
-            if not isinstance(hp[key], bool):
-                raise ValueError(f"Invalid {key}: {hp[key]!r}; use True or False")
-        if hp["step_sizing"] not in STEP_SIZINGS:
-            raise ValueError(
-                f"Invalid step_sizing: {hp['step_sizing']!r}; choose one of {STEP_SIZINGS}"
-            )
-        for key in ("armijo_c", "armijo_tau"):
-            if not 0.0 < hp[key] < 1.0:
-                raise ValueError(f"Invalid {key}: {hp[key]}; it must be in (0, 1)")
+    NEEDS_CURVATURE = True
+    HYPERPARAMETERS = {
+        "taylor_ratio": hyper.in_range(0, 1),
+        "max_cg_iter": hyper.integer(1),
+        "cg_rtol": hyper.nonnegative,
+        "backend": hyper.one_of(BACKENDS),
+        "global_refresh": hyper.integer(1),
+        "warm_start": hyper.in_range(0, 1, "[]"),
+        "max_step_adjust": hyper.integer(0),
+        "fallback_step": hyper.positive,
+        "damping_threshold": hyper.nonnegative,
+        "damping_scale": hyper.positive,
+        "fd_step": hyper.positive,
+        "early_termination": hyper.boolean,
+        "printed_cg_step": hyper.boolean,
+        "printed_post_screen": hyper.boolean,
+        "step_sizing": hyper.one_of(STEP_SIZINGS),
+        "armijo_c": hyper.in_range(0, 1),
+        "armijo_tau": hyper.in_range(0, 1),
+    }
 
     @property
     def counters(self) -> NewtonKrylovCounter:
@@ -518,10 +500,10 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         return c
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (checked as in :class:`GlobalHyperparameters`).
+        """Add a group (checked as in :class:`~secondorder.optim.hyperparameters.Hyperparameters`).
 
         Raises:
-            ValueError: as :meth:`GlobalHyperparameters.add_param_group`, or for
+            ValueError: as :meth:`Hyperparameters.add_param_group`, or for
                 ``backend="complex-step"`` with a parameter that is not float32 or float64
                 (the complex-step curvature refuses them at the first step otherwise; the
                 group is not added).
@@ -660,7 +642,7 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
                 warm, hp["warm_start"]
             )
             kd = krylov_direction(
-                product, curvature, g, x0=x0, rtol=hp["rtol"], max_iter=hp["max_krylov"],
+                product, curvature, g, x0=x0, rtol=hp["cg_rtol"], max_iter=hp["max_cg_iter"],
                 damping_threshold=hp["damping_threshold"], damping_scale=hp["damping_scale"],
                 early_termination=hp["early_termination"],
                 printed_step=hp["printed_cg_step"],
@@ -752,7 +734,3 @@ def _substituted_loss(closure: Closure, *, complex_loss: bool = True
 
     return loss_fn
 
-
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Invalid {name}: {value}; it must be an integer >= {low}")

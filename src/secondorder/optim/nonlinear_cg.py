@@ -25,6 +25,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.optim import _direction_search as ds
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.quasi_newton import (
     LineObjective,
@@ -131,11 +132,11 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         )  # fmt: skip
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: dict[str, Any]) -> None:
-        """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
-        ds.check_choice("beta", hp["beta"], BETA_RULES)
-        ds.check_int("restart_every", hp["restart_every"], optional=True)
+    HYPERPARAMETERS = {
+        **ds.SharedHyperparameters.HYPERPARAMETERS,
+        "beta": hyper.one_of(BETA_RULES),
+        "restart_every": hyper.optional(hyper.integer(1)),
+    }
 
     def _direction(self, st: dict[str, Any], g: tuple[Tensor, ...], grp: dict[str, Any]):
         restart_every = grp["restart_every"] or sum(p.numel() for p in self.params())

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.optim import hyperparameters as hyper
 from secondorder.tensorlist import TensorList
 
 NORMS = ("spherical", "rmsprop", "adagrad", "full_rmsprop", "full_adagrad")
@@ -169,14 +170,10 @@ class SphericalNorm(AdaptiveNorm):
 
 
 def _check_common(rule: str, beta: float, epsilon: float, power: float) -> None:
-    if rule not in ("rmsprop", "adagrad"):
-        raise ValueError(f"Invalid accumulation rule: {rule!r}; choose 'rmsprop' or 'adagrad'")
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"Invalid beta value: {beta}; it must be in (0, 1)")
-    if not epsilon > 0.0:
-        raise ValueError(f"Invalid epsilon value: {epsilon}; it must be positive")
-    if not power > 0.0:
-        raise ValueError(f"Invalid power value: {power}; it must be positive")
+    hyper.one_of(("rmsprop", "adagrad"))("rule", rule)
+    hyper.in_range(0, 1)("beta", beta)
+    hyper.positive("epsilon", epsilon)
+    hyper.positive("power", power)
 
 
 class DiagonalNorm(AdaptiveNorm):
@@ -380,7 +377,7 @@ def make_norm(norm: str | AdaptiveNorm, *, beta: float = 0.9, epsilon: float = 1
     if norm in ("full_rmsprop", "full_adagrad"):
         return FullMatrixNorm(norm[len("full_"):], beta=beta, epsilon=epsilon, power=power,
                               normalize=normalize)
-    raise ValueError(f"Invalid norm: {norm!r}; choose one of {NORMS} or an AdaptiveNorm")
+    raise hyper.invalid("norm", norm, f"one of {NORMS} or an AdaptiveNorm")
 
 
 NORM_KEYS = ("norm", "beta", "epsilon", "power", "normalize")

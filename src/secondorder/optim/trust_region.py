@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.optim import hyperparameters as hyper
 from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
 from secondorder.optim.base import Closure
-from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
+from secondorder.optim.curvature_source import CurvatureClosure
 from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
@@ -153,7 +154,7 @@ def solve_subproblem(
     grad = tuple(grad)
     if isinstance(rtol, str):
         if rtol != "sqrt_gradient":
-            raise ValueError(f"Invalid rtol value: {rtol!r}; use a float >= 0 or 'sqrt_gradient'")
+            raise hyper.invalid("rtol", rtol, "'sqrt_gradient' or a float >= 0")
         rtol = sqrt_gradient_forcing(float(torch.sqrt(tl.dot(grad, norm.solve(grad)))))
     if norm.is_diagonal:
         res = steihaug_cg(matvec, grad, radius, metric=norm.metric(), rtol=rtol,
@@ -242,11 +243,11 @@ class TrustRegion(AdaptiveNormOptimizer):
         epsilon: ``eps > 0`` of eqs. 2-3.
         power: the norm matrix is ``M = A_t^power`` (0.5: seed 001 Corollary 1).
         max_radius: cap on the radius (>= ``radius``).
-        cg_max_iter: most products per Steihaug solve (>= 1).
+        max_cg_iter: most products per Steihaug solve (>= 1).
         cg_rtol: Steihaug's relative residual tolerance: ``"sqrt_gradient"`` (the forcing
             term ``min(0.5, sqrt(||g||_{M^{-1}}))`` of [NocedalWright2006] Alg. 7.1, loose
             far from a minimizer and superlinear near one) or a constant ``>= 0``.
-        grad_tol: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= grad_tol`` (no step).
+        tolerance_grad: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= tolerance_grad`` (no step).
         cauchy_floor: take the Cauchy point when it beats Steihaug's step.
         eta_expand: ``None`` (seed 001 Alg. 1): the radius grows after every accepted step.
             A value in ``[eta, 1)``: the rule of [NocedalWright2006] Alg. 4.1 (which uses
@@ -284,9 +285,9 @@ class TrustRegion(AdaptiveNormOptimizer):
         epsilon: float = 1e-8,
         power: float = 0.5,
         max_radius: float = 1e4,
-        cg_max_iter: int = 250,
+        max_cg_iter: int = 250,
         cg_rtol: float | str = "sqrt_gradient",
-        grad_tol: float = 0.0,
+        tolerance_grad: float = 0.0,
         cauchy_floor: bool = True,
         normalize: bool = True,
         eta_expand: float | None = None,
@@ -295,43 +296,29 @@ class TrustRegion(AdaptiveNormOptimizer):
             radius=radius, norm=norm, curvature=curvature, eta=eta, gamma=gamma,
             beta=beta, epsilon=epsilon, power=power, normalize=normalize,
             max_radius=max_radius,
-            cg_max_iter=cg_max_iter, cg_rtol=cg_rtol, grad_tol=grad_tol,
+            max_cg_iter=max_cg_iter, cg_rtol=cg_rtol, tolerance_grad=tolerance_grad,
             cauchy_floor=cauchy_floor, eta_expand=eta_expand,
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def check_hyperparameters(hp: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming an out-of-range value in ``hp`` (defaults or a group)."""
-        radius, eta, eta_expand = hp["radius"], hp["eta"], hp["eta_expand"]
-        if not radius > 0:
-            raise ValueError(f"Invalid radius value: {radius}; it must be positive")
-        if not 0.0 < eta < 1.0:
-            raise ValueError(f"Invalid eta value: {eta}; it must be in (0, 1)")
-        if not hp["gamma"] > 1.0:
-            raise ValueError(f"Invalid gamma value: {hp['gamma']}; it must be > 1")
-        if eta_expand is not None and not eta <= eta_expand < 1.0:
-            raise ValueError(
-                f"Invalid eta_expand value: {eta_expand}; it must be None or in [eta, 1) = "
-                f"[{eta}, 1)"
-            )
-        if not hp["max_radius"] >= radius:
-            raise ValueError(
-                f"Invalid max_radius value: {hp['max_radius']}; it must be >= radius ({radius})"
-            )
-        cg_max_iter = hp["cg_max_iter"]
-        if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
-            raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
-        cg_rtol = hp["cg_rtol"]
-        if isinstance(cg_rtol, str) and cg_rtol != "sqrt_gradient":
-            raise ValueError(
-                f"Invalid cg_rtol value: {cg_rtol!r}; it must be 'sqrt_gradient' or a float >= 0"
-            )
-        if not isinstance(cg_rtol, str) and not cg_rtol >= 0:
-            raise ValueError(f"Invalid cg_rtol value: {cg_rtol}; it must be >= 0")
-        if not hp["grad_tol"] >= 0:
-            raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
-        check_curvature(hp["curvature"])
+    HYPERPARAMETERS = {
+        **AdaptiveNormOptimizer.HYPERPARAMETERS,
+        "radius": hyper.positive,
+        "eta": hyper.in_range(0, 1),
+        "cg_rtol": hyper.Rule(
+            lambda r: r == "sqrt_gradient" if isinstance(r, str) else r >= 0,
+            "'sqrt_gradient' or a float >= 0",
+        ),
+    }
+
+    @classmethod
+    def check_relations(cls, hp: Mapping[str, Any]) -> None:
+        """``eta <= eta_expand < 1`` (or ``None``) and ``max_radius >= radius``."""
+        eta, eta_expand, radius = hp["eta"], hp["eta_expand"], hp["radius"]
+        hyper.require(eta_expand is None or eta <= eta_expand < 1.0, "eta_expand", eta_expand,
+                      f"None or in [eta, 1) = [{eta}, 1)")
+        hyper.require(hp["max_radius"] >= radius, "max_radius", hp["max_radius"],
+                      f">= radius ({radius})")
 
     def step(
         self,
@@ -362,10 +349,10 @@ class TrustRegion(AdaptiveNormOptimizer):
 
         def solve(matvec: MatVec, grads: TensorList) -> SubproblemResult:
             return solve_subproblem(matvec, grads, radius, norm, rtol=hp["cg_rtol"],
-                                    max_iter=hp["cg_max_iter"], cauchy_floor=hp["cauchy_floor"])
+                                    max_iter=hp["max_cg_iter"], cauchy_floor=hp["cauchy_floor"])
 
         loss, sub = solve_in_norm(
-            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["grad_tol"],
+            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["tolerance_grad"],
             hessian_closure=hessian_closure, ggn_closure=ggn_closure,
         )  # fmt: skip
         if sub is None:

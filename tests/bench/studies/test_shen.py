@@ -32,7 +32,7 @@ def test_newton_krylov_complex_step_runs_in_the_bench_like_autograd():
     prob = P.get_problem("cancer_logistic")  # full batch: one step per epoch
     out = {}
     for backend in ("autograd", "complex-step"):
-        res = run(prob, REGISTRY["NewtonKrylov"], {"backend": backend, "max_krylov": 3}, 0,
+        res = run(prob, REGISTRY["NewtonKrylov"], {"backend": backend, "max_cg_iter": 3}, 0,
                   Budget(epochs=3))
         assert res.status == "finished", res.error
         out[backend] = res.measurements

@@ -85,7 +85,7 @@ QUICK_KRYLOV = 4
 
 
 def _nk(label: str, quick: bool = False, **hyper) -> MethodSpec:
-    extra = {"max_krylov": QUICK_KRYLOV} if quick else {}
+    extra = {"max_cg_iter": QUICK_KRYLOV} if quick else {}
     return MethodSpec(label, "NewtonKrylov", {"taylor_ratio": 0.05, **extra, **hyper})
 
 
