@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from secondorder.bench import figures as figs
-from secondorder.bench import verdict
+from secondorder.bench import timing, verdict
 from secondorder.bench.accounting import WEIGHTS
 from secondorder.bench.datafacts import META_KEY, describe, facts_from_registry
 from secondorder.bench.store import Store
@@ -221,13 +221,14 @@ def _summary_rows(ps: ProblemSummary) -> list[list[str]]:
     return rows
 
 
-def _paper_tables(doc: _Doc, ps: ProblemSummary) -> None:
+def _paper_tables(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
     acc = ps.metric == "val_acc"
     doc.heading(f"Table 1: {ps.problem}", 3)
     doc.table(
         ("Method", "Knob", "Test accuracy" if acc else "Test loss", "Epoch time (s)"),
         [[m.optimizer, f"{m.knob}={_fmt(m.value, 3)}", _pm(*m.stat(ps.test_key)),
           _pm(*_sd(m.epoch_times()), digits=3)] for m in ps.methods])
+    doc.para(timing_line)
     doc.heading(f"Tables 3-4: {ps.problem}", 3)
     tr, va = ("train_acc", "val_acc") if acc else ("train_loss", "val_loss")
     doc.table(
@@ -238,6 +239,7 @@ def _paper_tables(doc: _Doc, ps: ProblemSummary) -> None:
           _fmt(_sd(m.step_times())[0], 3),
           _fmt(_sd([r.last.get("step", math.nan) for r in m.runs])[0], 4)]
          for m in ps.methods])
+    doc.para(timing_line)
 
 
 def _figure(doc: _Doc, figures: list[Path], figdir: Path, name: str, alt: str, made) -> None:
@@ -291,7 +293,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     db_path = Path(db_path)
     if not db_path.exists():
         raise FileNotFoundError(f"no results database at {db_path}: run `secondorder bench`")
-    with Store(db_path) as store:
+    with Store(db_path, readonly=True) as store:
         sweeps = store.sweeps()
         if sweep is None:
             if not sweeps:
@@ -302,6 +304,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         config = store.get_meta(sweep, "config", {}) or {}
         data = store.get_meta(sweep, META_KEY, None)
         env = store.environment()
+        conditions = store.get_meta(sweep, timing.META_KEY, {}) or {}
     if not records:
         raise ValueError(f"the database {db_path} has no finished run for sweep {sweep!r}")
     problems = list(dict.fromkeys(r.problem for r in records))
@@ -319,6 +322,9 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     doc.heading(f"secondorder benchmark: {sweep}", 1)
     doc.para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {db_path.name}"
              + (f"; command: `{command}`" if command else "") + ".")
+    timing_line = timing.describe(conditions)
+    for w in timing.warnings_for(conditions):
+        doc.para(f"**Warning:** {w}.")
 
     doc.heading("Verdict")
     for ps in summaries:
@@ -351,9 +357,10 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         doc.para(f"Metric: {ps.metric} ({'higher' if ps.higher else 'lower'} is better). "
                  + _targets_line(ps))
         doc.table(SUMMARY_HEADERS, _summary_rows(ps))
+        doc.para(timing_line)
     for ps in summaries:
         doc.heading(f"Problem {ps.problem}")
-        _paper_tables(doc, ps)
+        _paper_tables(doc, ps, timing_line)
         for kind, fn in (("loss", figs.loss_curves), ("test", figs.metric_curves),
                          ("to_target", figs.cost_bars), ("sensitivity", figs.sensitivity)):
             _figure(doc, figures, figdir, f"{ps.problem}_{kind}.png",
