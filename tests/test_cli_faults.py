@@ -159,6 +159,9 @@ def test_read_only_folders_and_databases(tmp_path, capsys):
         assert cli.main(["export", "--out", str(ro_file)]) == 0
         assert db.read_bytes() == before
         assert (ro_file / "export" / "runs.csv").read_text().count("\n") == 1 + 3
+        # so does report (issue 10: it opens the database read-only).
+        assert cli.main(["report", "--out", str(ro_file)]) == 0
+        assert db.read_bytes() == before
     finally:
         for path in locked:
             _set_read_only(path, False)

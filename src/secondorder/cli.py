@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -180,8 +182,9 @@ def _report_lock(out: Path) -> Iterator[None]:
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench import problems as P
+    from secondorder.bench import timing
     from secondorder.bench.registry import available_optimizers, list_optimizers
-    from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows, write_report
+    from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows
     from secondorder.bench.runner import Budget
     from secondorder.bench.sweep import SweepConfig, run_sweep
 
@@ -211,20 +214,42 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     out = Path(args.out)
+    # the topmost folder this command creates (removed again if the bench fails at once)
+    created = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CLIError(f"{out}: cannot create the results folder ({e.strerror}); "
                        "pass a writable --out") from None
     db = out / DB_NAME
+    command = "secondorder " + " ".join(shlex.quote(a) for a in argv)
+    done: list[str] = []
+
+    def interim(problem: str) -> None:
+        done.append(problem)
+        if len(done) < len(problems):
+            _write_report(out, db, config.name, command, with_figures=False,
+                          note=f"Interim report: {len(done)} of {len(problems)} problems "
+                               "done; figures are drawn when the sweep ends.")
+
     t0 = time.perf_counter()
     try:
-        res = run_sweep(config, db, progress=not args.no_progress)
-    except Exception as e:
+        res = run_sweep(config, db, progress=not args.no_progress, on_plan=_print_plan,
+                        on_problem_done=interim)
+    except KeyboardInterrupt:
+        rep = _write_report(out, db, config.name, command, with_figures=True,
+                            note=f"Interrupted: {len(done)} of {len(problems)} problems done; "
+                                 "rerun the same command to resume.")
+        what = f"report of what finished: {rep['markdown']}" if rep else "no run finished"
+        print(f"\ninterrupted; {what}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BaseException as e:
+        if created is not None:
+            _remove_if_empty(created, out, db)
         from secondorder.errors import DataFormatError
 
         if isinstance(e, DataFormatError):
-            raise CLIError(f"data: {e}") from None
+            raise CLIError(f"data (--data-dir): {e}") from None
         raise
     elapsed = time.perf_counter() - t0
     statuses = res["statuses"]
@@ -233,9 +258,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"every run of sweep {config.name!r} failed ({statuses['failed']} runs), e.g. "
             f"{'; '.join(res['errors']) or 'no message'}; fix the cause and rerun (failed "
             f"runs are retried); database: {db}")
-    command = "secondorder " + " ".join(shlex.quote(a) for a in argv)
-    with _report_lock(out):
-        rep = write_report(db, out, sweep=config.name, command=command)
+    rep = _write_report(out, db, config.name, command, with_figures=True)
     for name, reason in res["skipped_optimizers"].items():
         print(f"skipped {name}: {reason}")
     for ps in rep["summaries"]:
@@ -246,11 +269,65 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print("  ".join(h.ljust(w) for h, w in zip(SUMMARY_HEADERS, widths, strict=True)))
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(f"\n{rep['answer']}")
+    print(f"\n{timing.describe(res['timing'])}")
+    for w in timing.warnings_for(res["timing"]):
+        print(f"secondorder: warning: {w}", file=sys.stderr)
     print(f"\nsweep {config.name!r}: {sum(res['tuning'].values())} tuning and "
           f"{sum(res['final'].values())} repetition runs in {elapsed:.0f} s "
           f"(new or redone: {_done(res)})")
     print(f"database: {db}\nreport: {rep['markdown']} and {rep['html']}")
     return 0
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def _print_plan(plan: dict) -> None:
+    """The runs planned and the time estimate, printed once before the first run."""
+    todo = plan["pending_tuning_runs"]
+    print(f"planned: {plan['tuning_runs']} tuning runs ({todo} still to do) and "
+          f"{plan['repetition_runs']} repetition runs; estimated time "
+          f"{_fmt_seconds(plan['estimate_seconds'])} (from a "
+          f"{plan['calibration_seconds']:.0f} s calibration; the machine's load changes it)",
+          flush=True)
+
+
+def _write_report(out: Path, db: Path, sweep: str, command: str, **kw):
+    """Write the report under the report lock; ``None`` when no run has finished yet."""
+    from secondorder.bench.report import write_report
+
+    if not db.exists():
+        return None
+    with _report_lock(out):
+        try:
+            return write_report(db, out, sweep=sweep, command=command, **kw)
+        except ValueError:  # no finished run yet
+            return None
+
+
+def _remove_if_empty(created: Path, out: Path, db: Path) -> None:
+    """Remove ``created`` (the results folder ``out`` or the topmost parent this command
+    created for it) if it holds no run (a failed bench leaves nothing behind)."""
+    from secondorder.bench.store import Store
+
+    try:
+        if db.exists():
+            with Store(db, readonly=True) as store:
+                if store.runs(None):
+                    return
+        names = {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal",
+                 ".report.lock"}
+        others = [p for p in created.rglob("*") if p.is_file() and p.name not in names]
+        if not others:
+            shutil.rmtree(created)
+    except Exception:  # noqa: BLE001 -- best effort; never hide the original error
+        pass
 
 
 def _done(res) -> int:

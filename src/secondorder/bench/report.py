@@ -242,8 +242,11 @@ def _paper_tables(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
     doc.para(timing_line)
 
 
-def _figure(doc: _Doc, figures: list[Path], figdir: Path, name: str, alt: str, made) -> None:
-    fig, caption = made
+def _figure(doc: _Doc, figures: list[Path] | None, figdir: Path, name: str, alt: str,
+            made) -> None:
+    if figures is None:  # an interim report: no figures
+        return
+    fig, caption = made() if callable(made) else made
     path = figs.save(fig, figdir / name)
     figures.append(path)
     doc.image(f"figures/{path.name}", alt, caption)
@@ -273,7 +276,8 @@ def _protocol(doc: _Doc) -> None:
 
 
 def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = None,
-                 command: str | None = None) -> dict[str, Any]:
+                 command: str | None = None, *, with_figures: bool = True,
+                 note: str | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` under ``out_dir``.
 
     Args:
@@ -281,6 +285,8 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         out_dir: destination folder (created).
         sweep: the sweep to report; default the most recently active one.
         command: the command line to print in the report.
+        with_figures: draw the figures (the interim reports of a running sweep do not).
+        note: a paragraph printed first (e.g. "interim report: 3 of 10 problems done").
 
     Returns:
         ``{"markdown": Path, "html": Path, "figures": [Path], "summaries": [...],
@@ -317,11 +323,13 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     out = Path(out_dir)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    figures: list[Path] = []
+    figures: list[Path] | None = [] if with_figures else None
     doc = _Doc()
     doc.heading(f"secondorder benchmark: {sweep}", 1)
     doc.para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {db_path.name}"
              + (f"; command: `{command}`" if command else "") + ".")
+    if note:
+        doc.para(f"**{note}**")
     timing_line = timing.describe(conditions)
     for w in timing.warnings_for(conditions):
         doc.para(f"**Warning:** {w}.")
@@ -336,7 +344,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     paragraph = verdict.answer(summaries)
     doc.para(paragraph)
     _figure(doc, figures, figdir, "performance_profile.png", "performance profiles",
-            figs.profiles(summaries))
+            lambda: figs.profiles(summaries))
 
     if env:
         e = env[-1]
@@ -364,7 +372,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         for kind, fn in (("loss", figs.loss_curves), ("test", figs.metric_curves),
                          ("to_target", figs.cost_bars), ("sensitivity", figs.sensitivity)):
             _figure(doc, figures, figdir, f"{ps.problem}_{kind}.png",
-                    f"{ps.problem} {kind.replace('_', ' ')}", fn(ps))
+                    f"{ps.problem} {kind.replace('_', ' ')}", lambda fn=fn: fn(ps))
     failures = [r for r in records if r.status == "failed"]
     if failures:
         doc.heading("Failed runs")
@@ -381,5 +389,5 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         "table{border-collapse:collapse}td,th{border:1px solid #aaa;padding:2px 6px}"
         "figcaption{font-style:italic;font-size:90%}"
         "</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
-    return {"markdown": md, "html": page, "figures": figures, "summaries": summaries,
+    return {"markdown": md, "html": page, "figures": figures or [], "summaries": summaries,
             "answer": paragraph}
