@@ -115,13 +115,13 @@ def test_export_writes_every_run_and_measurement(bench, capsys):
 def test_clear_errors(tmp_path, capsys):
     assert cli.main(["bench", "--problems", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown problem 'nope'; valid: " in err and "rosenbrock" in err
+    assert "unknown problem 'nope' (valid: " in err and "rosenbrock" in err
     assert cli.main(["bench", "--optimizers", "sgd,zzz", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown optimizer 'zzz'; valid: " in err and "adam" in err
+    assert "unknown optimizer 'zzz' (valid: " in err and "adam" in err
     missing = tmp_path / "no-such-data"
     assert cli.main(["bench", "--data-dir", str(missing), "--out", str(tmp_path)]) == 2
-    assert f"data directory '{missing}' does not exist" in capsys.readouterr().err
+    assert f"--data-dir '{missing}': the folder does not exist" in capsys.readouterr().err
     assert cli.main(["report", "--out", str(tmp_path / "empty")]) == 2
     assert "no results database at" in capsys.readouterr().err
     assert cli.main(["bench", "--seeds", "0", "--out", str(tmp_path)]) == 2
@@ -168,6 +168,9 @@ def test_curvature_command_on_rosenbrock_matches_the_closed_form(tmp_path, capsy
                      "--out", str(tmp_path)]) == 0
     # At (-1.2, 1): H = [[1330, 480], [480, 200]], eigenvalues (1530 +- sqrt(1530^2 - 4*35600))/2.
     disc = (1530**2 - 4 * 35600) ** 0.5
+    out = capsys.readouterr().out
+    assert "trains with adam's defaults {'lr': 0.001}: no tuned setting" in out
+    tmp_path = tmp_path / "curvature"  # its own folder
     md = (tmp_path / "curvature_rosenbrock.md").read_text()
     init = next(line for line in md.splitlines() if line.startswith("| initialization"))
     assert f"{(1530 + disc) / 2:.4g}, {(1530 - disc) / 2:.4g}" in init

@@ -72,3 +72,71 @@ def test_failed_bench_leaves_no_empty_output_folder(tmp_path, capsys, monkeypatc
     assert cli.main([*ARGS, "--out", str(out)]) == 2
     assert "--data-dir" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+SUBCOMMANDS = ("bench", "report", "export", "list", "curvature", "study")
+
+
+def _help(args, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main([*args, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_main_help_has_no_raw_restructuredtext_and_lists_commands(capsys):
+    text = _help([], capsys)
+    for markup in ("``", ":func:", ":mod:", ":class:", ":meth:"):
+        assert markup not in text
+    for name in SUBCOMMANDS:
+        assert f"\n    {name}" in text
+    assert "examples:" in text and "secondorder bench --quick" in text
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_help_has_examples_and_defaults(name, capsys):
+    text = _help([name], capsys)
+    assert "``" not in text and ":func:" not in text
+    assert "examples:" in text and f"secondorder {name}" in text.split("examples:")[1]
+    if name != "list":
+        assert "(default: " in text
+
+
+def test_bench_help_states_defaults_and_quick_duration(capsys):
+    text = " ".join(_help(["bench"], capsys).split())
+    assert "results folder (default: secondorder-results)" in text
+    assert f"one seed (about {cli.QUICK_DURATION} on 2 cores)" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "--problems", "digit_mlp"], "unknown problem 'digit_mlp'; did you mean "
+                                           "'digits_mlp'?"),
+    (["bench", "--optimizers", "adma"], "unknown optimizer 'adma'; did you mean 'adam'?"),
+    (["bench", "--optimizers", "lbfgs"], "unknown optimizer 'lbfgs'; did you mean 'LBFGS'?"),
+    (["curvature", "--problem", "rosenbrok"], "did you mean 'rosenbrock'?"),
+    (["curvature", "--problem", "rosenbrock", "--optimizer", "NewtonGC"],
+     "did you mean 'NewtonCG'?"),
+])
+def test_typos_get_the_closest_name(tmp_path, capsys, args, message):
+    assert cli.main([*args, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_curvature_trains_with_the_benchmarks_tuned_setting(tmp_path, capsys):
+    assert cli.main(["bench", "--problems", "rosenbrock", "--optimizers", "sgd", *ARGS[6:],
+                     "--out", str(tmp_path)]) == 0
+    from secondorder.bench.store import Store
+    from secondorder.bench.sweep import load_records, select_best
+
+    with Store(tmp_path / "results.sqlite") as st:
+        best = select_best([r for r in load_records(st, "bench")
+                            if r.problem == "rosenbrock" and r.seed == 0])
+    capsys.readouterr()
+    assert cli.main(["curvature", "--problem", "rosenbrock", "--optimizer", "sgd", "--epochs",
+                     "1", "--top", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"trains with sgd {best.hyperparameters}: the tuned setting of sweep 'bench'" in out
+    md = (tmp_path / "curvature" / "curvature_rosenbrock.md").read_text()
+    assert f"trained with sgd {best.hyperparameters}" in md
+    assert not (tmp_path / "curvature_rosenbrock.md").exists()

@@ -372,7 +372,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         for kind, fn in (("loss", figs.loss_curves), ("test", figs.metric_curves),
                          ("to_target", figs.cost_bars), ("sensitivity", figs.sensitivity)):
             _figure(doc, figures, figdir, f"{ps.problem}_{kind}.png",
-                    f"{ps.problem} {kind.replace('_', ' ')}", lambda fn=fn: fn(ps))
+                    f"{ps.problem} {kind.replace('_', ' ')}", lambda fn=fn, ps=ps: fn(ps))
     failures = [r for r in records if r.status == "failed"]
     if failures:
         doc.heading("Failed runs")

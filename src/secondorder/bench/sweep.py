@@ -479,16 +479,19 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
                          evals_per_epoch: int) -> float:
     """Seconds one run of ``spec`` on ``problem`` will take, from a short probe run.
 
-    The probe trains for :data:`WARMUP_SECONDS` (at least one step) and measures the
-    training time per step and the time of one evaluation (model construction included);
+    The probe trains for twice :data:`WARMUP_SECONDS` (at least one step) and measures the
+    median time of its steps after the first (cold) one and the time of one evaluation
+    (model construction included);
     the run is then ``steps x step time + evaluations x evaluation time``, its steps and
     evaluations following from the budget (a seconds budget caps the training time). The
     probe also warms this process (:func:`warm_up`). NaN if the probe fails.
     """
     _WARMED.add((problem.name, spec.name))
+    stamps: list[float] = []
     t0 = time.perf_counter()
     try:
-        res = run(problem, spec, dict(hyperparameters), 0, Budget(seconds=WARMUP_SECONDS))
+        res = run(problem, spec, dict(hyperparameters), 0, Budget(seconds=2 * WARMUP_SECONDS),
+                  on_step=lambda _: stamps.append(time.perf_counter()))
     except Exception:  # noqa: BLE001 -- an estimate only
         return math.nan
     total = time.perf_counter() - t0
@@ -496,7 +499,8 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
     if len(ms) < 2 or not ms[-1].get("step"):
         return total
     steps, train = ms[-1]["step"], ms[-1]["wall_time"]
-    step_s = train / steps
+    # the first step is cold (one-off costs); the median later step is what a run repeats
+    step_s = float(np.median(np.diff(stamps))) if len(stamps) >= 3 else train / steps
     eval_s = max(0.0, total - train) / len(ms)
     n = len(problem.train)
     full = problem.full_batch and spec.full_batch

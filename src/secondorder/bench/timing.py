@@ -30,6 +30,7 @@ __all__ = [
     "cores_available",
     "describe",
     "load_average",
+    "summary_warning",
     "threads_per_worker",
     "warnings_for",
 ]
@@ -130,3 +131,15 @@ def warnings_for(conditions: Mapping[str, Any]) -> list[str]:
                    "inflated; compare times of this phase with care or rerun on a quiet "
                    "machine")
     return out
+
+
+def summary_warning(conditions: Mapping[str, Any]) -> str | None:
+    """All contended phases in one warning (for the terminal); ``None`` if there are none."""
+    names = contended_phases(conditions)
+    if not names:
+        return None
+    peak = max(conditions["phases"][n]["peak"] for n in names)
+    return (f"other processes competed for the cores during {len(names)} of "
+            f"{len(conditions['phases'])} phases ({', '.join(names)}; load average up to "
+            f"{peak:.1f} on {conditions.get('cores')} core(s)): their wall times are inflated; "
+            "compare times with care or rerun on a quiet machine (the report names each phase)")
