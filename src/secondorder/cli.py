@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "method)")
     b.add_argument("--grid", choices=("quick", "default", "full"),
                    help="grid of each optimizer's main knob (default: default; --quick: quick)")
-    b.add_argument("--evals-per-epoch", type=int, default=1, metavar="N",
-                   help="evaluations per pass through the training data (>= 1)")
+    b.add_argument("--evals-per-epoch", type=int, metavar="N",
+                   help="evaluations per pass through the training data, >= 1 (default: "
+                        "per problem, enough for 10 evaluations per run: ceil(10 / epochs))")
     b.add_argument("--workers", type=int,
                    help="worker processes, >= 1; 1 runs in this process "
                         "(default: 2 if the machine has 2 cores or more, else 1)")

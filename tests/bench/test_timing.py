@@ -14,6 +14,7 @@ from secondorder.bench import sweep, timing
 from secondorder.bench.runner import Budget
 from secondorder.bench.store import Store
 
+sys.path.insert(0, str(Path(__file__).parent))
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 #: Per-seed training times of one setting on a deterministic problem agree within this.
 SEED_TIME_FACTOR = 3.0
@@ -116,7 +117,6 @@ def test_threads_per_worker_share_the_cores():
 
 
 def test_sweep_records_each_phase_and_the_report_warns_on_contention(tmp_path, monkeypatch):
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_runner import fake_problem
 
     from secondorder.bench.report import write_report
@@ -147,3 +147,30 @@ def test_sweep_records_each_phase_and_the_report_warns_on_contention(tmp_path, m
     assert "**Warning:** other processes competed for the cores during the repetitions " \
            "of fake phase" in md
     assert "during the tuning of fake phase" not in md
+
+
+def test_default_evaluation_frequency_gives_curves_of_ten_points(tmp_path):
+    from types import SimpleNamespace
+
+    from test_runner import fake_problem
+
+    from secondorder.bench.sweep import MIN_CURVE_POINTS, SweepConfig, run_sweep
+
+    assert MIN_CURVE_POINTS == 10
+    auto = SweepConfig(["p"], ["sgd"], evals_per_epoch=None)
+    assert [auto.evals_for(SimpleNamespace(epochs=e)) for e in (4, 10, 50, 0.5)] == [3, 1, 1, 20]
+    assert SweepConfig(["p"], ["sgd"], evals_per_epoch=2).evals_for(SimpleNamespace(epochs=4)) == 2
+    one_epoch = SweepConfig(["p"], ["sgd"], evals_per_epoch=None, budget=Budget(epochs=1))
+    assert one_epoch.evals_for(SimpleNamespace(epochs=50)) == 10
+    # fake problem: 3 steps per epoch; 1 epoch: one evaluation per step (a step is never split)
+    counts = {}
+    for evals in (None, 1):
+        cfg = SweepConfig(["fake"], ["sgd"], seeds=1, grid="quick", budget=Budget(epochs=1),
+                          evals_per_epoch=evals, name=f"e{evals}")
+        run_sweep(cfg, tmp_path / "r.sqlite", progress=False,
+                  loader=lambda n, **kw: fake_problem())
+        with Store(tmp_path / "r.sqlite") as st:
+            (row, *_) = st.runs(f"e{evals}")
+            counts[evals] = len(st.measurements(row["id"]))
+            assert row["settings"]["evals_per_epoch"] == (10 if evals is None else 1)
+    assert counts == {None: 4, 1: 2}

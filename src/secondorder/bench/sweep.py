@@ -70,6 +70,7 @@ from secondorder.bench.timing import META_KEY as TIMING_META_KEY
 from secondorder.bench.timing import LoadMonitor, cores_available, threads_per_worker
 
 __all__ = [
+    "MIN_CURVE_POINTS",
     "TARGET_FRACTION",
     "RunRecord",
     "SweepConfig",
@@ -89,6 +90,8 @@ __all__ = [
 
 #: Fraction of the best first-order improvement that defines the target.
 TARGET_FRACTION = 0.99
+#: Evaluations per run that the default evaluation frequency aims at.
+MIN_CURVE_POINTS = 10
 #: Seconds between checks on runs that another process is executing.
 POLL_SECONDS = 1.0
 #: Seconds between checks of a worker process on its parent.
@@ -115,7 +118,9 @@ class SweepConfig:
         budget: per-run budget; ``None`` uses each problem's ``epochs``.
         grid: grid level of the knob (``"quick"``, ``"default"``, ``"full"``).
         workers: processes; 1 runs in this process.
-        evals_per_epoch: evaluations per pass through the training data.
+        evals_per_epoch: evaluations per pass through the training data; ``None``: per
+            problem, enough for :data:`MIN_CURVE_POINTS` evaluations over its epoch
+            budget (:meth:`evals_for`).
         data_dir: directory of file-based problems.
         name: the sweep's name in the database.
         retry_failed: claim again the runs that failed (raised) before this sweep started.
@@ -127,7 +132,7 @@ class SweepConfig:
     budget: Budget | None = None
     grid: str = "default"
     workers: int = 1
-    evals_per_epoch: int = 1
+    evals_per_epoch: int | None = 1
     data_dir: str | None = None
     name: str = "bench"
     retry_failed: bool = True
@@ -137,13 +142,26 @@ class SweepConfig:
             raise ValueError(f"Invalid seeds: {self.seeds}; it must be >= 1")
         if self.workers < 1:
             raise ValueError(f"Invalid workers: {self.workers}; it must be >= 1")
-        if self.evals_per_epoch < 1:
+        if self.evals_per_epoch is not None and self.evals_per_epoch < 1:
             raise ValueError(
                 f"Invalid evals_per_epoch: {self.evals_per_epoch}; it must be >= 1")
         if not self.problems:
             raise ValueError("Invalid problems: the list is empty")
         if not self.optimizers:
             raise ValueError("Invalid optimizers: the list is empty")
+
+
+    def evals_for(self, problem) -> int:
+        """Evaluations per epoch on ``problem``: the configured number, or
+        ``ceil(MIN_CURVE_POINTS / epochs)`` (at least 1) for the epochs of the budget (the
+        problem's when the budget counts backprops or seconds), so that short runs (the
+        digits CNN trains 4 epochs) still give curves of :data:`MIN_CURVE_POINTS` points.
+        A step is never split: a full-batch problem evaluates at most once per epoch."""
+        if self.evals_per_epoch is not None:
+            return self.evals_per_epoch
+        epochs = (self.budget.epochs if self.budget is not None
+                  and self.budget.epochs is not None else float(problem.epochs))
+        return max(1, math.ceil(MIN_CURVE_POINTS / epochs - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -376,7 +394,8 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
     load = loader or _default_loader
     problems = {p: _problem(load, p, config.data_dir) for p in config.problems}
     Store(db_path).close()  # refuse a damaged or unwritable database before any run
-    settings = {p: _items({"evals_per_epoch": config.evals_per_epoch,
+    evals = {p: config.evals_for(prob) for p, prob in problems.items()}
+    settings = {p: _items({"evals_per_epoch": evals[p],
                            "data": files_fingerprint(getattr(prob, "data_files", ()))})
                 for p, prob in problems.items()}
     retry_before = started if config.retry_failed else None
@@ -400,12 +419,12 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
     def task(pname, spec, hyper, seed) -> Task:
         return Task(config.name, pname, spec.name, _items(hyper), seed, budget_of(pname),
-                    config.evals_per_epoch, config.data_dir, settings[pname], retry_before)
+                    evals[pname], config.data_dir, settings[pname], retry_before)
 
     tuning = {p: [task(p, s, s.hyperparameters(v), 0) for s in specs
                   for v in s.grid(config.grid)] for p in config.problems}
     all_tuning = [t for ts in tuning.values() for t in ts]
-    plan = _plan(config, problems, specs, tuning, budget_of, db_path)
+    plan = _plan(config, problems, specs, tuning, budget_of, db_path, evals)
     if on_plan is not None:
         on_plan(plan)
     conditions: dict[str, Any] = {
@@ -519,7 +538,8 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
     return train_s + evals * eval_s
 
 
-def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path) -> dict[str, Any]:
+def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
+          evals: Mapping[str, int]) -> dict[str, Any]:
     """Runs planned and the estimated duration (see :func:`run_sweep`)."""
     t0 = time.perf_counter()
     pending = {p: _pending(db_path, ts) for p, ts in tuning.items()}
@@ -530,7 +550,7 @@ def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path) -> d
             if not mine:
                 continue
             est = estimate_run_seconds(problems[p], s, dict(mine[0].hyperparameters),
-                                       Budget(**dict(budget_of(p))), config.evals_per_epoch)
+                                       Budget(**dict(budget_of(p))), evals[p])
             if math.isfinite(est):
                 total += est * (len(mine) + config.seeds - 1)
     n_tuning = sum(len(ts) for ts in tuning.values())
