@@ -23,6 +23,9 @@ def test_bench_prints_plan_first_and_the_answer_and_timing_last(tmp_path, capsys
     answer = md.split("### Across problems\n\n")[1].split("\n")[0]
     assert answer and answer in out
     assert "Interim report" not in md
+    for problem in ("logistic2d", "rosenbrock"):  # the equal-time view of every problem
+        section = md.split(f"### Equal training time: {problem}\n\nEvery method after ")[1]
+        assert "| Method | Train loss | Val" in section.split("###")[0]
 
 
 def test_interrupted_bench_leaves_a_report_of_what_finished(tmp_path, capsys, monkeypatch):

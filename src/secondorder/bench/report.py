@@ -14,6 +14,10 @@ then, across problems, a paragraph in words and the performance profiles. Then:
   95% CI over seeds), backprops and time to each target (mean and 95% CI when every seed
   reached it, else the median, with the number of seeds that reached it), notes, and
   diverged / failed runs among all runs of the method on the problem.
+- **Equal training time** per problem (:mod:`~secondorder.bench.equal_time`): every
+  method's train loss, validation and test metric after the same training time.
+- Under every table, the timing conditions (:mod:`~secondorder.bench.timing`); a warning
+  at the top names each phase during which other processes competed for the cores.
 - **Table 1** (layout of [Filippova] Table 1): method, tuned knob value, test accuracy
   (test loss on problems without accuracy), epoch time (mean +- standard deviation).
 - **Tables 3-4** ([Veitch] Tables 3 and 4): train and dev (validation) accuracy, runtime
@@ -38,6 +42,7 @@ from secondorder.bench import figures as figs
 from secondorder.bench import timing, verdict
 from secondorder.bench.accounting import WEIGHTS
 from secondorder.bench.datafacts import META_KEY, describe, facts_from_registry
+from secondorder.bench.equal_time import equal_time_budget, equal_time_stats
 from secondorder.bench.store import Store
 from secondorder.bench.summary import (
     REACH_ATOL,
@@ -242,6 +247,25 @@ def _paper_tables(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
     doc.para(timing_line)
 
 
+def _equal_time_table(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
+    """Quality of every method after the same training time (secondorder.bench.equal_time)."""
+    seconds = equal_time_budget(ps)
+    if not math.isfinite(seconds):
+        return
+    acc = ps.metric == "val_acc"
+    keys = ("train_loss", ps.metric, ps.test_key, "data_epoch")
+    stats = equal_time_stats(ps, seconds, keys)
+    doc.heading(f"Equal training time: {ps.problem}", 3)
+    doc.para(f"Every method after {seconds:.3g} s of training (the shortest median run time "
+             "of the selected settings; value of the last evaluation at or before it). "
+             "For a longer common budget rerun with `--budget-seconds`.")
+    doc.table(("Method", "Train loss", "Val acc" if acc else "Val loss",
+               "Test acc" if acc else "Test loss", "Epochs trained"),
+              [[name, _pm(*st["train_loss"]), _pm(*st[ps.metric]), _pm(*st[ps.test_key]),
+                _fmt(st["data_epoch"][0], 3)] for name, st in stats.items()])
+    doc.para(timing_line)
+
+
 def _figure(doc: _Doc, figures: list[Path] | None, figdir: Path, name: str, alt: str,
             made) -> None:
     if figures is None:  # an interim report: no figures
@@ -366,6 +390,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
                  + _targets_line(ps))
         doc.table(SUMMARY_HEADERS, _summary_rows(ps))
         doc.para(timing_line)
+        _equal_time_table(doc, ps, timing_line)
     for ps in summaries:
         doc.heading(f"Problem {ps.problem}")
         _paper_tables(doc, ps, timing_line)
