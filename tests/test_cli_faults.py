@@ -265,8 +265,8 @@ def test_bad_labels_stop_the_sweep_and_a_fixed_or_changed_file_makes_new_runs(tm
             "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     assert cli.main(args) == 2
     assert capsys.readouterr().err == (
-        f"secondorder: error: data: {label_file}: label 10 at index 7 is outside 0..9 (1 such "
-        "labels); expected 10-class labels\n")
+        f"secondorder: error: data (--data-dir): {label_file}: label 10 at index 7 is outside "
+        "0..9 (1 such labels); expected 10-class labels\n")
     assert not (out / "results.sqlite").exists()
     labels[7] = 7
     _write_idx(label_file, labels)
