@@ -59,12 +59,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from secondorder.bench.data import files_fingerprint
 from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
 from secondorder.bench.datafacts import data_facts
 from secondorder.bench.registry import get_optimizer
-from secondorder.bench.runner import Budget, RunResult, run
+from secondorder.bench.runner import Budget, RunResult, evaluate_split, run
 from secondorder.bench.store import TERMINAL, Store
 from secondorder.bench.timing import META_KEY as TIMING_META_KEY
 from secondorder.bench.timing import LoadMonitor, cores_available, threads_per_worker
@@ -90,6 +91,9 @@ __all__ = [
 
 #: Fraction of the best first-order improvement that defines the target.
 TARGET_FRACTION = 0.99
+#: Steps and training-seconds limit of the probe run of :func:`estimate_run_seconds`.
+PROBE_STEPS = 6
+PROBE_SECONDS = 1.0
 #: Evaluations per run that the default evaluation frequency aims at.
 MIN_CURVE_POINTS = 10
 #: Seconds between checks on runs that another process is executing.
@@ -489,8 +493,6 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
 
 def _torch_threads() -> int:
-    import torch
-
     return torch.get_num_threads()
 
 
@@ -498,18 +500,25 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
                          evals_per_epoch: int) -> float:
     """Seconds one run of ``spec`` on ``problem`` will take, from a short probe run.
 
-    The probe trains for twice :data:`WARMUP_SECONDS` (at least one step) and measures the
-    median time of its steps after the first (cold) one and the time of one evaluation
-    (model construction included);
+    The probe trains :data:`PROBE_STEPS` steps (at most :data:`PROBE_SECONDS` of training,
+    at least one step) and measures the median time of its steps after the first (cold)
+    one; one evaluation is then timed warm
+    (:func:`_evaluation_seconds`);
     the run is then ``steps x step time + evaluations x evaluation time``, its steps and
     evaluations following from the budget (a seconds budget caps the training time). The
     probe also warms this process (:func:`warm_up`). NaN if the probe fails.
     """
+    if not _WARMED:  # the first step of a process pays process-wide one-off costs
+        warm_up(problem, spec.name, hyperparameters)
     _WARMED.add((problem.name, spec.name))
+    n = len(problem.train)
+    full = problem.full_batch and spec.full_batch
+    steps_per_epoch = math.ceil(n / (n if full else min(int(problem.batch_size), n)))
     stamps: list[float] = []
     t0 = time.perf_counter()
     try:
-        res = run(problem, spec, dict(hyperparameters), 0, Budget(seconds=2 * WARMUP_SECONDS),
+        probe = Budget(epochs=PROBE_STEPS / steps_per_epoch, seconds=PROBE_SECONDS)
+        res = run(problem, spec, dict(hyperparameters), 0, probe,
                   on_step=lambda _: stamps.append(time.perf_counter()))
     except Exception:  # noqa: BLE001 -- an estimate only
         return math.nan
@@ -520,10 +529,7 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
     steps, train = ms[-1]["step"], ms[-1]["wall_time"]
     # the first step is cold (one-off costs); the median later step is what a run repeats
     step_s = float(np.median(np.diff(stamps))) if len(stamps) >= 3 else train / steps
-    eval_s = max(0.0, total - train) / len(ms)
-    n = len(problem.train)
-    full = problem.full_batch and spec.full_batch
-    steps_per_epoch = math.ceil(n / (n if full else min(int(problem.batch_size), n)))
+    eval_s = _evaluation_seconds(problem, fallback=max(0.0, total - train) / len(ms))
     run_steps = math.inf
     if budget.epochs is not None:
         run_steps = budget.epochs * steps_per_epoch
@@ -536,6 +542,21 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
         return math.nan
     evals = train_s / step_s / steps_per_epoch * evals_per_epoch + 2
     return train_s + evals * eval_s
+
+
+def _evaluation_seconds(problem, fallback: float) -> float:
+    """Seconds of one (warm) evaluation of a fresh model on the train, validation and test
+    splits, as :func:`~secondorder.bench.runner.run` records it; ``fallback`` on error."""
+    try:
+        model = problem.make_model(0)
+        model.eval()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for split in (problem.train, problem.validation, problem.test):
+                evaluate_split(model, problem, split)
+            return time.perf_counter() - t0
+    except Exception:  # noqa: BLE001 -- an estimate only
+        return fallback
 
 
 def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
