@@ -28,8 +28,10 @@ def bench(tmp_path_factory):
 
 def test_bench_writes_database_and_report(bench, capsys):
     db = bench / "results.sqlite"
-    # 2 problems x 2 optimizers x 3 learning rates, 1 seed; 1 epoch -> 2 evaluations each.
-    assert _counts(db) == (12, 24)
+    # 2 problems x 2 optimizers x 3 learning rates, 1 seed, 1 epoch. Default evaluation
+    # frequency (issue 10: 10 per run): logistic2d (8 steps per epoch) evaluates after every
+    # step, 9 measurements; rosenbrock (full batch, one step) 2.
+    assert _counts(db) == (12, 6 * 9 + 6 * 2)
     with Store(db) as st:
         runs = st.runs()
         assert {r["status"] for r in runs} <= {"finished", "diverged"}
@@ -104,10 +106,10 @@ def test_export_writes_every_run_and_measurement(bench, capsys):
     with open(export / "runs.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12
     with open(export / "measurements.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 24
+        assert len(list(csv.DictReader(f))) == 66  # see test_bench_writes_database_and_report
     data = json.loads((export / "results.json").read_text())
     assert len(data["runs"]) == 12
-    assert sum(len(r["measurements"]) for r in data["runs"]) == 24
+    assert sum(len(r["measurements"]) for r in data["runs"]) == 66
     assert cli.main(["export", "--out", str(bench / "missing")]) == 2
     assert "no results database at" in capsys.readouterr().err
 
@@ -115,13 +117,13 @@ def test_export_writes_every_run_and_measurement(bench, capsys):
 def test_clear_errors(tmp_path, capsys):
     assert cli.main(["bench", "--problems", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown problem 'nope'; valid: " in err and "rosenbrock" in err
+    assert "unknown problem 'nope' (valid: " in err and "rosenbrock" in err
     assert cli.main(["bench", "--optimizers", "sgd,zzz", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown optimizer 'zzz'; valid: " in err and "adam" in err
+    assert "unknown optimizer 'zzz' (valid: " in err and "adam" in err
     missing = tmp_path / "no-such-data"
     assert cli.main(["bench", "--data-dir", str(missing), "--out", str(tmp_path)]) == 2
-    assert f"data directory '{missing}' does not exist" in capsys.readouterr().err
+    assert f"--data-dir '{missing}': the folder does not exist" in capsys.readouterr().err
     assert cli.main(["report", "--out", str(tmp_path / "empty")]) == 2
     assert "no results database at" in capsys.readouterr().err
     assert cli.main(["bench", "--seeds", "0", "--out", str(tmp_path)]) == 2
@@ -158,7 +160,8 @@ def test_evaluation_frequency_is_part_of_the_run_key(tmp_path, capsys):
     assert cli.main([*args, "--evals-per-epoch", "2"]) == 0
     assert "new or redone: 3" in capsys.readouterr().out
     with Store(tmp_path / "results.sqlite") as st:
-        assert sorted(r["settings"]["evals_per_epoch"] for r in st.runs()) == [1] * 3 + [2] * 3
+        # default: ceil(10 / 2 epochs) = 5 evaluations per epoch
+        assert sorted(r["settings"]["evals_per_epoch"] for r in st.runs()) == [2] * 3 + [5] * 3
         assert {r["settings"]["data"] for r in st.runs()} == {None}  # embedded data
 
 
@@ -168,6 +171,9 @@ def test_curvature_command_on_rosenbrock_matches_the_closed_form(tmp_path, capsy
                      "--out", str(tmp_path)]) == 0
     # At (-1.2, 1): H = [[1330, 480], [480, 200]], eigenvalues (1530 +- sqrt(1530^2 - 4*35600))/2.
     disc = (1530**2 - 4 * 35600) ** 0.5
+    out = capsys.readouterr().out
+    assert "trains with adam's defaults {'lr': 0.001}: no tuned setting" in out
+    tmp_path = tmp_path / "curvature"  # its own folder
     md = (tmp_path / "curvature_rosenbrock.md").read_text()
     init = next(line for line in md.splitlines() if line.startswith("| initialization"))
     assert f"{(1530 + disc) / 2:.4g}, {(1530 - disc) / 2:.4g}" in init

@@ -159,6 +159,9 @@ def test_read_only_folders_and_databases(tmp_path, capsys):
         assert cli.main(["export", "--out", str(ro_file)]) == 0
         assert db.read_bytes() == before
         assert (ro_file / "export" / "runs.csv").read_text().count("\n") == 1 + 3
+        # so does report (issue 10: it opens the database read-only).
+        assert cli.main(["report", "--out", str(ro_file)]) == 0
+        assert db.read_bytes() == before
     finally:
         for path in locked:
             _set_read_only(path, False)
@@ -262,8 +265,8 @@ def test_bad_labels_stop_the_sweep_and_a_fixed_or_changed_file_makes_new_runs(tm
             "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     assert cli.main(args) == 2
     assert capsys.readouterr().err == (
-        f"secondorder: error: data: {label_file}: label 10 at index 7 is outside 0..9 (1 such "
-        "labels); expected 10-class labels\n")
+        f"secondorder: error: data (--data-dir): {label_file}: label 10 at index 7 is outside "
+        "0..9 (1 such labels); expected 10-class labels\n")
     assert not (out / "results.sqlite").exists()
     labels[7] = 7
     _write_idx(label_file, labels)

@@ -11,7 +11,7 @@
   initialization, mid-training and end (seed 001 Fig. 2).
 
 Defaults of ``bench`` are chosen to finish within 10 minutes on 2 CPU cores, ``--quick``
-within 3 (see docs/benchmark.md for the measured times).
+in about 4 on a shared machine (see docs/benchmark.md for the measured times).
 
 Exit status: 0 on success; 1 when every run of a ``bench`` sweep failed; 2 for a user
 error (a bad option, data file or results folder/database), printed as one line.
@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -56,61 +59,134 @@ def _names(values: Sequence[str] | None) -> list[str] | None:
     return out
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help (except ``None`` and flags), epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default is True:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+DESCRIPTION = """Benchmark second-order and first-order optimizers on a problem suite.
+
+bench writes OUT/results.sqlite, OUT/report.md, OUT/report.html and OUT/figures/;
+rerunning it resumes. `secondorder COMMAND --help` explains each command.
+
+Exit status: 0 on success; 1 when every run of a bench failed; 2 for a user error
+(a bad option, data file or results folder/database), printed as one line."""
+
+EPILOGS = {
+    "main": """examples:
+  secondorder bench --quick            # about {quick} on 2 cores
+  secondorder bench                    # the default suite, within 10 minutes on 2 cores
+  secondorder bench --help             # options of one command""",
+    "bench": """The default suite finishes within 10 minutes on 2 CPU cores, --quick in about
+{quick} (both measured on a shared machine; see docs/benchmark.md). Rerunning the same
+command resumes; failed runs are retried unless --no-retry-failed.
+
+examples:
+  secondorder bench --quick
+  secondorder bench --problems digits_mlp rosenbrock --optimizers adam NewtonCG --seeds 5
+  secondorder bench --problems mnist --data-dir ~/data/mnist --out mnist-results
+  secondorder bench --budget-seconds 5 --out equal-time""",
+    "report": """examples:
+  secondorder report --out secondorder-results
+  secondorder report --out secondorder-results --sweep quick""",
+    "export": """examples:
+  secondorder export --out secondorder-results --format csv""",
+    "list": """examples:
+  secondorder list""",
+    "curvature": """Trains with the setting the benchmark selected for this problem and optimizer
+when OUT/results.sqlite has one, else with the optimizer's defaults (it says which),
+and writes OUT/curvature/.
+
+examples:
+  secondorder curvature --problem digits_mlp
+  secondorder curvature --problem rosenbrock --optimizer NewtonCG --epochs 20""",
+    "study": """examples:
+  secondorder study --list
+  secondorder study veitch --quick""",
+}
+#: Measured duration of ``secondorder bench --quick`` (docs/benchmark.md).
+QUICK_DURATION = "4 minutes"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
-    p = argparse.ArgumentParser(prog="secondorder", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    fmt = {"formatter_class": _HelpFormatter}
+    p = argparse.ArgumentParser(prog="secondorder", description=DESCRIPTION,
+                                epilog=EPILOGS["main"].format(quick=QUICK_DURATION), **fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("bench", help="tune and compare optimizers; write the report")
-    b.add_argument("--problems", nargs="+", help="problem names (default: embedded suite)")
-    b.add_argument("--optimizers", nargs="+", help="optimizer names (default: all available)")
-    b.add_argument("--seeds", type=int, help=f"repetitions (default {DEFAULT_SEEDS}; quick 1)")
+    def add(name: str, help: str):
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                              epilog=EPILOGS[name].format(quick=QUICK_DURATION), **fmt)
+
+    b = add("bench", "tune and compare optimizers; write the report")
+    b.add_argument("--problems", nargs="+", metavar="NAME",
+                   help="problem names, space or comma separated (default: the embedded "
+                        "suite; --quick: " + ", ".join(QUICK_PROBLEMS) + ")")
+    b.add_argument("--optimizers", nargs="+", metavar="NAME",
+                   help="optimizer names (default: all available; see `secondorder list`)")
+    b.add_argument("--seeds", type=int,
+                   help=f"repetitions of each tuned setting (default {DEFAULT_SEEDS}; --quick 1)")
     g = b.add_mutually_exclusive_group()
-    g.add_argument("--budget", type=float, help="epochs per run (default: each problem's)")
-    g.add_argument("--budget-backprops", type=float,
+    g.add_argument("--budget", type=float, metavar="EPOCHS",
+                   help="epochs per run (default: each problem's, see `secondorder list`)")
+    g.add_argument("--budget-backprops", type=float, metavar="N",
                    help="backprop-equivalents per run (1 = one SGD epoch)")
-    g.add_argument("--budget-seconds", type=float, help="training seconds per run")
+    g.add_argument("--budget-seconds", type=float, metavar="S",
+                   help="training seconds per run (the same wall-clock budget for every "
+                        "method)")
     b.add_argument("--grid", choices=("quick", "default", "full"),
-                   help="knob grid (default: default; quick: quick)")
-    b.add_argument("--evals-per-epoch", type=int, default=1,
-                   help="evaluations per pass through the training data (>= 1)")
+                   help="grid of each optimizer's main knob (default: default; --quick: quick)")
+    b.add_argument("--evals-per-epoch", type=int, metavar="N",
+                   help="evaluations per pass through the training data, >= 1 (default: "
+                        "per problem, enough for 10 evaluations per run: ceil(10 / epochs))")
     b.add_argument("--workers", type=int,
                    help="worker processes, >= 1; 1 runs in this process "
-                        "(default: 2 if the machine has 2 cores, else 1)")
+                        "(default: 2 if the machine has 2 cores or more, else 1)")
     b.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
                    help="do not retry runs that failed in an earlier invocation")
-    b.add_argument("--data-dir", help="folder of the file-based data sets")
-    b.add_argument("--out", default="secondorder-results", help="results folder")
+    b.add_argument("--data-dir", metavar="DIR", help="folder of the file-based data sets")
+    b.add_argument("--out", default="secondorder-results", metavar="DIR",
+                   help="results folder")
     b.add_argument("--quick", action="store_true",
-                   help="few problems, small grid, one seed (about 3 minutes)")
-    b.add_argument("--sweep", help="sweep name in the database (default bench / quick)")
-    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+                   help=f"few problems, small grid, one seed (about {QUICK_DURATION} on 2 cores)")
+    b.add_argument("--sweep", help="sweep name in the database (default: bench; --quick: quick)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_extension_arguments(b)
 
-    r = sub.add_parser("report", help="write the report from the database")
-    r.add_argument("--out", default="secondorder-results", help="results folder")
+    r = add("report", "write the report from the database")
+    r.add_argument("--out", default="secondorder-results", metavar="DIR", help="results folder")
     r.add_argument("--sweep", help="sweep name (default: the latest)")
 
-    e = sub.add_parser("export", help="export the database as CSV files and one JSON file")
-    e.add_argument("--out", default="secondorder-results", help="results folder")
-    e.add_argument("--format", choices=("csv", "json", "both"), default="both")
+    e = add("export", "export the database as CSV files and one JSON file")
+    e.add_argument("--out", default="secondorder-results", metavar="DIR", help="results folder")
+    e.add_argument("--format", choices=("csv", "json", "both"), default="both",
+                   help="what to write")
 
-    sub.add_parser("list", help="problems and optimizers")
+    add("list", "problems and optimizers")
 
-    c = sub.add_parser("curvature", help="Hessian spectrum and diagonal mass of a problem")
-    c.add_argument("--problem", required=True)
-    c.add_argument("--optimizer", default="adam", help="optimizer that trains the model")
+    c = add("curvature", "Hessian spectrum and diagonal mass of a problem")
+    c.add_argument("--problem", required=True, metavar="NAME", help="problem name")
+    c.add_argument("--optimizer", default="adam", metavar="NAME",
+                   help="optimizer that trains the model")
     c.add_argument("--epochs", type=float, help="training epochs (default: the problem's)")
     c.add_argument("--top", type=int, default=5, help="number of top eigenvalues")
-    c.add_argument("--data-dir")
-    c.add_argument("--out", default="secondorder-results", help="results folder")
-    st = sub.add_parser("study", help="run a paper's study; tables beside the paper's")
+    c.add_argument("--data-dir", metavar="DIR", help="folder of the file-based data sets")
+    c.add_argument("--out", default="secondorder-results", metavar="DIR",
+                   help="results folder: its results.sqlite gives the tuned setting; the "
+                        "report goes to OUT/curvature/")
+    st = add("study", "run a paper's study; tables beside the paper's")
     st.add_argument("name", nargs="?", help="study name (see --list)")
     st.add_argument("--list", action="store_true", help="list the studies")
-    st.add_argument("--data-dir", help="folder of the paper's data sets or the stand-ins")
+    st.add_argument("--data-dir", metavar="DIR",
+                    help="folder of the paper's data sets or the stand-ins")
     st.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
     st.add_argument("--seeds", type=int, help="repetitions (default: the study's)")
-    st.add_argument("--out", default="secondorder-study", help="results folder")
+    st.add_argument("--out", default="secondorder-study", metavar="DIR", help="results folder")
     return p
 
 
@@ -127,9 +203,14 @@ def _add_extension_arguments(b: argparse.ArgumentParser) -> None:
 
 
 def _check_names(kind: str, names: list[str], valid: Sequence[str]) -> None:
-    bad = [n for n in names if n not in valid]
-    if bad:
-        raise CLIError(f"unknown {kind} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+    """Refuse unknown names, suggesting the closest valid one ("did you mean ...?")."""
+    for n in names:
+        if n in valid:
+            continue
+        low = {v.lower(): v for v in valid}  # case slips count for nothing: lbfgs -> LBFGS
+        close = [low[m] for m in difflib.get_close_matches(n.lower(), list(low), n=1)]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise CLIError(f"unknown {kind} {n!r}{hint} (valid: {', '.join(valid)})")
 
 
 def _cmd_list() -> int:
@@ -196,9 +277,10 @@ def _report_lock(out: Path) -> Iterator[None]:
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench import problems as P
+    from secondorder.bench import timing
     from secondorder.bench.config import apply_bench_extensions
     from secondorder.bench.registry import available_optimizers, list_optimizers
-    from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows, write_report
+    from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows
     from secondorder.bench.runner import Budget
     from secondorder.bench.sweep import SweepConfig, run_sweep
 
@@ -208,7 +290,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise CLIError(str(e)) from None
     _check_bench_options(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise CLIError(f"data directory {args.data_dir!r} does not exist")
+        raise CLIError(f"--data-dir {args.data_dir!r}: the folder does not exist")
     problems = _names(args.problems) or list(QUICK_PROBLEMS if args.quick else P.EMBEDDED)
     _check_names("problem", problems, P.list_problems())
     optimizers = _names(args.optimizers) or available_optimizers()
@@ -232,20 +314,42 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     out = Path(args.out)
+    # the topmost folder this command creates (removed again if the bench fails at once)
+    created = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CLIError(f"{out}: cannot create the results folder ({e.strerror}); "
                        "pass a writable --out") from None
     db = out / DB_NAME
+    command = "secondorder " + " ".join(shlex.quote(a) for a in argv)
+    done: list[str] = []
+
+    def interim(problem: str) -> None:
+        done.append(problem)
+        if len(done) < len(problems):
+            _write_report(out, db, config.name, command, with_figures=False,
+                          note=f"Interim report: {len(done)} of {len(problems)} problems "
+                               "done; figures are drawn when the sweep ends.")
+
     t0 = time.perf_counter()
     try:
-        res = run_sweep(config, db, progress=not args.no_progress)
-    except Exception as e:
+        res = run_sweep(config, db, progress=not args.no_progress, on_plan=_print_plan,
+                        on_problem_done=interim)
+    except KeyboardInterrupt:
+        rep = _write_report(out, db, config.name, command, with_figures=True,
+                            note=f"Interrupted: {len(done)} of {len(problems)} problems done; "
+                                 "rerun the same command to resume.")
+        what = f"report of what finished: {rep['markdown']}" if rep else "no run finished"
+        print(f"\ninterrupted; {what}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BaseException as e:
+        if created is not None:
+            _remove_if_empty(created, out, db)
         from secondorder.errors import DataFormatError
 
         if isinstance(e, DataFormatError):
-            raise CLIError(f"data: {e}") from None
+            raise CLIError(f"data (--data-dir): {e}") from None
         raise
     elapsed = time.perf_counter() - t0
     statuses = res["statuses"]
@@ -254,9 +358,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"every run of sweep {config.name!r} failed ({statuses['failed']} runs), e.g. "
             f"{'; '.join(res['errors']) or 'no message'}; fix the cause and rerun (failed "
             f"runs are retried); database: {db}")
-    command = "secondorder " + " ".join(shlex.quote(a) for a in argv)
-    with _report_lock(out):
-        rep = write_report(db, out, sweep=config.name, command=command)
+    rep = _write_report(out, db, config.name, command, with_figures=True)
     for name, reason in res["skipped_optimizers"].items():
         print(f"skipped {name}: {reason}")
     for ps in rep["summaries"]:
@@ -267,11 +369,66 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print("  ".join(h.ljust(w) for h, w in zip(SUMMARY_HEADERS, widths, strict=True)))
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(f"\n{rep['answer']}")
+    print(f"\n{timing.describe(res['timing'])}")
+    warning = timing.summary_warning(res["timing"])
+    if warning:
+        print(f"secondorder: warning: {warning}", file=sys.stderr)
     print(f"\nsweep {config.name!r}: {sum(res['tuning'].values())} tuning and "
           f"{sum(res['final'].values())} repetition runs in {elapsed:.0f} s "
           f"(new or redone: {_done(res)})")
     print(f"database: {db}\nreport: {rep['markdown']} and {rep['html']}")
     return 0
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def _print_plan(plan: dict) -> None:
+    """The runs planned and the time estimate, printed once before the first run."""
+    todo = plan["pending_tuning_runs"]
+    print(f"planned: {plan['tuning_runs']} tuning runs ({todo} still to do) and "
+          f"{plan['repetition_runs']} repetition runs; estimated time "
+          f"{_fmt_seconds(plan['estimate_seconds'])} (from a "
+          f"{plan['calibration_seconds']:.0f} s calibration; the machine's load changes it)",
+          flush=True)
+
+
+def _write_report(out: Path, db: Path, sweep: str, command: str, **kw):
+    """Write the report under the report lock; ``None`` when no run has finished yet."""
+    from secondorder.bench.report import write_report
+
+    if not db.exists():
+        return None
+    with _report_lock(out):
+        try:
+            return write_report(db, out, sweep=sweep, command=command, **kw)
+        except ValueError:  # no finished run yet
+            return None
+
+
+def _remove_if_empty(created: Path, out: Path, db: Path) -> None:
+    """Remove ``created`` (the results folder ``out`` or the topmost parent this command
+    created for it) if it holds no run (a failed bench leaves nothing behind)."""
+    from secondorder.bench.store import Store
+
+    try:
+        if db.exists():
+            with Store(db, readonly=True) as store:
+                if store.runs(None):
+                    return
+        names = {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal",
+                 ".report.lock"}
+        others = [p for p in created.rglob("*") if p.is_file() and p.name not in names]
+        if not others:
+            shutil.rmtree(created)
+    except Exception:  # noqa: BLE001 -- best effort; never hide the original error
+        pass
 
 
 def _done(res) -> int:
@@ -310,16 +467,45 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tuned_setting(out: Path, problem: str, optimizer: str) -> tuple[dict | None, str]:
+    """The setting the benchmark selected for ``problem`` and ``optimizer`` in the latest
+    sweep of ``out/results.sqlite`` that ran them, and where it comes from."""
+    from secondorder.bench.store import Store
+    from secondorder.bench.sweep import load_records, select_best
+
+    db = out / DB_NAME
+    if not db.exists():
+        return None, f"no tuned setting: {db} does not exist"
+    with Store(db, readonly=True) as store:
+        for sweep in reversed(store.sweeps()):
+            cands = [r for r in load_records(store, sweep)
+                     if r.problem == problem and r.optimizer == optimizer and r.seed == 0]
+            best = select_best(cands)
+            if best is not None:
+                return best.hyperparameters, f"the tuned setting of sweep {sweep!r} in {db}"
+    return None, f"no tuned setting: {db} has no finished run of {problem} with {optimizer}"
+
+
 def _cmd_curvature(args: argparse.Namespace) -> int:
     from secondorder.bench import problems as P
+    from secondorder.bench.registry import get_optimizer, list_optimizers
 
     _check_names("problem", [args.problem], P.list_problems())
+    _check_names("optimizer", [args.optimizer], list_optimizers())
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise CLIError(f"data directory {args.data_dir!r} does not exist")
-    from secondorder.bench.curvature_report import curvature_report
+        raise CLIError(f"--data-dir {args.data_dir!r}: the folder does not exist")
+    from secondorder.bench.curvature_report import curvature_report, default_setting
 
-    res = curvature_report(args.problem, Path(args.out), optimizer=args.optimizer,
-                           epochs=args.epochs, top=args.top, data_dir=args.data_dir)
+    out = Path(args.out)
+    hyper, source = _tuned_setting(out, args.problem, args.optimizer)
+    if hyper is None:
+        shown = default_setting(get_optimizer(args.optimizer))
+        print(f"trains with {args.optimizer}'s defaults {shown}: {source}")
+    else:
+        print(f"trains with {args.optimizer} {hyper}: {source}")
+    res = curvature_report(args.problem, out / "curvature", optimizer=args.optimizer,
+                           epochs=args.epochs, top=args.top, data_dir=args.data_dir,
+                           hyperparameters=hyper)
     print(res["text"])
     print(f"report: {res['markdown']}")
     return 0

@@ -84,11 +84,11 @@ def test_report_files_tables_and_figures(tmp_path):
             "| Notes |") in md
     rows = [line for line in md.splitlines() if line.startswith("| sgd ")
             or line.startswith("| adam ")]
-    assert len(rows) == 6  # two methods in three tables
+    assert len(rows) == 8  # two methods in four tables (with the equal-time one)
     assert "secondorder bench --test" in md
     html = rep["html"].read_text()
     # One profile, then loss, test, cost-to-target and sensitivity figures per problem.
-    assert html.count("<table>") == 3 and html.count("<img ") == len(rep["figures"]) == 5
+    assert html.count("<table>") == 4 and html.count("<img ") == len(rep["figures"]) == 5
     assert html.count("<figcaption>") == 5 and "<ul><li>" in html
     assert [f.name for f in rep["figures"]] == [
         "performance_profile.png", "fake_loss.png", "fake_test.png", "fake_to_target.png",

@@ -169,8 +169,6 @@ def apply_bench_extensions(args: argparse.Namespace) -> None:
             if key in _BUDGETS and cli_budget:
                 continue
             setattr(args, key, cfg[key])
-    if "evals_per_epoch" in cfg and args.evals_per_epoch == 1:
-        args.evals_per_epoch = cfg["evals_per_epoch"]
 
     declared_problems = []
     for name, entry in cfg.get("problem", {}).items():

@@ -40,7 +40,7 @@ from secondorder.curvature.diagonal_mass import (  # noqa: E402
 from secondorder.curvature.functional import functional_loss  # noqa: E402
 from secondorder.curvature.spectrum import eigenvalues, spectral_density, trace  # noqa: E402
 
-__all__ = ["curvature_at", "curvature_report"]
+__all__ = ["curvature_at", "curvature_report", "default_setting"]
 
 
 def curvature_at(model: torch.nn.Module, problem, *, batch: int = 32, top: int = 5,
@@ -93,10 +93,23 @@ def _train(model, problem, spec, hyper, steps: int, seed: int) -> None:
         opt.step(make_closure(spec, model, opt, problem, x, y, last))
 
 
+def default_setting(spec) -> dict[str, Any]:
+    """The optimizer's defaults, with a learning rate for torch.optim entries that have none
+    (Adam 1e-3, others 1e-2): what :func:`curvature_report` trains with by default."""
+    hyper = spec.hyperparameters()
+    if "lr" not in hyper and spec.knob == "lr" and spec.module == "torch.optim":
+        hyper["lr"] = 1e-3 if spec.class_name == "Adam" else 1e-2
+    return hyper
+
+
 def curvature_report(problem_name: str, out_dir: str | Path, *, optimizer: str = "adam",
                      epochs: float | None = None, top: int = 5, data_dir: str | None = None,
-                     batch: int = 32, seed: int = 0) -> dict[str, Any]:
+                     batch: int = 32, seed: int = 0,
+                     hyperparameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``problem_name`` and report its curvature at three checkpoints (module docstring).
+
+    ``hyperparameters`` (e.g. the benchmark's tuned setting) replace the optimizer's
+    defaults.
 
     Returns:
         ``{"markdown": Path, "figures": [Path], "checkpoints": [(epoch, dict)], "text": str}``.
@@ -109,8 +122,7 @@ def curvature_report(problem_name: str, out_dir: str | Path, *, optimizer: str =
     problem = get_problem(problem_name, data_dir=data_dir, seed=0)
     spec = get_optimizer(optimizer)
     hyper = spec.hyperparameters()
-    if "lr" not in hyper and spec.knob == "lr" and spec.module == "torch.optim":
-        hyper["lr"] = 1e-3 if spec.class_name == "Adam" else 1e-2
+    hyper.update(default_setting(spec) if hyperparameters is None else hyperparameters)
     epochs = float(problem.epochs if epochs is None else epochs)
     n = len(problem.train)
     bs = n if (problem.full_batch and spec.full_batch) else min(problem.batch_size, n)

@@ -14,6 +14,10 @@ then, across problems, a paragraph in words and the performance profiles. Then:
   95% CI over seeds), backprops and time to each target (mean and 95% CI when every seed
   reached it, else the median, with the number of seeds that reached it), notes, and
   diverged / failed runs among all runs of the method on the problem.
+- **Equal training time** per problem (:mod:`~secondorder.bench.equal_time`): every
+  method's train loss, validation and test metric after the same training time.
+- Under every table, the timing conditions (:mod:`~secondorder.bench.timing`); a warning
+  at the top names each phase during which other processes competed for the cores.
 - **Table 1** (layout of [Filippova] Table 1): method, tuned knob value, test accuracy
   (test loss on problems without accuracy), epoch time (mean +- standard deviation).
 - **Tables 3-4** ([Veitch] Tables 3 and 4): train and dev (validation) accuracy, runtime
@@ -35,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from secondorder.bench import figures as figs
-from secondorder.bench import verdict
+from secondorder.bench import timing, verdict
 from secondorder.bench.accounting import WEIGHTS
 from secondorder.bench.datafacts import META_KEY, describe, facts_from_registry
+from secondorder.bench.equal_time import equal_time_budget, equal_time_stats
 from secondorder.bench.store import Store
 from secondorder.bench.summary import (
     REACH_ATOL,
@@ -221,13 +226,14 @@ def _summary_rows(ps: ProblemSummary) -> list[list[str]]:
     return rows
 
 
-def _paper_tables(doc: _Doc, ps: ProblemSummary) -> None:
+def _paper_tables(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
     acc = ps.metric == "val_acc"
     doc.heading(f"Table 1: {ps.problem}", 3)
     doc.table(
         ("Method", "Knob", "Test accuracy" if acc else "Test loss", "Epoch time (s)"),
         [[m.optimizer, f"{m.knob}={_fmt(m.value, 3)}", _pm(*m.stat(ps.test_key)),
           _pm(*_sd(m.epoch_times()), digits=3)] for m in ps.methods])
+    doc.para(timing_line)
     doc.heading(f"Tables 3-4: {ps.problem}", 3)
     tr, va = ("train_acc", "val_acc") if acc else ("train_loss", "val_loss")
     doc.table(
@@ -238,10 +244,33 @@ def _paper_tables(doc: _Doc, ps: ProblemSummary) -> None:
           _fmt(_sd(m.step_times())[0], 3),
           _fmt(_sd([r.last.get("step", math.nan) for r in m.runs])[0], 4)]
          for m in ps.methods])
+    doc.para(timing_line)
 
 
-def _figure(doc: _Doc, figures: list[Path], figdir: Path, name: str, alt: str, made) -> None:
-    fig, caption = made
+def _equal_time_table(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
+    """Quality of every method after the same training time (secondorder.bench.equal_time)."""
+    seconds = equal_time_budget(ps)
+    if not math.isfinite(seconds):
+        return
+    acc = ps.metric == "val_acc"
+    keys = ("train_loss", ps.metric, ps.test_key, "data_epoch")
+    stats = equal_time_stats(ps, seconds, keys)
+    doc.heading(f"Equal training time: {ps.problem}", 3)
+    doc.para(f"Every method after {seconds:.3g} s of training (the shortest median run time "
+             "of the selected settings; value of the last evaluation at or before it). "
+             "For a longer common budget rerun with `--budget-seconds`.")
+    doc.table(("Method", "Train loss", "Val acc" if acc else "Val loss",
+               "Test acc" if acc else "Test loss", "Epochs trained"),
+              [[name, _pm(*st["train_loss"]), _pm(*st[ps.metric]), _pm(*st[ps.test_key]),
+                _fmt(st["data_epoch"][0], 3)] for name, st in stats.items()])
+    doc.para(timing_line)
+
+
+def _figure(doc: _Doc, figures: list[Path] | None, figdir: Path, name: str, alt: str,
+            made) -> None:
+    if figures is None:  # an interim report: no figures
+        return
+    fig, caption = made() if callable(made) else made
     path = figs.save(fig, figdir / name)
     figures.append(path)
     doc.image(f"figures/{path.name}", alt, caption)
@@ -271,7 +300,8 @@ def _protocol(doc: _Doc) -> None:
 
 
 def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = None,
-                 command: str | None = None) -> dict[str, Any]:
+                 command: str | None = None, *, with_figures: bool = True,
+                 note: str | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` under ``out_dir``.
 
     Args:
@@ -279,6 +309,8 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         out_dir: destination folder (created).
         sweep: the sweep to report; default the most recently active one.
         command: the command line to print in the report.
+        with_figures: draw the figures (the interim reports of a running sweep do not).
+        note: a paragraph printed first (e.g. "interim report: 3 of 10 problems done").
 
     Returns:
         ``{"markdown": Path, "html": Path, "figures": [Path], "summaries": [...],
@@ -291,7 +323,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     db_path = Path(db_path)
     if not db_path.exists():
         raise FileNotFoundError(f"no results database at {db_path}: run `secondorder bench`")
-    with Store(db_path) as store:
+    with Store(db_path, readonly=True) as store:
         sweeps = store.sweeps()
         if sweep is None:
             if not sweeps:
@@ -302,6 +334,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         config = store.get_meta(sweep, "config", {}) or {}
         data = store.get_meta(sweep, META_KEY, None)
         env = store.environment()
+        conditions = store.get_meta(sweep, timing.META_KEY, {}) or {}
     if not records:
         raise ValueError(f"the database {db_path} has no finished run for sweep {sweep!r}")
     problems = list(dict.fromkeys(r.problem for r in records))
@@ -314,11 +347,16 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     out = Path(out_dir)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    figures: list[Path] = []
+    figures: list[Path] | None = [] if with_figures else None
     doc = _Doc()
     doc.heading(f"secondorder benchmark: {sweep}", 1)
     doc.para(f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {db_path.name}"
              + (f"; command: `{command}`" if command else "") + ".")
+    if note:
+        doc.para(f"**{note}**")
+    timing_line = timing.describe(conditions)
+    for w in timing.warnings_for(conditions):
+        doc.para(f"**Warning:** {w}.")
 
     doc.heading("Verdict")
     for ps in summaries:
@@ -330,7 +368,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
     paragraph = verdict.answer(summaries)
     doc.para(paragraph)
     _figure(doc, figures, figdir, "performance_profile.png", "performance profiles",
-            figs.profiles(summaries))
+            lambda: figs.profiles(summaries))
 
     if env:
         e = env[-1]
@@ -351,13 +389,15 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         doc.para(f"Metric: {ps.metric} ({'higher' if ps.higher else 'lower'} is better). "
                  + _targets_line(ps))
         doc.table(SUMMARY_HEADERS, _summary_rows(ps))
+        doc.para(timing_line)
+        _equal_time_table(doc, ps, timing_line)
     for ps in summaries:
         doc.heading(f"Problem {ps.problem}")
-        _paper_tables(doc, ps)
+        _paper_tables(doc, ps, timing_line)
         for kind, fn in (("loss", figs.loss_curves), ("test", figs.metric_curves),
                          ("to_target", figs.cost_bars), ("sensitivity", figs.sensitivity)):
             _figure(doc, figures, figdir, f"{ps.problem}_{kind}.png",
-                    f"{ps.problem} {kind.replace('_', ' ')}", fn(ps))
+                    f"{ps.problem} {kind.replace('_', ' ')}", lambda fn=fn, ps=ps: fn(ps))
     failures = [r for r in records if r.status == "failed"]
     if failures:
         doc.heading("Failed runs")
@@ -374,5 +414,5 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         "table{border-collapse:collapse}td,th{border:1px solid #aaa;padding:2px 6px}"
         "figcaption{font-style:italic;font-size:90%}"
         "</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
-    return {"markdown": md, "html": page, "figures": figures, "summaries": summaries,
+    return {"markdown": md, "html": page, "figures": figures or [], "summaries": summaries,
             "answer": paragraph}

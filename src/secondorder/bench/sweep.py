@@ -59,16 +59,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from secondorder.bench.data import files_fingerprint
 from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
 from secondorder.bench.datafacts import data_facts
 from secondorder.bench.registry import get_optimizer
-from secondorder.bench.runner import Budget, RunResult, run
+from secondorder.bench.runner import Budget, RunResult, evaluate_split, run
 from secondorder.bench.store import TERMINAL, Store
 from secondorder.bench.tensorboard import log_run as log_to_tensorboard
+from secondorder.bench.timing import META_KEY as TIMING_META_KEY
+from secondorder.bench.timing import LoadMonitor, cores_available, threads_per_worker
 
 __all__ = [
+    "MIN_CURVE_POINTS",
     "TARGET_FRACTION",
     "RunRecord",
     "SweepConfig",
@@ -78,14 +82,21 @@ __all__ = [
     "mean_ci",
     "metric_for",
     "performance_profile",
+    "estimate_run_seconds",
     "run_sweep",
     "select_best",
     "target_for",
     "time_to_target",
+    "warm_up",
 ]
 
 #: Fraction of the best first-order improvement that defines the target.
 TARGET_FRACTION = 0.99
+#: Steps and training-seconds limit of the probe run of :func:`estimate_run_seconds`.
+PROBE_STEPS = 6
+PROBE_SECONDS = 1.0
+#: Evaluations per run that the default evaluation frequency aims at.
+MIN_CURVE_POINTS = 10
 #: Seconds between checks on runs that another process is executing.
 POLL_SECONDS = 1.0
 #: Seconds between checks of a worker process on its parent.
@@ -112,7 +123,9 @@ class SweepConfig:
         budget: per-run budget; ``None`` uses each problem's ``epochs``.
         grid: grid level of the knob (``"quick"``, ``"default"``, ``"full"``).
         workers: processes; 1 runs in this process.
-        evals_per_epoch: evaluations per pass through the training data.
+        evals_per_epoch: evaluations per pass through the training data; ``None``: per
+            problem, enough for :data:`MIN_CURVE_POINTS` evaluations over its epoch
+            budget (:meth:`evals_for`).
         data_dir: directory of file-based problems.
         name: the sweep's name in the database.
         retry_failed: claim again the runs that failed (raised) before this sweep started.
@@ -124,7 +137,7 @@ class SweepConfig:
     budget: Budget | None = None
     grid: str = "default"
     workers: int = 1
-    evals_per_epoch: int = 1
+    evals_per_epoch: int | None = 1
     data_dir: str | None = None
     name: str = "bench"
     retry_failed: bool = True
@@ -134,13 +147,26 @@ class SweepConfig:
             raise ValueError(f"Invalid seeds: {self.seeds}; it must be >= 1")
         if self.workers < 1:
             raise ValueError(f"Invalid workers: {self.workers}; it must be >= 1")
-        if self.evals_per_epoch < 1:
+        if self.evals_per_epoch is not None and self.evals_per_epoch < 1:
             raise ValueError(
                 f"Invalid evals_per_epoch: {self.evals_per_epoch}; it must be >= 1")
         if not self.problems:
             raise ValueError("Invalid problems: the list is empty")
         if not self.optimizers:
             raise ValueError("Invalid optimizers: the list is empty")
+
+
+    def evals_for(self, problem) -> int:
+        """Evaluations per epoch on ``problem``: the configured number, or
+        ``ceil(MIN_CURVE_POINTS / epochs)`` (at least 1) for the epochs of the budget (the
+        problem's when the budget counts backprops or seconds), so that short runs (the
+        digits CNN trains 4 epochs) still give curves of :data:`MIN_CURVE_POINTS` points.
+        A step is never split: a full-batch problem evaluates at most once per epoch."""
+        if self.evals_per_epoch is not None:
+            return self.evals_per_epoch
+        epochs = (self.budget.epochs if self.budget is not None
+                  and self.budget.epochs is not None else float(problem.epochs))
+        return max(1, math.ceil(MIN_CURVE_POINTS / epochs - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -174,10 +200,36 @@ def _problem(loader: ProblemLoader, name: str, data_dir: str | None):
     return _PROBLEMS[key]
 
 
+#: (problem, optimizer) pairs this process has run once untimed (:func:`warm_up`).
+_WARMED: set[tuple[str, str]] = set()
+#: Training seconds of a warm-up run (at least one step is always taken).
+WARMUP_SECONDS = 0.05
+
+
+def warm_up(problem, optimizer: str, hyperparameters: Mapping[str, Any]) -> None:
+    """Run ``optimizer`` on ``problem`` once, briefly and untimed, in this process.
+
+    The first step of an optimizer in a fresh process pays one-off costs (lazy imports,
+    thread pools, allocator growth): a cold run of the breast cancer logistic regression
+    with Adam took 2-3 times as long as the same run warm. Each process therefore warms
+    every (problem, optimizer) pair before its first timed run, so that every seed and
+    every phase is timed the same way. Nothing is stored; errors are left to the timed run.
+    """
+    key = (problem.name, optimizer)
+    if key in _WARMED:
+        return
+    _WARMED.add(key)
+    try:
+        run(problem, get_optimizer(optimizer), dict(hyperparameters), 0,
+            Budget(seconds=WARMUP_SECONDS))
+    except Exception:  # noqa: BLE001 -- the timed run reports the error
+        pass
+
+
 def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> str:
-    """Claim and run ``task``; returns its status, ``"skipped"`` when it was terminal
-    already, or ``"busy"`` when another live process holds its claim (or took it over
-    while this one ran: nothing of this run is then stored)."""
+    """Claim and run ``task`` (after :func:`warm_up`); returns its status, ``"skipped"``
+    when it was terminal already, or ``"busy"`` when another live process holds its claim
+    (or took it over while this one ran: nothing of this run is then stored)."""
     loader = loader or _default_loader
     with Store(db_path, verify=False) as store:
         claim = store.claim_run(*task.key(), retry_failed_before=task.retry_failed_before)
@@ -186,6 +238,7 @@ def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> st
         with store.keep_alive(claim.run_id):
             try:
                 problem = _problem(loader, task.problem, task.data_dir)
+                warm_up(problem, task.optimizer, dict(task.hyperparameters))
                 result = run(problem, get_optimizer(task.optimizer), dict(task.hyperparameters),
                              task.seed, Budget(**dict(task.budget)),
                              evals_per_epoch=task.evals_per_epoch)
@@ -245,55 +298,61 @@ def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
         return out
 
 
-def _execute_all(db_path: str, tasks: Sequence[Task], workers: int, loader, desc: str,
-                 progress: bool) -> dict[str, int]:
+class _Workers:
+    """The worker processes of a sweep, started on first need and kept for all phases (so
+    each worker is warmed once per problem and optimizer, :func:`warm_up`)."""
+
+    def __init__(self, workers: int, loader):
+        self.workers = workers
+        self.loader = loader
+        self.pool: ProcessPoolExecutor | None = None
+
+    def get(self, pending: int) -> ProcessPoolExecutor | None:
+        """The pool, or ``None`` to run in this process (one worker or one task)."""
+        if self.pool is None and self.workers > 1 and pending > 1:
+            if self.loader is not None:
+                raise ValueError("a custom problem loader needs workers=1")
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                initargs=(threads_per_worker(self.workers), os.getpid()))
+        return self.pool
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def _execute_all(db_path: str, tasks: Sequence[Task], workers: _Workers, bar) -> dict[str, int]:
     """Execute ``tasks`` until each is terminal in the database: the pending ones here,
     then, every :data:`POLL_SECONDS`, those another process was running (``"busy"``)
     until that process finishes them (counted ``"skipped"``) or its claim goes stale
     (taken over and run here)."""
     counts: Counter[str] = Counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tasks), desc=desc, unit="run")
-    pool = None
     remaining = list(tasks)
-    try:
-        while remaining:
-            pending = _pending(db_path, remaining)
-            done_elsewhere = len(remaining) - len(pending)
-            if done_elsewhere:
-                counts["skipped"] += done_elsewhere
-                if bar is not None:
-                    bar.update(done_elsewhere)
-            if workers > 1 and len(pending) > 1 and pool is None:
-                if loader is not None:
-                    raise ValueError("a custom problem loader needs workers=1")
-                threads = max(1, (os.cpu_count() or 1) // workers)
-                pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                           initializer=_init_worker,
-                                           initargs=(threads, os.getpid()))
-            if pool is None:
-                statuses = ((t, execute(db_path, t, loader)) for t in pending)
-            else:
-                futures = {pool.submit(execute, db_path, t): t for t in pending}
-                statuses = ((futures[f], f.result()) for f in as_completed(futures))
-            remaining = []
-            for t, s in statuses:
-                if s == "busy":
-                    remaining.append(t)
-                    continue
-                counts[s] += 1
-                if bar is not None:
-                    bar.update(1)
-            if remaining:
-                time.sleep(POLL_SECONDS)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        if bar is not None:
-            bar.close()
+    while remaining:
+        pending = _pending(db_path, remaining)
+        done_elsewhere = len(remaining) - len(pending)
+        if done_elsewhere:
+            counts["skipped"] += done_elsewhere
+            if bar is not None:
+                bar.update(done_elsewhere)
+        pool = workers.get(len(pending))
+        if pool is None:
+            statuses = ((t, execute(db_path, t, workers.loader)) for t in pending)
+        else:
+            futures = {pool.submit(execute, db_path, t): t for t in pending}
+            statuses = ((futures[f], f.result()) for f in as_completed(futures))
+        remaining = []
+        for t, s in statuses:
+            if s == "busy":
+                remaining.append(t)
+                continue
+            counts[s] += 1
+            if bar is not None:
+                bar.update(1)
+        if remaining:
+            time.sleep(POLL_SECONDS)
     return dict(counts)
 
 
@@ -302,21 +361,33 @@ def _items(d: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True,
-              loader: ProblemLoader | None = None) -> dict[str, Any]:
+              loader: ProblemLoader | None = None,
+              on_plan: Callable[[dict[str, Any]], None] | None = None,
+              on_problem_done: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Tune, select and repeat (module docstring); results go to the database at ``db_path``.
+
+    Problems are done one after the other (tuning, selection, repetitions), so that
+    ``on_problem_done`` can write a report of the finished ones. Before any run, each
+    (problem, optimizer) pair with work left gets a short probe (:func:`estimate_run_seconds`)
+    that estimates the sweep's duration, passed once to ``on_plan``. The load average of
+    each phase is recorded (:mod:`~secondorder.bench.timing`).
 
     Args:
         config: the sweep.
         db_path: SQLite file (created if absent); rerunning resumes.
-        progress: tqdm bars over runs.
+        progress: one tqdm bar over the planned runs.
         loader: ``loader(name, data_dir=..., seed=0) -> Problem``; default
             :func:`secondorder.bench.problems.get_problem`. Needs ``workers=1``.
+        on_plan: called once before the first run with ``{"tuning_runs",
+            "repetition_runs", "pending_tuning_runs", "estimate_seconds",
+            "calibration_seconds"}``.
+        on_problem_done: called with a problem's name once all its runs are terminal.
 
     Returns:
         ``{"skipped_optimizers": {name: reason}, "tuning": counts, "final": counts,
         "selected": {(problem, optimizer): hyperparameters}, "statuses": counts of the
         final status of every run of the sweep, "errors": up to 3 messages of failed
-        runs}``.
+        runs, "timing": the timing conditions, "plan": what ``on_plan`` got}``.
 
     Raises:
         ValueError: for unknown optimizer names (naming the valid ones).
@@ -329,7 +400,8 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
     load = loader or _default_loader
     problems = {p: _problem(load, p, config.data_dir) for p in config.problems}
     Store(db_path).close()  # refuse a damaged or unwritable database before any run
-    settings = {p: _items({"evals_per_epoch": config.evals_per_epoch,
+    evals = {p: config.evals_for(prob) for p, prob in problems.items()}
+    settings = {p: _items({"evals_per_epoch": evals[p],
                            "data": files_fingerprint(getattr(prob, "data_files", ()))})
                 for p, prob in problems.items()}
     retry_before = started if config.retry_failed else None
@@ -353,37 +425,163 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
     def task(pname, spec, hyper, seed) -> Task:
         return Task(config.name, pname, spec.name, _items(hyper), seed, budget_of(pname),
-                    config.evals_per_epoch, config.data_dir, settings[pname], retry_before)
+                    evals[pname], config.data_dir, settings[pname], retry_before)
 
-    tuning = [task(p, s, s.hyperparameters(v), 0)
-              for p in config.problems for s in specs for v in s.grid(config.grid)]
-    tuning_counts = _execute_all(db_path, tuning, config.workers, loader, "tuning", progress)
+    tuning = {p: [task(p, s, s.hyperparameters(v), 0) for s in specs
+                  for v in s.grid(config.grid)] for p in config.problems}
+    all_tuning = [t for ts in tuning.values() for t in ts]
+    plan = _plan(config, problems, specs, tuning, budget_of, db_path, evals)
+    if on_plan is not None:
+        on_plan(plan)
+    conditions: dict[str, Any] = {
+        "cores": cores_available(), "cpu_count": os.cpu_count(), "workers": config.workers,
+        "threads_per_worker": (threads_per_worker(config.workers) if config.workers > 1
+                               else _torch_threads()),
+        "phases": {}}
 
-    with Store(db_path, verify=False) as store:
-        records = load_records(store, config.name)
+    def phase(name: str, tasks: list[Task]) -> dict[str, int]:
+        with LoadMonitor() as mon:
+            counts = _execute_all(db_path, tasks, pool, bar)
+        conditions["phases"][name] = mon.record
+        with Store(db_path, verify=False) as store:
+            store.set_meta(config.name, TIMING_META_KEY, conditions)
+        return counts
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=plan["tuning_runs"] + plan["repetition_runs"] + len(specs)
+                   * len(config.problems), desc=config.name, unit="run")
+    pool = _Workers(config.workers, loader)
+    tuning_counts: Counter[str] = Counter()
+    final_counts: Counter[str] = Counter()
     selected = {}
-    final = []
-    for p in config.problems:
-        for s in specs:
-            cands = [r for r in records if r.problem == p and r.optimizer == s.name
-                     and r.seed == 0 and r.budget == dict(budget_of(p))
-                     and r.settings == dict(settings[p])]
-            best = select_best(cands)
-            if best is None:
-                continue
-            selected[(p, s.name)] = best.hyperparameters
-            final += [task(p, s, best.hyperparameters, seed) for seed in range(config.seeds)]
-    final_counts = _execute_all(db_path, final, config.workers, loader, "repetitions", progress)
+    final: list[Task] = []
+    try:
+        for p in config.problems:
+            tuning_counts.update(phase(f"tuning of {p}", tuning[p]))
+            with Store(db_path, verify=False) as store:
+                records = [r for r in load_records(store, config.name) if r.problem == p]
+            reps = []
+            for s in specs:
+                cands = [r for r in records if r.optimizer == s.name
+                         and r.seed == 0 and r.budget == dict(budget_of(p))
+                         and r.settings == dict(settings[p])]
+                best = select_best(cands)
+                if best is None:
+                    continue
+                selected[(p, s.name)] = best.hyperparameters
+                reps += [task(p, s, best.hyperparameters, seed) for seed in range(config.seeds)]
+            final += reps
+            final_counts.update(phase(f"repetitions of {p}", reps))
+            if on_problem_done is not None:
+                on_problem_done(p)
+    finally:
+        pool.shutdown()
+        if bar is not None:
+            bar.close()
     statuses: Counter[str] = Counter()
     errors: list[str] = []
     with Store(db_path, verify=False) as store:
-        for t in dict.fromkeys(tuning + final):
+        for t in dict.fromkeys(all_tuning + final):
             row = store.find_run(*t.key())
             statuses[row["status"]] += 1
             if row["status"] == "failed" and row["error"] and len(errors) < 3:
                 errors.append(f"{t.problem}/{t.optimizer}: {row['error']}")
-    return {"skipped_optimizers": skipped, "tuning": tuning_counts, "final": final_counts,
-            "selected": selected, "statuses": dict(statuses), "errors": errors}
+    return {"skipped_optimizers": skipped, "tuning": dict(tuning_counts),
+            "final": dict(final_counts), "selected": selected, "statuses": dict(statuses),
+            "errors": errors, "timing": conditions, "plan": plan}
+
+
+def _torch_threads() -> int:
+    return torch.get_num_threads()
+
+
+def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budget: Budget,
+                         evals_per_epoch: int) -> float:
+    """Seconds one run of ``spec`` on ``problem`` will take, from a short probe run.
+
+    The probe trains :data:`PROBE_STEPS` steps (at most :data:`PROBE_SECONDS` of training,
+    at least one step) and measures the median time of its steps after the first (cold)
+    one; one evaluation is then timed warm
+    (:func:`_evaluation_seconds`);
+    the run is then ``steps x step time + evaluations x evaluation time``, its steps and
+    evaluations following from the budget (a seconds budget caps the training time). The
+    probe also warms this process (:func:`warm_up`). NaN if the probe fails.
+    """
+    if not _WARMED:  # the first step of a process pays process-wide one-off costs
+        warm_up(problem, spec.name, hyperparameters)
+    _WARMED.add((problem.name, spec.name))
+    n = len(problem.train)
+    full = problem.full_batch and spec.full_batch
+    steps_per_epoch = math.ceil(n / (n if full else min(int(problem.batch_size), n)))
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        probe = Budget(epochs=PROBE_STEPS / steps_per_epoch, seconds=PROBE_SECONDS)
+        res = run(problem, spec, dict(hyperparameters), 0, probe,
+                  on_step=lambda _: stamps.append(time.perf_counter()))
+    except Exception:  # noqa: BLE001 -- an estimate only
+        return math.nan
+    total = time.perf_counter() - t0
+    ms = res.measurements
+    if len(ms) < 2 or not ms[-1].get("step"):
+        return total
+    steps, train = ms[-1]["step"], ms[-1]["wall_time"]
+    # the first step is cold (one-off costs); the median later step is what a run repeats
+    step_s = float(np.median(np.diff(stamps))) if len(stamps) >= 3 else train / steps
+    eval_s = _evaluation_seconds(problem, fallback=max(0.0, total - train) / len(ms))
+    run_steps = math.inf
+    if budget.epochs is not None:
+        run_steps = budget.epochs * steps_per_epoch
+    if budget.backprops is not None and ms[-1].get("backprops"):
+        run_steps = min(run_steps, budget.backprops / (ms[-1]["backprops"] / steps))
+    train_s = run_steps * step_s
+    if budget.seconds is not None:
+        train_s = min(train_s, budget.seconds)
+    if not math.isfinite(train_s):
+        return math.nan
+    evals = train_s / step_s / steps_per_epoch * evals_per_epoch + 2
+    return train_s + evals * eval_s
+
+
+def _evaluation_seconds(problem, fallback: float) -> float:
+    """Seconds of one (warm) evaluation of a fresh model on the train, validation and test
+    splits, as :func:`~secondorder.bench.runner.run` records it; ``fallback`` on error."""
+    try:
+        model = problem.make_model(0)
+        model.eval()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for split in (problem.train, problem.validation, problem.test):
+                evaluate_split(model, problem, split)
+            return time.perf_counter() - t0
+    except Exception:  # noqa: BLE001 -- an estimate only
+        return fallback
+
+
+def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
+          evals: Mapping[str, int]) -> dict[str, Any]:
+    """Runs planned and the estimated duration (see :func:`run_sweep`)."""
+    t0 = time.perf_counter()
+    pending = {p: _pending(db_path, ts) for p, ts in tuning.items()}
+    total = 0.0
+    for p, ts in pending.items():
+        for s in specs:
+            mine = [t for t in ts if t.optimizer == s.name]
+            if not mine:
+                continue
+            est = estimate_run_seconds(problems[p], s, dict(mine[0].hyperparameters),
+                                       Budget(**dict(budget_of(p))), evals[p])
+            if math.isfinite(est):
+                total += est * (len(mine) + config.seeds - 1)
+    n_tuning = sum(len(ts) for ts in tuning.values())
+    return {"tuning_runs": n_tuning,
+            "repetition_runs": len(specs) * len(problems) * (config.seeds - 1),
+            "pending_tuning_runs": sum(len(ts) for ts in pending.values()),
+            "estimate_seconds": total / max(1, min(config.workers, cores_available())),
+            "calibration_seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------- analysis
