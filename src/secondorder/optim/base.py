@@ -32,6 +32,7 @@ from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import HessianOperator
 from secondorder.errors import NonFiniteLossError
+from secondorder.optim.distributed import data_parallel_evaluate
 
 Closure = Callable[[], Tensor]
 
@@ -177,6 +178,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         c.hvp_samples += n * samples
 
     # ----------------------------------------------------------------- evaluation
+    @data_parallel_evaluate  # averages across ranks when torch.distributed is initialized
     def evaluate(
         self,
         closure: Closure,

@@ -26,6 +26,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator
 from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.distributed import data_parallel_operator
 
 CURVATURES = ("hessian", "gauss_newton")
 CurvatureClosure = Callable[[], CurvatureOperator]
@@ -162,4 +163,4 @@ def separate_operator(
     outputs = getattr(op, "outputs", None)  # GGNOperator: one row of outputs per sample
     samples = int(outputs.shape[0]) if isinstance(outputs, Tensor) and outputs.dim() > 0 else 0
     op.on_product = lambda: optimizer.count_hvps(1, samples)
-    return op
+    return data_parallel_operator(optimizer, op)  # averaged across ranks, if any

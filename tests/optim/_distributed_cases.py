@@ -1,0 +1,146 @@
+"""Problems and per-rank workers for test_distributed.py (imported by spawned processes).
+
+Every case builds the same float64 MLP, gives rank ``r`` of ``W`` its shard of one batch
+(``SHARDS`` sets the split) and records the parameters after each of ``STEPS`` steps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import traceback
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from secondorder.curvature.ggn import GGNOperator
+from secondorder.optim import (
+    LBFGS,
+    AdaHessian,
+    AdaptiveCubic,
+    HessianFree,
+    NewtonCG,
+    NewtonKrylov,
+    NonlinearCG,
+    TrustRegion,
+)
+from secondorder.optim.distributed import broadcast_random_state
+
+N, D_IN, HIDDEN, CLASSES, STEPS = 24, 5, 6, 3, 3
+TIMEOUT = datetime.timedelta(seconds=20)
+
+CASES = {
+    "LBFGS": lambda ps: LBFGS(ps, history_size=5),
+    "NonlinearCG": lambda ps: NonlinearCG(ps),
+    "NewtonCG": lambda ps: NewtonCG(ps),
+    "TrustRegion": lambda ps: TrustRegion(ps),
+    "AdaptiveCubic": lambda ps: AdaptiveCubic(ps, norm="spherical"),
+    "HessianFree": lambda ps: HessianFree(ps, fisher_probes=0, cg_max_iter=20),
+    "NewtonKrylov": lambda ps: NewtonKrylov(ps, backend="autograd"),
+    "AdaHessian": lambda ps: AdaHessian(ps, lr=0.1),
+}
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D_IN, generator=g, dtype=torch.float64)
+    y = torch.randint(0, CLASSES, (N,), generator=g)
+    return x, y
+
+
+def model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(D_IN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, CLASSES)).double()
+
+
+def shard_bounds(rank: int, world: int, sizes: list[int] | None = None) -> tuple[int, int]:
+    sizes = sizes or [N // world] * world
+    start = sum(sizes[:rank])
+    return start, start + sizes[rank]
+
+
+def trajectory(name: str, x: torch.Tensor, y: torch.Tensor, steps: int = STEPS) -> torch.Tensor:
+    """Parameters (flat) after each step of optimizer ``name`` on the batch ``(x, y)``."""
+    net = model()
+    opt = CASES[name](net.parameters())
+    per_sample = nn.CrossEntropyLoss(reduction="none")
+
+    def closure():
+        return per_sample(net(x), y)
+
+    kwargs = {}
+    if name == "HessianFree":
+        kwargs["ggn_closure"] = lambda: GGNOperator.from_model(net, nn.CrossEntropyLoss(), x, y)
+    if name == "AdaHessian":  # probes from the global RNG, made identical on every rank
+        if dist.is_initialized():
+            torch.manual_seed(100 + dist.get_rank())  # deliberately different ...
+            broadcast_random_state()  # ... then rank 0's state everywhere
+        else:
+            torch.manual_seed(100)
+    out = []
+    for _ in range(steps):
+        opt.step(closure, **kwargs)
+        out.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
+    return torch.stack(out)
+
+
+def _init(rank: int, world: int, path: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{path}/rendezvous", rank=rank,
+                            world_size=world, timeout=TIMEOUT)
+
+
+def run_iterates(rank: int, world: int, path: str, names: list[str],
+                 sizes: list[int] | None) -> None:
+    """Save each optimizer's trajectory on this rank's shard to ``path/rank{rank}.pt``."""
+    _init(rank, world, path)
+    try:
+        x, y = batch()
+        lo, hi = shard_bounds(rank, world, sizes)
+        results = {name: trajectory(name, x[lo:hi], y[lo:hi]) for name in names}
+        torch.save(results, os.path.join(path, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_failures(rank: int, world: int, path: str, names: list[str]) -> None:
+    """Rank 1 poisons its shard (NaN) or raises in its closure; record what each rank saw."""
+    _init(rank, world, path)
+    seen: dict[str, str] = {}
+    try:
+        x, y = batch()
+        lo, hi = shard_bounds(rank, world)
+        xs, ys = x[lo:hi].clone(), y[lo:hi]
+        for name in names:
+            for fault in ("nan", "raise"):
+                net = model()
+                before = [p.detach().clone() for p in net.parameters()]
+                opt = CASES[name](net.parameters())
+                crit = nn.CrossEntropyLoss(reduction="none")
+
+                def closure(fault=fault, net=net, crit=crit):
+                    out = crit(net(xs), ys)
+                    if rank == 1 and fault == "nan":
+                        out = out * float("nan")
+                    if rank == 1 and fault == "raise":
+                        raise KeyError("shard 1 is corrupt")
+                    return out
+
+                kwargs = {}
+                if name == "HessianFree":
+                    kwargs["ggn_closure"] = lambda net=net: GGNOperator.from_model(
+                        net, nn.CrossEntropyLoss(), xs, ys)
+                try:
+                    opt.step(closure, **kwargs)
+                    outcome = "stepped"
+                except Exception as exc:  # recorded for the test to check
+                    outcome = f"{type(exc).__name__}: {exc}"
+                moved = any(not torch.equal(a, p.detach())
+                            for a, p in zip(before, net.parameters(), strict=True))
+                seen[f"{name}/{fault}"] = f"{outcome} | moved={moved}"
+    except Exception:
+        seen["worker"] = traceback.format_exc()
+    finally:
+        torch.save(seen, os.path.join(path, f"rank{rank}.pt"))
+        dist.destroy_process_group()

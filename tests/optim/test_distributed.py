@@ -1,0 +1,120 @@
+"""Data-parallel optimizers (secondorder.optim.distributed) on gloo, spawned here.
+
+Oracle: one process on the concatenated batch. W processes on shards must reproduce its
+iterates to 1e-10 in float64, for every optimizer; a failing rank must make every rank
+raise, none stepping alone and none hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _distributed_cases as cases  # noqa: E402
+
+from secondorder.optim import NewtonCG  # noqa: E402
+from secondorder.optim.distributed import (  # noqa: E402
+    communication_stats,
+    process_group_of,
+    set_process_group,
+)
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
+
+NAMES = list(cases.CASES)
+
+
+def spawn(fn, world: int, path, *args, timeout: float = 120.0) -> list:
+    ctx = mp.start_processes(fn, args=(world, str(path), *args), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
+    while not ctx.join(timeout=1.0):
+        if datetime.datetime.now() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{fn.__name__} with {world} processes hung for {timeout} s")
+    return [torch.load(os.path.join(path, f"rank{r}.pt")) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, torch.Tensor]:
+    torch.set_num_threads(1)
+    x, y = cases.batch()
+    return {name: cases.trajectory(name, x, y) for name in NAMES}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_shards_reproduce_the_full_batch_iterates(tmp_path, reference, world):
+    ranks = spawn(cases.run_iterates, world, tmp_path, NAMES, None)
+    x0 = torch.cat([p.detach().reshape(-1) for p in cases.model().parameters()])
+    for name in NAMES:
+        ref = reference[name]
+        moved = (ref - x0).norm(dim=1)
+        assert torch.isfinite(ref).all() and bool((moved[1:] > 0.1).all()), (name, moved)
+        for r, got in enumerate(ranks):
+            err = (got[name] - ref).abs().max().item()
+            assert err < 1e-10, f"{name}, rank {r} of {world}: max |x - x_ref| = {err:.2e}"
+            assert torch.equal(got[name], ranks[0][name]), f"{name}: ranks differ"
+
+
+def test_unequal_shards_are_weighted_by_their_sample_counts(tmp_path, reference):
+    # 16 + 8 samples: an unweighted mean of the shard means would be a different loss
+    ranks = spawn(cases.run_iterates, 2, tmp_path, ["NewtonCG", "LBFGS"], [16, 8])
+    for name in ("NewtonCG", "LBFGS"):
+        for got in ranks:
+            assert (got[name] - reference[name]).abs().max().item() < 1e-10, name
+
+
+def test_a_failing_rank_makes_every_rank_raise(tmp_path):
+    ranks = spawn(cases.run_failures, 2, tmp_path, NAMES, timeout=90.0)
+    assert "worker" not in ranks[0] and "worker" not in ranks[1], ranks
+    for name in NAMES:
+        raised0, raised1 = ranks[0][f"{name}/raise"], ranks[1][f"{name}/raise"]
+        assert raised1.startswith("KeyError: \"shard 1 is corrupt"), raised1
+        assert raised0.startswith("RankFailedError: rank(s) [1] of 2 raised"), raised0
+        assert raised0.endswith("moved=False") and raised1.endswith("moved=False")
+        # NaN on one shard: the averaged loss is NaN on every rank, which raise alike
+        nan0, nan1 = ranks[0][f"{name}/nan"], ranks[1][f"{name}/nan"]
+        assert nan0 == nan1, (name, nan0, nan1)
+        assert nan0.startswith("NonFiniteLossError"), (name, nan0)
+        assert nan0.endswith("moved=False"), (name, nan0)
+
+
+def test_one_process_does_not_communicate():
+    net = nn.Linear(3, 1).double()
+    opt = NewtonCG(net.parameters())
+    assert process_group_of(opt) is None
+    stats = communication_stats()
+    stats.reset()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    opt.step(lambda: (net(x) ** 2).mean())
+    assert stats.all_reduces == 0 and stats.bytes == 0
+    assert process_group_of(set_process_group(opt, None)) is None
+
+
+def test_ddp_model_is_refused_with_the_supported_pattern(tmp_path):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rv", rank=0, world_size=1)
+    try:
+        net = nn.Linear(3, 1).double()
+        ddp = nn.parallel.DistributedDataParallel(net)
+        opt = NewtonCG(net.parameters())
+        assert process_group_of(opt) is None  # one rank: local unless set explicitly
+        set_process_group(opt, dist.group.WORLD)
+        x = torch.randn(8, 3, dtype=torch.float64)
+        before = net.weight.detach().clone()
+        with pytest.raises(ValueError, match="DistributedDataParallel.*plain module on every rank"):
+            opt.step(lambda: (ddp(x) ** 2).mean())
+        assert torch.equal(net.weight, before)
+        opt.step(lambda: (net(x) ** 2).mean())  # the supported pattern
+        assert not torch.equal(net.weight, before)
+    finally:
+        dist.destroy_process_group()
