@@ -31,9 +31,9 @@ generator seeded identically on all ranks (:func:`broadcast_random_state`).
 Failures: a rank whose closure raises still joins the all-reduce, with its status flag
 set; every other rank then raises :class:`RankFailedError` and the failing rank re-raises
 its own exception, so no rank steps alone and none waits forever. A NaN loss on one shard
-makes the averaged loss NaN on every rank, so all ranks react alike (start-of-step checks
-raise :class:`~secondorder.errors.NonFiniteLossError` naming the ranks; line searches
-backtrack). A rank that dies outright is caught by the timeout of
+at the start of a step makes every rank raise
+:class:`~secondorder.errors.NonFiniteLossError` naming the ranks; at a line-search trial it
+makes the averaged loss NaN on every rank, which all backtrack alike. A rank that dies outright is caught by the timeout of
 ``init_process_group(timeout=...)``.
 
 ``DistributedDataParallel`` does not support double backward, and its gradient hooks
@@ -330,12 +330,33 @@ def _run_local(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
         return None, exc
 
 
-def _raise_if_nonfinite(loss: Tensor, group: Any) -> None:
-    if not bool(torch.isfinite(loss)):
-        ranks = getattr(_STATE, "nonfinite", [])
+def _starts_step(optimizer: Any) -> bool:
+    """Whether this is the first evaluation of the current ``step`` (at the current point).
+
+    A step pre-hook, registered at the first data-parallel evaluation, re-arms the flag.
+    """
+    if not getattr(optimizer, "_data_parallel_hooked", False):
+        optimizer._data_parallel_hooked = True
+        optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: setattr(opt, "_data_parallel_step_start", True))
+        optimizer._data_parallel_step_start = True
+    start = optimizer._data_parallel_step_start
+    optimizer._data_parallel_step_start = False
+    return start
+
+
+def _raise_if_nonfinite(loss: Tensor, group: Any, *, start: bool) -> None:
+    """Raise on every rank if a shard's loss is not finite at the start of a step.
+
+    Later evaluations (line-search trials) return the averaged NaN instead, so that every
+    rank backtracks alike, as one process would.
+    """
+    ranks = getattr(_STATE, "nonfinite", [])
+    if start and ranks:
         raise NonFiniteLossError(
             f"the closure returned a non-finite loss on rank(s) {ranks} of "
-            f"{dist.get_world_size(group)}: the averaged loss is {loss.item()}"
+            f"{dist.get_world_size(group)} at the start of the step (averaged loss "
+            f"{loss.item()}); no rank takes this step"
         )
 
 
@@ -357,8 +378,9 @@ def data_parallel_evaluate(method: Callable) -> Callable:
             self, group, None if ev is None else ev.loss,
             [None if not grad else (params if ev is None else ev.grads)],
             0 if ev is None else ev.samples, error, params, "evaluating the closure")
-        if check_finite:
-            _raise_if_nonfinite(loss, group)
+        _raise_if_nonfinite(loss, group, start=_starts_step(self))
+        if check_finite and not bool(torch.isfinite(loss)):
+            raise NonFiniteLossError(f"the averaged loss is not finite: {loss.item()}")
         hessian = ev.hessian
         if hessian is not None:
             hessian = DataParallelOperator(hessian, group, _STATE.fraction, grads, loss)
@@ -384,6 +406,7 @@ def data_parallel_hessian_free_evaluate(method: Callable) -> Callable:
         loss, (grads, diag) = _reduce_blocks(
             self, group, loss, [grads, diag if fisher else None], samples, error, params,
             "evaluating the closure")
+        _raise_if_nonfinite(loss, group, start=_starts_step(self))
         if hessian is not None:
             hessian = DataParallelOperator(hessian, group, _STATE.fraction, grads, loss)
         return loss, grads, diag, hessian
