@@ -91,56 +91,62 @@ def _init(rank: int, world: int, path: str) -> None:
                             world_size=world, timeout=TIMEOUT)
 
 
-def run_iterates(rank: int, world: int, path: str, names: list[str],
-                 sizes: list[int] | None) -> None:
-    """Save each optimizer's trajectory on this rank's shard to ``path/rank{rank}.pt``."""
-    _init(rank, world, path)
-    try:
-        x, y = batch()
-        lo, hi = shard_bounds(rank, world, sizes)
-        results = {name: trajectory(name, x[lo:hi], y[lo:hi]) for name in names}
-        torch.save(results, os.path.join(path, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def run_case(rank: int, world: int, path: str, names: list[str], unequal: list[str],
+             failing: list[str]) -> None:
+    """One process group, three checks; saves a dict to ``path/rank{rank}.pt``.
 
-
-def run_failures(rank: int, world: int, path: str, names: list[str]) -> None:
-    """Rank 1 poisons its shard (NaN) or raises in its closure; record what each rank saw."""
+    - ``"iterates"``: each optimizer of ``names`` on equal shards;
+    - ``"unequal"``: each of ``unequal`` on shards of 2/3 and 1/3 of the batch (2 ranks);
+    - ``"failures"``: each of ``failing`` with rank 1's shard NaN, then its closure raising.
+    """
     _init(rank, world, path)
-    seen: dict[str, str] = {}
+    out: dict[str, dict] = {}
     try:
         x, y = batch()
         lo, hi = shard_bounds(rank, world)
-        xs, ys = x[lo:hi].clone(), y[lo:hi]
-        for name in names:
-            for fault in ("nan", "raise"):
-                net = model()
-                before = [p.detach().clone() for p in net.parameters()]
-                opt = CASES[name](net.parameters())
-                crit = nn.CrossEntropyLoss(reduction="none")
-
-                def closure(fault=fault, net=net, crit=crit):
-                    out = crit(net(xs), ys)
-                    if rank == 1 and fault == "nan":
-                        out = out * float("nan")
-                    if rank == 1 and fault == "raise":
-                        raise KeyError("shard 1 is corrupt")
-                    return out
-
-                kwargs = {}
-                if name == "HessianFree":
-                    kwargs["ggn_closure"] = lambda net=net: GGNOperator.from_model(
-                        net, nn.CrossEntropyLoss(), xs, ys)
-                try:
-                    opt.step(closure, **kwargs)
-                    outcome = "stepped"
-                except Exception as exc:  # recorded for the test to check
-                    outcome = f"{type(exc).__name__}: {exc}"
-                moved = any(not torch.equal(a, p.detach())
-                            for a, p in zip(before, net.parameters(), strict=True))
-                seen[f"{name}/{fault}"] = f"{outcome} | moved={moved}"
+        out["iterates"] = {name: trajectory(name, x[lo:hi], y[lo:hi]) for name in names}
+        if unequal:
+            lo, hi = shard_bounds(rank, world, [2 * N // 3, N // 3])
+            out["unequal"] = {name: trajectory(name, x[lo:hi], y[lo:hi]) for name in unequal}
+        out["failures"] = failures(rank, world, failing)
     except Exception:
-        seen["worker"] = traceback.format_exc()
+        out["worker"] = traceback.format_exc()
     finally:
-        torch.save(seen, os.path.join(path, f"rank{rank}.pt"))
+        torch.save(out, os.path.join(path, f"rank{rank}.pt"))
         dist.destroy_process_group()
+
+
+def failures(rank: int, world: int, names: list[str]) -> dict[str, str]:
+    """Rank 1 poisons its shard (NaN) or raises in its closure; what each rank saw."""
+    seen: dict[str, str] = {}
+    x, y = batch()
+    lo, hi = shard_bounds(rank, world)
+    xs, ys = x[lo:hi], y[lo:hi]
+    for name in names:
+        for fault in ("nan", "raise"):
+            net = model()
+            before = [p.detach().clone() for p in net.parameters()]
+            opt = CASES[name](net.parameters())
+            crit = nn.CrossEntropyLoss(reduction="none")
+
+            def closure(fault=fault, net=net, crit=crit):
+                out = crit(net(xs), ys)
+                if rank == 1 and fault == "nan":
+                    out = out * float("nan")
+                if rank == 1 and fault == "raise":
+                    raise KeyError("shard 1 is corrupt")
+                return out
+
+            kwargs = {}
+            if name == "HessianFree":
+                kwargs["ggn_closure"] = lambda net=net: GGNOperator.from_model(
+                    net, nn.CrossEntropyLoss(), xs, ys)
+            try:
+                opt.step(closure, **kwargs)
+                outcome = "stepped"
+            except Exception as exc:  # recorded for the test to check
+                outcome = f"{type(exc).__name__}: {exc}"
+            moved = any(not torch.equal(a, p.detach())
+                        for a, p in zip(before, net.parameters(), strict=True))
+            seen[f"{name}/{fault}"] = f"{outcome} | moved={moved}"
+    return seen
