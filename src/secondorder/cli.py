@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few problems, small grid, one seed (about 3 minutes)")
     b.add_argument("--sweep", help="sweep name in the database (default bench / quick)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where runs execute: local processes (default) or Ray tasks")
+    b.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
 
     r = sub.add_parser("report", help="write the report from the database")
     r.add_argument("--out", default="secondorder-results", help="results folder")
@@ -131,6 +134,7 @@ def _cmd_list() -> int:
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench import problems as P
+    from secondorder.bench.executors import make_executor, use_executor
     from secondorder.bench.registry import available_optimizers, list_optimizers
     from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows, write_report
     from secondorder.bench.runner import Budget
@@ -157,6 +161,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
                              evals_per_epoch=args.evals_per_epoch,
                              data_dir=args.data_dir,
                              name=args.sweep or ("quick" if args.quick else "bench"))
+        executor = make_executor(args.executor, address=args.address)  # exit 2 without Ray
     except ValueError as e:
         raise CLIError(str(e)) from None
     out = Path(args.out)
@@ -164,7 +169,8 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     db = out / DB_NAME
     t0 = time.perf_counter()
     try:
-        res = run_sweep(config, db, progress=not args.no_progress)
+        with use_executor(executor):
+            res = run_sweep(config, db, progress=not args.no_progress)
     except Exception as e:
         from secondorder.errors import DataFormatError
 

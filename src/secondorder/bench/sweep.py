@@ -44,6 +44,7 @@ import numpy as np
 
 from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
 from secondorder.bench.datafacts import data_facts
+from secondorder.bench.executors import active_executor
 from secondorder.bench.registry import get_optimizer
 from secondorder.bench.runner import Budget, run
 from secondorder.bench.store import TERMINAL, Store
@@ -189,7 +190,10 @@ def _execute_all(db_path: str, tasks: Sequence[Task], workers: int, loader, desc
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(tasks), desc=desc, unit="run")
-    if workers == 1 or len(tasks) <= 1:
+    if (executor := active_executor()) is not None:  # Ray (secondorder.bench.executors)
+        for k, v in executor.execute_all(db_path, tasks, bar).items():
+            counts[k] = counts.get(k, 0) + v
+    elif workers == 1 or len(tasks) <= 1:
         for t in tasks:
             s = execute(db_path, t, loader)
             counts[s] = counts.get(s, 0) + 1
