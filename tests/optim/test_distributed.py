@@ -90,6 +90,17 @@ def test_unequal_shards_are_weighted_by_their_sample_counts(two_ranks, reference
     check_iterates(two_ranks, reference, "unequal", UNEQUAL)
 
 
+def test_nan_at_a_line_search_trial_on_one_shard_backtracks_like_one_process(two_ranks):
+    x, y = cases.batch()
+    trips: list[float] = []
+    ref = cases.trajectory("LBFGS", x, y, fragile=torch.arange(cases.N) >= cases.N // 2,
+                           trips=trips)
+    assert trips, "the fragile samples never gave NaN: the test would prove nothing"
+    assert torch.isfinite(ref).all()
+    for got in two_ranks:
+        assert (got["nan_trial"] - ref).abs().max().item() < 1e-10
+
+
 def test_a_failing_rank_makes_every_rank_raise(two_ranks):
     seen0, seen1 = two_ranks[0]["failures"], two_ranks[1]["failures"]
     for name in NAMES:
@@ -133,5 +144,12 @@ def test_ddp_model_is_refused_with_the_supported_pattern(tmp_path):
         assert torch.equal(net.weight, before)
         opt.step(lambda: (net(x) ** 2).mean())  # the supported pattern
         assert not torch.equal(net.weight, before)
+        # sub-sampled Hessians are drawn outside the averaged evaluation: refused up front
+        sub = set_process_group(NewtonCG(net.parameters(), hessian_fraction=0.5),
+                                dist.group.WORLD)
+        before = net.weight.detach().clone()
+        with pytest.raises(ValueError, match="hessian_fraction.*hessian_closure"):
+            sub.step(lambda: ((net(x) ** 2).reshape(-1)))
+        assert torch.equal(net.weight, before)
     finally:
         dist.destroy_process_group()

@@ -33,16 +33,16 @@ set; every other rank then raises :class:`RankFailedError` and the failing rank 
 its own exception, so no rank steps alone and none waits forever. A NaN loss on one shard
 at the start of a step makes every rank raise
 :class:`~secondorder.errors.NonFiniteLossError` naming the ranks; at a line-search trial it
-makes the averaged loss NaN on every rank, which all backtrack alike. A rank that dies outright is caught by the timeout of
-``init_process_group(timeout=...)``.
+makes the averaged loss NaN on every rank, which all backtrack alike. A rank that dies
+outright is caught by the timeout of ``init_process_group(timeout=...)``.
 
 ``DistributedDataParallel`` does not support double backward, and its gradient hooks
 expect ``.backward()``: a closure that runs a DDP module raises :class:`ValueError`.
 
 Not covered: ``NewtonCG(hessian_fraction=...)`` and the complex-step backend of
 ``NewtonKrylov`` call the closure outside these two places; with a process group they
-would step on local data only, so they raise :class:`ValueError` (on every rank alike) at
-their first averaged evaluation.
+would step on local data only, so their ``step`` raises :class:`ValueError` (on every rank
+alike) before it evaluates anything.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from secondorder.curvature.operators import CurvatureOperator
 from secondorder.errors import NonFiniteLossError
@@ -330,17 +331,24 @@ def _run_local(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
         return None, exc
 
 
-def _starts_step(optimizer: Any) -> bool:
-    """Whether this is the first evaluation of the current ``step`` (at the current point).
+def _before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    """Global ``torch.optim`` step pre-hook: check support, mark the step's first evaluation.
 
-    A step pre-hook, registered at the first data-parallel evaluation, re-arms the flag.
+    Runs before every optimizer's ``step``; does nothing for an optimizer without a
+    process group (one ``getattr`` and ``dist.is_initialized()``).
     """
-    if not getattr(optimizer, "_data_parallel_hooked", False):
-        optimizer._data_parallel_hooked = True
-        optimizer.register_step_pre_hook(
-            lambda opt, args, kwargs: setattr(opt, "_data_parallel_step_start", True))
-        optimizer._data_parallel_step_start = True
-    start = optimizer._data_parallel_step_start
+    if not hasattr(optimizer, "evaluate") or process_group_of(optimizer) is None:
+        return
+    _check_supported(optimizer)
+    optimizer._data_parallel_step_start = True
+
+
+register_optimizer_step_pre_hook(_before_step)
+
+
+def _starts_step(optimizer: Any) -> bool:
+    """Whether this is the first evaluation of the current ``step`` (at the current point)."""
+    start = getattr(optimizer, "_data_parallel_step_start", True)
     optimizer._data_parallel_step_start = False
     return start
 
@@ -370,7 +378,6 @@ def data_parallel_evaluate(method: Callable) -> Callable:
         if group is None:
             return method(self, closure, grad=grad, create_graph=create_graph,
                           check_finite=check_finite)
-        _check_supported(self)
         ev, error = _run_local(lambda: method(self, closure, grad=grad,
                                               create_graph=create_graph))
         params = self.params()
