@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 import traceback
 
 import torch
@@ -25,7 +26,7 @@ from secondorder.optim import (
     NonlinearCG,
     TrustRegion,
 )
-from secondorder.optim.distributed import broadcast_random_state
+from secondorder.optim.distributed import broadcast_random_state, set_process_group
 
 N, D_IN, HIDDEN, CLASSES, STEPS = 24, 5, 6, 3, 3
 TIMEOUT = datetime.timedelta(seconds=20)
@@ -128,6 +129,8 @@ def run_case(rank: int, world: int, path: str, names: list[str], unequal: list[s
             lo, hi = shard_bounds(rank, world, [2 * N // 3, N // 3])
             out["unequal"] = {name: trajectory(name, x[lo:hi], y[lo:hi]) for name in unequal}
         out["failures"] = failures(rank, world, failing)
+        if failing:
+            out["stalled"] = stalled_peer(rank, world)
     except Exception:
         out["worker"] = traceback.format_exc()
     finally:
@@ -169,3 +172,21 @@ def failures(rank: int, world: int, names: list[str]) -> dict[str, str]:
                         for a, p in zip(before, net.parameters(), strict=True))
             seen[f"{name}/{fault}"] = f"{outcome} | moved={moved}"
     return seen
+
+
+def stalled_peer(rank: int, world: int, timeout: float = 3.0) -> str:
+    """Rank 1 never joins the step (stalled or dead): rank 0 must raise within ``timeout``."""
+    group = dist.new_group(list(range(world)), timeout=datetime.timedelta(seconds=timeout))
+    if rank != 0:
+        time.sleep(timeout + 3.0)
+        return "idle"
+    net = model()
+    opt = set_process_group(NewtonCG(net.parameters()), group)
+    x, y = batch()
+    t0 = time.perf_counter()
+    try:
+        opt.step(lambda: nn.functional.cross_entropy(net(x), y))
+        outcome = "stepped"
+    except Exception as exc:  # recorded for the test to check
+        outcome = type(exc).__name__
+    return f"{outcome} after {time.perf_counter() - t0:.1f} s"

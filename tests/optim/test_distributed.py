@@ -116,6 +116,12 @@ def test_a_failing_rank_makes_every_rank_raise(two_ranks):
         assert nan0.endswith("moved=False"), (name, nan0)
 
 
+def test_a_stalled_rank_makes_the_others_raise_within_the_timeout(two_ranks):
+    outcome, seconds = two_ranks[0]["stalled"].split(" after ")
+    assert outcome == "RankFailedError", outcome
+    assert float(seconds.split()[0]) < 3.0 + 5.0, seconds  # timeout 3 s, no hang
+
+
 def test_one_process_does_not_communicate():
     net = nn.Linear(3, 1).double()
     opt = NewtonCG(net.parameters())

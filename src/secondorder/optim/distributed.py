@@ -156,8 +156,20 @@ def broadcast_random_state(generator: torch.Generator | None = None, *, group: A
 
 # ----------------------------------------------------------------------------- reduction
 def _all_reduce_sum(buf: Tensor, group: Any) -> Tensor:
-    """Sum ``buf`` over the group in place: the one communication primitive used here."""
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    """Sum ``buf`` over the group in place: the one communication primitive used here.
+
+    Raises:
+        RankFailedError: if the all-reduce fails or times out (a rank died, stalled, or
+            is not stepping this optimizer).
+    """
+    try:
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    except RuntimeError as exc:  # gloo/NCCL timeouts and broken connections
+        raise RankFailedError(
+            f"the all-reduce over the {dist.get_world_size(group)} ranks of the optimizer's "
+            "process group failed or timed out (init_process_group(timeout=...)): a rank "
+            "died, stalled, or is not stepping this optimizer; the step is abandoned"
+        ) from exc
     _STATS.all_reduces += 1
     _STATS.bytes += buf.numel() * buf.element_size()
     return buf
