@@ -24,9 +24,11 @@ it touches data:
 With shards of ``n_r`` samples the average is weighted, ``g = sum_r n_r g_r / sum_r n_r``
 (the gradient of the mean loss on the concatenated batch; ``H v`` likewise), when every
 closure reports its sample count (per-sample losses, or ``samples_per_evaluation``);
-otherwise the ranks weigh equally. The iterates then equal those of one process on the
-concatenated batch up to round-off, for every optimizer whose randomness comes from a
-generator seeded identically on all ranks (:func:`broadcast_random_state`).
+otherwise the ranks weigh equally. A Gauss-Newton operator from ``ggn_closure`` takes the
+weight of the same step's evaluation, so its batch should be the rank's shard. The
+iterates then equal those of one process on the concatenated batch up to round-off, for
+every optimizer whose randomness comes from a generator seeded identically on all ranks
+(:func:`broadcast_random_state`).
 
 Failures: a rank whose closure raises still joins the all-reduce, with its status flag
 set; every other rank then raises :class:`RankFailedError` and the failing rank re-raises
@@ -34,7 +36,8 @@ its own exception, so no rank steps alone and none waits forever. A NaN loss on 
 at the start of a step makes every rank raise
 :class:`~secondorder.errors.NonFiniteLossError` naming the ranks; at a line-search trial it
 makes the averaged loss NaN on every rank, which all backtrack alike. A rank that dies
-outright is caught by the timeout of ``init_process_group(timeout=...)``.
+or stalls makes the others raise :class:`RankFailedError` after the timeout of
+``init_process_group(timeout=...)``.
 
 ``DistributedDataParallel`` does not support double backward, and its gradient hooks
 expect ``.backward()``: a closure that runs a DDP module raises :class:`ValueError`.
@@ -385,13 +388,13 @@ def data_parallel_evaluate(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def evaluate(self, closure, *, grad: bool = True, create_graph: bool = False,
-                 check_finite: bool = False):
+                 check_finite: bool = False, **kwargs: Any):
         group = process_group_of(self)
         if group is None:
             return method(self, closure, grad=grad, create_graph=create_graph,
-                          check_finite=check_finite)
+                          check_finite=check_finite, **kwargs)
         ev, error = _run_local(lambda: method(self, closure, grad=grad,
-                                              create_graph=create_graph))
+                                              create_graph=create_graph, **kwargs))
         params = self.params()
         loss, (grads,) = _reduce_blocks(
             self, group, None if ev is None else ev.loss,
