@@ -125,7 +125,41 @@ def test_clear_errors(tmp_path, capsys):
     assert cli.main(["report", "--out", str(tmp_path / "empty")]) == 2
     assert "no results database at" in capsys.readouterr().err
     assert cli.main(["bench", "--seeds", "0", "--out", str(tmp_path)]) == 2
-    assert "Invalid seeds: 0" in capsys.readouterr().err
+    assert "--seeds must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--evals-per-epoch", "0", "--evals-per-epoch must be >= 1 (got 0)"),
+    ("--evals-per-epoch", "-3", "--evals-per-epoch must be >= 1 (got -3)"),
+    ("--workers", "0", "--workers must be >= 1 (got 0)"),
+    ("--seeds", "-1", "--seeds must be >= 1 (got -1)"),
+    ("--budget", "0", "--budget must be a positive number (got 0.0)"),
+    ("--budget-backprops", "-1", "--budget-backprops must be a positive number (got -1.0)"),
+    ("--budget-seconds", "inf", "--budget-seconds must be a positive number (got inf)"),
+])
+def test_bad_numeric_options_are_refused_before_any_run(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "out"
+    args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--grid", "quick",
+            "--seeds", "1", "--budget", "1", "--no-progress", "--out", str(out)]
+    same = "--budget" if flag.startswith("--budget") else flag  # budgets exclude each other
+    i = args.index(same) if same in args else len(args)
+    args[i:i + 2] = [flag, value]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing stored, not even an empty database
+
+
+def test_evaluation_frequency_is_part_of_the_run_key(tmp_path, capsys):
+    args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--grid", "quick",
+            "--seeds", "1", "--budget", "2", "--no-progress", "--workers", "1",
+            "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    assert _counts(tmp_path / "results.sqlite")[0] == 3
+    assert cli.main([*args, "--evals-per-epoch", "2"]) == 0
+    assert "new or redone: 3" in capsys.readouterr().out
+    with Store(tmp_path / "results.sqlite") as st:
+        assert sorted(r["settings"]["evals_per_epoch"] for r in st.runs()) == [1] * 3 + [2] * 3
+        assert {r["settings"]["data"] for r in st.runs()} == {None}  # embedded data
 
 
 

@@ -12,16 +12,22 @@
 
 Defaults of ``bench`` are chosen to finish within 10 minutes on 2 CPU cores, ``--quick``
 within 3 (see docs/benchmark.md for the measured times).
+
+Exit status: 0 on success; 1 when every run of a ``bench`` sweep failed; 2 for a user
+error (a bad option, data file or results folder/database), printed as one line.
+Several ``bench`` processes may share one ``--out``; a rerun resumes and retries the runs
+that failed (``--no-retry-failed`` keeps them); see docs/benchmark.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "QUICK_PROBLEMS", "DEFAULT_SEEDS"]
@@ -35,6 +41,10 @@ DEFAULT_SEEDS = 3
 
 class CLIError(Exception):
     """A user error: printed without a traceback, exit status 2."""
+
+
+class SweepFailed(Exception):
+    """Every run of a sweep failed: printed without a traceback, exit status 1."""
 
 
 def _names(values: Sequence[str] | None) -> list[str] | None:
@@ -62,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget-seconds", type=float, help="training seconds per run")
     b.add_argument("--grid", choices=("quick", "default", "full"),
                    help="knob grid (default: default; quick: quick)")
-    b.add_argument("--evals-per-epoch", type=int, default=1)
+    b.add_argument("--evals-per-epoch", type=int, default=1,
+                   help="evaluations per pass through the training data (>= 1)")
     b.add_argument("--workers", type=int,
-                   help="worker processes (default: 2 if the machine has 2 cores, else 1)")
+                   help="worker processes, >= 1; 1 runs in this process "
+                        "(default: 2 if the machine has 2 cores, else 1)")
+    b.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
+                   help="do not retry runs that failed in an earlier invocation")
     b.add_argument("--data-dir", help="folder of the file-based data sets")
     b.add_argument("--out", default="secondorder-results", help="results folder")
     b.add_argument("--quick", action="store_true",
@@ -74,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where runs execute: local processes (default) or Ray tasks")
     b.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    _add_extension_arguments(b)
 
     r = sub.add_parser("report", help="write the report from the database")
     r.add_argument("--out", default="secondorder-results", help="results folder")
@@ -92,7 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top", type=int, default=5, help="number of top eigenvalues")
     c.add_argument("--data-dir")
     c.add_argument("--out", default="secondorder-results", help="results folder")
+    st = sub.add_parser("study", help="run a paper's study; tables beside the paper's")
+    st.add_argument("name", nargs="?", help="study name (see --list)")
+    st.add_argument("--list", action="store_true", help="list the studies")
+    st.add_argument("--data-dir", help="folder of the paper's data sets or the stand-ins")
+    st.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
+    st.add_argument("--seeds", type=int, help="repetitions (default: the study's)")
+    st.add_argument("--out", default="secondorder-study", help="results folder")
     return p
+
+
+def _add_extension_arguments(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--optimizer", action="append", metavar="SPEC",
+                   help="an optimizer by import path with its grid, added to the sweep "
+                        "(repeatable): '[NAME=]module.path:Class lr=1e-3,1e-2 key=value'")
+    b.add_argument("--config", metavar="TOML",
+                   help="sweep file: problems, optimizers, seeds, budget, user problems "
+                        "(docs/benchmark.md); command-line flags win")
+    b.add_argument("--tensorboard", metavar="DIR",
+                   help="also write each run's measurements to TensorBoard event files "
+                        "(needs the tensorboard extra)")
 
 
 def _check_names(kind: str, names: list[str], valid: Sequence[str]) -> None:
@@ -102,9 +136,11 @@ def _check_names(kind: str, names: list[str], valid: Sequence[str]) -> None:
 
 
 def _cmd_list() -> int:
+    from secondorder.bench import plugins
     from secondorder.bench import problems as P
     from secondorder.bench.registry import REGISTRY
 
+    plugins.load_entry_points()  # entry-point problems join the list
     print("Problems (embedded suite marked *):")
     for name in P.list_problems():
         star = "*" if name in P.EMBEDDED else " "
@@ -129,17 +165,52 @@ def _cmd_list() -> int:
                                  ("first-order baseline", s.first_order)) if on]
         if extra or flags:
             print(f"      defaults {extra} {'; '.join(flags)}")
+    print("\n".join(plugins.describe()))
     return 0
+
+
+def _check_bench_options(args: argparse.Namespace) -> None:
+    """Reject bad numeric options before any work, naming the flag."""
+    for flag, value, low in (("--seeds", args.seeds, 1), ("--workers", args.workers, 1),
+                             ("--evals-per-epoch", args.evals_per_epoch, 1)):
+        if value is not None and value < low:
+            raise CLIError(f"{flag} must be >= {low} (got {value})")
+    for flag, value in (("--budget", args.budget), ("--budget-backprops", args.budget_backprops),
+                        ("--budget-seconds", args.budget_seconds)):
+        if value is not None and not (0 < value < float("inf")):
+            raise CLIError(f"{flag} must be a positive number (got {value})")
+
+
+@contextlib.contextmanager
+def _report_lock(out: Path) -> Iterator[None]:
+    """Serialize report writing of concurrent ``bench`` processes on one ``--out``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover -- not POSIX
+        yield
+        return
+    with open(out / ".report.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench import problems as P
+    from secondorder.bench.config import apply_bench_extensions
     from secondorder.bench.executors import make_executor, use_executor
     from secondorder.bench.registry import available_optimizers, list_optimizers
     from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows, write_report
     from secondorder.bench.runner import Budget
     from secondorder.bench.sweep import SweepConfig, run_sweep
 
+    try:  # --config, --optimizer, --tensorboard (secondorder.bench.config)
+        apply_bench_extensions(args)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    _check_bench_options(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise CLIError(f"data directory {args.data_dir!r} does not exist")
     problems = _names(args.problems) or list(QUICK_PROBLEMS if args.quick else P.EMBEDDED)
@@ -160,12 +231,17 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
                              workers=args.workers or min(2, os.cpu_count() or 1),
                              evals_per_epoch=args.evals_per_epoch,
                              data_dir=args.data_dir,
-                             name=args.sweep or ("quick" if args.quick else "bench"))
+                             name=args.sweep or ("quick" if args.quick else "bench"),
+                             retry_failed=args.retry_failed)
         executor = make_executor(args.executor, address=args.address)  # exit 2 without Ray
     except ValueError as e:
         raise CLIError(str(e)) from None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{out}: cannot create the results folder ({e.strerror}); "
+                       "pass a writable --out") from None
     db = out / DB_NAME
     t0 = time.perf_counter()
     try:
@@ -178,8 +254,15 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise CLIError(f"data: {e}") from None
         raise
     elapsed = time.perf_counter() - t0
+    statuses = res["statuses"]
+    if statuses and statuses.get("failed", 0) == sum(statuses.values()):
+        raise SweepFailed(
+            f"every run of sweep {config.name!r} failed ({statuses['failed']} runs), e.g. "
+            f"{'; '.join(res['errors']) or 'no message'}; fix the cause and rerun (failed "
+            f"runs are retried); database: {db}")
     command = "secondorder " + " ".join(shlex.quote(a) for a in argv)
-    rep = write_report(db, out, sweep=config.name, command=command)
+    with _report_lock(out):
+        rep = write_report(db, out, sweep=config.name, command=command)
     for name, reason in res["skipped_optimizers"].items():
         print(f"skipped {name}: {reason}")
     for ps in rep["summaries"]:
@@ -219,11 +302,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not db.exists():
         raise CLIError(f"no results database at {db}; run `secondorder bench --out {args.out}`")
     written: list[Path] = []
-    with Store(db) as store:
-        if args.format in ("csv", "both"):
-            written += store.export_csv(Path(args.out) / "export")
-        if args.format in ("json", "both"):
-            written.append(store.export_json(Path(args.out) / "export" / "results.json"))
+    folder = Path(args.out) / "export"
+    with Store(db, readonly=True) as store:
+        try:
+            if args.format in ("csv", "both"):
+                written += store.export_csv(folder)
+            if args.format in ("json", "both"):
+                written.append(store.export_json(folder / "results.json"))
+        except OSError as e:
+            raise CLIError(f"{e.filename or folder}: cannot write the export "
+                           f"({e.strerror}); make {folder} writable") from None
     print("\n".join(f"wrote {p}" for p in written))
     return 0
 
@@ -245,6 +333,8 @@ def _cmd_curvature(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``secondorder`` console script; returns the exit status."""
+    from secondorder.bench.store import StoreError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -258,9 +348,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command == "curvature":
             return _cmd_curvature(args)
-    except CLIError as e:
+        if args.command == "study":
+            from secondorder.bench.studies import main as study_main
+
+            return study_main(args, argv)
+    except (CLIError, StoreError) as e:
         print(f"secondorder: error: {e}", file=sys.stderr)
         return 2
+    except SweepFailed as e:
+        print(f"secondorder: error: {e}", file=sys.stderr)
+        return 1
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 

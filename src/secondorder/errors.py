@@ -10,7 +10,13 @@ __all__ = ["NonFiniteLossError", "ComplexStepUnsupportedError", "DataFormatError
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss (or a quantity derived from it) is NaN or infinite."""
+    """The loss (or a quantity derived from it) is NaN or infinite.
+
+    An optimizer's ``step`` raises it when the loss, the gradient or a Hessian-vector
+    product at the current parameters is not finite, after undoing the step: parameters
+    and optimizer state are exactly as before it (see :mod:`secondorder.optim.base`), so a
+    training loop may catch it and go on with the next batch.
+    """
 
 
 class ComplexStepUnsupportedError(TypeError):

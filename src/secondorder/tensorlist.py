@@ -71,6 +71,8 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     """Inner product ``sum_i <a_i, b_i>`` as a 0-dim tensor (real part for complex)."""
     if len(a) == 0:
         return torch.zeros(())
+    if len(a) == 1 and len(b) == 1 and not a[0].is_complex():  # one kernel, no stack
+        return torch.dot(a[0].reshape(-1), b[0].reshape(-1))
     return torch.stack(
         [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
     ).sum()

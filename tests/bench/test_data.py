@@ -451,3 +451,45 @@ def test_every_file_problem_builds_from_tiny_files(tmp_path, name):
         torch.testing.assert_close(problem.train.targets, problem.train.inputs.reshape(21, 784))
     else:
         assert 0.0 <= problem.accuracy(out, problem.train.targets[:4]).item() <= 1.0
+
+
+# ------------------------------------------------------------------ label ranges, identity
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_idx_labels_outside_the_classes_are_refused_naming_file_and_label(tmp_path, split):
+    folder = tmp_path / "mnist"
+    write_mnist(folder, 30, 40)
+    name = data.IDX_NAMES[split][1]
+    labels = np.arange(30 if split == "test" else 40, dtype=np.uint8) % 10
+    labels[17] = 12
+    write_idx(folder / name, labels)
+    with pytest.raises(DataFormatError, match=rf"{name}: label 12 at index 17 is outside 0\.\.9"):
+        data.load_image_set(tmp_path, "mnist")
+    with pytest.raises(DataFormatError, match=rf"{name}: label 12 at index 17"):
+        get_problem("mnist_mlp1", data_dir=tmp_path)
+
+
+def test_npz_labels_outside_the_classes_are_refused(tmp_path):
+    folder = tmp_path / "kmnist"
+    folder.mkdir()
+    np.savez(folder / "kmnist-test-imgs.npz", numbered_images(20))
+    labels = np.arange(20, dtype=np.uint8) % 10
+    labels[3] = 255
+    np.savez(folder / "kmnist-test-labels.npz", labels)
+    with pytest.raises(DataFormatError, match=r"kmnist-test-labels\.npz: label 255 at index 3"):
+        data.load_image_set(tmp_path, "kmnist")
+
+
+def test_file_problems_carry_their_files_and_the_fingerprint_follows_the_content(tmp_path):
+    write_mnist(tmp_path / "mnist", 50)
+    prob = get_problem("mnist_mlp1", data_dir=tmp_path)
+    assert [p.name for p in prob.data_files] == list(data.IDX_NAMES["test"])
+    before = data.files_fingerprint(prob.data_files)
+    assert before == data.files_fingerprint(list(prob.data_files)) and len(before) == 16
+    labels = np.arange(50, dtype=np.uint8) % 10
+    labels[0] = 1  # one label changed
+    write_idx(tmp_path / "mnist" / data.IDX_NAMES["test"][1], labels)
+    assert data.files_fingerprint(prob.data_files) != before
+    assert data.files_fingerprint(()) is None
+    assert get_problem("digits_mlp").data_files == ()

@@ -1,13 +1,18 @@
 """Sweep protocol: tuning, selection, repetitions, resume; statistics on hand-made numbers."""
 
 import math
+import subprocess
 import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from secondorder.bench.store import Store
+from secondorder.bench.store import LEASE_SECONDS, Store, owner_id
 from secondorder.bench.sweep import (
     RunRecord,
     SweepConfig,
@@ -124,3 +129,96 @@ def test_config_validation():
         SweepConfig(["a"], ["sgd"], workers=0)
     with pytest.raises(ValueError, match="unknown optimizer 'zzz'"):
         run_sweep(SweepConfig(["fake"], ["zzz"]), "unused.db", loader=_loader)
+
+
+def _claim_as_another_host(db, cfg, heartbeat_age):
+    """Claim the first tuning run of ``cfg`` as a process on another host would."""
+    from secondorder.bench import sweep
+
+    hyper = dict(sweep.get_optimizer("sgd").hyperparameters(
+        sweep.get_optimizer("sgd").grid(cfg.grid)[0]))
+    settings = {"data": None, "evals_per_epoch": cfg.evals_per_epoch}
+    key = ("t", "fake", "sgd", hyper, 0, {"epochs": 2.0}, settings)
+    with Store(db) as st:
+        rid = st.start_run(*key)
+        st.conn.execute("UPDATE runs SET owner='elsewhere:1:x', heartbeat=? WHERE id=?",
+                        (time.time() - heartbeat_age, rid))
+    return rid, key
+
+
+def test_a_run_held_by_a_live_process_is_waited_for_not_redone(tmp_path, monkeypatch):
+    from secondorder.bench import sweep
+
+    monkeypatch.setattr(sweep, "POLL_SECONDS", 0.1)
+    db = tmp_path / "r.db"
+    cfg = SweepConfig(["fake"], ["sgd"], seeds=1, grid="quick", name="t")
+    rid, key = _claim_as_another_host(db, cfg, heartbeat_age=0.0)
+
+    def other_host_finishes():  # what the other process does 1 s later
+        time.sleep(1.0)
+        with Store(db) as st:
+            st.conn.execute("INSERT INTO measurements (run_id, step, val_loss) VALUES "
+                            "(?, 0, 9.0)", (rid,))
+            st.conn.execute("UPDATE runs SET status='finished' WHERE id=?", (rid,))
+
+    t = threading.Thread(target=other_host_finishes)
+    t.start()
+    t0 = time.perf_counter()
+    res = run_sweep(cfg, db, progress=False, loader=_loader)
+    t.join()
+    assert time.perf_counter() - t0 > 0.9  # it waited for the other process
+    assert res["tuning"] == {"finished": 2, "skipped": 1}
+    with Store(db) as st:
+        run = st.find_run(*key)
+        assert (run["attempts"], run["owner"]) == (1, "elsewhere:1:x")
+        assert len(st.measurements(rid)) == 1 and st.count("runs") == 3
+
+
+def test_a_claim_whose_heartbeat_lapsed_is_taken_over(tmp_path):
+    db = tmp_path / "r.db"
+    cfg = SweepConfig(["fake"], ["sgd"], seeds=1, grid="quick", name="t")
+    rid, key = _claim_as_another_host(db, cfg, heartbeat_age=LEASE_SECONDS + 1)
+    res = run_sweep(cfg, db, progress=False, loader=_loader)
+    assert res["tuning"] == {"finished": 3}
+    with Store(db) as st:
+        run = st.find_run(*key)
+        assert run["id"] == rid and run["attempts"] == 2 and run["status"] == "finished"
+        assert run["owner"] == owner_id() and len(st.measurements(rid)) == 3
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    # parent -> child (die_with_parent) ; kill the parent: the child must go within seconds.
+    script = textwrap.dedent("""
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", (
+            "import os, sys, time\\n"
+            "from secondorder.bench.sweep import die_with_parent\\n"
+            "die_with_parent(os.getppid())\\n"
+            "print(os.getpid(), flush=True)\\n"
+            "time.sleep(120)\\n")], stdout=sys.stdout)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        parent.kill()
+        parent.wait(timeout=30)
+        gone, alive = psutil.wait_procs([child], timeout=5)
+        assert not alive
+    finally:
+        parent.kill()
+        for p in psutil.Process().children(recursive=True):
+            if p.pid != parent.pid:
+                p.kill()
+
+
+def test_records_are_those_of_the_latest_settings(tmp_path):
+    db = tmp_path / "r.db"
+    for evals in (1, 2):
+        run_sweep(SweepConfig(["fake"], ["sgd"], seeds=1, grid="quick", name="t",
+                              evals_per_epoch=evals), db, progress=False, loader=_loader)
+    with Store(db) as st:
+        assert st.count("runs") == 6
+        recs = load_records(st, "t")
+        assert len(recs) == 3 and {r.settings["evals_per_epoch"] for r in recs} == {2}
+        assert len(load_records(st)) == 6  # no sweep named: everything

@@ -10,6 +10,7 @@ import torch
 from problems import assert_no_tensor_growth, digits_subset_loss
 from torch import nn
 
+from secondorder.errors import NonFiniteLossError
 from secondorder.optim import AdaHessian
 
 DT = torch.float64
@@ -213,3 +214,33 @@ def test_group_lr_zero_stays_put_and_group_values_are_checked():
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdaHessian([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_a_nan_loss_raises_and_leaves_weights_and_moments_as_they_were():
+    """Issue 8's reproduction: a closure returning ``loss * nan`` on its 2nd call turned
+    every weight into NaN for good, silently. Now that step raises and is undone: the run
+    equals one that skipped that batch."""
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    w_ref = torch.zeros(3, dtype=DT, requires_grad=True)
+    target = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
+    opt = AdaHessian([w], lr=0.1, generator=torch.Generator().manual_seed(0))
+    ref = AdaHessian([w_ref], lr=0.1, generator=torch.Generator().manual_seed(0))
+    calls = 0
+
+    def closure():
+        nonlocal calls
+        calls += 1
+        loss = ((w - target) ** 2).sum()
+        return loss * math.nan if calls == 2 else loss
+
+    for step in range(4):
+        if step == 1:
+            moments = copy.deepcopy(opt.state[w])
+            with pytest.raises(NonFiniteLossError, match="AdaHessian: the loss, the gradient"):
+                opt.step(closure)
+            assert all(torch.equal(moments[k], opt.state[w][k]) for k in moments)
+            continue
+        opt.step(closure)
+        ref.step(lambda: ((w_ref - target) ** 2).sum())
+        assert torch.equal(w.detach(), w_ref.detach())
+    assert bool(torch.isfinite(w).all()) and float(((w.detach() - target) ** 2).sum()) < 14.0

@@ -99,7 +99,11 @@ def test_state_dict_round_trip_in_lockstep():
     [
         (dict(lr=0.0, epoch_length=3), "Invalid learning rate: 0.0"),
         (dict(mode="bb3"), "Invalid mode: 'bb3'"),
-        (dict(), "Invalid epoch_length: None"),
+        # the defaults say what to pass (issue 8: they raised "Invalid epoch_length: None")
+        (dict(), r"mode='sgd_bb' \(the default\) needs epoch_length, the number of steps per "
+                 r"epoch: pass epoch_length=len\(train_loader\).*or mode='bb1' / mode='bb2'"),
+        (dict(epoch_length=0), "Invalid epoch_length: 0"),
+        (dict(epoch_length=True), "Invalid epoch_length: True"),
         (dict(epoch_length=3, beta=0.0), "Invalid beta: 0.0"),
         (dict(epoch_length=3, tau_0=-1.0), "Invalid tau_0: -1.0"),
         (dict(epoch_length=3, tau_min=2.0, tau_max=1.0), "Invalid tau_min/tau_max: 2.0, 1.0"),

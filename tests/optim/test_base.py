@@ -122,7 +122,7 @@ def test_state_dict_round_trip_steps_in_lockstep():
     for _ in range(3):
         opt.step(closure)
     saved = copy.deepcopy(opt.state_dict())
-    assert saved["state"]["global"] == {"k": 3} and saved["state"]["counters"].loss_evals == 3
+    assert saved["state"]["global"] == {"k": 3} and saved["state"]["counters"]["loss_evals"] == 3
 
     model2, closure2, _, _ = make_problem(2)
     model2.load_state_dict(model.state_dict())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from secondorder import tensorlist as tl
-from secondorder.optim.krylov import steihaug_cg, truncated_cg
+from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg, truncated_cg
 
 DT = torch.float64
 SHAPES = [(3,), (2, 2), (1,)]  # an 8-dim vector split across tensors of several shapes
@@ -302,6 +302,10 @@ def test_steihaug_boundary_and_cauchy_decrease(seed, kind, use_metric):
     assert abs(m_norm(s, m) - radius) <= 1e-10 * radius
     assert model(A, g, s) <= model(A, g, cauchy_point(A, g, radius, m)) + 1e-12
     torch.testing.assert_close(res.residual_norm, torch.linalg.norm(g + A @ s))
+    # the residual vector and the first curvature, kept without extra products
+    torch.testing.assert_close(tl.flatten(res.residual), -(g + A @ s), rtol=0, atol=1e-11)
+    p0 = -g if m is None else -g / m
+    torch.testing.assert_close(res.initial_curvature, p0 @ A @ p0, rtol=1e-13, atol=0)
     if res.status == "negative_curvature":
         p = tl.flatten(res.negative_curvature)
         assert (p @ A @ p).item() <= 0
@@ -417,3 +421,44 @@ def test_cuda_matches_cpu(check_every):
         )  # fmt: skip
         assert (s_gpu.status, s_gpu.iterations) == (s_cpu.status, s_cpu.iterations)
         torch.testing.assert_close(tl.flatten(s_gpu.solution).cpu(), tl.flatten(s_cpu.solution))
+
+
+def test_truncated_cg_returns_its_residual():
+    A, b = spd(N, 7), rand(N, 8)
+    res = truncated_cg(op(A), split(b), rtol=1e-3)
+    x = tl.flatten(res.solution)
+    torch.testing.assert_close(tl.flatten(res.residual), b - A @ x, rtol=0, atol=1e-12)
+    assert res.initial_curvature is None
+
+
+def test_sqrt_gradient_forcing():
+    assert sqrt_gradient_forcing(1e-4) == pytest.approx(1e-2, rel=1e-15)
+    assert sqrt_gradient_forcing(0.16) == pytest.approx(0.4, rel=1e-15)
+    assert sqrt_gradient_forcing(4.0) == 0.5
+    assert sqrt_gradient_forcing(4.0, eta_max=0.9) == 0.9
+    assert sqrt_gradient_forcing(0.0) == 0.0
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="Invalid grad_norm value"):
+            sqrt_gradient_forcing(bad)
+
+
+@pytest.mark.parametrize("kind", ["interior", "boundary", "negative", "max_iter"])
+@pytest.mark.parametrize("use_metric", [False, True])
+def test_steihaug_host_branching_equals_masked_loop(kind, use_metric):
+    # check_every=1 branches on the host; any other value runs the masked loop. Same bits.
+    A = indefinite(N, 4) if kind == "negative" else spd(N, 4, cond=100.0)
+    g = split(rand(N, 5))
+    metric = split(rand_metric(2)) if use_metric else None
+    radius = 0.05 if kind == "boundary" else 1e3
+    kw = dict(metric=metric, rtol=1e-10, max_iter=3 if kind == "max_iter" else 50)
+    host = steihaug_cg(op(A), g, radius, check_every=1, **kw)
+    masked = steihaug_cg(op(A), g, radius, check_every=2, **kw)
+    expected = {"interior": "converged", "boundary": "boundary",
+                "negative": "negative_curvature", "max_iter": "max_iter"}[kind]
+    assert host.status == masked.status == expected
+    assert host.iterations == masked.iterations
+    assert host.hits_boundary == masked.hits_boundary
+    for a, b in ((host.solution, masked.solution), (host.residual, masked.residual)):
+        torch.testing.assert_close(tl.flatten(a), tl.flatten(b), rtol=0, atol=0)
+    torch.testing.assert_close(host.initial_curvature, masked.initial_curvature, rtol=0, atol=0)
+    torch.testing.assert_close(host.residual_norm, masked.residual_norm, rtol=0, atol=0)

@@ -279,7 +279,7 @@ def test_group_lrs_and_step_lr_scale_the_fixed_step_exactly(gamma):
 def test_step_lr_acts_as_on_torch_lbfgs():
     p = rosenbrock()
     x, xt = p.param(), p.param()
-    ours = LBFGS([x], full_batch=True)
+    ours = LBFGS([x], full_batch=True, history_size=10)  # _torch_lbfgs keeps 10 pairs
     ref, tclosure = _torch_lbfgs(p, xt)
     scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in (ours, ref)]
     for _ in range(12):

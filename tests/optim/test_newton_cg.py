@@ -89,6 +89,25 @@ def test_eisenstat_walker_choice_2():
     assert eisenstat_walker(0.01, 1.0, 0.5) == pytest.approx(0.225)
 
 
+def test_default_forcing_is_sqrt_gradient_and_bounds_the_cg_residual():
+    # min(0.5, sqrt(|g|)): 0.5 at the start of a badly scaled quadratic (|g| >> 1), and the
+    # CG solve stops as soon as |r| <= eta |g| -- fewer products than the exact solve.
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64))
+    A = q @ torch.diag(torch.logspace(0, 3, 40, dtype=torch.float64)) @ q.T
+    b = torch.randn(40, dtype=torch.float64) * 10
+    runs = {}
+    for forcing in ("sqrt_gradient", 1e-10):
+        x = torch.zeros(40, dtype=torch.float64, requires_grad=True)
+        opt = NewtonCG([x], forcing=forcing) if forcing != "sqrt_gradient" else NewtonCG([x])
+        opt.step(lambda: 0.5 * x @ A @ x - b @ x)  # noqa: B023
+        runs[forcing] = opt
+    st = runs["sqrt_gradient"].state["global"]
+    assert st["eta"] == 0.5 and st["gnorm"] > 1
+    assert st["cg_iterations"] < runs[1e-10].state["global"]["cg_iterations"]
+    assert runs["sqrt_gradient"].counters.hvps == st["cg_iterations"]
+
+
 def test_minibatch_mlp_digits_lowers_loss_without_nan():
     finals = digits_minibatch_losses(lambda ps: NewtonCG(ps, cg_max_iter=10), 2, 128)
     assert max(finals) < 0.3

@@ -22,6 +22,7 @@ from torch import nn
 from secondorder import tensorlist as tl
 from secondorder.optim import NewtonKrylov
 from secondorder.optim.newton_krylov import (
+    armijo_step_size,
     krylov_direction,
     post_screen,
     taylor_ratio,
@@ -353,3 +354,84 @@ def test_complex_step_closure_that_ignores_one_of_its_parameters_is_refused():
     opt.step(honest)
     with torch.no_grad():
         assert float(honest()) < f0
+
+
+# --------------------------------------------------------------------------- ablation switches
+def test_krylov_without_early_termination_runs_through_negative_curvature():
+    A = torch.diag(torch.tensor([-1.0, 2.0], dtype=DT))
+    g = torch.tensor([1.0, 1.0], dtype=DT)
+    prod, curv = _dense(A)
+    res = krylov_direction(prod, curv, (g,), max_iter=5, early_termination=False)
+    # plain CG on an indefinite 2x2 system: the Newton point -A^-1 g in two iterations
+    assert res.status == "converged" and res.iterations == 2
+    torch.testing.assert_close(res.direction[0], torch.tensor([1.0, -0.5], dtype=DT))
+    stopped = krylov_direction(prod, curv, (g,), max_iter=5)
+    assert stopped.status == "negative_curvature"
+
+
+def test_armijo_backtracks_by_tau_until_sufficient_decrease():
+    # f(w + t d) = (1 - 4 t)^2 / 2, slope -4: Armijo with c = 0.01 holds for t <= 0.495
+    phi = lambda t: 0.5 * (1.0 - 4.0 * t) ** 2  # noqa: E731
+    res = armijo_step_size(phi, 0.5, -4.0, c=0.01, tau=0.8, max_adjust=20)
+    k = math.ceil(math.log(0.495) / math.log(0.8))  # first power of 0.8 below 0.495: 4
+    assert res.status == "accepted" and res.step == pytest.approx(0.8**k, rel=1e-12)
+    assert res.evaluations == k + 1
+    assert armijo_step_size(lambda t: 1.0, 0.5, -4.0, max_adjust=3).status == "rejected"
+
+
+def test_finite_difference_backend_matches_autograd_for_a_good_step():
+    trajectories = {}
+    for backend, h in (("autograd", 1e-8), ("finite-difference", 1e-7)):
+        prob, x, batch_closure = _logistic_setup()
+        opt = NewtonKrylov([x], backend=backend, fd_step=h, max_krylov=5)
+        for idx in list(minibatches(569, 64, 0))[:3]:
+            opt.step(batch_closure(idx), lambda x=x, prob=prob: prob.loss(x))
+        trajectories[backend] = x.detach().clone()
+    a, b = trajectories["autograd"], trajectories["finite-difference"]
+    assert float(a.norm()) > 1e-2
+    # float64 forward differences at h = 1e-7: about 1e-7 relative error per product
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_finite_difference_h_below_rounding_sees_no_curvature():
+    # g(w + h p) rounds to g(w) for h = 1e-30 in float64: every difference is exactly 0
+    # (subtractive cancellation), so kappa = 0 and line 19's damping is all that is left
+    prob, x, batch_closure = _logistic_setup()
+    opt = NewtonKrylov([x], backend="finite-difference", fd_step=1e-30, max_krylov=3)
+    opt.step(batch_closure(torch.arange(64)))
+    assert opt.state["global"]["last_krylov"]["damped"] == 3
+
+
+def test_counters_tally_step_attempts_and_seconds():
+    prob, x, batch_closure = _logistic_setup()
+    opt = NewtonKrylov([x], step_sizing="armijo", max_step_adjust=30)
+    for idx in list(minibatches(569, 64, 0))[:3]:
+        opt.step(batch_closure(idx), lambda: prob.loss(x))
+    c = opt.counters
+    assert c.sizings >= 1 and c.step_attempts >= c.sizings
+    assert c.global_seconds > 0 and c.krylov_seconds > 0 and c.sizing_seconds > 0
+    assert {"step_attempts", "sizings", "global_seconds"} <= set(c.as_dict())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fd_step": 0.0}, "fd_step"), ({"step_sizing": "wolfe"}, "step_sizing"),
+    ({"armijo_c": 1.5}, "armijo_c"), ({"armijo_tau": 0.0}, "armijo_tau"),
+    ({"early_termination": "yes"}, "early_termination"),
+    ({"printed_cg_step": 1}, "printed_cg_step"),
+    ({"backend": "fd"}, "backend")])
+def test_bad_ablation_options(kwargs, match):
+    with pytest.raises(ValueError, match=f"Invalid {match}"):
+        NewtonKrylov([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_printed_cg_step_and_post_screen_variants():
+    A = torch.diag(torch.tensor([2.0, 4.0], dtype=DT))
+    g = torch.tensor([2.0, 4.0], dtype=DT)
+    prod, curv = _dense(A)
+    res = krylov_direction(prod, curv, (g,), max_iter=1, printed_step=True)
+    # alpha = ||r|| / kappa with r = p = -g: sqrt(20) / (g^T A g = 72)
+    torch.testing.assert_close(res.direction[0], -(20.0**0.5 / 72.0) * g)
+    d, s = post_screen((torch.tensor([1.0, 1.0]),), (torch.tensor([1.0, 0.0]),), printed=True)
+    # (1 + dw.g / (|dw| |g|)) dw = (1 + 1/sqrt 2) dw: still uphill, as printed
+    assert s and float(d[0] @ torch.tensor([1.0, 0.0])) > 0
+    torch.testing.assert_close(d[0], (1 + 2**-0.5) * torch.tensor([1.0, 1.0]))

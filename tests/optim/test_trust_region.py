@@ -14,12 +14,13 @@ from problems import (
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.ggn import GGNOperator
-from secondorder.optim.norms import DiagonalNorm
+from secondorder.optim.norms import DiagonalNorm, make_norm
 from secondorder.optim.trust_region import (
     TrustRegion,
     cauchy_point,
     solve_subproblem,
     update_radius,
+    update_radius_model_fit,
 )
 
 D = torch.float64
@@ -130,6 +131,55 @@ def test_subproblem_cauchy_floor_and_boundary():
     assert float(res.predicted_decrease) >= float(dec) - 1e-14
 
 
+@pytest.mark.parametrize("norm_name", ["spherical", "adagrad", "full_rmsprop"])
+@pytest.mark.parametrize("kind", ["interior", "boundary", "indefinite"])
+def test_subproblem_products_and_decrease_against_dense(norm_name, kind):
+    # Regression: the predicted decrease came from one more product (B s) and the Cauchy
+    # point from another (B d). Now the products are Steihaug's only, and the decrease
+    # (from CG's residual) and the Cauchy floor still match the dense float64 model.
+    gen = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(7, 7, generator=gen, dtype=D))
+    eig = torch.linspace(-1.0, 3.0, 7, dtype=D) if kind == "indefinite" else \
+        torch.logspace(-1, 1, 7, dtype=D)
+    B = q @ torch.diag(eig) @ q.T
+    g = (torch.randn(7, generator=gen, dtype=D),)
+    norm = make_norm(norm_name)
+    norm.update((torch.randn(7, generator=gen, dtype=D),))
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return (B @ v[0],)
+
+    radius = 100.0 if kind == "interior" else 0.2
+    res = solve_subproblem(matvec, g, radius, norm, rtol=1e-12, max_iter=50)
+    s = res.step[0]
+    assert len(calls) == res.iterations
+    torch.testing.assert_close(res.predicted_decrease, -(g[0] @ s + 0.5 * s @ B @ s),
+                               rtol=1e-12, atol=1e-14)
+    assert float(norm.norm(res.step)) <= radius * (1 + 1e-12)
+    _, cdec = cauchy_point(lambda v: (B @ v[0],), g, radius, norm)
+    assert float(res.predicted_decrease) >= float(cdec) - 1e-13
+    if kind == "interior":
+        torch.testing.assert_close(s, -torch.linalg.solve(B, g[0]), rtol=1e-8, atol=1e-10)
+
+
+def test_sqrt_gradient_rtol_stops_cg_early_far_from_the_minimizer():
+    # |g| >= 1/4: eta = 0.5, so CG stops once |r| <= |g| / 2, where rtol=1e-10 runs to the end
+    A, xs = _quadratic(30, seed=4)
+    A = A + torch.diag(torch.logspace(0, 3, 30, dtype=D))
+    g = (A @ (torch.zeros(30, dtype=D) - xs),)
+    assert float(g[0].norm()) > 0.25
+    norm = make_norm("spherical")
+    loose = solve_subproblem(lambda v: (A @ v[0],), g, 1e6, norm, rtol="sqrt_gradient")
+    tight = solve_subproblem(lambda v: (A @ v[0],), g, 1e6, norm, rtol=1e-10)
+    r = g[0] + A @ loose.step[0]
+    assert float(r.norm()) <= 0.5 * float(g[0].norm())
+    assert loose.iterations < tight.iterations
+    with pytest.raises(ValueError, match="Invalid rtol value: 'loose'"):
+        solve_subproblem(lambda v: (A @ v[0],), g, 1.0, norm, rtol="loose")
+
+
 def _fig1_iterations(norm, x0, cap, normalize=True):
     lam = torch.tensor([1.0, 1e4], dtype=D)
     w = x0.clone().requires_grad_(True)
@@ -198,11 +248,19 @@ def test_eta_expand_avoids_accept_reject_alternation(norm):
     assert loss < 0.68
 
 
-def test_eta_expand_replays_conn_gould_toint_radius_rule():
+def test_eta_expand_replays_nocedal_wright_radius_rule():
     assert update_radius(0.5, True, gamma=2.0, max_radius=10.0, expand=False) == 0.5
     assert update_radius(0.5, False, gamma=2.0, max_radius=10.0, expand=False) == 0.25
     assert update_radius(8.0, True, gamma=2.0, max_radius=10.0) == 10.0
-    # On the tanh MLP: every radius follows from the previous one and rho by hand.
+    kw = dict(gamma=2.0, eta_expand=0.75, max_radius=10.0)
+    assert update_radius_model_fit(1.0, 0.9, True, True, **kw) == 2.0
+    assert update_radius_model_fit(1.0, 0.9, True, False, **kw) == 1.0  # interior: kept
+    assert update_radius_model_fit(1.0, 0.5, True, True, **kw) == 1.0
+    assert update_radius_model_fit(1.0, 0.2, True, True, **kw) == 0.25  # rho < 1/4
+    assert update_radius_model_fit(1.0, 0.5, False, True, **kw) == 0.25  # rejected
+    assert update_radius_model_fit(1.0, float("nan"), False, True, **kw) == 0.25
+    assert update_radius_model_fit(8.0, 0.9, True, True, **kw) == 10.0
+    # On the tanh MLP: every radius follows from the previous one, rho and the CG exit.
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 5, generator=gen, dtype=D)
     y = torch.randint(0, 3, (64,), generator=gen)
@@ -210,19 +268,21 @@ def test_eta_expand_replays_conn_gould_toint_radius_rule():
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(),
                                 torch.nn.Linear(7, 3)).to(D)
     opt = TrustRegion(model.parameters(), eta_expand=0.75)
-    radius, kept = 1.0, 0
+    radius, cases = 1.0, set()
     for _ in range(12):
         opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
         st = opt.state["global"]
-        if st["rho"] >= 0.75:
-            radius = 2.0 * radius
-        elif st["rho"] < 0.1 or st["rho"] != st["rho"]:
-            radius = radius / 2.0
+        boundary = st["cg_status"] in ("boundary", "negative_curvature")
+        if not st["rho"] >= 0.25:
+            radius, case = radius / 4.0, "shrink"
+        elif st["rho"] >= 0.75 and boundary:
+            radius, case = 2.0 * radius, "grow"
         else:
-            kept += 1
+            case = "kept"
+        cases.add(case)
         assert st["accepted"] == (st["rho"] >= 0.1)
         assert st["radius"] == radius
-    assert kept >= 1  # the middle case was exercised
+    assert cases == {"shrink", "grow", "kept"}  # every case was exercised
 
 
 def _digits_run(seed, steps=30, **kw):
@@ -274,7 +334,9 @@ def test_hessian_closure_subsamples_curvature():
              hessian_closure=lambda: crit(model(X[:32]), y[:32]))
     c = opt.counters
     assert c.gradients == 2 and c.loss_evals == 3  # gradient batch, Hessian batch, trial
-    assert c.hvps >= 3
+    # Steihaug's products and no more: the predicted decrease comes from CG's residual and
+    # the Cauchy point's curvature from its first product (it used to cost 2 more)
+    assert c.hvps == opt.state["global"]["cg_iterations"] >= 1
 
 
 def test_state_dict_round_trip_in_lockstep():
@@ -319,6 +381,7 @@ def test_step_closure_errors():
         ({"max_radius": 0.5}, "Invalid max_radius value: 0.5"),
         ({"cg_max_iter": 0}, "Invalid cg_max_iter value: 0"),
         ({"cg_rtol": -1.0}, "Invalid cg_rtol value: -1.0"),
+        ({"cg_rtol": "loose"}, "Invalid cg_rtol value: 'loose'"),
         ({"grad_tol": -1.0}, "Invalid grad_tol value: -1.0"),
         ({"norm": "ellipse"}, "Invalid norm: 'ellipse'"),
         ({"curvature": "fisher"}, "Invalid curvature: 'fisher'"),

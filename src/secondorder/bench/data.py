@@ -38,6 +38,7 @@ deterministically into train/validation/test by :mod:`secondorder.bench.problems
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import struct
 import zipfile
@@ -67,6 +68,8 @@ __all__ = [
     "find_set_dir",
     "load_image_set",
     "images_to_float",
+    "files_fingerprint",
+    "check_labels",
 ]
 
 IDX_IMAGES_MAGIC = 2051
@@ -95,6 +98,8 @@ KMNIST_NPZ_NAMES = {
     "train": ("kmnist-train-imgs.npz", "kmnist-train-labels.npz"),
     "test": ("kmnist-test-imgs.npz", "kmnist-test-labels.npz"),
 }
+#: Classes of every image set here (digits, Fashion-MNIST, KMNIST, CIFAR-10): labels 0..9.
+IMAGE_CLASSES = 10
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
 
@@ -332,7 +337,7 @@ class ImageSet:
     """An image classification set as stored: uint8 images ``(n, C, H, W)``, int64 labels.
 
     ``train_images``/``train_labels`` are ``None`` for a set that has only test files.
-    ``folder`` is where the files were found.
+    ``folder`` is where the files were found, ``files`` the files read.
     """
 
     folder: Path
@@ -340,6 +345,7 @@ class ImageSet:
     test_labels: np.ndarray
     train_images: np.ndarray | None = None
     train_labels: np.ndarray | None = None
+    files: tuple[Path, ...] = ()
 
     @property
     def has_train(self) -> bool:
@@ -397,6 +403,33 @@ def find_set_dir(data_dir: str | Path | None, set_name: str) -> Path:
     )
 
 
+def check_labels(labels: np.ndarray, path: Path, n_classes: int) -> None:
+    """Raise :class:`DataFormatError` naming ``path``, the first bad label and its index
+    unless every label is an integer in ``0..n_classes-1``."""
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(
+            f"{path}: label {int(labels[i])} at index {i} is outside 0..{n_classes - 1} "
+            f"({bad.size} such labels); expected {n_classes}-class labels"
+        )
+
+
+def files_fingerprint(paths: tuple[Path, ...] | list[Path]) -> str | None:
+    """SHA-256 (first 16 hex digits) of the names and contents of ``paths``, in order:
+    the identity of a problem's data in the run key (``None`` for no files)."""
+    if not paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _pair(images: np.ndarray, labels: np.ndarray, image_file: Path, label_file: Path) -> None:
     if images.shape[0] != labels.shape[0]:
         raise DataFormatError(
@@ -410,6 +443,7 @@ def _load_idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = load_idx_images(image_file)
     labels = load_idx_labels(label_file)
     _pair(images, labels, image_file, label_file)
+    check_labels(labels, label_file, IMAGE_CLASSES)
     return images[:, None, :, :], labels.astype(np.int64)
 
 
@@ -418,6 +452,7 @@ def _load_npz_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = load_npz_array(image_file, 3)
     labels = load_npz_array(label_file, 1)
     _pair(images, labels, image_file, label_file)
+    check_labels(labels, label_file, IMAGE_CLASSES)
     return images[:, None, :, :], labels.astype(np.int64)
 
 
@@ -440,7 +475,8 @@ def load_image_set(data_dir: str | Path | None, set_name: str) -> ImageSet:
         test_images, test_labels = load_cifar10_batch(folder / CIFAR10_TEST_BATCH)
         present = [n for n in CIFAR10_TRAIN_BATCHES if (folder / n).exists()]
         if not present:
-            return ImageSet(folder, test_images, test_labels)
+            return ImageSet(folder, test_images, test_labels,
+                            files=(folder / CIFAR10_TEST_BATCH,))
         missing = [n for n in CIFAR10_TRAIN_BATCHES if n not in present]
         if missing:
             raise _missing(folder / missing[0], CIFAR_FORMAT + " (all five training batches)")
@@ -451,20 +487,23 @@ def load_image_set(data_dir: str | Path | None, set_name: str) -> ImageSet:
             test_labels,
             np.concatenate([p[0] for p in parts]),
             np.concatenate([p[1] for p in parts]),
+            files=tuple(folder / n for n in (CIFAR10_TEST_BATCH, *CIFAR10_TRAIN_BATCHES)),
         )
     names, loader = IDX_NAMES, _load_idx_split
     if set_name == "kmnist" and not (folder / IDX_NAMES["test"][0]).is_file():
         names, loader = KMNIST_NPZ_NAMES, _load_npz_split
     test_images, test_labels = loader(folder, "test")
     if not any((folder / n).exists() for n in names["train"]):
-        return ImageSet(folder, test_images, test_labels)
+        return ImageSet(folder, test_images, test_labels,
+                        files=tuple(folder / n for n in names["test"]))
     train_images, train_labels = loader(folder, "train")
     if train_images.shape[1:] != test_images.shape[1:]:
         raise DataFormatError(
             f"{folder / names['train'][0]}: images of shape {train_images.shape[2:]} but the "
             f"test images are {test_images.shape[2:]}; expected equal image sizes"
         )
-    return ImageSet(folder, test_images, test_labels, train_images, train_labels)
+    return ImageSet(folder, test_images, test_labels, train_images, train_labels,
+                    files=tuple(folder / n for n in (*names["test"], *names["train"])))
 
 
 def images_to_float(images: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 With :class:`RayExecutor` each run is a Ray task that loads the problem, trains and
 **returns** its status and measurements; the driver alone writes the SQLite database
-(``start_run`` before submitting, ``finish_run`` when the result arrives), so resume and
+(it claims each run before submitting it, renews the claims while the tasks run, and
+``finish_run`` when the result arrives), so resume and
 the report behave exactly as with the process pool. A task whose worker dies is retried
 ``max_retries`` times by Ray, then recorded as ``failed`` with the Ray error; Ctrl-C on
 the driver cancels the outstanding tasks and leaves their runs ``running``, which the
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import contextvars
 import importlib.util
+import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 __all__ = [
@@ -125,9 +127,64 @@ class RayExecutor:
             ray.init(**kwargs)
         return ray
 
+    def execute(self, db_path: str, tasks: Sequence[Any],
+                task_fn: Any = None) -> Iterator[tuple[Any, str]]:
+        """Claim and run ``tasks``, yielding ``(task, status)`` as each one ends.
+
+        The status is the run's, ``"skipped"`` for a run already terminal, or ``"busy"``
+        for one another live process holds (the sweep polls it again, as for the process
+        pool). The driver renews its claims while the Ray tasks run, so a long run is not
+        taken over as stale. Closing the generator early (an exception in the consumer,
+        Ctrl-C) cancels the outstanding Ray tasks; their runs stay ``running``.
+
+        Args:
+            db_path: the SQLite database, written only here, on the driver.
+            tasks: :class:`secondorder.bench.sweep.Task` objects.
+            task_fn: what each Ray task runs (default :func:`run_task`; tests swap it).
+        """
+        from secondorder.bench.plugins import ENV_KEY
+        from secondorder.bench.store import Store
+        from secondorder.bench.tensorboard import log_run as log_to_tensorboard
+
+        ray = self._ray()
+        options: dict[str, Any] = {"num_cpus": 1, "max_retries": self.max_retries}
+        if os.environ.get(ENV_KEY):  # plug-in declarations (--optimizer/--config) travel along
+            options["runtime_env"] = {"env_vars": {ENV_KEY: os.environ[ENV_KEY]}}
+        remote = ray.remote(**options)(task_fn or run_task)
+        with Store(db_path, verify=False) as store:
+            refs: dict[Any, tuple[Any, int]] = {}
+            try:
+                for t in tasks:
+                    claim = store.claim_run(*t.key(), retry_failed_before=t.retry_failed_before)
+                    if claim.state != "claimed":
+                        yield t, "skipped" if claim.state == "done" else "busy"
+                        continue
+                    refs[remote.remote(t)] = (t, claim.run_id)
+                while refs:
+                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=store.lease / 4)
+                    if not ready:  # renew the claims of the runs still out
+                        for _, run_id in refs.values():
+                            store.heartbeat(run_id)
+                        continue
+                    t, run_id = refs.pop(ready[0])
+                    try:
+                        status, measurements, error = ray.get(ready[0])
+                    except ray.exceptions.RayError as e:  # the worker died, retries spent
+                        status, measurements = "failed", []
+                        error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                    if not store.finish_run(run_id, status, measurements, error):
+                        yield t, "busy"  # taken over meanwhile: nothing of this run stored
+                        continue
+                    log_to_tensorboard(t, measurements)  # a no-op without --tensorboard
+                    yield t, status
+            except BaseException:  # Ctrl-C or the generator closed: no orphan tasks
+                for ref in refs:
+                    ray.cancel(ref, force=True)
+                raise
+
     def execute_all(self, db_path: str, tasks: Sequence[Any], bar: Any = None,
                     task_fn: Any = None) -> dict[str, int]:
-        """Run ``tasks`` (already filtered to the pending ones); returns status counts.
+        """Run ``tasks`` once (:meth:`execute`); returns status counts.
 
         Args:
             db_path: the SQLite database, written only here, on the driver.
@@ -135,35 +192,10 @@ class RayExecutor:
             bar: optional progress bar (``update(1)`` per finished run).
             task_fn: what each Ray task runs (default :func:`run_task`; tests swap it).
         """
-        from secondorder.bench.store import Store
-
-        ray = self._ray()
-        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(task_fn or run_task)
         counts: dict[str, int] = {}
-        with Store(db_path) as store:
-            refs: dict[Any, int] = {}
-            for t in tasks:
-                run_id = store.start_run(t.sweep, t.problem, t.optimizer,
-                                         dict(t.hyperparameters), t.seed, dict(t.budget))
-                if run_id is None:
-                    counts["skipped"] = counts.get("skipped", 0) + 1
-                    continue
-                refs[remote.remote(t)] = run_id
-            try:
-                while refs:
-                    (ref,), _ = ray.wait(list(refs), num_returns=1)
-                    run_id = refs.pop(ref)
-                    try:
-                        status, measurements, error = ray.get(ref)
-                    except ray.exceptions.RayError as e:  # the worker died, retries spent
-                        status, measurements = "failed", []
-                        error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-                    store.finish_run(run_id, status, measurements, error)
-                    counts[status] = counts.get(status, 0) + 1
-                    if bar is not None:
-                        bar.update(1)
-            except BaseException:  # Ctrl-C: no orphan tasks; their runs stay "running"
-                for ref in refs:
-                    ray.cancel(ref, force=True)
-                raise
+        with closing(self.execute(db_path, tasks, task_fn)) as statuses:
+            for _, status in statuses:
+                counts[status] = counts.get(status, 0) + 1
+                if bar is not None:
+                    bar.update(1)
         return counts

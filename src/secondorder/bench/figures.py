@@ -59,7 +59,12 @@ PALETTE = ("#332288", "#CC6677", "#117733", "#DDAA33", "#88CCEE", "#882255", "#4
            "#999933", "#AA4499", "#D55E00", "#0072B2")
 #: First-order baselines: greys (with dashed lines).
 GREYS = ("#000000", "#4D4D4D", "#808080", "#B0B0B0")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8", "H")
+#: Line styles: first-order baselines cycle through ``FIRST_ORDER_DASHES`` each time the greys
+#: repeat, curvature methods through ``CURVATURE_DASHES`` each time the palette repeats.
+FIRST_ORDER_DASHES = ("--", ":", (0, (6, 2, 1, 2, 1, 2)), (0, (1, 3)))
+CURVATURE_DASHES = ("-", "-.", (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8", "H", "1", "2",
+           "3", "4", "+", "x")
 #: A log axis is used when max / min positive value exceeds 10 ** DECADES_FOR_LOG.
 DECADES_FOR_LOG = 1.0
 _GRID_POINTS = 120
@@ -71,14 +76,16 @@ _X_AXES = (("data_epoch", "epochs (passes through the data)"),
 def method_style(name: str) -> dict[str, object]:
     """The fixed ``color``, ``linestyle`` and ``marker`` of an optimizer (module docstring).
 
-    First-order registry entries: greys, dashed; the others: :data:`PALETTE`, solid (dash-
-    dotted once the palette repeats); every registry entry has its own marker.
+    First-order registry entries: greys, dashed (:data:`FIRST_ORDER_DASHES` once the greys
+    repeat); the others: :data:`PALETTE`, solid (:data:`CURVATURE_DASHES` once the palette
+    repeats); every registry entry has its own marker.
     """
     first = [n for n, s in REGISTRY.items() if s.first_order]
     other = [n for n, s in REGISTRY.items() if not s.first_order]
     if name in first:
         i = first.index(name)
-        return {"color": GREYS[i % len(GREYS)], "linestyle": "--",
+        dashes = FIRST_ORDER_DASHES[(i // len(GREYS)) % len(FIRST_ORDER_DASHES)]
+        return {"color": GREYS[i % len(GREYS)], "linestyle": dashes,
                 "marker": MARKERS[list(REGISTRY).index(name) % len(MARKERS)]}
     if name in other:
         i = other.index(name)
@@ -86,8 +93,8 @@ def method_style(name: str) -> dict[str, object]:
     else:  # not registered (tests, plug-ins): a stable look after the registry's
         i = len(other) + sum(map(ord, name))
         marker = MARKERS[i % len(MARKERS)]
-    return {"color": PALETTE[i % len(PALETTE)],
-            "linestyle": "-" if i < len(PALETTE) else "-.", "marker": marker}
+    dashes = CURVATURE_DASHES[(i // len(PALETTE)) % len(CURVATURE_DASHES)]
+    return {"color": PALETTE[i % len(PALETTE)], "linestyle": dashes, "marker": marker}
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 90) -> Path:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from secondorder.bench.accounting import CostMeter
 from secondorder.bench.models import L2Penalized
 from secondorder.bench.registry import OptimizerSpec
-from secondorder.curvature.functional import functional_loss
+from secondorder.curvature.functional import functional_loss, functional_model
 from secondorder.curvature.ggn import GGNOperator
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
@@ -119,7 +119,13 @@ def evaluate_split(
 
 def make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y, last: list):
     """The closure of ``spec.protocol`` on the batch ``(x, y)``; it stores the detached mean
-    loss in ``last[0]``."""
+    loss in ``last[0]``.
+
+    A ``"secondorder"`` closure also accepts the parameter tensors: ``closure(ps)`` returns
+    the mean batch loss with ``ps`` in place of the model's trainable parameters
+    (:func:`~secondorder.curvature.functional_model`), which is what
+    ``NewtonKrylov(backend="complex-step")`` evaluates at complex parameters ([Shen] eq. 10).
+    """
     if spec.protocol == "torch":
         def closure():
             optimizer.zero_grad()
@@ -128,7 +134,13 @@ def make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y
             last[0] = loss.detach()
             return loss
     else:
-        def closure():
+        output_fn: list = []
+
+        def closure(ps=None):
+            if ps is not None:
+                if not output_fn:
+                    output_fn.append(functional_model(model, x)[0])
+                return problem.loss(output_fn[0](ps), y).mean()
             losses = problem.loss(model(x), y)
             last[0] = losses.detach().mean()
             return losses

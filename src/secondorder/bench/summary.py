@@ -187,8 +187,26 @@ class MethodSummary:
 
     @property
     def first_order(self) -> bool:
-        spec = REGISTRY.get(self.optimizer)
+        spec = _spec(self.optimizer)
         return spec is not None and spec.first_order
+
+
+def _spec(name: str):
+    """The registry entry of ``name``, or of a plug-in optimizer (None if unknown here)."""
+    from secondorder.bench.plugins import find_optimizer
+
+    try:
+        return REGISTRY.get(name) or find_optimizer(name)
+    except ValueError:  # an entry point that fails to load
+        return None
+
+
+def _varied(tuning: Sequence[RunRecord]) -> str:
+    """The hyperparameter whose value differs between tuning runs (``"?"`` if none/several)."""
+    keys = {k for r in tuning for k in r.hyperparameters}
+    varied = [k for k in sorted(keys)
+              if len({repr(r.hyperparameters.get(k)) for r in tuning}) > 1]
+    return varied[0] if len(varied) == 1 else "?"
 
 
 @dataclass
@@ -252,8 +270,8 @@ def summarize(records: Sequence[RunRecord],
             if best is None:
                 no_setting.append(opt)
                 continue
-            spec = REGISTRY.get(opt)
-            knob = spec.knob if spec is not None else "?"
+            spec = _spec(opt)
+            knob = spec.knob if spec is not None else _varied(tuning)
             reps = [r for r in mine if r.hyperparameters == best.hyperparameters
                     and r.budget == best.budget]
             methods.append(MethodSummary(opt, knob, best.hyperparameters.get(knob), reps,

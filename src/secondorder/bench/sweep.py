@@ -25,14 +25,32 @@ Protocol (DeepOBS, Schneider et al. 2019; AlgoPerf, Dahl et al. 2023):
    of the best method's.
 
 Runs execute in-process (``workers=1``) or in ``workers`` spawned processes that each open
-their own :class:`~secondorder.bench.store.Store` connection. Rerunning a sweep skips runs
-already in a terminal state and redoes interrupted ones.
+their own :class:`~secondorder.bench.store.Store` connection. Worker processes die with the
+process that started them (``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the
+parent process id everywhere), so a killed sweep leaves no process behind.
+
+**Resume and concurrency.** A run's key is its sweep, problem, optimizer,
+hyperparameters, seed, budget and *settings*: the evaluation frequency and the
+fingerprint of the problem's data files (:func:`secondorder.bench.data.files_fingerprint`),
+so a change to either is a new run. Each run is claimed in the database before it is
+executed (:meth:`~secondorder.bench.store.Store.claim_run`). Rerunning a sweep skips
+finished and diverged runs, redoes interrupted ones (a ``running`` row whose owner died or
+whose heartbeat lapsed) and, with ``SweepConfig.retry_failed`` (the default), retries each
+run that failed before this sweep started. Several sweeps on one database share the work:
+a run another live process is executing is waited for, not redone, and each sweep selects
+and reports only once all its runs are terminal.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -42,18 +60,21 @@ from typing import Any
 
 import numpy as np
 
+from secondorder.bench.data import files_fingerprint
 from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
 from secondorder.bench.datafacts import data_facts
 from secondorder.bench.executors import active_executor
 from secondorder.bench.registry import get_optimizer
-from secondorder.bench.runner import Budget, run
+from secondorder.bench.runner import Budget, RunResult, run
 from secondorder.bench.store import TERMINAL, Store
+from secondorder.bench.tensorboard import log_run as log_to_tensorboard
 
 __all__ = [
     "TARGET_FRACTION",
     "RunRecord",
     "SweepConfig",
     "Task",
+    "die_with_parent",
     "load_records",
     "mean_ci",
     "metric_for",
@@ -66,6 +87,10 @@ __all__ = [
 
 #: Fraction of the best first-order improvement that defines the target.
 TARGET_FRACTION = 0.99
+#: Seconds between checks on runs that another process is executing.
+POLL_SECONDS = 1.0
+#: Seconds between checks of a worker process on its parent.
+PARENT_CHECK_SECONDS = 0.5
 
 ProblemLoader = Callable[..., Any]
 
@@ -91,6 +116,7 @@ class SweepConfig:
         evals_per_epoch: evaluations per pass through the training data.
         data_dir: directory of file-based problems.
         name: the sweep's name in the database.
+        retry_failed: claim again the runs that failed (raised) before this sweep started.
     """
 
     problems: Sequence[str]
@@ -102,12 +128,16 @@ class SweepConfig:
     evals_per_epoch: int = 1
     data_dir: str | None = None
     name: str = "bench"
+    retry_failed: bool = True
 
     def __post_init__(self):
         if self.seeds < 1:
             raise ValueError(f"Invalid seeds: {self.seeds}; it must be >= 1")
         if self.workers < 1:
             raise ValueError(f"Invalid workers: {self.workers}; it must be >= 1")
+        if self.evals_per_epoch < 1:
+            raise ValueError(
+                f"Invalid evals_per_epoch: {self.evals_per_epoch}; it must be >= 1")
         if not self.problems:
             raise ValueError("Invalid problems: the list is empty")
         if not self.optimizers:
@@ -126,6 +156,13 @@ class Task:
     budget: tuple[tuple[str, float], ...]
     evals_per_epoch: int
     data_dir: str | None
+    settings: tuple[tuple[str, Any], ...] = ()
+    retry_failed_before: float | None = None
+
+    def key(self) -> tuple:
+        """Arguments of :meth:`Store.find_run`/:meth:`Store.claim_run`."""
+        return (self.sweep, self.problem, self.optimizer, dict(self.hyperparameters), self.seed,
+                dict(self.budget), dict(self.settings))
 
 
 _PROBLEMS: dict[tuple[str, str | None], Any] = {}
@@ -139,81 +176,135 @@ def _problem(loader: ProblemLoader, name: str, data_dir: str | None):
 
 
 def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> str:
-    """Run ``task`` unless the database already has it finished; returns its status
-    (``"skipped"`` when nothing was done)."""
+    """Claim and run ``task``; returns its status, ``"skipped"`` when it was terminal
+    already, or ``"busy"`` when another live process holds its claim (or took it over
+    while this one ran: nothing of this run is then stored)."""
     loader = loader or _default_loader
-    with Store(db_path) as store:
-        hyper, budget = dict(task.hyperparameters), dict(task.budget)
-        run_id = store.start_run(task.sweep, task.problem, task.optimizer, hyper, task.seed,
-                                 budget)
-        if run_id is None:
-            return "skipped"
-        try:
-            problem = _problem(loader, task.problem, task.data_dir)
-            result = run(problem, get_optimizer(task.optimizer), hyper, task.seed,
-                         Budget(**budget), evals_per_epoch=task.evals_per_epoch)
-        except Exception as e:  # noqa: BLE001 -- a broken problem must not kill the sweep
-            store.finish_run(run_id, "failed", [], f"{type(e).__name__}: {e}")
-            return "failed"
-        store.finish_run(run_id, result.status, result.measurements, result.error)
+    with Store(db_path, verify=False) as store:
+        claim = store.claim_run(*task.key(), retry_failed_before=task.retry_failed_before)
+        if claim.state != "claimed":
+            return "skipped" if claim.state == "done" else "busy"
+        with store.keep_alive(claim.run_id):
+            try:
+                problem = _problem(loader, task.problem, task.data_dir)
+                result = run(problem, get_optimizer(task.optimizer), dict(task.hyperparameters),
+                             task.seed, Budget(**dict(task.budget)),
+                             evals_per_epoch=task.evals_per_epoch)
+            except Exception as e:  # noqa: BLE001 -- a broken problem must not kill the sweep
+                result = RunResult("failed", [], f"{type(e).__name__}: {e}")
+        if not store.finish_run(claim.run_id, result.status, result.measurements, result.error):
+            return "busy"
+        log_to_tensorboard(task, result.measurements)  # a no-op without --tensorboard
         return result.status
 
 
-def _init_worker(threads: int) -> None:
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_SECONDS)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process exit as soon as process ``parent_pid`` is gone.
+
+    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a
+    daemon thread checks every :data:`PARENT_CHECK_SECONDS` that the parent process id
+    is still ``parent_pid`` (an orphan is re-parented). Without this, a worker whose sweep
+    was killed finishes its run and then blocks on the executor's pipe forever.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover -- no usable libc
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the prctl
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="watch-parent",
+                     daemon=True).start()
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
     import torch
 
+    die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
 def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
-    """The tasks without a terminal run in the database (the workers would skip the rest;
-    filtering here spares spawning worker processes for a resumed sweep)."""
-    with Store(db_path) as store:
+    """The tasks that may need work: no terminal run in the database, or a failed one to
+    retry (the workers would skip the rest; filtering here spares spawning worker
+    processes for a resumed sweep)."""
+    with Store(db_path, verify=False) as store:
         out = []
         for t in tasks:
-            row = store.find_run(t.sweep, t.problem, t.optimizer, dict(t.hyperparameters),
-                                 t.seed, dict(t.budget))
-            if row is None or row["status"] not in TERMINAL:
+            row = store.find_run(*t.key())
+            if (row is None or row["status"] not in TERMINAL
+                    or (row["status"] == "failed" and t.retry_failed_before is not None
+                        and (row["finished"] or 0.0) < t.retry_failed_before)):
                 out.append(t)
         return out
 
 
 def _execute_all(db_path: str, tasks: Sequence[Task], workers: int, loader, desc: str,
                  progress: bool) -> dict[str, int]:
-    pending = _pending(db_path, tasks)
-    counts: dict[str, int] = {}
-    if len(pending) < len(tasks):
-        counts["skipped"] = len(tasks) - len(pending)
-    tasks = pending
+    """Execute ``tasks`` until each is terminal in the database: the pending ones here,
+    then, every :data:`POLL_SECONDS`, those another process was running (``"busy"``)
+    until that process finishes them (counted ``"skipped"``) or its claim goes stale
+    (taken over and run here). Under :func:`~secondorder.bench.executors.use_executor`
+    the pending tasks run as Ray tasks instead of in this process or its pool."""
+    executor = active_executor()
+    if executor is not None and loader is not None:
+        raise ValueError("a custom problem loader needs the local executor, not Ray")
+    counts: Counter[str] = Counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(tasks), desc=desc, unit="run")
-    if (executor := active_executor()) is not None:  # Ray (secondorder.bench.executors)
-        for k, v in executor.execute_all(db_path, tasks, bar).items():
-            counts[k] = counts.get(k, 0) + v
-    elif workers == 1 or len(tasks) <= 1:
-        for t in tasks:
-            s = execute(db_path, t, loader)
-            counts[s] = counts.get(s, 0) + 1
-            if bar is not None:
-                bar.update(1)
-    else:
-        if loader is not None:
-            raise ValueError("a custom problem loader needs workers=1")
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = [pool.submit(execute, db_path, t) for t in tasks]
-            for f in as_completed(futures):
-                s = f.result()
-                counts[s] = counts.get(s, 0) + 1
+    pool = None
+    remaining = list(tasks)
+    try:
+        while remaining:
+            pending = _pending(db_path, remaining)
+            done_elsewhere = len(remaining) - len(pending)
+            if done_elsewhere:
+                counts["skipped"] += done_elsewhere
                 if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
-    return counts
+                    bar.update(done_elsewhere)
+            if executor is None and workers > 1 and len(pending) > 1 and pool is None:
+                if loader is not None:
+                    raise ValueError("a custom problem loader needs workers=1")
+                threads = max(1, (os.cpu_count() or 1) // workers)
+                pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                           initializer=_init_worker,
+                                           initargs=(threads, os.getpid()))
+            if executor is not None:  # Ray (secondorder.bench.executors)
+                statuses = executor.execute(db_path, pending)
+            elif pool is None:
+                statuses = ((t, execute(db_path, t, loader)) for t in pending)
+            else:
+                futures = {pool.submit(execute, db_path, t): t for t in pending}
+                statuses = ((futures[f], f.result()) for f in as_completed(futures))
+            remaining = []
+            try:
+                for t, s in statuses:
+                    if s == "busy":
+                        remaining.append(t)
+                        continue
+                    counts[s] += 1
+                    if bar is not None:
+                        bar.update(1)
+            finally:
+                statuses.close()  # on an exception: the Ray executor cancels its tasks
+            if remaining:
+                time.sleep(POLL_SECONDS)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    return dict(counts)
 
 
 def _items(d: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -233,25 +324,34 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
     Returns:
         ``{"skipped_optimizers": {name: reason}, "tuning": counts, "final": counts,
-        "selected": {(problem, optimizer): hyperparameters}}``.
+        "selected": {(problem, optimizer): hyperparameters}, "statuses": counts of the
+        final status of every run of the sweep, "errors": up to 3 messages of failed
+        runs}``.
 
     Raises:
         ValueError: for unknown optimizer names (naming the valid ones).
     """
     db_path = str(db_path)
+    started = time.time()
     specs = [get_optimizer(o) for o in config.optimizers]
     skipped = {s.name: r for s in specs if (r := s.unavailable_reason()) is not None}
     specs = [s for s in specs if s.name not in skipped]
     load = loader or _default_loader
     problems = {p: _problem(load, p, config.data_dir) for p in config.problems}
-    with Store(db_path) as store:
+    Store(db_path).close()  # refuse a damaged or unwritable database before any run
+    settings = {p: _items({"evals_per_epoch": config.evals_per_epoch,
+                           "data": files_fingerprint(getattr(prob, "data_files", ()))})
+                for p, prob in problems.items()}
+    retry_before = started if config.retry_failed else None
+    with Store(db_path, verify=False) as store:
         store.record_environment()
         store.set_meta(config.name, "skipped_optimizers", skipped)
+        store.set_meta(config.name, "settings", {p: dict(v) for p, v in settings.items()})
         store.set_meta(config.name, "config", {
             "problems": list(config.problems), "optimizers": [s.name for s in specs],
             "seeds": config.seeds, "grid": config.grid, "workers": config.workers,
             "budget": None if config.budget is None else config.budget.as_dict(),
-            "evals_per_epoch": config.evals_per_epoch,
+            "evals_per_epoch": config.evals_per_epoch, "retry_failed": config.retry_failed,
         })
         # What data each problem used, for the report (secondorder.bench.datafacts).
         store.set_meta(config.name, DATA_META_KEY,
@@ -263,28 +363,37 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
     def task(pname, spec, hyper, seed) -> Task:
         return Task(config.name, pname, spec.name, _items(hyper), seed, budget_of(pname),
-                    config.evals_per_epoch, config.data_dir)
+                    config.evals_per_epoch, config.data_dir, settings[pname], retry_before)
 
     tuning = [task(p, s, s.hyperparameters(v), 0)
               for p in config.problems for s in specs for v in s.grid(config.grid)]
     tuning_counts = _execute_all(db_path, tuning, config.workers, loader, "tuning", progress)
 
-    with Store(db_path) as store:
+    with Store(db_path, verify=False) as store:
         records = load_records(store, config.name)
     selected = {}
     final = []
     for p in config.problems:
         for s in specs:
             cands = [r for r in records if r.problem == p and r.optimizer == s.name
-                     and r.seed == 0 and r.budget == dict(budget_of(p))]
+                     and r.seed == 0 and r.budget == dict(budget_of(p))
+                     and r.settings == dict(settings[p])]
             best = select_best(cands)
             if best is None:
                 continue
             selected[(p, s.name)] = best.hyperparameters
             final += [task(p, s, best.hyperparameters, seed) for seed in range(config.seeds)]
     final_counts = _execute_all(db_path, final, config.workers, loader, "repetitions", progress)
+    statuses: Counter[str] = Counter()
+    errors: list[str] = []
+    with Store(db_path, verify=False) as store:
+        for t in dict.fromkeys(tuning + final):
+            row = store.find_run(*t.key())
+            statuses[row["status"]] += 1
+            if row["status"] == "failed" and row["error"] and len(errors) < 3:
+                errors.append(f"{t.problem}/{t.optimizer}: {row['error']}")
     return {"skipped_optimizers": skipped, "tuning": tuning_counts, "final": final_counts,
-            "selected": selected}
+            "selected": selected, "statuses": dict(statuses), "errors": errors}
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -301,6 +410,7 @@ class RunRecord:
     status: str
     error: str | None
     measurements: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -313,11 +423,19 @@ class RunRecord:
 
 
 def load_records(store: Store, sweep: str | None = None) -> list[RunRecord]:
-    """All terminal runs of ``sweep`` with their measurements."""
+    """All terminal runs of ``sweep`` with their measurements.
+
+    For a named sweep, a problem's runs are those with the settings of the sweep's latest
+    invocation (meta ``"settings"``): runs made with another evaluation frequency or other
+    data files stay in the database but are not mixed into its statistics.
+    """
+    current = {} if sweep is None else store.get_meta(sweep, "settings", {})
     return [
         RunRecord(r["id"], r["problem"], r["optimizer"], r["hyperparameters"], r["seed"],
-                  r["budget"], r["status"], r["error"], store.measurements(r["id"]))
+                  r["budget"], r["status"], r["error"], store.measurements(r["id"]),
+                  r["settings"])
         for r in store.runs(sweep, status=TERMINAL)
+        if r["problem"] not in current or r["settings"] == current[r["problem"]]
     ]
 
 

@@ -10,7 +10,11 @@ elementwise):
 - ``D_t^(s)``: its spatial average ``|D_t|`` (seed 000 Alg. 2 step 3; convolution kernels
   averaged over each ``kh x kw`` filter, other tensors over ``spatial_average_block_size``
   consecutive entries of the last dimension,
-  :func:`~secondorder.curvature.diagonal.spatially_averaged`);
+  :func:`~secondorder.curvature.diagonal.spatially_averaged`). With
+  ``spatial_average="signed"`` the signed ``D_t`` is averaged instead, as Alg. 2 of
+  [Filippova] writes it (``D^(s)[ib + j] = sum_k D[ib + k] / b``): entries of opposite sign
+  cancel inside a block before ``v_t`` squares them, so ``v_t`` (and the denominator) is
+  never larger than with ``"abs"`` and the steps never shorter;
 - ``m_t = b1 m_{t-1} + (1 - b1) g_t``, ``v_t = b2 v_{t-1} + (1 - b2) D_t^(s)^2``;
 - ``denom = (v_t / (1 - b2^t))^(k/2) + eps`` (Hessian power ``k``; Alg. 2's
   ``(\\bar D_t)^k``);
@@ -36,10 +40,43 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from secondorder.curvature.diagonal import hutchinson_diagonal, spatially_averaged
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.curvature.diagonal import (
+    _block_mean_last_dim,
+    hutchinson_diagonal,
+    spatially_averaged,
+)
+from secondorder.optim.base import (
+    Closure,
+    SecondOrderOptimizer,
+    to_working_precision,
+    working_dtype,
+)
 
-__all__ = ["AdaHessian", "adahessian_update"]
+__all__ = ["SPATIAL_AVERAGES", "AdaHessian", "adahessian_update", "signed_spatial_average"]
+
+#: What AdaHessian averages over a spatial block: ``|D|`` (reference code) or signed ``D``.
+SPATIAL_AVERAGES = ("abs", "signed")
+
+
+def signed_spatial_average(
+    diagonal: Sequence[Tensor], block_size: int | None = None
+) -> tuple[Tensor, ...]:
+    """The blocks of :func:`~secondorder.curvature.diagonal.spatially_averaged`, but
+    averaging the signed diagonal ([Filippova] Alg. 2 step 3 as printed).
+
+    Example:
+        >>> signed_spatial_average([torch.tensor([1.0, -3.0, 2.0, 4.0])], block_size=2)[0]
+        tensor([-1., -1.,  3.,  3.])
+    """
+    out = []
+    for d in diagonal:
+        if d.dim() == 4:
+            out.append(d.mean(dim=(2, 3), keepdim=True).expand_as(d).clone())
+        elif block_size is not None:
+            out.append(_block_mean_last_dim(d, block_size))
+        else:
+            out.append(d.clone())
+    return tuple(out)
 
 
 @torch.no_grad()
@@ -105,6 +142,10 @@ def adahessian_update(
 class AdaHessian(SecondOrderOptimizer):
     """AdaHessian (Yao et al. 2020; seed 000 Alg. 2); the update is in the module docstring.
 
+    With float16/bfloat16 parameters the moments are kept, and the update computed, in
+    float32 (rounded into the parameters once per step; :mod:`secondorder.optim.base`):
+    in float16, ``(1 - beta2) D^2`` underflows to 0 and the step becomes ``lr m / eps``.
+
     Each step calls the closure once, differentiates it with ``create_graph=True`` when the
     diagonal is due (every ``update_each`` steps) and takes ``n_samples`` Hessian-vector
     products on that one graph, which is freed before ``step`` returns.
@@ -123,6 +164,9 @@ class AdaHessian(SecondOrderOptimizer):
         spatial_average_block_size: block length for averaging ``|D|`` over non-convolution
             tensors; ``None`` (the reference behaviour) averages only 4-D convolution kernels
             over their spatial positions.
+        spatial_average: what is averaged over a block: ``"abs"`` (``|D|``, the reference
+            code's choice and the default) or ``"signed"`` (``D`` itself, [Filippova] Alg. 2
+            as printed; module docstring).
         generator: random generator for the probes (on the parameters' device or the CPU).
 
     Raises:
@@ -149,6 +193,7 @@ class AdaHessian(SecondOrderOptimizer):
         n_samples: int = 1,
         spatial_average_block_size: int | None = None,
         generator: torch.Generator | None = None,
+        spatial_average: str = "abs",
     ):
         if not lr > 0.0:
             raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
@@ -165,6 +210,10 @@ class AdaHessian(SecondOrderOptimizer):
             raise ValueError(
                 f"Invalid spatial_average_block_size: {b}; it must be None or an integer >= 1"
             )
+        if spatial_average not in SPATIAL_AVERAGES:
+            raise ValueError(
+                f"Invalid spatial_average: {spatial_average!r}; choose one of {SPATIAL_AVERAGES}"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(
                 f"Invalid generator: {type(generator).__name__}; pass a torch.Generator or None"
@@ -174,6 +223,7 @@ class AdaHessian(SecondOrderOptimizer):
         self.update_each = update_each
         self.n_samples = n_samples
         self.spatial_average_block_size = b
+        self.spatial_average = spatial_average
         self.generator = generator
         self.register_state_dict_pre_hook(AdaHessian._save_generator)
         self.register_load_state_dict_post_hook(AdaHessian._load_generator)
@@ -222,6 +272,15 @@ class AdaHessian(SecondOrderOptimizer):
         if optimizer.generator is not None and "generator_state" in state:
             optimizer.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
 
+    def extra_state(self) -> Any:
+        """The probe generator's state: a step that is undone does not advance it."""
+        return None if self.generator is None else self.generator.get_state()
+
+    def load_extra_state(self, extra: Any) -> None:
+        """Restore the probe generator's state saved by :meth:`extra_state`."""
+        if extra is not None:
+            self.generator.set_state(extra)
+
     def _global(self) -> dict[str, Any]:
         return self.state.setdefault("global", {"step": 0})
 
@@ -234,6 +293,11 @@ class AdaHessian(SecondOrderOptimizer):
 
         Returns:
             The loss before the step (detached).
+
+        Raises:
+            NonFiniteLossError: if the loss, the gradient or a Hessian-vector product is NaN
+                or infinite; the step is undone (parameters, moments and the generator are
+                as before it), the rule every optimizer follows (:mod:`secondorder.optim.base`).
         """
         glob = self._global()
         refresh = glob["step"] % self.update_each == 0
@@ -246,7 +310,11 @@ class AdaHessian(SecondOrderOptimizer):
                 )
             finally:
                 ev.hessian.free()
-            diag = spatially_averaged(diag, self.spatial_average_block_size)
+            if self.spatial_average == "signed":
+                diag = signed_spatial_average(diag, self.spatial_average_block_size)
+            else:
+                diag = spatially_averaged(diag, self.spatial_average_block_size)
+            diag = to_working_precision(diag)
         else:
             diag = tuple(self.state[p]["hessian_diag"] for p in params)
         glob["step"] += 1
@@ -263,15 +331,18 @@ class AdaHessian(SecondOrderOptimizer):
             states = [self.state[p] for p in ps]
             for p, st, i in zip(ps, states, idx, strict=True):
                 if "exp_avg" not in st:
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_hessian_diag_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
+                    st["exp_avg"] = torch.zeros_like(
+                        p, dtype=working_dtype(p.dtype), memory_format=torch.preserve_format
                     )
+                    st["exp_hessian_diag_sq"] = torch.zeros_like(st["exp_avg"])
                 st["hessian_diag"] = diag[i]
             beta1, beta2 = group["betas"]
+            low = [p for p in ps if working_dtype(p.dtype) != p.dtype]
+            # float16/bfloat16: the update is computed in float32 and rounded into p once
+            work = [p.detach().to(working_dtype(p.dtype)) if low else p for p in ps]
             adahessian_update(
-                ps,
-                [ev.grads[i] for i in idx],
+                work,
+                to_working_precision([ev.grads[i] for i in idx]),
                 [diag[i] for i in idx],
                 [st["exp_avg"] for st in states],
                 [st["exp_hessian_diag_sq"] for st in states],
@@ -283,4 +354,7 @@ class AdaHessian(SecondOrderOptimizer):
                 weight_decay=group["weight_decay"],
                 hessian_power=group["hessian_power"],
             )
+            if low:
+                with torch.no_grad():
+                    torch._foreach_copy_(ps, work)
         return ev.loss

@@ -83,7 +83,13 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         params: parameters or param groups.
         lr: the step of epochs 0 and 1 (``"sgd_bb"``) or of the first iteration (BB1/BB2).
         mode: ``"sgd_bb"`` (seed 000 Alg. 3), ``"bb1"`` or ``"bb2"``.
-        epoch_length: steps per epoch ``T`` (required for ``"sgd_bb"``).
+        epoch_length: steps per epoch ``T``, required for ``"sgd_bb"`` (e.g.
+            ``len(train_loader)``). It has no default because no value is faithful to
+            Alg. 3 without knowing the data: the step is recomputed once per epoch from the
+            gradient averaged over the epoch, and ``|s|^2 / (T |s^T y|)`` scales with ``T``
+            (a per-step "epoch", ``T = 1``, would average one batch with weight ``beta``
+            and inflate the step by ``1 / beta``). Omitting it raises a ``ValueError`` that
+            says what to pass. Unused by ``"bb1"`` / ``"bb2"``.
         beta: gradient weighting ``beta`` in ``(0, 1]`` of Alg. 3.
         tau_0: fallback step scale of Alg. 3 (``None``: ``lr``).
         tau_min: lower bound scale of Alg. 3.
@@ -124,8 +130,16 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
     def check_hyperparameters(hp: dict[str, Any]) -> None:
         """Raise ``ValueError`` for an invalid value of this optimizer's own keys in ``hp``."""
         ds.check_choice("mode", hp["mode"], BB_MODES)
+        if hp["mode"] == "sgd_bb" and hp["epoch_length"] is None:
+            raise ValueError(
+                "BarzilaiBorwein with mode='sgd_bb' (the default) needs epoch_length, the "
+                "number of steps per epoch: pass epoch_length=len(train_loader) (mini-batches "
+                "per pass over the training set), or mode='bb1' / mode='bb2' for full-batch "
+                "training (no epoch_length)"
+            )
         if hp["mode"] == "sgd_bb" and not (
-            isinstance(hp["epoch_length"], int) and hp["epoch_length"] >= 1
+            isinstance(hp["epoch_length"], int) and not isinstance(hp["epoch_length"], bool)
+            and hp["epoch_length"] >= 1
         ):
             raise ValueError(
                 f"Invalid epoch_length: {hp['epoch_length']} (mode 'sgd_bb' needs the number "
@@ -183,7 +197,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         st.setdefault("epoch", 0)
         st.setdefault("t", 0)
         ev = self.evaluate(closure)
-        if not ev.is_finite():  # a non-finite batch gradient is skipped, not applied
+        if not ev.is_finite():  # never applied: the step raises NonFiniteLossError, undone
             return ev.loss
         scale = ds.GroupScale.of(self)
         if scale.lr > 0:  # (all lr = 0: nothing moves, not even with a BB step)
@@ -232,7 +246,6 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         if scale.lr == 0 or float(slope) == 0.0:
             return orig_loss
         x0 = tl.clone(self.params())
-        st["x_good"] = x0
         phi = LineObjective(self, closure, x0, d)
         t, new_loss, new_g = ds.search(
             phi, "nonmonotone", loss, g, slope, step=alpha, c1=grp["c1"],

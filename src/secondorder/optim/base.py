@@ -13,14 +13,48 @@ The optimizer differentiates the loss itself (with ``create_graph`` only when it
 curvature) and drops every graph before ``step`` returns, so memory after 100 steps equals
 memory after one. The closure may also return per-sample losses (a 1-D tensor, e.g. from
 ``reduction="none"``): they are averaged, and their count is used for the sample counters.
+A closure in the torch.optim convention (``zero_grad(); loss.backward(); return loss``) also
+works where only the gradient is needed; see :mod:`secondorder.optim.closure_convention`.
 
 Costs are counted here, once, for every optimizer: loss evaluations, gradients and
 Hessian(-like) vector products, each also in samples (see :class:`CostCounter`).
+
+**Non-finite values never reach the parameters or the state.** Every ``step`` of every
+subclass runs as a transaction (:class:`StepTransaction`, installed by
+``__init_subclass__``): when the loss or gradient at the point the step starts from, or a
+Hessian-vector product of an operator built there, is NaN or infinite, or when the step
+raises any exception, the parameters and ``self.state`` are put back exactly as they were
+before the step (the cost counters aside: they record the work done) and the step raises
+(:class:`~secondorder.errors.NonFiniteLossError` for a non-finite value). Catch it to skip
+a bad batch: the optimizer can go on as if that step had not been called. Points a step
+tries *beyond* its start (line-search or trust-region trials) may be non-finite: the
+algorithm rejects them, as documented by each optimizer. The start is every evaluation
+before the step first moves the parameters (:meth:`SecondOrderOptimizer.set_params`,
+:meth:`SecondOrderOptimizer.add_to_params`). The transaction costs one copy of the
+parameters and the state per step (memory and bandwidth: for L-BFGS with history ``m``
+about ``2 m + 2`` parameter-sized vectors, for AdaHessian four) and one host sync.
+
+**Low precision.** With float16 or bfloat16 parameters the closure, the gradient and the
+Hessian-vector products run in the parameters' dtype. The methods that accumulate small
+squares or ratios (trust region and ARC with their adaptive norms, Levenberg-Marquardt and
+LSCG through :func:`~secondorder.optim.curvature_source.local_model`, Hessian-free, and
+AdaHessian's moments) keep them, their Krylov scalars and their steps in
+:func:`working_dtype`, at least float32, as mixed-precision training does; a step is
+rounded to the parameters' dtype when it is applied. The line-search methods work in the
+parameters' dtype. Every optimizer trains a float16 and a bfloat16 model about as well as
+a float32 one (``tests/optim/test_every_optimizer.py``); Newton-Krylov's complex-step
+backend refuses them at construction.
+
+``state_dict()`` holds only tensors, numbers, strings, tuples, lists and dicts (the cost
+counters as a plain dict), so ``torch.load`` with its default ``weights_only=True`` reads
+a saved one.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,13 +64,23 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
-from secondorder.curvature.operators import HessianOperator
+from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
+from secondorder.optim.closure_convention import BackwardWatch, grads_from_attribute
 from secondorder.optim.distributed import data_parallel_evaluate
 
 Closure = Callable[[], Tensor]
 
-__all__ = ["Closure", "CostCounter", "Evaluation", "SecondOrderOptimizer"]
+__all__ = [
+    "Closure",
+    "CostCounter",
+    "Evaluation",
+    "SecondOrderOptimizer",
+    "StepTransaction",
+    "needs_working_precision",
+    "to_working_precision",
+    "working_dtype",
+]
 
 
 @dataclass
@@ -103,6 +147,122 @@ def _to_device(obj: Any, device: torch.device | None) -> Any:
     return obj
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a solver works in for tensors of ``dtype``: at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def to_working_precision(vec: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``vec`` in :func:`working_dtype` (the same tensors when already float32/float64)."""
+    return tuple(v.to(working_dtype(v.dtype)) for v in vec)
+
+
+def needs_working_precision(params: Sequence[Tensor]) -> bool:
+    """Whether a parameter is in a dtype below float32 (float16, bfloat16)."""
+    return any(working_dtype(p.dtype) != p.dtype for p in params)
+
+
+def _tensors_in(obj: Any) -> Iterable[Tensor]:
+    """The tensors inside nested dicts, lists and tuples."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors_in(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors_in(v)
+
+
+class StepTransaction:
+    """What one ``step`` may need to undo, and the finiteness of its start point.
+
+    Holds a copy of the trainable parameters and of the optimizer state (all but the cost
+    counters, plus :meth:`SecondOrderOptimizer.extra_state`) taken before the step, and a
+    device boolean that is false once a loss, gradient or Hessian-vector product at the
+    start point was NaN or infinite (accumulated without a host sync).
+
+    Attributes:
+        at_start: the parameters have not moved yet in this step.
+    """
+
+    def __init__(self, optimizer: SecondOrderOptimizer):
+        params = optimizer.all_params()
+        self._params = [p.detach().clone() for p in params]
+        memo: dict[int, Any] = {id(p): p for p in params}  # the state's keys are not copied
+        state = [(k, v) for k, v in optimizer.state.items() if k != "counters"]
+        for t in _tensors_in(state):  # clone each tensor once, not through deepcopy
+            memo.setdefault(id(t), t.detach().clone())
+        self._state = copy.deepcopy(state, memo)
+        self._extra = copy.deepcopy(optimizer.extra_state())
+        self._finite: Tensor | None = None
+        self.at_start = True
+
+    def watch(self, values: Iterable[Tensor | None]) -> None:
+        """AND the finiteness of ``values`` into the start-point flag (no host sync)."""
+        ts = [v.detach() for v in values if v is not None]
+        if not ts:
+            return
+        ok = tl.all_finite(ts)
+        self._finite = ok if self._finite is None else self._finite & ok
+
+    def restart(self) -> None:
+        """The step starts over at the current parameters: forget what was watched."""
+        self._finite = None
+        self.at_start = True
+
+    def start_was_finite(self) -> bool:
+        """Whether everything watched was finite (one host sync)."""
+        return self._finite is None or bool(self._finite)
+
+    def rollback(self, optimizer: SecondOrderOptimizer) -> None:
+        """Put the parameters, the state and :meth:`~SecondOrderOptimizer.extra_state` back."""
+        with torch.no_grad():
+            for p, v in zip(optimizer.all_params(), self._params, strict=True):
+                p.copy_(v)
+        counters = optimizer.state.get("counters")
+        optimizer.state.clear()
+        for k, v in self._state:
+            optimizer.state[k] = v
+        if counters is not None:
+            optimizer.state["counters"] = counters
+        optimizer.load_extra_state(self._extra)
+
+
+def _transactional(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a subclass's ``step`` in a :class:`StepTransaction` (module docstring)."""
+
+    @functools.wraps(step)
+    def transactional_step(self: SecondOrderOptimizer, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_transaction", None) is not None:  # super().step() inside a step
+            return step(self, *args, **kwargs)
+        self._transaction = transaction = StepTransaction(self)
+        message = (
+            f"{type(self).__name__}: the loss, the gradient or a Hessian-vector product at the "
+            "current parameters is NaN or infinite; the step was undone (parameters and "
+            "optimizer state are as before it)"
+        )
+        try:
+            out = step(self, *args, **kwargs)
+            if not transaction.start_was_finite():
+                raise NonFiniteLossError(message)
+            return out
+        except NonFiniteLossError:
+            transaction.rollback(self)
+            raise
+        except BaseException as exc:
+            transaction.rollback(self)
+            if isinstance(exc, Exception) and not transaction.start_was_finite():
+                # e.g. an eigensolver failing on NaN curvature: name the cause
+                raise NonFiniteLossError(message) from exc
+            raise
+        finally:
+            self._transaction = None
+
+    transactional_step._transactional = True  # type: ignore[attr-defined]
+    return transactional_step
+
+
 class SecondOrderOptimizer(torch.optim.Optimizer):
     """Base class: closure protocol, differentiation, parameter access, cost counters.
 
@@ -112,18 +272,95 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     ``state_dict()`` round-trips. Per-group hyperparameters are read from
     ``self.param_groups``; :meth:`group_of` maps each trainable tensor to its group.
 
+    Every ``step`` defined by a subclass is made a :class:`StepTransaction` (module
+    docstring): a subclass only has to evaluate through :meth:`evaluate` (or
+    :meth:`call_closure` and :meth:`watch_start`) and move through :meth:`set_params` /
+    :meth:`add_to_params`, and keep anything outside ``self.state`` that a step changes in
+    :meth:`extra_state`.
+
     Attributes:
         samples_per_evaluation: samples per closure call, used for the sample counters when
             the closure returns a scalar (``None``: unknown).
     """
+
+    _transaction: StepTransaction | None = None
+    # set by secondorder.optim.distributed while a rank evaluates its shard: the rank-averaged
+    # values are watched afterwards instead, so that every rank agrees on the outcome
+    _start_watch_deferred: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("step")
+        if step is not None and not getattr(step, "_transactional", False):
+            cls.step = _transactional(step)  # type: ignore[method-assign]
 
     def __init__(
         self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]
     ):
         super().__init__(params, defaults)
         self.samples_per_evaluation: int | None = None
+        self._transaction = None
+
+    # ----------------------------------------------------------------- transactions
+    def extra_state(self) -> Any:
+        """State a step changes outside ``self.state`` (e.g. a random generator's state).
+
+        A step that fails is undone by restoring it with :meth:`load_extra_state`; the
+        default is ``None`` (nothing).
+        """
+        return None
+
+    def load_extra_state(self, extra: Any) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def watch_start(self, loss: Tensor | None, grads: Sequence[Tensor | None] = (),
+                    hessian: CurvatureOperator | None = None) -> None:
+        """Check ``loss``, ``grads`` and every product of ``hessian`` (a Hessian, GGN or any
+        curvature operator built at the step's start) at the step's start.
+
+        Called by :meth:`evaluate` for each evaluation made before the step first moves the
+        parameters; an optimizer that differentiates its closure itself calls it too. A
+        non-finite value makes the step raise and be undone (module docstring). Outside a
+        step it does nothing. Under ``torch.distributed`` it sees the rank-averaged values
+        (:mod:`secondorder.optim.distributed` calls it after averaging).
+        """
+        tr = self._transaction
+        if tr is None or not tr.at_start or self._start_watch_deferred:
+            return
+        tr.watch([loss, *grads])
+        if hessian is not None:
+            # weak references: no cycle through the operator, which holds the graph, and
+            # no snapshot kept alive by an operator that outlives the step
+            op_ref, tr_ref, product = weakref.ref(hessian), weakref.ref(tr), type(hessian)._matvec
+
+            def watched_product(vec: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                out = product(op_ref(), vec)
+                current = tr_ref()
+                if current is not None and self._transaction is current:
+                    current.watch(out)
+                return out
+
+            hessian._matvec = watched_product  # type: ignore[method-assign]
+
+    def restart_step(self) -> None:
+        """The step goes on from the current parameters as if it had just started there.
+
+        For an optimizer that rejects its own previous, unchecked move (a fixed step that
+        landed where the loss is not finite) and goes back to its last checked point: the
+        evaluations made at the rejected point no longer count for the start-point check.
+        """
+        if self._transaction is not None:
+            self._transaction.restart()
+
+    def _moved(self) -> None:
+        if self._transaction is not None:
+            self._transaction.at_start = False
 
     # ----------------------------------------------------------------- parameters
+    def all_params(self) -> tuple[Tensor, ...]:
+        """The tensors of all groups that require grad (also those a method leaves out)."""
+        return tuple(p for g in self.param_groups for p in g["params"] if p.requires_grad)
+
     def params(self) -> tuple[Tensor, ...]:
         """The trainable tensors of all groups, in group order (those requiring grad)."""
         return tuple(p for g in self.param_groups for p in g["params"] if p.requires_grad)
@@ -135,16 +372,30 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def set_params(self, values: Sequence[Tensor]) -> None:
         """Copy ``values`` into the trainable parameters."""
+        self._moved()
         torch._foreach_copy_(list(self.params()), list(values))
 
     @torch.no_grad()
     def add_to_params(self, direction: Sequence[Tensor], alpha: float | Tensor = 1.0) -> None:
         """``params += alpha * direction`` in place (``alpha`` may be a 0-dim tensor)."""
+        self._moved()
         ps = list(self.params())
         if isinstance(alpha, Tensor):
             torch._foreach_add_(ps, torch._foreach_mul(list(direction), alpha))
         else:
             torch._foreach_add_(ps, list(direction), alpha=alpha)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict`` with the cost counters as a plain dict.
+
+        Every value is a tensor, number, string, ``None``, tuple, list or dict, so
+        ``torch.load`` reads a saved state dict with its default ``weights_only=True``.
+        """
+        sd = super().state_dict()
+        counters = sd["state"].get("counters")
+        if isinstance(counters, CostCounter):
+            sd["state"]["counters"] = counters.as_dict()
+        return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; state that spans all groups is copied and moved to the params' device.
@@ -152,7 +403,9 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         ``torch.optim.Optimizer`` casts per-parameter state but stores other entries (here
         ``"global"`` and ``"counters"``) by reference; this copies them, so two optimizers
         never share a quasi-Newton memory, and moves their tensors next to the parameters
-        (a CPU checkpoint loads into a CUDA optimizer).
+        (a CPU checkpoint loads into a CUDA optimizer). Per-parameter state saved in the
+        parameter's :func:`working_dtype` (float32 moments of float16 parameters) keeps that
+        dtype, which ``torch.optim.Optimizer`` would round to the parameter's.
         """
         super().load_state_dict(state_dict)
         params = self.params()
@@ -160,11 +413,22 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         for key in list(self.state):
             if not isinstance(key, Tensor):
                 self.state[key] = _to_device(copy.deepcopy(self.state[key]), device)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved_ids, all_params, strict=True):
+            saved = state_dict["state"].get(i)
+            if not (isinstance(saved, dict) and p.is_floating_point()):
+                continue
+            for k, v in saved.items():
+                if (isinstance(v, Tensor) and v.dtype != p.dtype
+                        and v.dtype == working_dtype(p.dtype)):
+                    self.state[p][k] = v.to(device=p.device, copy=True)
 
     # ----------------------------------------------------------------- counters
     @property
     def counters(self) -> CostCounter:
-        """Cumulative cost counters (kept in the state, so they survive ``state_dict``)."""
+        """Cumulative cost counters (kept in the state; ``state_dict()`` saves them as a
+        plain dict of ints, which loading turns back into a :class:`CostCounter`)."""
         c = self.state.get("counters")
         if not isinstance(c, CostCounter):
             c = CostCounter(**c) if isinstance(c, dict) else CostCounter()
@@ -189,8 +453,12 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     ) -> Evaluation:
         """Call the closure and differentiate it.
 
+        An evaluation made before the step first moves the parameters is the start point:
+        it is watched (:meth:`watch_start`, module docstring).
+
         Args:
-            closure: re-evaluates the model and returns the loss (no backward).
+            closure: re-evaluates the model and returns the loss (no backward), or, in the
+                torch.optim convention, also runs backward; its ``.grad`` is then used.
             grad: compute the gradient.
             create_graph: keep the gradient's graph and return a counted
                 :class:`HessianOperator` in ``Evaluation.hessian``.
@@ -200,30 +468,35 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             An :class:`Evaluation`.
 
         Raises:
-            ValueError: if the closure returns something other than a tensor with one
-                element or a 1-D tensor of per-sample losses.
+            ValueError: if no parameter requires grad, the closure returns something other
+                than a tensor with one element or a 1-D tensor of per-sample losses, (with
+                ``grad``) its loss does not require grad, or ``create_graph`` is asked of a
+                closure that ran backward (torch.optim convention).
             NonFiniteLossError: if ``check_finite`` and the loss is not finite.
         """
-        params = self.params()
-        if not params:
-            raise ValueError("no parameter requires grad: the optimizer has nothing to optimize")
+        watch = BackwardWatch(
+            closure, self.params(), graph_needed_by=type(self).__name__ if create_graph else None
+        )
         # A graph kept for HVPs needs attention that autograd can differentiate twice.
         with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
-            out = closure()
-            loss, samples = self._reduce(out)
-            c = self.counters
-            c.loss_evals += 1
-            c.loss_samples += samples
+            _, loss, samples, params = self.call_closure(watch, need_grad=False)
             if check_finite and not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")
             if not grad:
+                self.watch_start(loss)
                 return Evaluation(loss.detach(), None, samples)
-            if not loss.requires_grad:
+            if watch.ran_backward:  # torch.optim-style closure: its backward filled .grad
+                grads = grads_from_attribute(params)
+            elif not loss.requires_grad:
                 raise ValueError(
                     "the closure's loss does not require grad: return the loss tensor "
                     "computed from the parameters, inside the closure, without detaching it"
                 )
-            grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+            else:
+                grads = torch.autograd.grad(
+                    loss, params, create_graph=create_graph, allow_unused=True
+                )
+        c = self.counters
         c.gradients += 1
         c.gradient_samples += samples
         hessian = None
@@ -235,7 +508,43 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             gs = tuple(
                 torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
             )
+        self.watch_start(loss, gs, hessian)
         return Evaluation(loss.detach(), gs, samples, hessian)
+
+    def call_closure(
+        self, closure: Closure, *, need_grad: bool = True
+    ) -> tuple[Tensor, Tensor, int, tuple[Tensor, ...]]:
+        """The input checks every optimizer shares, around one closure call (counted).
+
+        Call it under ``torch.enable_grad()`` to differentiate the loss.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (no backward).
+            need_grad: the loss will be differentiated: it must require grad.
+
+        Returns:
+            ``(out, loss, samples, params)``: the closure's output, the mean loss (0-dim,
+            with its graph), the number of samples (0 when unknown) and :meth:`params`.
+
+        Raises:
+            ValueError: if no parameter requires grad, the closure returns something other
+                than a tensor with one element or a 1-D tensor of per-sample losses, or
+                ``need_grad`` and its loss does not require grad.
+        """
+        params = self.params()
+        if not params:
+            raise ValueError("no parameter requires grad: the optimizer has nothing to optimize")
+        out = closure()
+        loss, samples = self._reduce(out)
+        c = self.counters
+        c.loss_evals += 1
+        c.loss_samples += samples
+        if need_grad and not loss.requires_grad:
+            raise ValueError(
+                "the closure's loss does not require grad: return the loss tensor "
+                "computed from the parameters, inside the closure, without detaching it"
+            )
+        return out, loss, samples, params
 
     def _reduce(self, out: Tensor) -> tuple[Tensor, int]:
         if not isinstance(out, Tensor):

@@ -14,18 +14,32 @@ One step needs the loss and gradient on the closure's batch and a curvature oper
 
 Every product is counted in the optimizer's ``counters.hvps``. A :class:`LocalModel` is a
 context manager: ``with local_model(...) as model:`` releases the operator's graph on exit.
+
+**Working precision.** With float16 or bfloat16 parameters the model's gradient and
+products are handed to the solvers in float32 (:func:`~secondorder.optim.base.working_dtype`,
+:class:`WorkingPrecisionOperator`): the closure and every Hessian-vector product still run
+in the parameters' dtype, but Krylov scalars, adaptive-norm accumulators (whose ``epsilon``
+of 1e-8 is 0 in float16), predicted decreases and steps are accumulated in float32, as
+mixed-precision training does; the step is rounded to the parameters' dtype when it is
+applied. float32 and float64 parameters are untouched (no copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.base import (
+    Closure,
+    SecondOrderOptimizer,
+    needs_working_precision,
+    to_working_precision,
+)
 from secondorder.optim.distributed import data_parallel_operator
 
 CURVATURES = ("hessian", "gauss_newton")
@@ -35,11 +49,38 @@ __all__ = [
     "CURVATURES",
     "CurvatureClosure",
     "LocalModel",
+    "WorkingPrecisionOperator",
     "check_closures",
     "check_curvature",
     "local_model",
     "separate_operator",
 ]
+
+
+class WorkingPrecisionOperator:
+    """A curvature operator between float32 vectors, for low-precision parameters.
+
+    ``matvec`` rounds the vector to the dtype of the operator's point (its ``params``, else
+    the parameters': a float32 operator of a bfloat16 model gets float32 vectors), applies
+    the wrapped operator and returns the product in
+    :func:`~secondorder.optim.base.working_dtype`; everything else (``free``, ``params``,
+    counters) is the wrapped operator's.
+
+    Args:
+        operator: the curvature operator.
+        params: the parameters (their dtypes, when the operator has no ``params``).
+    """
+
+    def __init__(self, operator: CurvatureOperator, params: Sequence[Tensor]):
+        self.operator = operator
+        self._dtypes = tuple(p.dtype for p in getattr(operator, "params", None) or params)
+
+    def matvec(self, vec: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        low = tuple(v.to(d) for v, d in zip(vec, self._dtypes, strict=True))
+        return to_working_precision(tuple(self.operator.matvec(low)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.operator, name)
 
 
 def check_curvature(curvature: str) -> str:
@@ -121,6 +162,8 @@ def local_model(
 
     Returns:
         A :class:`LocalModel`; use it in a ``with`` block or call its ``free()`` when done.
+        With float16/bfloat16 parameters its gradient and operator work in float32 (module
+        docstring).
 
     Raises:
         ValueError: if the closures do not fit the curvature, or the operator returned by
@@ -129,10 +172,15 @@ def local_model(
     check_closures(curvature, hessian_closure, ggn_closure)
     if curvature == "hessian" and hessian_closure is None:
         ev = optimizer.evaluate(closure, create_graph=True)
-        return LocalModel(ev.loss, ev.grads, ev.samples, ev.hessian)
-    ev = optimizer.evaluate(closure)
-    op = separate_operator(optimizer, curvature, hessian_closure=hessian_closure,
-                           ggn_closure=ggn_closure)
+        op = ev.hessian
+    else:
+        ev = optimizer.evaluate(closure)
+        op = separate_operator(optimizer, curvature, hessian_closure=hessian_closure,
+                               ggn_closure=ggn_closure)
+    params = optimizer.params()
+    if needs_working_precision(params):
+        return LocalModel(ev.loss, to_working_precision(ev.grads), ev.samples,
+                          WorkingPrecisionOperator(op, params))  # type: ignore[arg-type]
     return LocalModel(ev.loss, ev.grads, ev.samples, op)
 
 
@@ -163,4 +211,6 @@ def separate_operator(
     outputs = getattr(op, "outputs", None)  # GGNOperator: one row of outputs per sample
     samples = int(outputs.shape[0]) if isinstance(outputs, Tensor) and outputs.dim() > 0 else 0
     op.on_product = lambda: optimizer.count_hvps(1, samples)
-    return data_parallel_operator(optimizer, op)  # averaged across ranks, if any
+    op = data_parallel_operator(optimizer, op)  # averaged across ranks, if any
+    optimizer.watch_start(None, (), op)  # a NaN (averaged) product undoes the step (optim.base)
+    return op

@@ -32,10 +32,12 @@ every optimizer whose randomness comes from a generator seeded identically on al
 
 Failures: a rank whose closure raises still joins the all-reduce, with its status flag
 set; every other rank then raises :class:`RankFailedError` and the failing rank re-raises
-its own exception, so no rank steps alone and none waits forever. A NaN loss on one shard
-at the start of a step makes every rank raise
-:class:`~secondorder.errors.NonFiniteLossError` naming the ranks; at a line-search trial it
-makes the averaged loss NaN on every rank, which all backtrack alike. A rank that dies
+its own exception, so no rank steps alone and none waits forever. A NaN on one shard
+makes the averaged value NaN on every rank: at the start of a step the step transaction
+(:mod:`secondorder.optim.base`), which watches the averaged loss, gradient and products,
+undoes the step and raises :class:`~secondorder.errors.NonFiniteLossError` on every rank
+alike (or the optimizer first rejects its own unchecked previous step, as one process
+would); at a line-search trial every rank backtracks alike. A rank that dies
 or stalls makes the others raise :class:`RankFailedError` after the timeout of
 ``init_process_group(timeout=...)``.
 
@@ -66,6 +68,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from secondorder.curvature.operators import CurvatureOperator
 from secondorder.errors import NonFiniteLossError
+from secondorder.optim.closure_convention import BackwardWatch
 
 __all__ = [
     "CommunicationStats",
@@ -260,7 +263,6 @@ def _reduce_blocks(
         )
     total = head[2 * world + 1]
     _STATE.fraction = (float(samples) if samples > 0 else 1.0) / float(total)
-    _STATE.nonfinite = torch.nonzero(head[world:2 * world]).flatten().tolist()
     mean_loss = (head[2 * world + 2] / total).to(loss.dtype)
     out: list[tuple[Tensor, ...] | None] = []
     offset = 0
@@ -338,16 +340,21 @@ def data_parallel_operator(optimizer: Any, op: CurvatureOperator) -> CurvatureOp
 
 
 # ----------------------------------------------------------------------------- evaluations
-def _run_local(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+def _run_local(optimizer: Any, fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    """Run this rank's part of an evaluation; its start-point watch is deferred until the
+    values are averaged (every rank must agree on undoing the step)."""
+    optimizer._start_watch_deferred = True
     try:
         with _refuse_ddp():
             return fn(), None
     except Exception as exc:  # reported to every rank by the all-reduce, re-raised after it
         return None, exc
+    finally:
+        optimizer._start_watch_deferred = False
 
 
 def _before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-    """Global ``torch.optim`` step pre-hook: check support, mark the step's first evaluation.
+    """Global ``torch.optim`` step pre-hook: refuse what is not data-parallel, up front.
 
     Runs before every optimizer's ``step``; does nothing for an optimizer without a
     process group (one ``getattr`` and ``dist.is_initialized()``).
@@ -355,36 +362,32 @@ def _before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
     if not hasattr(optimizer, "evaluate") or process_group_of(optimizer) is None:
         return
     _check_supported(optimizer)
-    optimizer._data_parallel_step_start = True
 
 
 register_optimizer_step_pre_hook(_before_step)
 
 
-def _starts_step(optimizer: Any) -> bool:
-    """Whether this is the first evaluation of the current ``step`` (at the current point)."""
-    start = getattr(optimizer, "_data_parallel_step_start", True)
-    optimizer._data_parallel_step_start = False
-    return start
+def _write_back_grads(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    """Put the averaged gradient into ``.grad`` after a torch.optim-style closure.
 
-
-def _raise_if_nonfinite(loss: Tensor, group: Any, *, start: bool) -> None:
-    """Raise on every rank if a shard's loss is not finite at the start of a step.
-
-    Later evaluations (line-search trials) return the averaged NaN instead, so that every
-    rank backtracks alike, as one process would.
+    Its ``backward()`` left this rank's gradient there; as with
+    ``DistributedDataParallel``, ``.grad`` then holds the average on every rank.
     """
-    ranks = getattr(_STATE, "nonfinite", [])
-    if start and ranks:
-        raise NonFiniteLossError(
-            f"the closure returned a non-finite loss on rank(s) {ranks} of "
-            f"{dist.get_world_size(group)} at the start of the step (averaged loss "
-            f"{loss.item()}); no rank takes this step"
-        )
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            if p.grad is not None:
+                p.grad.copy_(g)
 
 
 def data_parallel_evaluate(method: Callable) -> Callable:
-    """Decorate :meth:`SecondOrderOptimizer.evaluate` to average its result across ranks."""
+    """Decorate :meth:`SecondOrderOptimizer.evaluate` to average its result across ranks.
+
+    The start-point watch (:meth:`~secondorder.optim.base.SecondOrderOptimizer.watch_start`)
+    sees the averaged loss, gradient and products, identical on every rank, so a NaN on one
+    shard undoes the step on all ranks alike. A torch.optim-style closure (it ran
+    ``backward()``; :class:`~secondorder.optim.closure_convention.BackwardWatch`) has its
+    ``.grad`` averaged too.
+    """
 
     @functools.wraps(method)
     def evaluate(self, closure, *, grad: bool = True, create_graph: bool = False,
@@ -393,19 +396,22 @@ def data_parallel_evaluate(method: Callable) -> Callable:
         if group is None:
             return method(self, closure, grad=grad, create_graph=create_graph,
                           check_finite=check_finite, **kwargs)
-        ev, error = _run_local(lambda: method(self, closure, grad=grad,
-                                              create_graph=create_graph, **kwargs))
         params = self.params()
+        watch = BackwardWatch(closure, params)  # records a torch.optim-style closure
+        ev, error = _run_local(self, lambda: method(self, watch, grad=grad,
+                                                    create_graph=create_graph, **kwargs))
         loss, (grads,) = _reduce_blocks(
             self, group, None if ev is None else ev.loss,
             [None if not grad else (params if ev is None else ev.grads)],
             0 if ev is None else ev.samples, error, params, "evaluating the closure")
-        _raise_if_nonfinite(loss, group, start=_starts_step(self))
-        if check_finite and not bool(torch.isfinite(loss)):
-            raise NonFiniteLossError(f"the averaged loss is not finite: {loss.item()}")
         hessian = ev.hessian
         if hessian is not None:
             hessian = DataParallelOperator(hessian, group, _STATE.fraction, grads, loss)
+        if grads is not None and watch.ran_backward:
+            _write_back_grads(params, grads)
+        self.watch_start(loss, grads or (), hessian)
+        if check_finite and not bool(torch.isfinite(loss)):
+            raise NonFiniteLossError(f"the averaged loss is not finite: {loss.item()}")
         return dataclasses.replace(ev, loss=loss, grads=grads, hessian=hessian)
 
     return evaluate
@@ -420,17 +426,17 @@ def data_parallel_hessian_free_evaluate(method: Callable) -> Callable:
         if group is None:
             return method(self, closure, fisher=fisher, create_graph=create_graph)
         before = self.counters.loss_samples  # the method adds this rank's sample count
-        out, error = _run_local(lambda: method(self, closure, fisher=fisher,
-                                               create_graph=create_graph))
+        out, error = _run_local(self, lambda: method(self, closure, fisher=fisher,
+                                                     create_graph=create_graph))
         params = self.params()
         loss, grads, diag, hessian = out if out is not None else (None, params, params, None)
         samples = self.counters.loss_samples - before if out is not None else 0
         loss, (grads, diag) = _reduce_blocks(
             self, group, loss, [grads, diag if fisher else None], samples, error, params,
             "evaluating the closure")
-        _raise_if_nonfinite(loss, group, start=_starts_step(self))
         if hessian is not None:
             hessian = DataParallelOperator(hessian, group, _STATE.fraction, grads, loss)
+        self.watch_start(loss, (*grads, *(diag or ())), hessian)
         return loss, grads, diag, hessian
 
     return evaluate

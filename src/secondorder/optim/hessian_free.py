@@ -45,9 +45,16 @@ from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.optim._global_hyperparameters import GlobalHyperparameters
 from secondorder.optim._model_step import check_finite_start
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.base import (
+    Closure,
+    SecondOrderOptimizer,
+    needs_working_precision,
+    to_working_precision,
+)
+from secondorder.optim.closure_convention import BackwardWatch
 from secondorder.optim.curvature_source import (
     CurvatureClosure,
+    WorkingPrecisionOperator,
     check_closures,
     check_curvature,
     separate_operator,
@@ -291,31 +298,16 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         self, closure: Closure, *, fisher: bool, create_graph: bool
     ) -> tuple[Tensor, TensorList, TensorList | None, HessianOperator | None]:
         """Loss, gradient, optional Fisher diagonal and optional Hessian, one forward."""
-        params = self.params()
-        c = self.counters
+        closure = BackwardWatch(closure, self.params(), graph_needed_by=type(self).__name__)
         with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
-            out = closure()
-            if not isinstance(out, Tensor):
-                raise ValueError(
-                    f"the closure must return the loss tensor, got {type(out).__name__}"
-                )
+            out, loss, n, params = self.call_closure(closure)
             if fisher and out.dim() != 1:
                 raise ValueError(
                     "preconditioner=True needs the closure to return the per-sample losses "
                     f"(a 1-D tensor, e.g. reduction='none'), got shape {tuple(out.shape)}; "
                     "return them or pass preconditioner=False"
                 )
-            if out.dim() == 1:
-                loss, n = out.mean(), out.numel()
-            elif out.numel() == 1:
-                loss, n = out.reshape(()), int(self.samples_per_evaluation or 0)
-            else:
-                raise ValueError(
-                    f"the closure returned a tensor of shape {tuple(out.shape)}; return a "
-                    "scalar loss or a 1-D tensor of per-sample losses"
-                )
-            c.loss_evals += 1
-            c.loss_samples += n
+            c = self.counters
             grads = torch.autograd.grad(loss, params, create_graph=create_graph,
                                         retain_graph=fisher or create_graph, allow_unused=True)
             c.gradients += 1
@@ -336,6 +328,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         else:
             grads = tuple(torch.zeros_like(p) if g is None else g.detach()
                           for p, g in zip(params, grads, strict=True))
+        self.watch_start(loss, (*grads, *(diag or ())), hessian)
         return loss.detach(), grads, diag, hessian
 
     def _loss_at(self, closure: Closure, point: TensorList) -> Tensor:
@@ -384,6 +377,10 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
             if op is None:
                 op = separate_operator(self, curvature, hessian_closure=hessian_closure,
                                        ggn_closure=ggn_closure)
+            if needs_working_precision(self.params()):  # float16/bfloat16: solve in float32
+                op = WorkingPrecisionOperator(op, self.params())  # type: ignore[assignment]
+                grads = to_working_precision(grads)
+                fisher = None if fisher is None else to_working_precision(fisher)
             res, values = self._solve(op.matvec, grads, damping, fisher, hp)
         finally:
             release = getattr(op, "free", None)

@@ -24,6 +24,7 @@ ARC subproblem both use it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ CGCallback = Callable[[int, TensorList, TensorList], "bool | Tensor"]
 
 STATUSES = ("max_iter", "converged", "negative_curvature", "callback", "boundary")
 
-__all__ = ["CGResult", "STATUSES", "steihaug_cg", "truncated_cg"]
+__all__ = ["CGResult", "STATUSES", "sqrt_gradient_forcing", "steihaug_cg", "truncated_cg"]
 
 # Status codes kept in a 0-dim integer tensor during the loop (index into STATUSES).
 _RUNNING, _CONVERGED, _NEGATIVE, _CALLBACK, _BOUNDARY = 0, 1, 2, 3, 4
@@ -65,6 +66,13 @@ class CGResult:
             ``False`` for :func:`truncated_cg`).
         iterates: ``{iteration: x}`` for the iterations listed in ``keep_iterates`` that
             were reached (iteration 0 is the starting point).
+        residual: the residual vector itself, ``b - A x`` for :func:`truncated_cg` and
+            ``-(g + B s)`` for :func:`steihaug_cg`, kept by the recurrence (no product), or
+            ``None``. With it the model value of the solution costs no product:
+            ``g^T s + s^T B s / 2 = (g^T s - s^T r) / 2`` (:func:`steihaug_cg`).
+        initial_curvature: ``p_0^T A p_0`` of the first search direction (0-dim tensor),
+            ``None`` when no product was taken. For :func:`steihaug_cg`, ``p_0 = -M^{-1} g``
+            is the Cauchy direction, so this is the curvature the Cauchy point needs.
     """
 
     solution: TensorList
@@ -74,6 +82,8 @@ class CGResult:
     negative_curvature: TensorList | None = None
     hits_boundary: bool = False
     iterates: dict[int, TensorList] = field(default_factory=dict)
+    residual: TensorList | None = None
+    initial_curvature: Tensor | None = None
 
 
 def _where(cond: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> TensorList:
@@ -188,6 +198,14 @@ def truncated_cg(
     iterates: dict[int, TensorList] = {}
     if 0 in keep:
         iterates[0] = tl.clone(x)
+    if check_every == 1:
+        x, r, p, code, iterations = _truncated_cg_host(
+            matvec, x, r, z, p, rz, tol, active, max_iter, preconditioner, callback, keep,
+            iterates,
+        )  # fmt: skip
+        max_iter = 0  # skip the masked loop below
+        status = torch.tensor(code, device=like.device)
+        done_iters = torch.tensor(iterations, device=like.device)
 
     for i in range(max_iter):
         if i % check_every == 0 and not bool(active):
@@ -231,7 +249,69 @@ def truncated_cg(
         negative_curvature=p if code == _NEGATIVE else None,
         hits_boundary=False,
         iterates=iterates,
+        residual=r,
     )
+
+
+def _truncated_cg_host(
+    matvec: MatVec,
+    x: TensorList,
+    r: TensorList,
+    z: TensorList,
+    p: TensorList,
+    rz: Tensor,
+    tol: Tensor,
+    active: Tensor,
+    max_iter: int,
+    preconditioner: Preconditioner | None,
+    callback: CGCallback | None,
+    keep: set[int],
+    iterates: dict[int, TensorList],
+) -> tuple[TensorList, TensorList, TensorList, int, int]:
+    """:func:`truncated_cg`'s loop for ``check_every=1``: the same arithmetic, decided on the host.
+
+    One host read per iteration (the flags of the masked loop, read together), and no
+    masking: the iteration stops where the masked loop's ``active`` flag falls. The values
+    are computed by the same operations, so the results (and the callback's calls) are the
+    same bit for bit (``test_check_every_does_not_change_results``).
+
+    Returns:
+        ``(x, r, p, status code, iterations)``; ``iterates`` is filled in place.
+    """
+    if not bool(active):
+        return x, r, p, _CONVERGED, 0
+    code = _RUNNING
+    for i in range(max_iter):
+        ap = tuple(matvec(p))
+        pap = tl.dot(p, ap)
+        negative = pap <= 0
+        alpha = rz / pap
+        if i == 0:
+            # Nothing to return yet: step along p0 with |curvature| (docstring).
+            tau = torch.where(pap != 0, rz / pap.abs(), torch.ones_like(pap))
+            alpha = torch.where(negative, tau, alpha)
+        else:
+            alpha = torch.where(negative, torch.zeros_like(pap), alpha)
+        x = tl.add(x, p, alpha)
+        r = tl.sub(r, tl.scale(ap, alpha))
+        flags = [negative, tl.norm(r) <= tol]
+        if callback is not None:
+            flags.append(torch.as_tensor(callback(i + 1, x, r), dtype=torch.bool,
+                                         device=pap.device))
+        stop = torch.stack(flags).tolist()
+        if (i + 1) in keep:
+            iterates[i + 1] = tl.clone(x)
+        if stop[0]:
+            return x, r, p, _NEGATIVE, i + 1
+        if stop[1]:
+            return x, r, p, _CONVERGED, i + 1
+        if callback is not None and stop[2]:
+            return x, r, p, _CALLBACK, i + 1
+        z = r if preconditioner is None else tuple(preconditioner(r))
+        rz_new = tl.dot(r, z)
+        p = tl.add(z, p, rz_new / rz)
+        rz = rz_new
+    return x, r, p, code, max_iter
 
 
 def _boundary_roots(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -333,12 +413,18 @@ def steihaug_cg(
     status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
     done_iters = torch.zeros((), dtype=torch.long, device=like.device)
     zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    initial_curvature = None
+    if check_every == 1:
+        return _steihaug_host(matvec, g, s, r, z, p, rz, tol, active, radius2, max_iter,
+                              m_dot, inv_metric if metric is not None else None)
 
     for i in range(max_iter):
         if i % check_every == 0 and not bool(active):
             break
         bp = tuple(matvec(p))
         pbp = tl.dot(p, bp)
+        if i == 0:
+            initial_curvature = pbp
         done_iters = done_iters + active.long()
         negative = active & (pbp <= 0)
         # ||s + tau p||_M^2 = ss + 2 tau sp + tau^2 pp
@@ -377,4 +463,102 @@ def steihaug_cg(
         negative_curvature=p if code == _NEGATIVE else None,
         hits_boundary=code in (_NEGATIVE, _BOUNDARY),
         iterates={},
+        residual=r,
+        initial_curvature=initial_curvature,
     )
+
+
+def _steihaug_host(
+    matvec: MatVec,
+    g: TensorList,
+    s: TensorList,
+    r: TensorList,
+    z: TensorList,
+    p: TensorList,
+    rz: Tensor,
+    tol: Tensor,
+    active: Tensor,
+    radius2: Tensor,
+    max_iter: int,
+    m_dot: Callable[[TensorList, TensorList], Tensor],
+    inv_metric: TensorList | None,
+) -> CGResult:
+    """:func:`steihaug_cg` with ``check_every=1``: the same arithmetic, decided on the host.
+
+    Reading the flags every iteration costs one sync anyway, so the iteration branches
+    instead of masking: the boundary roots and the model values along ``p`` are computed
+    only at the iteration that leaves the region or meets negative curvature. Every value
+    that reaches the result is computed by the same operations as in the masked loop, so
+    the results are the same bit for bit (``test_check_every_does_not_change_results``).
+    """
+    code, iterations, initial_curvature = _RUNNING, 0, None
+    if not bool(active):
+        code = _CONVERGED
+        max_iter = 0
+    for _ in range(max_iter):
+        bp = tuple(matvec(p))
+        pbp = tl.dot(p, bp)
+        iterations += 1
+        if initial_curvature is None:
+            initial_curvature = pbp
+        ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
+        negative = pbp <= 0
+        alpha = rz / torch.where(negative, torch.ones_like(pbp), pbp)
+        leaves = ss + 2 * alpha * sp + alpha * alpha * pp >= radius2
+        is_negative, is_outside = torch.stack([negative, leaves]).tolist()
+        if is_negative or is_outside:
+            tau_lo, tau_hi = _boundary_roots(pp, sp, ss - radius2)
+            if is_negative:
+                rp = tl.dot(r, p)
+                m_lo = -tau_lo * rp + 0.5 * tau_lo * tau_lo * pbp
+                m_hi = -tau_hi * rp + 0.5 * tau_hi * tau_hi * pbp
+                step, code = torch.where(m_lo < m_hi, tau_lo, tau_hi), _NEGATIVE
+            else:
+                step, code = tau_hi, _BOUNDARY
+            s = tl.add(s, p, step)
+            r = tl.sub(r, tl.scale(bp, step))
+            break
+        s = tl.add(s, p, alpha)
+        r = tl.sub(r, tl.scale(bp, alpha))
+        z = r if inv_metric is None else tl.mul(inv_metric, r)
+        rz_new = tl.dot(r, z)
+        if bool(torch.sqrt(rz_new) <= tol):
+            code = _CONVERGED
+            break
+        p = tl.add(z, p, rz_new / rz)
+        rz = rz_new
+    return CGResult(
+        solution=s,
+        iterations=iterations,
+        status=STATUSES[code],
+        residual_norm=tl.norm(r),
+        negative_curvature=p if code == _NEGATIVE else None,
+        hits_boundary=code in (_NEGATIVE, _BOUNDARY),
+        iterates={},
+        residual=r,
+        initial_curvature=initial_curvature,
+    )
+
+
+def sqrt_gradient_forcing(grad_norm: float, eta_max: float = 0.5) -> float:
+    """The forcing term ``eta_k = min(eta_max, sqrt(|g_k|))`` of [NocedalWright2006] Alg. 7.1.
+
+    An inner CG solve stopped at ``|r| <= eta_k |g_k|`` gives a superlinearly convergent
+    truncated Newton method ([NocedalWright2006] Thm. 7.2), and a loose solve far from the
+    minimizer, where an exact Newton step is wasted. scipy's ``trust-ncg`` and
+    pytorch-minimize's ``newton-cg`` / ``trust-ncg`` use this rule.
+
+    Args:
+        grad_norm: ``|g_k|`` (in the norm the residual is measured in).
+        eta_max: the cap, also the value far from a minimizer.
+
+    Returns:
+        ``eta_k`` in ``[0, eta_max]``.
+
+    Example:
+        >>> sqrt_gradient_forcing(1e-4), sqrt_gradient_forcing(10.0)
+        (0.01, 0.5)
+    """
+    if not (grad_norm >= 0 and math.isfinite(grad_norm)):
+        raise ValueError(f"Invalid grad_norm value: {grad_norm}; it must be finite and >= 0")
+    return min(eta_max, math.sqrt(grad_norm))

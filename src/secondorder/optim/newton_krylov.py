@@ -48,20 +48,33 @@ product ``H_j p`` with one double backward, ``kappa = p . (H_j p)`` on the same 
 ``"complex-step"`` uses seed 002's CSDD: ``kappa`` from
 :func:`~secondorder.curvature.vhv.vhv` (CSDD2, eq. 11) and ``H_j p`` from
 :func:`~secondorder.curvature.hvp.hvp` (CSDD, eq. 10); the product is skipped when the
-loop terminates on ``kappa``. For ``"complex-step"`` the batch closure must also accept
+loop terminates on ``kappa``; ``"finite-difference"`` takes forward differences of the
+gradient, ``H p ~ (g(w + h p) - g(w)) / h`` with ``h = fd_step`` ([Shen] supplementary
+Fig. 1; for that ablation only: truncation error for large ``h``, subtractive
+cancellation for small). For ``"complex-step"`` (and ``"finite-difference"``) the batch
+closure must also accept
 the parameter tensors: ``closure(ps)`` returns the loss with ``ps`` in place of the
 parameters, e.g. built from :func:`~secondorder.curvature.functional_loss`::
 
     loss_fn, params = functional_loss(model, criterion, x, y)
     closure = lambda ps=None: loss_fn(params if ps is None else ps)
+
+Ablation switches ([Shen] supplementary material): ``early_termination=False`` lets the
+Krylov loop run through negative curvature (plain CG, ``alpha < 0``; the paper reports the
+loss then stays flat); ``step_sizing="armijo"`` replaces the Taylor-ratio sizing by
+backtracking from ``gamma = 1`` by ``armijo_tau`` until
+``f(w + gamma dw) <= f(w) + armijo_c gamma g^T dw`` (supplementary eq. 1, ``c = 0.01``,
+``tau = 0.8``). The counters (:class:`NewtonKrylovCounter`) add step-size attempts and the
+seconds spent on the global gradient, the Krylov loop and the step sizing.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -71,9 +84,10 @@ from secondorder import tensorlist as tl
 from secondorder.curvature.complex_step import complex_step_hvp
 from secondorder.curvature.vhv import vhv
 from secondorder.optim._global_hyperparameters import GlobalHyperparameters
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.base import Closure, CostCounter, SecondOrderOptimizer
 
-BACKENDS = ("autograd", "complex-step")
+BACKENDS = ("autograd", "complex-step", "finite-difference")
+STEP_SIZINGS = ("taylor", "armijo")
 Product = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
 Curvature = Callable[[tuple[Tensor, ...]], Tensor]
 
@@ -81,6 +95,9 @@ __all__ = [
     "BACKENDS",
     "KrylovDirection",
     "NewtonKrylov",
+    "NewtonKrylovCounter",
+    "STEP_SIZINGS",
+    "armijo_step_size",
     "StepSize",
     "krylov_direction",
     "post_screen",
@@ -119,6 +136,8 @@ def krylov_direction(
     max_iter: int = 20,
     damping_threshold: float = 1e-8,
     damping_scale: float = 0.01,
+    early_termination: bool = True,
+    printed_step: bool = False,
 ) -> KrylovDirection:
     """Seed 002 Alg. 1 lines 10-28: CG on ``H dw = -g`` with early termination.
 
@@ -131,6 +150,10 @@ def krylov_direction(
         max_iter: most Krylov iterations.
         damping_threshold: curvatures in ``[0, damping_threshold)`` are damped (line 18).
         damping_scale: the damped curvature is ``damping_scale * ||p||`` (line 19).
+        early_termination: stop at ``kappa < 0`` (lines 14-16); ``False`` runs plain CG
+            through it (the ablation of [Shen] supplementary "Early termination").
+        printed_step: ``alpha = ||r|| / kappa`` as line 21 prints it, instead of CG's
+            ``||r||^2 / kappa`` (for measuring the departure only).
 
     Returns:
         A :class:`KrylovDirection`; the module docstring lists the choices made.
@@ -163,16 +186,16 @@ def krylov_direction(
         kappa = curvature(p)
         iterations += 1
         k = float(kappa)
-        if k < 0:
+        if k < 0 and early_termination:
             status = "negative_curvature"
             if not moved:
                 # Nothing to return yet: steepest descent p_0 = -g, curvature kappa_0.
                 x, quad = p, kappa
             break
-        if k < damping_threshold:
+        if 0 <= k < damping_threshold:
             kappa = damping_scale * tl.norm(p)
             damped += 1
-        alpha = rr / kappa
+        alpha = rr.sqrt() / kappa if printed_step else rr / kappa
         q = product(p)
         x = tl.add(x, p, alpha)
         r = tl.sub(r, tl.scale(q, alpha))
@@ -190,11 +213,15 @@ def krylov_direction(
     return KrylovDirection(x, quad, iterations, status, damped)
 
 
-def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor]) -> tuple[tuple, bool]:
+def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor], *,
+                printed: bool = False) -> tuple[tuple, bool]:
     """Seed 002 Alg. 1 lines 29-30: make ``dw`` a descent direction for ``g``.
 
     If ``dw . g > 0``, the component of ``dw`` along ``g`` is reflected:
     ``dw - 2 (dw . g / |g|^2) g`` (module docstring: our reading of line 30).
+
+    ``printed=True`` applies line 30 as printed instead, a positive rescaling that leaves
+    ``dw . g > 0`` (for measuring the departure only).
 
     Returns:
         ``(direction, screened)``: the (possibly) corrected direction and whether it was.
@@ -208,6 +235,8 @@ def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor]) -> tuple[tu
     s = tl.dot(d, grad)
     if not float(s) > 0:
         return d, False
+    if printed:  # line 30 as printed: dw <- (1 + dw.g / (|dw| |g|)) dw, still uphill
+        return tl.scale(d, 1.0 + s / (tl.norm(d) * tl.norm(grad))), True
     return tl.add(d, grad, -2.0 * s / tl.dot(grad, grad)), True
 
 
@@ -299,6 +328,62 @@ def taylor_step_size(
     return StepSize(0.0, f0, math.nan, n, "rejected")
 
 
+def armijo_step_size(
+    phi: Callable[[float], float],
+    f0: float,
+    slope: float,
+    *,
+    c: float = 0.01,
+    tau: float = 0.8,
+    max_adjust: int = 10,
+    fallback: float = 1e-6,
+) -> StepSize:
+    """Backtracking from ``gamma = 1`` by ``tau`` until ``phi(gamma) <= f0 + c gamma slope``.
+
+    [Shen] supplementary eq. 1 (Armijo's sufficient decrease; the paper's comparison uses
+    ``c = 0.01``, ``tau = 0.8``), with the same fallback and rejection as
+    :func:`taylor_step_size`. ``ratio`` is ``nan`` (no Taylor ratio is computed).
+
+    Example:
+        >>> phi = lambda t: 0.5 * (1.0 - 2.0 * t) ** 2  # overshoots at t = 1
+        >>> armijo_step_size(phi, 0.5, -2.0).step
+        0.8
+    """
+    gamma, n = 1.0, 0
+    for _ in range(max_adjust + 1):
+        f = phi(gamma)
+        n += 1
+        if f < f0 and f <= f0 + c * gamma * slope:
+            return StepSize(gamma, f, math.nan, n, "accepted")
+        gamma *= tau
+    f = phi(fallback)
+    n += 1
+    if f < f0:
+        return StepSize(fallback, f, math.nan, n, "fallback")
+    return StepSize(0.0, f0, math.nan, n, "rejected")
+
+
+@dataclass
+class NewtonKrylovCounter(CostCounter):
+    """:class:`~secondorder.optim.base.CostCounter` plus Alg. 1's own tallies.
+
+    Attributes:
+        sizings: steps that ran the step sizing (batches not skipped, with a direction).
+        step_attempts: loss evaluations of the step sizing (``phi`` calls); the paper's
+            "attempts of step size adjustment" per iteration ([Shen] supplementary Table 1)
+            is ``step_attempts / sizings``.
+        global_seconds, krylov_seconds, sizing_seconds: wall time of the global gradient
+            (line 1/48), of the batch gradient and Krylov loop (lines 4-30), and of the step
+            sizing (lines 33-47) ([Shen] supplementary "Time statistic").
+    """
+
+    sizings: int = 0
+    step_attempts: int = 0
+    global_seconds: float = 0.0
+    krylov_seconds: float = 0.0
+    sizing_seconds: float = 0.0
+
+
 # --------------------------------------------------------------------------- optimizer
 class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
     """Seed 002's stochastic Newton-Krylov method (Alg. 1; module docstring).
@@ -328,6 +413,13 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         fallback_step: the step when the attempts fail (seed 002: 1e-6), ``> 0``.
         damping_threshold: curvatures below it are damped (seed 002: 1e-8), ``>= 0``.
         damping_scale: the damped curvature is ``damping_scale * ||p||`` (seed 002: 0.01).
+        fd_step: ``h`` of the ``"finite-difference"`` backend, ``> 0``.
+        early_termination: stop the Krylov loop at negative curvature (module docstring).
+        step_sizing: ``"taylor"`` (Alg. 1) or ``"armijo"`` (module docstring).
+        armijo_c, armijo_tau: the Armijo constant and the backtracking factor, both in
+            ``(0, 1)``.
+        printed_cg_step, printed_post_screen: run line 21 / line 30 as printed (module
+            docstring lists why ours differ); for measuring those departures only.
 
     Raises:
         ValueError: for a hyperparameter out of range, or one that differs between param
@@ -347,6 +439,13 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         fallback_step: float = 1e-6,
         damping_threshold: float = 1e-8,
         damping_scale: float = 0.01,
+        fd_step: float = 1e-8,
+        early_termination: bool = True,
+        step_sizing: str = "taylor",
+        armijo_c: float = 0.01,
+        armijo_tau: float = 0.8,
+        printed_cg_step: bool = False,
+        printed_post_screen: bool = False,
     ):
         defaults = dict(
             taylor_ratio=taylor_ratio,
@@ -359,6 +458,13 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             fallback_step=fallback_step,
             damping_threshold=damping_threshold,
             damping_scale=damping_scale,
+            fd_step=fd_step,
+            early_termination=early_termination,
+            step_sizing=step_sizing,
+            armijo_c=armijo_c,
+            armijo_tau=armijo_tau,
+            printed_cg_step=printed_cg_step,
+            printed_post_screen=printed_post_screen,
         )
         super().__init__(params, defaults)
 
@@ -388,6 +494,50 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             raise ValueError(
                 f"Invalid damping_scale: {hp['damping_scale']}; it must be positive"
             )
+        if not hp["fd_step"] > 0.0:
+            raise ValueError(f"Invalid fd_step: {hp['fd_step']}; it must be positive")
+        for key in ("early_termination", "printed_cg_step", "printed_post_screen"):
+            if not isinstance(hp[key], bool):
+                raise ValueError(f"Invalid {key}: {hp[key]!r}; use True or False")
+        if hp["step_sizing"] not in STEP_SIZINGS:
+            raise ValueError(
+                f"Invalid step_sizing: {hp['step_sizing']!r}; choose one of {STEP_SIZINGS}"
+            )
+        for key in ("armijo_c", "armijo_tau"):
+            if not 0.0 < hp[key] < 1.0:
+                raise ValueError(f"Invalid {key}: {hp[key]}; it must be in (0, 1)")
+
+    @property
+    def counters(self) -> NewtonKrylovCounter:
+        """Cumulative counters (:class:`NewtonKrylovCounter`; kept in the state)."""
+        c = self.state.get("counters")
+        if not isinstance(c, NewtonKrylovCounter):
+            base = asdict(c) if isinstance(c, CostCounter) else (c if isinstance(c, dict) else {})
+            c = NewtonKrylovCounter(**base)
+            self.state["counters"] = c
+        return c
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (checked as in :class:`GlobalHyperparameters`).
+
+        Raises:
+            ValueError: as :meth:`GlobalHyperparameters.add_param_group`, or for
+                ``backend="complex-step"`` with a parameter that is not float32 or float64
+                (the complex-step curvature refuses them at the first step otherwise; the
+                group is not added).
+        """
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["backend"] != "complex-step":
+            return
+        for p in group["params"]:
+            if p.dtype not in (torch.float32, torch.float64):
+                self.param_groups.pop()
+                raise ValueError(
+                    f"NewtonKrylov(backend='complex-step') needs float32 or float64 parameters, "
+                    f"got {p.dtype}: pass backend='autograd', which works with float16 and "
+                    "bfloat16 parameters, or cast the model to float32"
+                )
 
     def _global(self) -> dict[str, Any]:
         return self.state.setdefault(
@@ -396,7 +546,9 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
              "steps": 0, "skipped": 0, "rejected": 0, "fallbacks": 0},
         )  # fmt: skip
 
-    def _curvature_fns(self, ev, closure: Closure, backend: str) -> tuple[Product, Curvature]:
+    def _curvature_fns(self, ev, closure: Closure, hp: Mapping[str, Any]
+                       ) -> tuple[Product, Curvature]:
+        backend = hp["backend"]
         if backend == "autograd":
             H = ev.hessian
             cache: dict[int, tuple[Tensor, ...]] = {}
@@ -413,7 +565,9 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
 
             return product, curvature
         params = self.params()
-        loss_fn = _substituted_loss(closure)
+        loss_fn = _substituted_loss(closure, complex_loss=backend == "complex-step")
+        if backend == "finite-difference":
+            return self._finite_difference_fns(ev, loss_fn, params, hp["fd_step"])
         # a parameter with a nonzero gradient must be reached through the ps given to closure
         required = torch.stack([g.abs().amax() > 0 if g.numel() else g.new_zeros((), dtype=bool)
                                 for g in ev.grads]).tolist()
@@ -425,6 +579,34 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         def product(p):
             self.count_hvps(1, ev.samples)
             return complex_step_hvp(loss_fn, params, p, required=required)
+
+        return product, curvature
+
+    def _finite_difference_fns(self, ev, loss_fn, params, h: float
+                               ) -> tuple[Product, Curvature]:
+        """``p -> (g(w + h p) - g(w)) / h`` (one gradient each) and ``p -> p . that``."""
+        g0 = ev.grads
+        cache: dict[int, tuple[Tensor, ...]] = {}
+
+        def difference(p):
+            self.count_hvps(1, ev.samples)
+            with torch.enable_grad():
+                xs = tuple((w.detach() + h * v).requires_grad_(True)
+                           for w, v in zip(params, p, strict=True))
+                gs = torch.autograd.grad(loss_fn(xs), xs, allow_unused=True)
+            gs = tuple(torch.zeros_like(x) if g is None else g
+                       for x, g in zip(xs, gs, strict=True))
+            return tl.scale(tl.sub(gs, g0), 1.0 / h)
+
+        def curvature(p):
+            hp_ = difference(p)
+            cache.clear()
+            cache[id(p)] = hp_
+            return tl.dot(p, hp_)
+
+        def product(p):
+            out = cache.pop(id(p), None)
+            return out if out is not None else difference(p)
 
         return product, curvature
 
@@ -450,11 +632,15 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         hp = self.shared_hyperparameters()
         G = self._global()
         G["steps"] += 1
+        c = self.counters
+        t0 = time.perf_counter()
         if global_closure is not None and (
             G["global_grad"] is None or G["age"] >= hp["global_refresh"]
         ):
             gev = self.evaluate(global_closure)
             G["global_grad"], G["global_loss"], G["age"] = gev.grads, gev.loss, 0
+        t1 = time.perf_counter()
+        c.global_seconds += t1 - t0
 
         ev = self.evaluate(closure, create_graph=hp["backend"] == "autograd")
         try:
@@ -464,10 +650,11 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
                 if float(tl.dot(ev.grads, g)) < 0:
                     G["skipped"] += 1
                     G["last_status"] = "skipped"
+                    c.krylov_seconds += time.perf_counter() - t1
                     return ev.loss
             else:
                 g, f0, phi_closure = ev.grads, ev.loss, closure
-            product, curvature = self._curvature_fns(ev, closure, hp["backend"])
+            product, curvature = self._curvature_fns(ev, closure, hp)
             warm = G["warm"]
             x0 = None if warm is None or hp["warm_start"] == 0.0 else tl.scale(
                 warm, hp["warm_start"]
@@ -475,8 +662,10 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             kd = krylov_direction(
                 product, curvature, g, x0=x0, rtol=hp["rtol"], max_iter=hp["max_krylov"],
                 damping_threshold=hp["damping_threshold"], damping_scale=hp["damping_scale"],
+                early_termination=hp["early_termination"],
+                printed_step=hp["printed_cg_step"],
             )  # fmt: skip
-            d, screened = post_screen(kd.direction, g)
+            d, screened = post_screen(kd.direction, g, printed=hp["printed_post_screen"])
             quad = curvature(d) if screened else kd.quadratic
         finally:
             if ev.hessian is not None:
@@ -484,6 +673,8 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
         G["last_krylov"] = {"iterations": kd.iterations, "status": kd.status,
                             "damped": kd.damped, "screened": screened}  # fmt: skip
         slope, quad = (float(v) for v in torch.stack([tl.dot(d, g), quad.reshape(())]).tolist())
+        t2 = time.perf_counter()
+        c.krylov_seconds += t2 - t1
         if not slope < 0:
             G["last_status"] = "no_direction"
             G["warm"] = None
@@ -495,10 +686,17 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             self.set_params(tl.add(w0, d, gamma))
             return float(self.evaluate(phi_closure, grad=False).loss)
 
-        ss = taylor_step_size(
-            phi, float(f0), slope, quad, eta=hp["taylor_ratio"],
-            max_adjust=hp["max_step_adjust"], fallback=hp["fallback_step"],
-        )  # fmt: skip
+        if hp["step_sizing"] == "armijo":
+            ss = armijo_step_size(phi, float(f0), slope, c=hp["armijo_c"], tau=hp["armijo_tau"],
+                                  max_adjust=hp["max_step_adjust"], fallback=hp["fallback_step"])
+        else:
+            ss = taylor_step_size(
+                phi, float(f0), slope, quad, eta=hp["taylor_ratio"],
+                max_adjust=hp["max_step_adjust"], fallback=hp["fallback_step"],
+            )  # fmt: skip
+        c.sizings += 1
+        c.step_attempts += ss.evaluations
+        c.sizing_seconds += time.perf_counter() - t2
         self.set_params(tl.add(w0, d, ss.step) if ss.step > 0 else w0)
         G["last_status"] = ss.status
         G["last_step_size"] = ss.step
@@ -523,7 +721,8 @@ _CLOSURE_CONTRACT = (
 )
 
 
-def _substituted_loss(closure: Closure) -> Callable[[Sequence[Tensor]], Tensor]:
+def _substituted_loss(closure: Closure, *, complex_loss: bool = True
+                     ) -> Callable[[Sequence[Tensor]], Tensor]:
     """``ps -> closure(ps)``, refusing a closure that cannot take or ignores ``ps``.
 
     The complex step evaluates the loss at complex parameters ``w + i h v``; a closure
@@ -544,7 +743,7 @@ def _substituted_loss(closure: Closure) -> Callable[[Sequence[Tensor]], Tensor]:
 
     def loss_fn(ps: Sequence[Tensor]) -> Tensor:
         loss = closure(ps)
-        if isinstance(loss, Tensor) and not loss.is_complex():
+        if complex_loss and isinstance(loss, Tensor) and not loss.is_complex():
             raise ValueError(
                 "the closure returned a real loss for complex parameters: it ignored the "
                 f"tensors ps it was given (it reads the model's parameters); {_CLOSURE_CONTRACT}"

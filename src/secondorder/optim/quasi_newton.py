@@ -60,17 +60,25 @@ def two_loop(
     Returns:
         ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no host sync).
     """
-    q = tuple(grad)
+    q = tl.clone(grad)  # updated in place below: two allocations per call, not 2 per pair
     alphas = []
     for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
         a = rho * tl.dot(s, q)
-        q = tl.add(q, y, -a)
+        _add_scaled_(q, y, -a)
         alphas.append(a)
     r = tl.scale(q, gamma)
     for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
         b = rho * tl.dot(y, r)
-        r = tl.add(r, s, a - b)
+        _add_scaled_(r, s, a - b)
     return r
+
+
+def _add_scaled_(a: Sequence[Tensor], b: Sequence[Tensor], c: Tensor) -> None:
+    """``a += c b`` in place for a 0-dim tensor ``c``: one fused kernel per tensor."""
+    if len(a) == 1:
+        a[0].addcmul_(b[0], c)
+    else:
+        torch._foreach_addcmul_(list(a), list(b), [c] * len(a))
 
 
 class LBFGSMemory:
@@ -220,25 +228,32 @@ def finite_start(
     reuse: bool,
     reset: Callable[[], None],
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...] | None]:
-    """The point a step starts from, rolled back past a NaN/Inf loss or gradient.
+    """The point a step starts from, rolled back past the method's own unchecked step.
 
     :func:`start_evaluation` gives the loss and gradient at the current parameters. When
-    they are not finite the parameters go back to ``store["x_good"]`` (the last iterate a
-    step started from), ``reset()`` forgets what the method learned (memory, previous
-    direction, step scale) and the closure is evaluated there.
+    they are not finite and the previous step was a fixed step that did not evaluate where
+    it landed (it left ``store["x_good"]``, the point it started from), that step is
+    rejected: the parameters go back to ``x_good``, ``reset()`` forgets what the method
+    learned (memory, previous direction, step scale) and the closure is evaluated there,
+    the new start of the step (:meth:`~secondorder.optim.base.SecondOrderOptimizer.restart_step`).
+    Any other non-finite start is the closure's fault: the step raises
+    :class:`~secondorder.errors.NonFiniteLossError` and is undone (the shared rule of
+    :mod:`secondorder.optim.base`). ``x_good`` is consumed either way.
 
     Returns:
         ``(first_loss, loss, grad)``: the loss first computed (what ``step`` returns) and
         the finite loss and gradient to start from; ``grad`` is ``None`` when there is no
-        finite point to start from (no ``x_good`` yet, or the closure is still not finite
-        there), and the step should return ``first_loss`` without moving.
+        finite point to start from, and the step should return ``first_loss`` without
+        moving (the transaction then raises).
     """
+    x_good = store.pop("x_good", None)
     loss, grad = start_evaluation(optimizer, closure, store, reuse)
     if is_finite(loss, grad):
         return loss, loss, grad
-    if "x_good" not in store:
+    if x_good is None:
         return loss, loss, None
-    optimizer.set_params(store["x_good"])
+    optimizer.set_params(x_good)
+    optimizer.restart_step()
     reset()
     ev = optimizer.evaluate(closure)
     if not is_finite(ev.loss, ev.grads):

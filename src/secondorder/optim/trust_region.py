@@ -30,7 +30,7 @@ from secondorder import tensorlist as tl
 from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
 from secondorder.optim.base import Closure
 from secondorder.optim.curvature_source import CurvatureClosure, check_curvature
-from secondorder.optim.krylov import steihaug_cg
+from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
 
@@ -43,6 +43,7 @@ __all__ = [
     "model_decrease",
     "solve_subproblem",
     "update_radius",
+    "update_radius_model_fit",
 ]
 
 
@@ -71,20 +72,24 @@ def model_decrease(grad: Sequence[Tensor], step: Sequence[Tensor], bstep: Sequen
 
 
 def cauchy_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
-                 norm: AdaptiveNorm) -> tuple[TensorList, Tensor]:
+                 norm: AdaptiveNorm, *, curvature: Tensor | None = None
+                 ) -> tuple[TensorList, Tensor]:
     """The Cauchy point in the ``M``-norm and its model decrease.
 
     Minimizes the model along the ``M``-steepest-descent direction ``d = -M^{-1} g`` within
     ``||s||_M <= radius`` (Conn, Gould & Toint Sec. 6.3; Nocedal & Wright eq. 4.12 for
     ``M = I``): with ``nu^2 = g^T M^{-1} g = ||d||_M^2`` and ``kappa = d^T B d``, the step is
     ``alpha d`` with ``alpha = min(nu^2 / kappa, radius / nu)`` if ``kappa > 0``, else
-    ``radius / nu``. Costs one product. A zero gradient gives the zero step.
+    ``radius / nu``. Costs one product, none when ``curvature`` is given. A zero gradient
+    gives the zero step.
 
     Args:
         matvec: ``v -> B v``.
         grad: ``g``.
         radius: the trust-region radius.
         norm: the norm defining ``M``.
+        curvature: ``kappa = d^T B d`` if already known (Steihaug's first product is
+            along ``d``: :attr:`~secondorder.optim.krylov.CGResult.initial_curvature`).
 
     Returns:
         ``(step, predicted_decrease)``.
@@ -92,7 +97,7 @@ def cauchy_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
     minv_g = norm.solve(grad)
     d = tl.neg(minv_g)
     nu2 = tl.dot(grad, minv_g)
-    kappa = tl.dot(d, tuple(matvec(d)))
+    kappa = tl.dot(d, tuple(matvec(d))) if curvature is None else curvature
     nu = torch.sqrt(nu2)
     positive = nu2 > 0
     alpha_b = radius / torch.where(positive, nu, torch.ones_like(nu))
@@ -108,7 +113,7 @@ def solve_subproblem(
     radius: float,
     norm: AdaptiveNorm,
     *,
-    rtol: float = 1e-4,
+    rtol: float | str = 1e-4,
     max_iter: int | None = None,
     cauchy_floor: bool = True,
 ) -> SubproblemResult:
@@ -117,39 +122,57 @@ def solve_subproblem(
     Diagonal norms go straight to :func:`~secondorder.optim.krylov.steihaug_cg` with
     ``metric=diag(M)``; a full-matrix norm is handled by the change of variables
     ``s = M^{-1/2} u``, which turns the region into a Euclidean ball (Conn, Gould & Toint
-    Sec. 7.7): Steihaug's CG runs on ``M^{-1/2} B M^{-1/2}`` and ``M^{-1/2} g``. With
-    ``cauchy_floor`` the Cauchy point (:func:`cauchy_point`) replaces the CG step when it
-    decreases the model more (seed 001 Assumption 2); that costs two extra products (``B d``
-    and ``B s``), without it one (``B s``, for the predicted decrease).
+    Sec. 7.7): Steihaug's CG runs on ``M^{-1/2} B M^{-1/2}`` and ``M^{-1/2} g``.
+
+    The products are Steihaug's and no more. The predicted decrease comes from CG's
+    residual ``r = -(g + B s)`` (in the variables CG ran in):
+    ``m(0) - m(s) = (s^T r - g^T s) / 2``. With ``cauchy_floor`` the Cauchy point
+    (:func:`cauchy_point`) replaces the CG step when it decreases the model more (seed 001
+    Assumption 2); Steihaug's first iterate is the Cauchy point and its model values
+    decrease ([Steihaug1983]; Conn, Gould & Toint Thm. 7.5.1), so this only guards against
+    rounding, and the Cauchy point's curvature is Steihaug's first product
+    (:attr:`~secondorder.optim.krylov.CGResult.initial_curvature`).
 
     Args:
         matvec: ``v -> B v``.
         grad: ``g``.
         radius: the trust-region radius (positive).
         norm: the trust-region norm.
-        rtol: Steihaug's relative residual tolerance.
+        rtol: Steihaug's relative residual tolerance, or ``"sqrt_gradient"`` for the
+            forcing term ``min(0.5, sqrt(||g||_{M^{-1}}))``
+            (:func:`~secondorder.optim.krylov.sqrt_gradient_forcing`).
         max_iter: most CG products (default: the dimension).
         cauchy_floor: compare with the Cauchy point.
 
     Returns:
         A :class:`SubproblemResult`.
+
+    Raises:
+        ValueError: for an ``rtol`` that is neither ``>= 0`` nor ``"sqrt_gradient"``.
     """
     grad = tuple(grad)
+    if isinstance(rtol, str):
+        if rtol != "sqrt_gradient":
+            raise ValueError(f"Invalid rtol value: {rtol!r}; use a float >= 0 or 'sqrt_gradient'")
+        rtol = sqrt_gradient_forcing(float(torch.sqrt(tl.dot(grad, norm.solve(grad)))))
     if norm.is_diagonal:
         res = steihaug_cg(matvec, grad, radius, metric=norm.metric(), rtol=rtol,
                           max_iter=max_iter)
         step = res.solution
+        decrease = 0.5 * (tl.dot(step, res.residual) - tl.dot(grad, step))
     else:
         def transformed(u: TensorList) -> TensorList:
             return norm.inv_sqrt(tuple(matvec(norm.inv_sqrt(u))))
 
-        res = steihaug_cg(transformed, norm.inv_sqrt(grad), radius, rtol=rtol,
-                          max_iter=max_iter)
-        step = norm.inv_sqrt(res.solution)
-    decrease = model_decrease(grad, step, tuple(matvec(step)))
+        grad_u = norm.inv_sqrt(grad)
+        res = steihaug_cg(transformed, grad_u, radius, rtol=rtol, max_iter=max_iter)
+        u = res.solution
+        step = norm.inv_sqrt(u)
+        decrease = 0.5 * (tl.dot(u, res.residual) - tl.dot(grad_u, u))
     used = torch.zeros((), dtype=torch.bool, device=decrease.device)
     if cauchy_floor:
-        cstep, cdecrease = cauchy_point(matvec, grad, radius, norm)
+        cstep, cdecrease = cauchy_point(matvec, grad, radius, norm,
+                                        curvature=res.initial_curvature)
         used = cdecrease > decrease
         step = tuple(torch.where(used, c, s) for c, s in zip(cstep, step, strict=True))
         decrease = torch.where(used, cdecrease, decrease)
@@ -164,6 +187,29 @@ def update_radius(radius: float, success: bool, *, gamma: float, max_radius: flo
     if not success:
         return radius / gamma
     return min(gamma * radius, max_radius) if expand else radius
+
+
+SHRINK_BELOW = 0.25  # [NocedalWright2006] Alg. 4.1: rho < 1/4 shrinks the radius
+
+
+def update_radius_model_fit(radius: float, rho: float, accepted: bool, on_boundary: bool, *,
+                            gamma: float, eta_expand: float, max_radius: float) -> float:
+    """The radius rule of [NocedalWright2006] Alg. 4.1 with factors ``gamma`` and ``1/gamma^2``.
+
+    * a rejected step, or ``rho < 1/4`` (the model overpredicted the decrease by 4x or more):
+      ``radius / gamma^2`` (Alg. 4.1 with ``gamma = 2``: a quarter);
+    * ``rho >= eta_expand`` and the step on the boundary (``||s||_M = radius``; Steihaug's
+      ``"boundary"`` or ``"negative_curvature"`` exit): ``min(gamma * radius, max_radius)``
+      -- an interior step says nothing about a larger region;
+    * otherwise the radius is kept.
+
+    A NaN ``rho`` (undefined ratio) shrinks.
+    """
+    if not accepted or not rho >= SHRINK_BELOW:
+        return radius / (gamma * gamma)
+    if rho >= eta_expand and on_boundary:
+        return min(gamma * radius, max_radius)
+    return radius
 
 
 class TrustRegion(AdaptiveNormOptimizer):
@@ -197,14 +243,19 @@ class TrustRegion(AdaptiveNormOptimizer):
         power: the norm matrix is ``M = A_t^power`` (0.5: seed 001 Corollary 1).
         max_radius: cap on the radius (>= ``radius``).
         cg_max_iter: most products per Steihaug solve (>= 1).
-        cg_rtol: Steihaug's relative residual tolerance (>= 0).
+        cg_rtol: Steihaug's relative residual tolerance: ``"sqrt_gradient"`` (the forcing
+            term ``min(0.5, sqrt(||g||_{M^{-1}}))`` of [NocedalWright2006] Alg. 7.1, loose
+            far from a minimizer and superlinear near one) or a constant ``>= 0``.
         grad_tol: Alg. 1 line 4, ``g_t := 0`` if ``||g_t|| <= grad_tol`` (no step).
         cauchy_floor: take the Cauchy point when it beats Steihaug's step.
         eta_expand: ``None`` (seed 001 Alg. 1): the radius grows after every accepted step.
-            A value in ``[eta, 1)``: it grows only when ``rho >= eta_expand`` and is kept for
-            ``eta <= rho < eta_expand`` (Conn, Gould & Toint Alg. 6.1.1; Nocedal & Wright
-            Alg. 4.1 use 0.75), which avoids Alg. 1's accept/reject alternation once the
-            radius fits.
+            A value in ``[eta, 1)``: the rule of [NocedalWright2006] Alg. 4.1 (which uses
+            0.75; :func:`update_radius_model_fit`): the radius grows only when ``rho >=
+            eta_expand`` and the step reached the boundary, shrinks by ``gamma^2`` when the
+            step is rejected or ``rho < 1/4``, and is kept otherwise (Conn, Gould & Toint
+            Alg. 6.1.1 allow all three). It avoids Alg. 1's accept/reject alternation once
+            the radius fits; on full-batch problems it takes about half the rejected steps
+            (``benchmarks/full_batch_solvers.py``).
         normalize: scale ``M`` to mean diagonal 1, so that ``radius`` is in Euclidean units
             (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
@@ -234,7 +285,7 @@ class TrustRegion(AdaptiveNormOptimizer):
         power: float = 0.5,
         max_radius: float = 1e4,
         cg_max_iter: int = 250,
-        cg_rtol: float = 1e-4,
+        cg_rtol: float | str = "sqrt_gradient",
         grad_tol: float = 0.0,
         cauchy_floor: bool = True,
         normalize: bool = True,
@@ -271,8 +322,13 @@ class TrustRegion(AdaptiveNormOptimizer):
         cg_max_iter = hp["cg_max_iter"]
         if not (isinstance(cg_max_iter, int) and cg_max_iter >= 1):
             raise ValueError(f"Invalid cg_max_iter value: {cg_max_iter}; it must be an int >= 1")
-        if not hp["cg_rtol"] >= 0:
-            raise ValueError(f"Invalid cg_rtol value: {hp['cg_rtol']}; it must be >= 0")
+        cg_rtol = hp["cg_rtol"]
+        if isinstance(cg_rtol, str) and cg_rtol != "sqrt_gradient":
+            raise ValueError(
+                f"Invalid cg_rtol value: {cg_rtol!r}; it must be 'sqrt_gradient' or a float >= 0"
+            )
+        if not isinstance(cg_rtol, str) and not cg_rtol >= 0:
+            raise ValueError(f"Invalid cg_rtol value: {cg_rtol}; it must be >= 0")
         if not hp["grad_tol"] >= 0:
             raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
         check_curvature(hp["curvature"])
@@ -317,10 +373,17 @@ class TrustRegion(AdaptiveNormOptimizer):
             return loss
         trial = try_step(self, closure, loss, sub.step, sub.predicted_decrease, hp["eta"])
         eta_expand = hp.get("eta_expand")
-        expand = eta_expand is None or trial.rho >= eta_expand
+        if eta_expand is None:
+            new_radius = update_radius(radius, trial.accepted, gamma=hp["gamma"],
+                                       max_radius=hp["max_radius"])
+        else:
+            on_boundary = sub.status in ("boundary", "negative_curvature")
+            new_radius = update_radius_model_fit(
+                radius, trial.rho, trial.accepted, on_boundary, gamma=hp["gamma"],
+                eta_expand=eta_expand, max_radius=hp["max_radius"],
+            )  # fmt: skip
         gstate.update(
-            radius=update_radius(radius, trial.accepted, gamma=hp["gamma"],
-                                 max_radius=hp["max_radius"], expand=expand),
+            radius=new_radius,
             rho=trial.rho, accepted=trial.accepted, cg_iterations=sub.iterations,
             cg_status=sub.status,
         )  # fmt: skip
