@@ -103,6 +103,28 @@ def trajectory(name: str, x: torch.Tensor, y: torch.Tensor, steps: int = STEPS,
     return torch.stack(out)
 
 
+def torch_optim_closure_trajectory(x: torch.Tensor, y: torch.Tensor,
+                                   steps: int = STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """LBFGS with a torch.optim-style closure (``zero_grad(); backward()``): the parameters
+    after each step, and the flat ``.grad`` the last closure call left."""
+    net = model()
+    opt = LBFGS(net.parameters(), history_size=5)
+    per_sample = nn.CrossEntropyLoss(reduction="none")
+
+    def closure():
+        opt.zero_grad()
+        loss = per_sample(net(x), y)
+        loss.mean().backward()
+        return loss.detach()  # per-sample: the shards are weighted by their sizes
+
+    out = []
+    for _ in range(steps):
+        opt.step(closure)
+        out.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
+    grad = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    return torch.stack(out), grad
+
+
 def _init(rank: int, world: int, path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{path}/rendezvous", rank=rank,
@@ -125,6 +147,7 @@ def run_case(rank: int, world: int, path: str, names: list[str], unequal: list[s
         out["iterates"] = {name: trajectory(name, x[lo:hi], y[lo:hi]) for name in names}
         fragile = torch.arange(N)[lo:hi] >= N // 2  # the last rank's shard (2 ranks)
         out["nan_trial"] = trajectory("LBFGS", x[lo:hi], y[lo:hi], fragile=fragile)
+        out["torch_optim_closure"] = torch_optim_closure_trajectory(x[lo:hi], y[lo:hi])
         if unequal:
             lo, hi = shard_bounds(rank, world, [2 * N // 3, N // 3])
             out["unequal"] = {name: trajectory(name, x[lo:hi], y[lo:hi]) for name in unequal}
