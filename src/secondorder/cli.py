@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"few problems, small grid, one seed (about {QUICK_DURATION} on 2 cores)")
     b.add_argument("--sweep", help="sweep name in the database (default: bench; --quick: quick)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where runs execute: local processes or Ray tasks")
+    b.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     _add_extension_arguments(b)
 
     r = add("report", "write the report from the database")
@@ -279,6 +282,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench import problems as P
     from secondorder.bench import timing
     from secondorder.bench.config import apply_bench_extensions
+    from secondorder.bench.executors import make_executor, use_executor
     from secondorder.bench.registry import available_optimizers, list_optimizers
     from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows
     from secondorder.bench.runner import Budget
@@ -311,6 +315,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
                              data_dir=args.data_dir,
                              name=args.sweep or ("quick" if args.quick else "bench"),
                              retry_failed=args.retry_failed)
+        executor = make_executor(args.executor, address=args.address)  # exit 2 without Ray
     except ValueError as e:
         raise CLIError(str(e)) from None
     out = Path(args.out)
@@ -334,8 +339,9 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     t0 = time.perf_counter()
     try:
-        res = run_sweep(config, db, progress=not args.no_progress, on_plan=_print_plan,
-                        on_problem_done=interim)
+        with use_executor(executor):
+            res = run_sweep(config, db, progress=not args.no_progress, on_plan=_print_plan,
+                            on_problem_done=interim)
     except KeyboardInterrupt:
         rep = _write_report(out, db, config.name, command, with_figures=True,
                             note=f"Interrupted: {len(done)} of {len(problems)} problems done; "

@@ -64,6 +64,7 @@ import torch
 from secondorder.bench.data import files_fingerprint
 from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
 from secondorder.bench.datafacts import data_facts
+from secondorder.bench.executors import active_executor
 from secondorder.bench.registry import get_optimizer
 from secondorder.bench.runner import Budget, RunResult, evaluate_split, run
 from secondorder.bench.store import TERMINAL, Store
@@ -327,7 +328,11 @@ def _execute_all(db_path: str, tasks: Sequence[Task], workers: _Workers, bar) ->
     """Execute ``tasks`` until each is terminal in the database: the pending ones here,
     then, every :data:`POLL_SECONDS`, those another process was running (``"busy"``)
     until that process finishes them (counted ``"skipped"``) or its claim goes stale
-    (taken over and run here)."""
+    (taken over and run here). Under :func:`~secondorder.bench.executors.use_executor`
+    the pending tasks run as Ray tasks instead of in this process or its pool."""
+    executor = active_executor()
+    if executor is not None and workers.loader is not None:
+        raise ValueError("a custom problem loader needs the local executor, not Ray")
     counts: Counter[str] = Counter()
     remaining = list(tasks)
     while remaining:
@@ -337,20 +342,26 @@ def _execute_all(db_path: str, tasks: Sequence[Task], workers: _Workers, bar) ->
             counts["skipped"] += done_elsewhere
             if bar is not None:
                 bar.update(done_elsewhere)
-        pool = workers.get(len(pending))
-        if pool is None:
-            statuses = ((t, execute(db_path, t, workers.loader)) for t in pending)
+        if executor is not None:  # Ray (secondorder.bench.executors)
+            statuses = executor.execute(db_path, pending)
         else:
-            futures = {pool.submit(execute, db_path, t): t for t in pending}
-            statuses = ((futures[f], f.result()) for f in as_completed(futures))
+            pool = workers.get(len(pending))
+            if pool is None:
+                statuses = ((t, execute(db_path, t, workers.loader)) for t in pending)
+            else:
+                futures = {pool.submit(execute, db_path, t): t for t in pending}
+                statuses = ((futures[f], f.result()) for f in as_completed(futures))
         remaining = []
-        for t, s in statuses:
-            if s == "busy":
-                remaining.append(t)
-                continue
-            counts[s] += 1
-            if bar is not None:
-                bar.update(1)
+        try:
+            for t, s in statuses:
+                if s == "busy":
+                    remaining.append(t)
+                    continue
+                counts[s] += 1
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            statuses.close()  # on an exception: the Ray executor cancels its tasks
         if remaining:
             time.sleep(POLL_SECONDS)
     return dict(counts)

@@ -67,6 +67,7 @@ from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
 from secondorder.optim.closure_convention import BackwardWatch, grads_from_attribute
+from secondorder.optim.distributed import data_parallel_evaluate
 
 Closure = Callable[[], Tensor]
 
@@ -294,6 +295,9 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     NEEDS_CURVATURE: ClassVar[bool] = False
     SUPPORTS_GAUSS_NEWTON: ClassVar[bool] = False
     _transaction: StepTransaction | None = None
+    # set by secondorder.optim.distributed while a rank evaluates its shard: the rank-averaged
+    # values are watched afterwards instead, so that every rank agrees on the outcome
+    _start_watch_deferred: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -328,10 +332,11 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         Called by :meth:`evaluate` for each evaluation made before the step first moves the
         parameters; an optimizer that differentiates its closure itself calls it too. A
         non-finite value makes the step raise and be undone (module docstring). Outside a
-        step it does nothing.
+        step it does nothing. Under ``torch.distributed`` it sees the rank-averaged values
+        (:mod:`secondorder.optim.distributed` calls it after averaging).
         """
         tr = self._transaction
-        if tr is None or not tr.at_start:
+        if tr is None or not tr.at_start or self._start_watch_deferred:
             return
         tr.watch([loss, *grads])
         if hessian is not None:
@@ -448,6 +453,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         c.hvp_samples += n * samples
 
     # ----------------------------------------------------------------- evaluation
+    @data_parallel_evaluate  # averages across ranks when torch.distributed is initialized
     def evaluate(
         self,
         closure: Closure,

@@ -41,6 +41,7 @@ from secondorder.optim.base import (
     needs_working_precision,
     to_working_precision,
 )
+from secondorder.optim.distributed import data_parallel_operator
 
 CURVATURES = ("hessian", "gauss_newton")
 CurvatureClosure = Callable[[], CurvatureOperator]
@@ -210,5 +211,6 @@ def separate_operator(
     outputs = getattr(op, "outputs", None)  # GGNOperator: one row of outputs per sample
     samples = int(outputs.shape[0]) if isinstance(outputs, Tensor) and outputs.dim() > 0 else 0
     op.on_product = lambda: optimizer.count_hvps(1, samples)
-    optimizer.watch_start(None, (), op)  # a NaN product undoes the step (optim.base)
+    op = data_parallel_operator(optimizer, op)  # averaged across ranks, if any
+    optimizer.watch_start(None, (), op)  # a NaN (averaged) product undoes the step (optim.base)
     return op

@@ -59,6 +59,7 @@ from secondorder.optim.curvature_source import (
     check_closures,
     separate_operator,
 )
+from secondorder.optim.distributed import data_parallel_hessian_free_evaluate
 from secondorder.optim.krylov import truncated_cg
 from secondorder.optim.line_search import backtracking
 from secondorder.tensorlist import TensorList
@@ -274,6 +275,7 @@ class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
     }
 
     # ------------------------------------------------------------------ evaluation
+    @data_parallel_hessian_free_evaluate  # averages across ranks under torch.distributed
     def _evaluate(
         self, closure: Closure, *, fisher: bool, create_graph: bool
     ) -> tuple[Tensor, TensorList, TensorList | None, HessianOperator | None]:
