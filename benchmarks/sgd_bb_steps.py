@@ -21,20 +21,27 @@ from secondorder.bench.studies.problems import cnn
 from secondorder.optim import BarzilaiBorwein
 
 
-def run(problem, lr: float, tau_max: float, epochs: int, seed: int, batch: int = 128) -> None:
-    """Train with SGD-BB and print one line per epoch."""
+def run(problem, lr: float, tau_max: float, epochs: int, seed: int, batch: int = 128,
+        sgd: bool = False) -> None:
+    """Train with SGD-BB (or plain SGD at the fixed step ``lr``) and print one line per epoch."""
     model = problem.make_model(seed)
     x, y = problem.train.inputs, problem.train.targets
     steps = math.ceil(len(x) / batch)
     opt = BarzilaiBorwein(model.parameters(), lr=lr, epoch_length=steps, tau_max=tau_max)
+    sgd_opt = torch.optim.SGD(model.parameters(), lr=lr) if sgd else None
     gen = torch.Generator().manual_seed(seed)
     for ep in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
-        eta = opt.step_size
+        eta = lr if sgd_opt is not None else opt.step_size
         for i in range(steps):
             idx = perm[i * batch:(i + 1) * batch]
             xb, yb = x[idx], y[idx]
-            opt.step(lambda xb=xb, yb=yb: problem.loss(model(xb), yb).mean())
+            if sgd_opt is None:
+                opt.step(lambda xb=xb, yb=yb: problem.loss(model(xb), yb).mean())
+            else:
+                sgd_opt.zero_grad()
+                problem.loss(model(xb), yb).mean().backward()
+                sgd_opt.step()
         with torch.no_grad():
             out = model(problem.validation.inputs)
             vl = float(problem.loss(out, problem.validation.targets).mean())
@@ -51,6 +58,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--tau-max", type=float, default=10.0)
+    ap.add_argument("--sgd", action="store_true", help="plain SGD at the fixed step --lr")
     ap.add_argument("--quick", action="store_true", help="digits, 3 epochs, seed 0")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -58,7 +66,7 @@ def main() -> None:
         a.data_dir, a.epochs, a.seeds = None, 3, [0]
     problem = cnn(a.data_dir, max_train=a.max_train).problem
     for seed in a.seeds:
-        run(problem, a.lr, a.tau_max, a.epochs, seed)
+        run(problem, a.lr, a.tau_max, a.epochs, seed, sgd=a.sgd)
 
 
 if __name__ == "__main__":
