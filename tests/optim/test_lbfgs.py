@@ -289,3 +289,20 @@ def test_step_lr_acts_as_on_torch_lbfgs():
             s.step()
         assert torch.allclose(x.detach(), xt.detach(), rtol=0, atol=1e-8)
     assert ours.param_groups[0]["lr"] == 1 / 16
+
+
+@pytest.mark.parametrize(("norm", "step"), [("l1", 1.0 / 40.0), ("l2", 0.5)])
+def test_first_step_norm_sets_the_first_trial(norm, step):
+    # f = |x|^2 / 2 at x = 0.1 (400 entries): g = x, |g|_1 = 40, |g|_2 = 2, so the first
+    # fixed step is lr * min(1, 1/|g|) = 1/40 (torch's L1 rule) or 1/2 (scipy's L2 rule).
+    x = torch.full((400,), 0.1, dtype=torch.float64, requires_grad=True)
+    opt = LBFGS([x], line_search=None, first_step_norm=norm)
+    opt.step(lambda: 0.5 * (x * x).sum())
+    expected = torch.full((400,), 0.1 * (1 - step), dtype=torch.float64)
+    torch.testing.assert_close(x.detach(), expected, rtol=1e-12, atol=0)
+
+
+def test_first_step_norm_rejects_unknown_names():
+    x = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="first_step_norm.*'linf'"):
+        LBFGS([x], first_step_norm="linf")
