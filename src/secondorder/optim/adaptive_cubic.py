@@ -269,6 +269,10 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
             raise ValueError(f"Invalid grad_tol value: {hp['grad_tol']}; it must be >= 0")
         check_curvature(hp["curvature"])
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(
         self,
         closure: Closure,

@@ -169,6 +169,10 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         st = self.state["global"]
         return float(st.get("eta", ds.GroupScale.of(self).lr))
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One SGD-BB step (mini-batch) or one BB1/BB2 iteration (full batch).
 

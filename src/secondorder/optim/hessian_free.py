@@ -334,6 +334,10 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         out = self.evaluate(closure, grad=False).loss
         return torch.where(torch.isfinite(out), out, torch.full_like(out, math.inf))
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     # ------------------------------------------------------------------ step
     def step(
         self,

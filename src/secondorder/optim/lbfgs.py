@@ -138,6 +138,10 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         st.setdefault("n_iter", 0)
         return st
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     # ------------------------------------------------------------------ step
     def step(self, closure: Closure, overlap_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations on ``closure``.

@@ -161,6 +161,10 @@ class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
         """The param group of each tensor of :meth:`params`, in the same order."""
         return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One least-squares Newton step with backtracking.
 

@@ -177,6 +177,10 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         c.gradient_samples += n + k
         return loss.detach(), g, hess
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     # ------------------------------------------------------------------ step
     def step(self, closure: Closure, hessian_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """One truncated Newton step.

@@ -450,6 +450,10 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
 
         return product, curvature
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(  # type: ignore[override]
         self, closure: Closure, global_closure: Closure | None = None
     ) -> Tensor:

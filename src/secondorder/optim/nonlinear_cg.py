@@ -148,6 +148,10 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         d = tl.add(tl.neg(g), d_old, beta)
         return d, bool(beta == 0)
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """Run up to ``max_iter`` NLCG iterations on ``closure``.
 
