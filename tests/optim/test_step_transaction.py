@@ -111,3 +111,30 @@ def test_an_undeclared_in_place_write_is_named_by_the_check():
     opt.step(lambda: loss_of(w))  # the first step creates the buffer: nothing to check yet
     with pytest.raises(AssertionError, match="UndeclaredBuffer.step wrote in place.*'buf'"):
         opt.step(lambda: loss_of(w))
+
+
+class StartCopies(SecondOrderOptimizer):
+    """Records what :meth:`params_at_start` returns before and after moving."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+        self.seen: list[tuple[bool, bool]] = []
+
+    def step(self, closure):  # type: ignore[override]
+        ev = self.evaluate(closure)
+        tr = self._transaction
+        for _ in range(2):
+            x0 = self.params_at_start()
+            shared = all(a is b for a, b in zip(x0, tr._params, strict=True))
+            same = all(torch.equal(a, p) for a, p in zip(x0, self.params(), strict=True))
+            self.seen.append((shared, same))
+            self.add_to_params(ev.grads, -0.1)
+        return ev.loss
+
+
+def test_params_at_start_shares_the_transaction_copy_until_the_parameters_move():
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = StartCopies([w])
+    opt.step(lambda: loss_of(w))
+    assert opt.seen == [(True, True), (False, True)]  # then a fresh copy of the moved point
+    assert opt.params_at_start()[0] is not w and torch.equal(opt.params_at_start()[0], w)

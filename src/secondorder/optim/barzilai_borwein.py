@@ -249,7 +249,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         slope = -tl.dot(g, scale.apply(g))
         if scale.lr == 0 or float(slope) == 0.0:
             return orig_loss
-        x0 = tl.clone(self.params())
+        x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, d)
         t, new_loss, new_g = ds.search(
             phi, "nonmonotone", loss, g, slope, step=alpha, c1=grp["c1"],

@@ -205,6 +205,9 @@ class StepTransaction:
     def __init__(self, optimizer: SecondOrderOptimizer):
         params = optimizer.all_params()
         self._params = [p.detach().clone() for p in params]
+        self._copy_of = {
+            id(p): (p, p._version, c) for p, c in zip(params, self._params, strict=True)
+        }
         memo: dict[int, Any] = {id(p): p for p in params}  # the state's keys are not copied
         state = [(k, v) for k, v in optimizer.state.items() if k != "counters"]
         in_place = type(optimizer).state_mutated_in_place
@@ -227,6 +230,16 @@ class StepTransaction:
         self._extra = copy.deepcopy(optimizer.extra_state())
         self._finite: Tensor | None = None
         self.at_start = True
+
+    def copies_if_unchanged(self, params: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
+        """This transaction's copies of ``params`` when none was written since it began."""
+        out = []
+        for p in params:
+            entry = self._copy_of.get(id(p))
+            if entry is None or entry[0] is not p or p._version != entry[1]:
+                return None
+            out.append(entry[2])
+        return tuple(out)
 
     def check_kept_unchanged(self, optimizer: SecondOrderOptimizer) -> None:
         """With :attr:`check_in_place`: raise when a tensor kept by reference was written."""
@@ -411,6 +424,18 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     def group_of(self) -> tuple[dict[str, Any], ...]:
         """The param group of each tensor of :meth:`params`, in the same order."""
         return tuple(g for g in self.param_groups for p in g["params"] if p.requires_grad)
+
+    def params_at_start(self) -> tuple[Tensor, ...]:
+        """Detached copies of :meth:`params` as they are now, for a step to go back to.
+
+        While the parameters have not been written since the step began, these are the
+        step transaction's own copies (no new copy: one parameter-sized copy less per
+        step); otherwise fresh ones. Read them, never write into them.
+        """
+        params = self.params()
+        tr = self._transaction
+        copies = None if tr is None else tr.copies_if_unchanged(params)
+        return copies if copies is not None else tl.clone(params)
 
     @torch.no_grad()
     def set_params(self, values: Sequence[Tensor]) -> None:

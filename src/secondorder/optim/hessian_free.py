@@ -428,7 +428,7 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
         candidates.pop(0, None)
         candidates[res.iterations] = res.solution
         order = sorted(candidates)
-        old = tl.clone(self.params())
+        old = self.params_at_start()
 
         # Martens' CG backtracking: from the last kept iterate backwards while the loss drops.
         best_i = order[-1]

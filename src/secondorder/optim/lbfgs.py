@@ -180,7 +180,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         for it in range(grp["max_iter"]):
             if lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 break
-            x0 = tl.clone(self.params())
+            x0 = self.params_at_start()
             d = scale.apply(tl.neg(mem.solve(g)))
             gtd = tl.dot(g, d)
             if not bool(gtd < 0):  # not a descent direction: restart from steepest descent

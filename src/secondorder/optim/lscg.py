@@ -197,7 +197,7 @@ class LSCG(GlobalHyperparameters, SecondOrderOptimizer):
         if not slope < 0:  # zero gradient: nothing to do
             G["step_size"] = 0.0
             return model.loss
-        w0 = tl.clone(self.params())
+        w0 = self.params_at_start()
         phi = LineObjective(self, closure, w0, d)
         ls = backtracking(
             phi, model.loss, slope, step=scale.lr, c1=hp["c1"], max_evals=hp["max_evals"]

@@ -234,7 +234,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             p = scale.apply(tl.neg(g))
             gtd = -tl.dot(g, scale.apply(g))
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
-        x0 = tl.clone(self.params())
+        x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, p)
         _, new_loss, _ = ds.search(
             phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],

@@ -515,7 +515,7 @@ class NewtonKrylov(GlobalHyperparameters, SecondOrderOptimizer):
             G["warm"] = None
             return ev.loss
 
-        w0 = tl.clone(self.params())
+        w0 = self.params_at_start()
 
         def phi(gamma: float) -> float:
             self.set_params(tl.add(w0, d, gamma))

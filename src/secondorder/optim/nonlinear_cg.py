@@ -197,7 +197,7 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             else:
                 g1 = float(sum(x.abs().sum() for x in scale.apply(g)))
                 t0 = min(1.0, 1.0 / g1) * lr
-            x0 = tl.clone(self.params())
+            x0 = self.params_at_start()
             phi = LineObjective(self, closure, x0, step_dir)
             t, new_loss, new_g = ds.search(
                 phi, "strong_wolfe", loss, g, gtd, step=t0, c1=grp["c1"], c2=grp["c2"],
