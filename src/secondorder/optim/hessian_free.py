@@ -399,7 +399,8 @@ class HessianFree(GlobalHyperparameters, SecondOrderOptimizer):
 
         precond = None
         if fisher is not None:
-            m = tuple(torch.pow(f + damping, hp["preconditioner_power"]) for f in fisher)
+            # (fisher + damping)^power written over the Fisher diagonal, not needed after
+            m = tuple(f.add_(damping).pow_(hp["preconditioner_power"]) for f in fisher)
 
             def precond(r: TensorList) -> TensorList:
                 return tuple(torch._foreach_div(list(r), list(m)))

@@ -181,7 +181,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             if lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 break
             x0 = self.params_at_start()
-            d = scale.apply(tl.neg(mem.solve(g)))
+            d = scale.apply(mem.descent_direction(g))
             gtd = tl.dot(g, d)
             if not bool(gtd < 0):  # not a descent direction: restart from steepest descent
                 mem.reset()
@@ -205,7 +205,9 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             )  # fmt: skip
             if new_g is None and it < grp["max_iter"] - 1:
                 new_loss, new_g = phi(t)
-            s = tl.scale(d, t)
+            s = d  # the step t d, scaled in place: d is not needed any more (per tensor:
+            for x in s:  # torch._foreach_mul_ by a float rounds unlike tl.scale in bf16)
+                x.mul_(t)
             st["n_iter"] += 1
             y = None
             if overlap_closure is not None:
