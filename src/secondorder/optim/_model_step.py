@@ -136,7 +136,7 @@ def try_step(
     Returns:
         A :class:`Trial`.
     """
-    old = tl.clone(optimizer.params())
+    old = optimizer.params_at_start()
     optimizer.add_to_params(step)
     new_loss = optimizer.evaluate(closure, grad=False).loss
     f0, f1, predicted = (

@@ -254,6 +254,9 @@ class AdaHessian(hyper.Hyperparameters, SecondOrderOptimizer):
     def _global(self) -> dict[str, Any]:
         return self.state.setdefault("global", {"step": 0})
 
+    #: the moments are updated in place; the step transaction copies them (base)
+    state_mutated_in_place = frozenset({"exp_avg", "exp_hessian_diag_sq"})
+
     # ---------------------------------------------------------------- step
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One AdaHessian step.

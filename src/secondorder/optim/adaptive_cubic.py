@@ -262,6 +262,10 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         eta1, eta2 = hp["eta1"], hp["eta2"]
         hyper.require(eta1 <= eta2 < 1.0, "eta2", eta2, f"in [eta1, 1) = [{eta1}, 1)")
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(
         self,
         closure: Closure,

@@ -165,6 +165,10 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         st = self.state["global"]
         return float(st.get("eta", ds.GroupScale.of(self).lr))
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One SGD-BB step (mini-batch) or one BB1/BB2 iteration (full batch).
 
@@ -241,7 +245,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         slope = -tl.dot(g, scale.apply(g))
         if scale.lr == 0 or float(slope) == 0.0:
             return orig_loss
-        x0 = tl.clone(self.params())
+        x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, d)
         t, new_loss, new_g = ds.search(
             phi, "nonmonotone", loss, g, slope, step=alpha, c1=grp["c1"],

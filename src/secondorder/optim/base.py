@@ -31,8 +31,9 @@ tries *beyond* its start (line-search or trust-region trials) may be non-finite:
 algorithm rejects them, as documented by each optimizer. The start is every evaluation
 before the step first moves the parameters (:meth:`SecondOrderOptimizer.set_params`,
 :meth:`SecondOrderOptimizer.add_to_params`). The transaction costs one copy of the
-parameters and the state per step (memory and bandwidth: for L-BFGS with history ``m``
-about ``2 m + 2`` parameter-sized vectors, for AdaHessian four) and one host sync.
+parameters per step, plus a copy of the state tensors the step writes into in place
+(``state_mutated_in_place``: AdaHessian's two moments; none for the other optimizers, whose
+steps replace their state tensors instead of writing into them), and one host sync.
 
 **Low precision.** With float16 or bfloat16 parameters the closure, the gradient and the
 Hessian-vector products run in the parameters' dtype. The methods that accumulate small
@@ -162,16 +163,17 @@ def needs_working_precision(params: Sequence[Tensor]) -> bool:
     return any(working_dtype(p.dtype) != p.dtype for p in params)
 
 
-def _tensors_in(obj: Any) -> Iterable[Tensor]:
-    """The tensors inside nested dicts, lists and tuples."""
+def _keyed_tensors(obj: Any, key: str) -> Iterable[tuple[str, Tensor]]:
+    """``(key, tensor)`` for the tensors inside nested dicts, lists and tuples; ``key`` is the
+    innermost string dict key above the tensor (``""`` when none)."""
     if isinstance(obj, Tensor):
-        yield obj
+        yield key, obj
     elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors_in(v)
+        for k, v in obj.items():
+            yield from _keyed_tensors(v, k if isinstance(k, str) else key)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            yield from _tensors_in(v)
+            yield from _keyed_tensors(v, key)
 
 
 class StepTransaction:
@@ -182,21 +184,73 @@ class StepTransaction:
     device boolean that is false once a loss, gradient or Hessian-vector product at the
     start point was NaN or infinite (accumulated without a host sync).
 
+    The copy of the state is cheap: its containers (dicts, lists, tuples) are copied, but
+    a tensor in it is cloned only when the step may write into it in place, i.e. when it
+    sits under a key the optimizer names in
+    :attr:`SecondOrderOptimizer.state_mutated_in_place` (every tensor when that is
+    ``None``). The others are kept by reference: a step that replaces them (an L-BFGS pair
+    is appended as a new tuple, a moment is overwritten by a new tensor) leaves the old
+    tensor intact, so putting the old containers back restores the state bit for bit. An
+    L-BFGS step thus costs one copy of the parameters, not ``2 m + 2``.
+
     Attributes:
         at_start: the parameters have not moved yet in this step.
+        check_in_place: class-wide switch for tests: record the in-place version counter
+            of every tensor kept by reference and raise ``AssertionError`` (naming its key)
+            when the step changed one, i.e. the optimizer mutated a tensor it did not name
+            in ``state_mutated_in_place``.
     """
+
+    check_in_place: bool = False
 
     def __init__(self, optimizer: SecondOrderOptimizer):
         params = optimizer.all_params()
         self._params = [p.detach().clone() for p in params]
+        self._copy_of = {
+            id(p): (p, p._version, c) for p, c in zip(params, self._params, strict=True)
+        }
         memo: dict[int, Any] = {id(p): p for p in params}  # the state's keys are not copied
         state = [(k, v) for k, v in optimizer.state.items() if k != "counters"]
-        for t in _tensors_in(state):  # clone each tensor once, not through deepcopy
-            memo.setdefault(id(t), t.detach().clone())
+        in_place = type(optimizer).state_mutated_in_place
+        kept: list[tuple[str, Tensor, int]] = []
+        tensors = list(_keyed_tensors(state, ""))
+        if in_place is not None:  # clone a tensor met under a named key, wherever else it is
+            for key, t in tensors:
+                if key in in_place:
+                    memo.setdefault(id(t), t.detach().clone())
+        for key, t in tensors:  # each tensor once, not through deepcopy
+            if id(t) not in memo:
+                if in_place is None:
+                    memo[id(t)] = t.detach().clone()
+                else:
+                    memo[id(t)] = t
+                    if self.check_in_place:
+                        kept.append((key, t, t._version))
+        self._kept = kept
         self._state = copy.deepcopy(state, memo)
         self._extra = copy.deepcopy(optimizer.extra_state())
         self._finite: Tensor | None = None
         self.at_start = True
+
+    def copies_if_unchanged(self, params: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
+        """This transaction's copies of ``params`` when none was written since it began."""
+        out = []
+        for p in params:
+            entry = self._copy_of.get(id(p))
+            if entry is None or entry[0] is not p or p._version != entry[1]:
+                return None
+            out.append(entry[2])
+        return tuple(out)
+
+    def check_kept_unchanged(self, optimizer: SecondOrderOptimizer) -> None:
+        """With :attr:`check_in_place`: raise when a tensor kept by reference was written."""
+        for key, t, version in self._kept:
+            if t._version != version:
+                raise AssertionError(
+                    f"{type(optimizer).__name__}.step wrote in place into the state tensor "
+                    f"under {key!r}, which its state_mutated_in_place does not name: the "
+                    "step transaction could not undo it"
+                )
 
     def watch(self, values: Iterable[Tensor | None]) -> None:
         """AND the finiteness of ``values`` into the start-point flag (no host sync)."""
@@ -244,10 +298,12 @@ def _transactional(step: Callable[..., Any]) -> Callable[..., Any]:
         )
         try:
             out = step(self, *args, **kwargs)
+            transaction.check_kept_unchanged(self)
             if not transaction.start_was_finite():
                 raise NonFiniteLossError(message)
             return out
         except NonFiniteLossError:
+            transaction.check_kept_unchanged(self)
             transaction.rollback(self)
             raise
         except BaseException as exc:
@@ -298,6 +354,11 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     # set by secondorder.optim.distributed while a rank evaluates its shard: the rank-averaged
     # values are watched afterwards instead, so that every rank agrees on the outcome
     _start_watch_deferred: bool = False
+    #: Keys of ``self.state`` entries (per-parameter or nested in ``state["global"]``)
+    #: whose tensors ``step`` writes into in place: the step transaction clones those and
+    #: keeps the others by reference (:class:`StepTransaction`). ``None``, the default for
+    #: a subclass that does not say, clones every tensor of the state at every step.
+    state_mutated_in_place: frozenset[str] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -379,6 +440,18 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     def group_of(self) -> tuple[dict[str, Any], ...]:
         """The param group of each tensor of :meth:`params`, in the same order."""
         return tuple(g for g in self.param_groups for p in g["params"] if p.requires_grad)
+
+    def params_at_start(self) -> tuple[Tensor, ...]:
+        """Detached copies of :meth:`params` as they are now, for a step to go back to.
+
+        While the parameters have not been written since the step began, these are the
+        step transaction's own copies (no new copy: one parameter-sized copy less per
+        step); otherwise fresh ones. Read them, never write into them.
+        """
+        params = self.params()
+        tr = self._transaction
+        copies = None if tr is None else tr.copies_if_unchanged(params)
+        return copies if copies is not None else tl.clone(params)
 
     @torch.no_grad()
     def set_params(self, values: Sequence[Tensor]) -> None:

@@ -318,6 +318,10 @@ class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
         out = self.evaluate(closure, grad=False).loss
         return torch.where(torch.isfinite(out), out, torch.full_like(out, math.inf))
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     # ------------------------------------------------------------------ step
     def step(
         self,
@@ -379,7 +383,8 @@ class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
 
         precond = None
         if fisher is not None:
-            m = tuple(torch.pow(f + damping, hp["preconditioner_power"]) for f in fisher)
+            # (fisher + damping)^power written over the Fisher diagonal, not needed after
+            m = tuple(f.add_(damping).pow_(hp["preconditioner_power"]) for f in fisher)
 
             def precond(r: TensorList) -> TensorList:
                 return tuple(torch._foreach_div(list(r), list(m)))
@@ -408,7 +413,7 @@ class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
         candidates.pop(0, None)
         candidates[res.iterations] = res.solution
         order = sorted(candidates)
-        old = tl.clone(self.params())
+        old = self.params_at_start()
 
         # Martens' CG backtracking: from the last kept iterate backwards while the loss drops.
         best_i = order[-1]

@@ -65,7 +65,8 @@ class CGResult:
         hits_boundary: whether the solution lies on the trust-region boundary (always
             ``False`` for :func:`truncated_cg`).
         iterates: ``{iteration: x}`` for the iterations listed in ``keep_iterates`` that
-            were reached (iteration 0 is the starting point).
+            were reached (iteration 0 is the starting point); an iterate may be the same
+            tensors as ``solution`` (they are not copied: CG never writes into them).
         residual: the residual vector itself, ``b - A x`` for :func:`truncated_cg` and
             ``-(g + B s)`` for :func:`steihaug_cg`, kept by the recurrence (no product), or
             ``None``. With it the model value of the solution costs no product:
@@ -237,7 +238,7 @@ def truncated_cg(
         p = _where(active, tl.add(z, p, beta), p)
         rz = torch.where(active, rz_new, rz)
         if (i + 1) in keep:
-            iterates[i + 1] = tl.clone(x)
+            iterates[i + 1] = x  # x is rebound, never written in place: no copy
 
     code, iterations = (int(v) for v in torch.stack([status, done_iters]).tolist())
     iterates = {k: v for k, v in iterates.items() if k <= iterations}
@@ -300,7 +301,7 @@ def _truncated_cg_host(
                                          device=pap.device))
         stop = torch.stack(flags).tolist()
         if (i + 1) in keep:
-            iterates[i + 1] = tl.clone(x)
+            iterates[i + 1] = x  # x is rebound, never written in place: no copy
         if stop[0]:
             return x, r, p, _NEGATIVE, i + 1
         if stop[1]:

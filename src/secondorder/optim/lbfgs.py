@@ -149,6 +149,10 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         st.setdefault("n_iter", 0)
         return st
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     # ------------------------------------------------------------------ step
     def step(self, closure: Closure, overlap_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations on ``closure``.
@@ -187,8 +191,8 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         for it in range(grp["max_iter"]):
             if lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
                 break
-            x0 = tl.clone(self.params())
-            d = scale.apply(tl.neg(mem.solve(g)))
+            x0 = self.params_at_start()
+            d = scale.apply(mem.descent_direction(g))
             gtd = tl.dot(g, d)
             if not bool(gtd < 0):  # not a descent direction: restart from steepest descent
                 mem.reset()
@@ -216,7 +220,9 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             )  # fmt: skip
             if new_g is None and it < grp["max_iter"] - 1:
                 new_loss, new_g = phi(t)
-            s = tl.scale(d, t)
+            s = d  # the step t d, scaled in place: d is not needed any more (per tensor:
+            for x in s:  # torch._foreach_mul_ by a float rounds unlike tl.scale in bf16)
+                x.mul_(t)
             st["n_iter"] += 1
             y = None
             if overlap_closure is not None:

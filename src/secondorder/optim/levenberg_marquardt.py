@@ -156,6 +156,10 @@ class LevenbergMarquardt(hyper.Hyperparameters, SecondOrderOptimizer):
         "cg_rtol": hyper.nonnegative,
     }
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One damped Newton-CG step; accepted only if it lowers the loss.
 

@@ -153,6 +153,10 @@ class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
         """The param group of each tensor of :meth:`params`, in the same order."""
         return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One least-squares Newton step with backtracking.
 
@@ -185,7 +189,7 @@ class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
         if not slope < 0:  # zero gradient: nothing to do
             G["step_size"] = 0.0
             return model.loss
-        w0 = tl.clone(self.params())
+        w0 = self.params_at_start()
         phi = LineObjective(self, closure, w0, d)
         ls = backtracking(
             phi, model.loss, slope, step=scale.lr, c1=hp["c1"], max_evals=hp["max_ls_evals"]

@@ -173,6 +173,10 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         c.gradient_samples += n + k
         return loss.detach(), g, hess
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     # ------------------------------------------------------------------ step
     def step(self, closure: Closure, hessian_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """One truncated Newton step.
@@ -226,7 +230,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             p = scale.apply(tl.neg(g))
             gtd = -tl.dot(g, scale.apply(g))
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
-        x0 = tl.clone(self.params())
+        x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, p)
         _, new_loss, _ = ds.search(
             phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],

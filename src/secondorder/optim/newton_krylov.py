@@ -592,6 +592,10 @@ class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
 
         return product, curvature
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(  # type: ignore[override]
         self, closure: Closure, global_closure: Closure | None = None
     ) -> Tensor:
@@ -662,7 +666,7 @@ class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
             G["warm"] = None
             return ev.loss
 
-        w0 = tl.clone(self.params())
+        w0 = self.params_at_start()
 
         def phi(gamma: float) -> float:
             self.set_params(tl.add(w0, d, gamma))

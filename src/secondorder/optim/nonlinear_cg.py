@@ -149,6 +149,10 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         d = tl.add(tl.neg(g), d_old, beta)
         return d, bool(beta == 0)
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """Run up to ``max_iter`` NLCG iterations on ``closure``.
 
@@ -194,7 +198,7 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             else:
                 g1 = float(sum(x.abs().sum() for x in scale.apply(g)))
                 t0 = min(1.0, 1.0 / g1) * lr
-            x0 = tl.clone(self.params())
+            x0 = self.params_at_start()
             phi = LineObjective(self, closure, x0, step_dir)
             t, new_loss, new_g = ds.search(
                 phi, "strong_wolfe", loss, g, gtd, step=t0, c1=grp["c1"], c2=grp["c2"],

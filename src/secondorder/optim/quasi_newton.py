@@ -60,13 +60,15 @@ def two_loop(
     Returns:
         ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no host sync).
     """
-    q = tl.clone(grad)  # updated in place below: two allocations per call, not 2 per pair
+    q = tl.clone(grad)  # updated in place below: one allocation per call, not 2 per pair
     alphas = []
     for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
         a = rho * tl.dot(s, q)
         _add_scaled_(q, y, -a)
         alphas.append(a)
-    r = tl.scale(q, gamma)
+    r = q
+    for x in r:  # H_0 q in place: no third vector (per tensor: torch._foreach_mul_ by a
+        x.mul_(gamma)  # Python float rounds differently from _foreach_mul in bf16/fp16)
     for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
         b = rho * tl.dot(y, r)
         _add_scaled_(r, s, a - b)
@@ -123,6 +125,15 @@ class LBFGSMemory:
         if not st["lbfgs_s"]:
             return tuple(grad)
         return two_loop(grad, st["lbfgs_s"], st["lbfgs_y"], st["lbfgs_rho"], st["lbfgs_gamma"])
+
+    def descent_direction(self, grad: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """``-H grad``, new tensors (the two-loop result negated in place: no extra copy)."""
+        st = self.store
+        if not st["lbfgs_s"]:
+            return tl.neg(grad)
+        r = two_loop(grad, st["lbfgs_s"], st["lbfgs_y"], st["lbfgs_rho"], st["lbfgs_gamma"])
+        torch._foreach_neg_(list(r))
+        return r
 
     def update(self, s: Sequence[Tensor], y: Sequence[Tensor]) -> bool:
         """Add the pair ``(s, y)`` after the curvature check (one host sync).
@@ -187,8 +198,9 @@ class LineObjective:
     def move(self, t: float) -> None:
         """Put the parameters at ``x0 + t d`` (no evaluation)."""
         t = float(t)
-        if self.last_t != t:
-            self.opt.set_params(tl.add(self.x0, self.direction, t))
+        if self.last_t != t:  # x0 + t d written in place: no temporary parameter-sized copy
+            self.opt.set_params(self.x0)
+            self.opt.add_to_params(self.direction, t)
             self.last_t = t
 
     def __call__(

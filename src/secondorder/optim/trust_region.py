@@ -320,6 +320,10 @@ class TrustRegion(AdaptiveNormOptimizer):
         hyper.require(hp["max_radius"] >= radius, "max_radius", hp["max_radius"],
                       f">= radius ({radius})")
 
+    #: steps replace their state tensors, never write into them (the step transaction
+    #: of :mod:`secondorder.optim.base` then copies none of them)
+    state_mutated_in_place = frozenset[str]()
+
     def step(
         self,
         closure: Closure,
