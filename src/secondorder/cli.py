@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top", type=int, default=5, help="number of top eigenvalues")
     c.add_argument("--data-dir")
     c.add_argument("--out", default="secondorder-results", help="results folder")
+    st = sub.add_parser("study", help="run a paper's study; tables beside the paper's")
+    st.add_argument("name", nargs="?", help="study name (see --list)")
+    st.add_argument("--list", action="store_true", help="list the studies")
+    st.add_argument("--data-dir", help="folder of the paper's data sets or the stand-ins")
+    st.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
+    st.add_argument("--seeds", type=int, help="repetitions (default: the study's)")
+    st.add_argument("--out", default="secondorder-study", help="results folder")
     return p
 
 
@@ -252,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command == "curvature":
             return _cmd_curvature(args)
+        if args.command == "study":
+            from secondorder.bench.studies import main as study_main
+
+            return study_main(args, argv)
     except CLIError as e:
         print(f"secondorder: error: {e}", file=sys.stderr)
         return 2

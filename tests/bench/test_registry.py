@@ -42,7 +42,7 @@ def test_secondorder_entries_knobs_and_protocol():
         assert not s.first_order
     assert REGISTRY["NewtonKrylov"].global_closure
     assert 0.05 in REGISTRY["NewtonKrylov"].grid("quick")  # seed 002 default
-    assert {n for n, s in REGISTRY.items() if s.full_batch} == {
+    assert {n for n, s in REGISTRY.items() if s.full_batch and not s.study_only} == {
         "LBFGS", "NonlinearCG", "NewtonCG", "BarzilaiBorwein"}
     assert "LSCG" in REGISTRY and "LevenbergMarquardt" in REGISTRY
     # HessianFree runs its default Gauss-Newton curvature (the runner passes ggn_closure).
@@ -74,3 +74,17 @@ def test_bad_names_and_levels():
         get_optimizer("nope")
     with pytest.raises(ValueError, match="Invalid grid level: 'huge'"):
         get_optimizer("sgd").grid("huge")
+
+
+def test_study_entries_are_registered_but_not_in_the_default_suite():
+    p = [torch.zeros(3, requires_grad=True)]
+    avg = get_optimizer("sgd_momentum_avg").build(p, lr=0.1)
+    assert avg.param_groups[0]["momentum"] == 0.9 and avg.param_groups[0]["dampening"] == 0.9
+    assert type(get_optimizer("torch_lbfgs").build(p, lr=1.0)) is torch.optim.LBFGS
+    gd = get_optimizer("gd_linesearch").build(p, lr=1.0)
+    assert gd.param_groups[0]["restart_every"] == 1
+    nols = get_optimizer("newton_nols").build(p, lr=1.0)
+    assert nols.param_groups[0]["line_search"] is None
+    study = {n for n, s in REGISTRY.items() if s.study_only}
+    assert study == {"sgd_momentum_avg", "torch_lbfgs", "gd_linesearch", "newton_nols"}
+    assert not study & set(registry.available_optimizers())

@@ -37,13 +37,36 @@ def test_default_fixed_batches_cover_the_data_once_and_stay_fixed():
     assert torch.allclose(v1, ce(model(X), y).mean())
 
 
-def test_reshuffled_batches_change_at_every_call():
+def test_reshuffled_batches_change_per_iteration_not_per_call():
     X, y, model, ce, obj = _setup("reshuffled", num_batches=2)
+    obj.next_iteration()
     first = torch.cat(obj.batches).clone()
-    v1 = obj()
-    v2 = obj()
+    v1, v2 = obj(), obj()
+    assert torch.equal(v1, v2)  # same iteration: same batches, same value
+    assert torch.equal(first, torch.cat(obj.batches))
+    obj.next_iteration()
     assert not torch.equal(first, torch.cat(obj.batches))
-    assert float(v1.detach()) != float(v2.detach())
+    assert float(obj().detach()) != float(v1.detach())
+
+
+def test_line_search_trials_of_one_step_see_one_objective():
+    # [Veitch] sec. 4.1 redraws the batches per iteration: every closure call of one L-BFGS
+    # step (its strong-Wolfe trials included) must evaluate the same eq. 28 objective.
+    X, y, model, ce, obj = _setup("reshuffled", num_batches=2)
+    opt = LBFGS(model.parameters(), line_search="strong_wolfe")
+    seen: list[list[tuple[int, ...]]] = []
+
+    def spy():
+        seen[-1].append(tuple(torch.cat(obj.batches).tolist()))
+        return obj()
+
+    for _ in range(4):
+        seen.append([])
+        obj.next_iteration()
+        opt.step(spy)
+    assert any(len(calls) > 1 for calls in seen)  # the line search made trial calls
+    assert all(len(set(calls)) == 1 for calls in seen)  # one draw per iteration
+    assert len({calls[0] for calls in seen}) == 4  # and a new draw at each iteration
 
 
 def test_per_sample_output():
@@ -59,7 +82,7 @@ def test_fixed_batches_let_lbfgs_converge_reshuffled_do_not():
         X, y, model, ce, obj = _setup(mode, num_batches=2)
         opt = LBFGS(model.parameters(), full_batch=(mode == "fixed"))
         for _ in range(60):
-            opt.step(obj)
+            obj.step(opt)
         fixed_obj = SampledObjective(model, ce, (X, y), batch_size=50, num_batches=2,
                                      generator=torch.Generator().manual_seed(0))
         g = torch.autograd.grad(fixed_obj(), list(model.parameters()))

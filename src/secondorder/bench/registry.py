@@ -70,6 +70,8 @@ class OptimizerSpec:
         epoch_length_kwarg: keyword that receives the number of steps per epoch
             (BarzilaiBorwein's ``epoch_length``, seed 000 Alg. 3), or ``None``.
         description: one line for ``secondorder list``.
+        study_only: an entry a paper study needs (``secondorder study``) that the default
+            ``secondorder bench`` suite leaves out (:func:`available_optimizers`).
     """
 
     name: str
@@ -85,6 +87,7 @@ class OptimizerSpec:
     description: str = ""
     full_batch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     epoch_length_kwarg: str | None = None
+    study_only: bool = False
 
     def grid(self, level: str = "default") -> tuple[float, ...]:
         """Knob values for ``level``; raises ``ValueError`` naming the valid levels."""
@@ -192,6 +195,29 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     # LSCG costs 50-100 HVPs per step: its default grid is the default step only.
     _so("LSCG", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
         "least-squares CG baseline (seed 002 Sec. 3)"),
+    # Entries the paper studies need ([Veitch], [Filippova]; docs/studies/).
+    OptimizerSpec(
+        "sgd_momentum_avg", "SGD", "torch.optim", "torch", "lr", _lr(),
+        {"momentum": 0.9, "dampening": 0.9}, first_order=True, study_only=True,
+        description="torch.optim.SGD with averaged momentum m = 0.9 m + 0.1 g "
+        "([Filippova] Sec. 2.1, dampening = momentum)"),
+    OptimizerSpec(
+        "torch_lbfgs", "LBFGS", "torch.optim", "torch", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
+        {}, study_only=True,
+        description="torch.optim.LBFGS with its defaults (max_iter 20, no line search) on "
+        "mini-batch closures, the way [Filippova] ran it"),
+    OptimizerSpec(
+        "gd_linesearch", "NonlinearCG", "secondorder.optim", "secondorder", "lr",
+        _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK), {"restart_every": 1}, full_batch=True,
+        full_batch_kwargs={"full_batch": True}, study_only=True,
+        description="gradient descent with a strong-Wolfe line search (NonlinearCG restarted "
+        "every iteration; [Veitch] Figs. 1-2 'Steplength estimator')"),
+    OptimizerSpec(
+        "newton_nols", "NewtonCG", "secondorder.optim", "secondorder", "lr",
+        {"full": (0.1, 0.3, 1.0), "default": (1.0,), "quick": (1.0,)},
+        {"line_search": None, "forcing": 1e-8}, full_batch=True, study_only=True,
+        description="Newton without line search: x -= lr H^-1 g, H^-1 g by CG to 1e-8 "
+        "([Veitch] Newton (noLS))"),
     _so("LevenbergMarquardt", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},
@@ -222,8 +248,10 @@ def get_optimizer(name: str) -> OptimizerSpec:
 
 
 def available_optimizers() -> list[str]:
-    """Registered names whose class imports now."""
-    return [n for n, s in REGISTRY.items() if s.unavailable_reason() is None]
+    """Registered names whose class imports now (the default ``bench`` suite: entries marked
+    ``study_only`` are left out)."""
+    return [n for n, s in REGISTRY.items()
+            if not s.study_only and s.unavailable_reason() is None]
 
 
 def unavailable_optimizers() -> dict[str, str]:

@@ -10,7 +10,11 @@ elementwise):
 - ``D_t^(s)``: its spatial average ``|D_t|`` (seed 000 Alg. 2 step 3; convolution kernels
   averaged over each ``kh x kw`` filter, other tensors over ``spatial_average_block_size``
   consecutive entries of the last dimension,
-  :func:`~secondorder.curvature.diagonal.spatially_averaged`);
+  :func:`~secondorder.curvature.diagonal.spatially_averaged`). With
+  ``spatial_average="signed"`` the signed ``D_t`` is averaged instead, as Alg. 2 of
+  [Filippova] writes it (``D^(s)[ib + j] = sum_k D[ib + k] / b``): entries of opposite sign
+  cancel inside a block before ``v_t`` squares them, so ``v_t`` (and the denominator) is
+  never larger than with ``"abs"`` and the steps never shorter;
 - ``m_t = b1 m_{t-1} + (1 - b1) g_t``, ``v_t = b2 v_{t-1} + (1 - b2) D_t^(s)^2``;
 - ``denom = (v_t / (1 - b2^t))^(k/2) + eps`` (Hessian power ``k``; Alg. 2's
   ``(\\bar D_t)^k``);
@@ -36,10 +40,38 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from secondorder.curvature.diagonal import hutchinson_diagonal, spatially_averaged
+from secondorder.curvature.diagonal import (
+    _block_mean_last_dim,
+    hutchinson_diagonal,
+    spatially_averaged,
+)
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 
-__all__ = ["AdaHessian", "adahessian_update"]
+__all__ = ["SPATIAL_AVERAGES", "AdaHessian", "adahessian_update", "signed_spatial_average"]
+
+#: What AdaHessian averages over a spatial block: ``|D|`` (reference code) or signed ``D``.
+SPATIAL_AVERAGES = ("abs", "signed")
+
+
+def signed_spatial_average(
+    diagonal: Sequence[Tensor], block_size: int | None = None
+) -> tuple[Tensor, ...]:
+    """The blocks of :func:`~secondorder.curvature.diagonal.spatially_averaged`, but
+    averaging the signed diagonal ([Filippova] Alg. 2 step 3 as printed).
+
+    Example:
+        >>> signed_spatial_average([torch.tensor([1.0, -3.0, 2.0, 4.0])], block_size=2)[0]
+        tensor([-1., -1.,  3.,  3.])
+    """
+    out = []
+    for d in diagonal:
+        if d.dim() == 4:
+            out.append(d.mean(dim=(2, 3), keepdim=True).expand_as(d).clone())
+        elif block_size is not None:
+            out.append(_block_mean_last_dim(d, block_size))
+        else:
+            out.append(d.clone())
+    return tuple(out)
 
 
 @torch.no_grad()
@@ -123,6 +155,9 @@ class AdaHessian(SecondOrderOptimizer):
         spatial_average_block_size: block length for averaging ``|D|`` over non-convolution
             tensors; ``None`` (the reference behaviour) averages only 4-D convolution kernels
             over their spatial positions.
+        spatial_average: what is averaged over a block: ``"abs"`` (``|D|``, the reference
+            code's choice and the default) or ``"signed"`` (``D`` itself, [Filippova] Alg. 2
+            as printed; module docstring).
         generator: random generator for the probes (on the parameters' device or the CPU).
 
     Raises:
@@ -149,6 +184,7 @@ class AdaHessian(SecondOrderOptimizer):
         n_samples: int = 1,
         spatial_average_block_size: int | None = None,
         generator: torch.Generator | None = None,
+        spatial_average: str = "abs",
     ):
         if not lr > 0.0:
             raise ValueError(f"Invalid learning rate: {lr}; it must be positive")
@@ -165,6 +201,10 @@ class AdaHessian(SecondOrderOptimizer):
             raise ValueError(
                 f"Invalid spatial_average_block_size: {b}; it must be None or an integer >= 1"
             )
+        if spatial_average not in SPATIAL_AVERAGES:
+            raise ValueError(
+                f"Invalid spatial_average: {spatial_average!r}; choose one of {SPATIAL_AVERAGES}"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(
                 f"Invalid generator: {type(generator).__name__}; pass a torch.Generator or None"
@@ -174,6 +214,7 @@ class AdaHessian(SecondOrderOptimizer):
         self.update_each = update_each
         self.n_samples = n_samples
         self.spatial_average_block_size = b
+        self.spatial_average = spatial_average
         self.generator = generator
         self.register_state_dict_pre_hook(AdaHessian._save_generator)
         self.register_load_state_dict_post_hook(AdaHessian._load_generator)
@@ -246,7 +287,10 @@ class AdaHessian(SecondOrderOptimizer):
                 )
             finally:
                 ev.hessian.free()
-            diag = spatially_averaged(diag, self.spatial_average_block_size)
+            if self.spatial_average == "signed":
+                diag = signed_spatial_average(diag, self.spatial_average_block_size)
+            else:
+                diag = spatially_averaged(diag, self.spatial_average_block_size)
         else:
             diag = tuple(self.state[p]["hessian_diag"] for p in params)
         glob["step"] += 1

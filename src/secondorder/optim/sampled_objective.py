@@ -3,9 +3,15 @@
 ``L_sub = (1/R) sum_r L(X^{B_r}, y^{B_r})`` with each batch ``B_r`` drawn without
 replacement. Seed 003 compares two regimes: batches **fixed** throughout training (a
 deterministic objective, so L-BFGS and NLCG line searches keep their assumptions), and
-batches **reshuffled** at every evaluation (a noisy objective on which "the NLCG and BFGS
+batches **reshuffled at every iteration** (a noisy objective on which "the NLCG and BFGS
 solvers terminated quickly", sec. 4.1). :class:`SampledObjective` builds either closure so
 the two can be compared with the same optimizer.
+
+An iteration is one optimizer step: every closure call inside it (the line-search trials
+included) sees the same batches, so each step minimizes one well-defined eq. 28 objective
+and only the next step sees new batches. Drive the iterations with
+:meth:`SampledObjective.step` (or call :meth:`SampledObjective.next_iteration` before each
+``optimizer.step``).
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ class SampledObjective:
         data: ``(inputs, targets)`` with the samples along dimension 0.
         batch_size: samples per batch ``m_b``.
         num_batches: ``R`` (``None``: ``ceil(m / batch_size)``).
-        mode: ``"fixed"`` (draw once) or ``"reshuffled"`` (draw at every call).
+        mode: ``"fixed"`` (draw once) or ``"reshuffled"`` (draw again at every iteration,
+            :meth:`next_iteration`).
         generator: random generator for the batches.
         per_sample: make the closure return the per-sample losses of all batches (their
             mean is eq. 28) instead of the scalar; needs a per-sample ``loss``.
@@ -87,6 +94,7 @@ class SampledObjective:
         self.generator = generator
         self.per_sample = per_sample
         self.evaluations = 0
+        self.iterations = 0
         self.batches = self.draw()
 
     @property
@@ -107,10 +115,24 @@ class SampledObjective:
         idx = torch.cat(chunks)[:need].to(self.inputs.device)
         return list(idx.view(self.num_batches, self.batch_size))
 
-    def __call__(self) -> Tensor:
-        """Eq. 28 at the model's current parameters (reshuffling first in that mode)."""
-        if self.mode == "reshuffled" and self.evaluations > 0:
+    def next_iteration(self) -> None:
+        """Start an optimizer iteration: in ``"reshuffled"`` mode every iteration after the
+        first draws new batches; ``"fixed"`` batches never change."""
+        if self.mode == "reshuffled" and self.iterations > 0:
             self.batches = self.draw()
+        self.iterations += 1
+
+    def step(self, optimizer: torch.optim.Optimizer, **step_kwargs) -> Tensor:
+        """One iteration: :meth:`next_iteration`, then ``optimizer.step(self, **step_kwargs)``.
+
+        Returns:
+            What ``optimizer.step`` returns (the loss before the step).
+        """
+        self.next_iteration()
+        return optimizer.step(self, **step_kwargs)
+
+    def __call__(self) -> Tensor:
+        """Eq. 28 at the model's current parameters on this iteration's batches."""
         self.evaluations += 1
         idx = torch.cat(self.batches)
         out = self.loss(self.model(self.inputs[idx]), self.targets[idx])
