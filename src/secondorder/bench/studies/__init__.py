@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from secondorder.bench.studies import filippova, veitch
+from secondorder.bench.studies import adaptive_norms, filippova, veitch
 from secondorder.bench.studies.spec import Study, StudySpecError
 from secondorder.errors import DataFormatError
 
@@ -28,6 +28,7 @@ DB_NAME = "results.sqlite"
 STUDIES: dict[str, Callable[..., Study]] = {
     "veitch": veitch.build,
     "filippova": filippova.build,
+    "adaptive_norms": adaptive_norms.build,
 }
 
 
