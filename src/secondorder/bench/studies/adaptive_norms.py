@@ -166,7 +166,8 @@ def build(quick: bool = False, seeds: int | None = None) -> Study:
     )
     notes = (
         f"{EPOCHS[q]} epochs, batch 128, {part.seeds} seeds; TR and ARC on their class "
-        "defaults (radius 1 in Euclidean units of the normalized ellipsoid, sigma 1), the "
+        "defaults (radius 1 in Euclidean units of the normalized ellipsoid, TR eta_expand "
+        "0.75, ARC sigma 1), the "
         "same for every norm and problem.",
         "First-order learning rates tuned on seed 0 over a decade grid (Adam and RMSProp "
         "one decade lower), by final validation metric.",
