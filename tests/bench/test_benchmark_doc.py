@@ -30,13 +30,13 @@ def test_the_documented_sweep_file_runs(isolated, tmp_path):
     with Store(out / "results.sqlite") as st:
         runs = st.runs("mine")
     assert {r["problem"] for r in runs} == {"rosenbrock", "blobs"}
-    assert {r["optimizer"] for r in runs} == {"adam", "torch.optim:Adagrad", "rmsprop"}
+    assert {r["optimizer"] for r in runs} == {"adam", "torch.optim:Adagrad", "my_rmsprop"}
     blobs = [r for r in runs if r["problem"] == "blobs"]
     assert blobs and all(r["status"] == "finished" for r in blobs)
-    assert {r["hyperparameters"]["lr"] for r in runs if r["optimizer"] == "rmsprop"} == {
+    assert {r["hyperparameters"]["lr"] for r in runs if r["optimizer"] == "my_rmsprop"} == {
         1e-3, 1e-2}
     assert all(r["hyperparameters"]["alpha"] == 0.9 for r in runs
-               if r["optimizer"] == "rmsprop")
+               if r["optimizer"] == "my_rmsprop")
     assert {r["hyperparameters"]["lr"] for r in runs
             if r["optimizer"] == "torch.optim:Adagrad"} == {0.1, 1.0}
     assert all(r["budget"] == {"epochs": 2} for r in runs)

@@ -86,7 +86,10 @@ def test_study_entries_are_registered_but_not_in_the_default_suite():
     nols = get_optimizer("newton_nols").build(p, lr=1.0)
     assert nols.param_groups[0]["line_search"] is None
     study = {n for n, s in REGISTRY.items() if s.study_only}
-    assert study == {"sgd_momentum_avg", "torch_lbfgs", "gd_linesearch", "newton_nols"}
+    norms = ("spherical", "adagrad", "full_rmsprop", "full_adagrad")
+    assert study == {"sgd_momentum_avg", "torch_lbfgs", "gd_linesearch", "newton_nols",
+                     "rmsprop", *(f"{m}_{n}" for m in ("TrustRegion", "AdaptiveCubic")
+                                  for n in norms)}
     assert not study & set(registry.available_optimizers())
 
 
@@ -110,3 +113,22 @@ def test_register_a_class_defined_outside_any_module():
     with pytest.raises(ValueError, match=r"Invalid grids value: .*it must give \['full'\]"):
         registry.register(OptimizerSpec.for_class(Mine, "lr", {"quick": (1,), "default": (1,)}))
     assert "Mine" not in REGISTRY
+
+
+def test_adaptive_norm_entries_build_the_paper_variants():
+    """[AdaptiveNorms]: every norm of TR and ARC, and torch's RMSprop, build as named."""
+    from secondorder.optim import AdaptiveCubic, TrustRegion
+    from secondorder.optim.norms import DiagonalNorm, FullMatrixNorm, SphericalNorm
+
+    p = [torch.zeros(3, requires_grad=True)]
+    kinds = {"spherical": SphericalNorm, "adagrad": DiagonalNorm,
+             "full_rmsprop": FullMatrixNorm, "full_adagrad": FullMatrixNorm}
+    for method, cls in (("TrustRegion", TrustRegion), ("AdaptiveCubic", AdaptiveCubic)):
+        for norm, kind in kinds.items():
+            opt = get_optimizer(f"{method}_{norm}").build(p)
+            assert type(opt) is cls and type(opt.norm) is kind
+            assert opt.norm.name == norm
+        assert type(get_optimizer(method).build(p).norm) is DiagonalNorm  # RMSProp default
+        assert get_optimizer(method).build(p).norm.name == "rmsprop"
+    assert type(get_optimizer("rmsprop").build(p, lr=1e-3)) is torch.optim.RMSprop
+    assert get_optimizer("rmsprop").first_order

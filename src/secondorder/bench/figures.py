@@ -58,13 +58,15 @@ __all__ = [
 PALETTE = ("#332288", "#CC6677", "#117733", "#DDAA33", "#88CCEE", "#882255", "#44AA99",
            "#999933", "#AA4499", "#D55E00", "#0072B2")
 #: First-order baselines: greys (with dashed lines).
-GREYS = ("#000000", "#4D4D4D", "#808080", "#B0B0B0")
+GREYS = ("#000000", "#4D4D4D", "#808080", "#B0B0B0", "#262626", "#666666", "#999999",
+         "#C8C8C8")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8", "H",
+           "1", "2", "3", "4", "+", "x", "|", "_", "$a$", "$b$", "$c$", "$d$", "$e$", "$f$",
+           "$g$", "$h$", "$k$")
 #: Line styles: first-order baselines cycle through ``FIRST_ORDER_DASHES`` each time the greys
 #: repeat, curvature methods through ``CURVATURE_DASHES`` each time the palette repeats.
 FIRST_ORDER_DASHES = ("--", ":", (0, (6, 2, 1, 2, 1, 2)), (0, (1, 3)))
 CURVATURE_DASHES = ("-", "-.", (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1)))
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8", "H", "1", "2",
-           "3", "4", "+", "x")
 #: A log axis is used when max / min positive value exceeds 10 ** DECADES_FOR_LOG.
 DECADES_FOR_LOG = 1.0
 _GRID_POINTS = 120

@@ -159,6 +159,21 @@ class OptimizerSpec:
         return self.resolve()(params, **kwargs)
 
 
+#: Trust-region radius grids (Euclidean units, the ellipsoid normalized to mean diagonal 1).
+_TR_GRIDS = {"full": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "default": (0.1, 0.3, 1.0),
+             "quick": (0.1, 0.3)}
+#: Initial cubic-regularization grids (sigma adapts every step).
+_ARC_GRIDS = {"full": (0.01, 0.1, 1.0, 10.0, 100.0), "default": (0.1, 1.0, 10.0),
+              "quick": (1.0, 10.0)}
+#: The [AdaptiveNorms] norms registered beside the default (RMSProp) ones.
+_NORM_VARIANTS = (
+    ("spherical", "spherical region (M = I)"),
+    ("adagrad", "Adagrad ellipsoid (diagonal, [AdaptiveNorms] eq. 2)"),
+    ("full_rmsprop", "full-matrix RMSProp ellipsoid (d x d; small models only)"),
+    ("full_adagrad", "full-matrix Adagrad ellipsoid (d x d; small models only)"),
+)
+
+
 def _lr(level_full=_LR_FULL, level_default=_LR_DEFAULT, level_quick=_LR_QUICK):
     return {"full": level_full, "default": level_default, "quick": level_quick}
 
@@ -202,14 +217,11 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     # Radius in Euclidean units (the ellipsoid is normalized to mean diagonal 1). Measured
     # on the full grid (docs/benchmark.md): 0.3 wins on digits softmax/MLP/CNN (seeds 0, 1),
     # 0.1 on the autoencoder; the convex full-batch problems tie across the grid.
-    _so("TrustRegion", "radius",
-        {"full": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "default": (0.1, 0.3, 1.0),
-         "quick": (0.1, 0.3)},
+    _so("TrustRegion", "radius", _TR_GRIDS,
         "stochastic trust region with ellipsoidal norms (seed 001)"),
     # sigma is only the initial regularization (it adapts every step): on the full grid the
     # winner changes with the seed and the edges (0.01, 100) were never consistently better.
-    _so("AdaptiveCubic", "sigma",
-        {"full": (0.01, 0.1, 1.0, 10.0, 100.0), "default": (0.1, 1.0, 10.0), "quick": (1.0, 10.0)},
+    _so("AdaptiveCubic", "sigma", _ARC_GRIDS,
         "adaptive cubic regularization (Cartis et al. 2011; seed 001)"),
     _so("HessianFree", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
@@ -253,6 +265,25 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         "Shampoo", "Shampoo", "pytorch_optimizer", "torch", "lr", _lr(), {},
         description="Shampoo (Gupta, Koren, Singer 2018) from pytorch-optimizer, the "
         "[Shen] Fig. 3 baseline (optional extra 'shampoo')"),
+    # [AdaptiveNorms] (docs/studies/adaptive_norms.md): the trust region and ARC in each of
+    # the paper's norms (TrustRegion/AdaptiveCubic above are the RMSProp ellipsoid), the
+    # full-matrix ellipsoids (d x d, eigendecomposition per step: small models only) and
+    # torch's RMSprop. Study-only: each TR/ARC variant would add a full radius/sigma grid to
+    # the default bench's budget.
+    *(OptimizerSpec(
+        f"TrustRegion_{norm}", "TrustRegion", "secondorder.optim", "secondorder", "radius",
+        _TR_GRIDS, {"norm": norm}, study_only=True,
+        description=f"stochastic trust region, {what} ([AdaptiveNorms] Alg. 1)")
+      for norm, what in _NORM_VARIANTS),
+    *(OptimizerSpec(
+        f"AdaptiveCubic_{norm}", "AdaptiveCubic", "secondorder.optim", "secondorder", "sigma",
+        _ARC_GRIDS, {"norm": norm}, study_only=True,
+        description=f"adaptive cubic regularization, {what} ([AdaptiveNorms] Sec. 4)")
+      for norm, what in _NORM_VARIANTS),
+    OptimizerSpec(
+        "rmsprop", "RMSprop", "torch.optim", "torch", "lr", _lr(), {}, first_order=True,
+        study_only=True, description="torch.optim.RMSprop (Tieleman & Hinton 2012; the "
+        "first-order method of the [AdaptiveNorms] ellipsoid)"),
     _so("LevenbergMarquardt", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},

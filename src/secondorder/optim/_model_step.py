@@ -63,6 +63,7 @@ def solve_in_norm(
     grad_tol: float,
     hessian_closure: Closure | None = None,
     ggn_closure: CurvatureClosure | None = None,
+    zero_small_gradient: bool = False,
 ) -> tuple[Tensor, R | None]:
     """Steps 1-2 of a trust-region or ARC iteration in the adaptive norm ``norm``.
 
@@ -72,8 +73,9 @@ def solve_in_norm(
     and calls ``solve(matvec, grads)``; the curvature graph is freed before returning.
 
     Returns:
-        ``(loss, result)``; ``result`` is ``None`` when ``||g|| <= grad_tol`` (seed 001
-        Alg. 1 line 4: no step, the norm is not updated).
+        ``(loss, result)``; ``result`` is ``None`` when ``||g|| <= grad_tol`` (no step, the
+        norm is not updated), unless ``zero_small_gradient``: then ``solve`` gets ``g := 0``
+        ([AdaptiveNorms] Alg. 1 line 4; the norm is not updated).
 
     Raises:
         ValueError: if the closures do not fit the curvature.
@@ -83,7 +85,10 @@ def solve_in_norm(
                      ggn_closure=ggn_closure) as model:
         _, gnorm = check_finite_start(model.loss, model.grads)
         if gnorm <= grad_tol:
-            return model.loss, None
+            if not zero_small_gradient:
+                return model.loss, None
+            zeros = tuple(torch.zeros_like(g) for g in model.grads)
+            return model.loss, solve(model.operator.matvec, zeros)
         norm.update(model.grads)
         optimizer.state["global"]["norm"] = norm.state_dict()
         return model.loss, solve(model.operator.matvec, model.grads)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from secondorder.bench.studies import filippova, shen, veitch
+from secondorder.bench.studies import adaptive_norms, filippova, shen, veitch
 from secondorder.bench.studies.spec import Study, StudySpecError
 from secondorder.errors import DataFormatError
 
@@ -29,6 +29,7 @@ STUDIES: dict[str, Callable[..., Study]] = {
     "veitch": veitch.build,
     "filippova": filippova.build,
     "shen": shen.build,
+    "adaptive_norms": adaptive_norms.build,
 }
 
 

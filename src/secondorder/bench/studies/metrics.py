@@ -17,6 +17,10 @@ adds the standard deviation. Diverged and failed runs print their status.
   iterations; ``gradient_ratio``: seconds per iteration over one gradient of the same
   objective timed in the same run (machine independent).
 - ``status``: finished / diverged / failed, with the final training loss.
+- ``backprops_to_target``, ``seconds_to_target``: median over seeds of the backprops or
+  training seconds at the first evaluation reaching :func:`target_of` (99% training
+  accuracy; [AdaptiveNorms] Fig. 3), with the count of seeds that reach it.
+- ``stalled``: seeds whose final training loss is above twice the median over seeds.
 """
 
 from __future__ import annotations
@@ -166,6 +170,60 @@ def _status(results, part, problem, method):
     return None, "; ".join(parts)
 
 
+#: Training accuracy that counts as "reached" ([AdaptiveNorms] Fig. 3's dotted line).
+TARGET_ACCURACY = 0.99
+
+
+def target_of(results, part: str, problem: str) -> tuple[str, float, bool]:
+    """``(key, value, above)`` a run must reach: training accuracy >= 0.99, or, for a
+    problem without accuracy (autoencoders), the training loss at or below the median final
+    training loss of the part's first method ([AdaptiveNorms]: the spherical TR)."""
+    first = results.study.part(part).methods[0].label
+    recs = results.runs(part, problem, first)
+    if recs and recs[0].measurements and recs[0].measurements[0].get("train_acc") is None:
+        finals = [r.last.get("train_loss") for r in recs if r.last.get("train_loss") is not None]
+        finals = [v for v in finals if math.isfinite(v)]
+        return "train_loss", statistics.median(finals) if finals else -math.inf, False
+    return "train_acc", TARGET_ACCURACY, True
+
+
+def reach(record, key: str, target: float, above: bool, x: str) -> float:
+    """``x`` (``"backprops"``, ``"wall_time"``) at the first evaluation reaching the target
+    (``inf`` if none does)."""
+    for m in record.measurements:
+        v = m.get(key)
+        if v is not None and math.isfinite(v) and (v >= target if above else v <= target):
+            return m[x]
+    return math.inf
+
+
+def _to_target(x: str) -> Metric:
+    def metric(results, part, problem, method):
+        recs = results.runs(part, problem, method)
+        if not recs:
+            return None, "not run"
+        key, target, above = target_of(results, part, problem)
+        hits = [reach(r, key, target, above, x) for r in recs]
+        med = statistics.median(hits)
+        n = sum(math.isfinite(h) for h in hits)
+        text = f"{_fmt(med, 3) if math.isfinite(med) else 'not reached'} ({n}/{len(recs)})"
+        return (med if math.isfinite(med) else None), text + _status_prefix(recs)
+
+    return metric
+
+
+def _stalled(results, part, problem, method):
+    """Seeds whose final training loss exceeds twice the median over seeds."""
+    recs = results.runs(part, problem, method)
+    finals = [r.last.get("train_loss") for r in recs]
+    finals = [v if v is not None and math.isfinite(v) else math.inf for v in finals]
+    if not finals:
+        return None, "not run"
+    med = statistics.median(finals)
+    n = sum(v > 2 * med for v in finals)
+    return float(n), f"{n}/{len(finals)}"
+
+
 METRICS: dict[str, Metric] = {
     "niters": _niters,
     "train_loss": _final("train_loss"),
@@ -179,4 +237,7 @@ METRICS: dict[str, Metric] = {
     "seconds_per_iteration": _per_iteration,
     "gradient_ratio": _gradient_ratio,
     "status": _status,
+    "backprops_to_target": _to_target("backprops"),
+    "seconds_to_target": _to_target("wall_time"),
+    "stalled": _stalled,
 }

@@ -197,10 +197,66 @@ def cnn(data_dir=None, quick: bool = False, max_train: int | None = None) -> Stu
                         original)
 
 
+# ------------------------------------------------------------------------- [AdaptiveNorms]
+def _an_problem(kind: str, data_dir, quick: bool, max_train: int | None) -> StudyProblem:
+    """[AdaptiveNorms] Sec. 5's three architectures on MNIST (``data_dir``) or digits."""
+    limit = _limit(quick, max_train)
+    mnist = has_set(data_dir, "mnist")
+    base = "mnist" if mnist else "digits"
+    if kind == "mlp":
+        source = P.get_problem("mnist_mlp1" if mnist else "digits_mlp", data_dir=data_dir)
+        sizes = (784, 64, 10) if mnist else (64, 32, 10)
+        factory = functools.partial(zoo.MLP, sizes, "tanh")
+        what = f"tanh MLP {'-'.join(map(str, sizes))}"
+        extra = {"loss": P.cross_entropy, "accuracy": P.multiclass_accuracy}
+    elif kind == "cnn":
+        source = P.get_problem("mnist_lenet5" if mnist else "digits_cnn", data_dir=data_dir)
+        factory = (functools.partial(TwoConvTwoLinear, 1, 28, 0) if mnist
+                   else zoo.DigitsCNN)
+        what = "2 conv + 2 linear ReLU CNN" if mnist else "tanh CNN 2 conv + 1 linear"
+        extra = {"loss": P.cross_entropy, "accuracy": P.multiclass_accuracy}
+    else:
+        source = P.get_problem("mnist_autoencoder" if mnist else "digits_autoencoder",
+                               data_dir=data_dir)
+        sizes = (784, 128, 32) if mnist else (64, 32, 8)
+        factory = functools.partial(zoo.Autoencoder, sizes)
+        what = f"sigmoid autoencoder {'-'.join(map(str, sizes))}-mirrored, MSE"
+        extra = {}
+    problem = dataclasses.replace(
+        source, name=f"{base}_an_{kind}", make_model=functools.partial(zoo.seeded, factory),
+        batch_size=128, description=f"{base}, {what} ([AdaptiveNorms] Sec. 5 stand-in)",
+        **extra)
+    data = ("the MNIST test set standing in for MNIST/Fashion-MNIST/CIFAR-10" if mnist else
+            "scikit-learn's 8 x 8 digits standing in for MNIST/Fashion-MNIST/CIFAR-10 "
+            "(MNIST is not in --data-dir)")
+    small = _shrink(problem, limit)
+    return StudyProblem(small, _tag(base, problem, small), f"{data}, {what}, {_sizes(small)}",
+                        False)
+
+
+def an_mlp(data_dir=None, quick: bool = False, max_train: int | None = None) -> StudyProblem:
+    """[AdaptiveNorms] MLP: tanh 64-32-10 on digits (the issue's case), 784-64-10 on MNIST."""
+    return _an_problem("mlp", data_dir, quick, max_train)
+
+
+def an_cnn(data_dir=None, quick: bool = False, max_train: int | None = None) -> StudyProblem:
+    """[AdaptiveNorms] CNN: the benchmark's digits CNN, or 2 conv + 2 linear on MNIST."""
+    return _an_problem("cnn", data_dir, quick, max_train)
+
+
+def an_autoencoder(data_dir=None, quick: bool = False,
+                   max_train: int | None = None) -> StudyProblem:
+    """[AdaptiveNorms] autoencoder: sigmoid 64-32-8 (digits) or 784-128-32 (MNIST), MSE."""
+    return _an_problem("autoencoder", data_dir, quick, max_train)
+
+
 #: Builders by name: ``builder(data_dir, quick, **options) -> StudyProblem``.
 BUILDERS: dict[str, Callable[..., StudyProblem]] = {
     "rosenbrock_b50": rosenbrock,
     "logistic2d": logistic2d,
     "mlp": mlp,
     "cnn": cnn,
+    "an_mlp": an_mlp,
+    "an_cnn": an_cnn,
+    "an_autoencoder": an_autoencoder,
 }
