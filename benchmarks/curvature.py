@@ -28,12 +28,12 @@ from secondorder.curvature import HessianOperator, functional_loss, hvp
 
 
 def lenet5() -> nn.Module:
-    """LeNet-5 with sigmoid units, as in seed 002 (the benchmark suite's model)."""
+    """LeNet-5 with sigmoid units, as in [Shen] (the benchmark suite's model)."""
     return LeNet5("sigmoid")
 
 
 def mlp() -> nn.Module:
-    """Seed 003's network 784-300-10 with sigmoid hidden units."""
+    """[Veitch]'s network 784-300-10 with sigmoid hidden units."""
     return MLP([784, 300, 10], "sigmoid")
 
 

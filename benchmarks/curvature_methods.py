@@ -1,7 +1,7 @@
 """Time per step of the secondorder optimizers, as ratios to an SGD step in the same run.
 
-Models (float32, CPU, synthetic data, batch 128): LeNet-5 on 1x28x28 inputs (seed 002's
-sigmoid LeNet) and an MLP 784-300-10 (seed 003). Each method's step is timed on the same
+Models (float32, CPU, synthetic data, batch 128): LeNet-5 on 1x28x28 inputs ([Shen]'s
+sigmoid LeNet) and an MLP 784-300-10 ([Veitch]). Each method's step is timed on the same
 batch, interleaved round by round with the baseline so that drift of the machine hits all
 methods alike; the figure is the median over rounds.
 
@@ -46,12 +46,12 @@ METHODS: dict[str, dict] = {
 
 
 def lenet5() -> nn.Module:
-    """LeNet-5 with sigmoid units, as in seed 002 (the benchmark suite's model)."""
+    """LeNet-5 with sigmoid units, as in [Shen] (the benchmark suite's model)."""
     return LeNet5("sigmoid")
 
 
 def mlp() -> nn.Module:
-    """Seed 003's network 784-300-10 with sigmoid hidden units."""
+    """[Veitch]'s network 784-300-10 with sigmoid hidden units."""
     return MLP([784, 300, 10], "sigmoid")
 
 

@@ -1,6 +1,6 @@
 """Cost of the curvature inspection tools, as ratios to a baseline timed in the same run.
 
-1. Seed 003 per-layer Hessians (:func:`secondorder.curvature.layer_hessians`, closed-form
+1. [Veitch] per-layer Hessians (:func:`secondorder.curvature.layer_hessians`, closed-form
    Hessian back-propagation) against the autograd baseline that gives the same blocks:
    ``torch.func.hessian`` of the loss with respect to each layer's (weight, bias) in turn.
 2. Lanczos with full reorthogonalization (``eigenvalues``, top 3) against the same number

@@ -9,7 +9,7 @@ Protocol (issue 11), float64 on a flat parameter vector ``x``:
    :class:`~secondorder.optim.NewtonCG`, :class:`~secondorder.optim.TrustRegion` with the
    spherical norm, all with their defaults, and the trust region once more with
    ``eta_expand=0.75``, the radius rule of Nocedal & Wright Alg. 4.1 that pytorch-minimize
-   uses, instead of seed 001 Alg. 1's) one ``step`` at a time, and pytorch-minimize's
+   uses, instead of [AdaptiveNorms] Alg. 1's) one ``step`` at a time, and pytorch-minimize's
    ``torchmin.minimize`` (``l-bfgs``, ``newton-cg``, ``trust-ncg``, defaults) with a
    callback. The loss check after each iteration is excluded from the time on both sides.
 3. Time to target is the median of ``--repeats`` runs, interleaved (ours, peer, ours,

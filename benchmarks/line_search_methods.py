@@ -1,11 +1,11 @@
-"""Full-batch line-search methods side by side on seed 003's network (784-300-10 sigmoid).
+"""Full-batch line-search methods side by side on [Veitch]'s network (784-300-10 sigmoid).
 
-The objective is seed 003 eq. 28 over fixed batches of ``--batch`` samples covering the data
+The objective is [Veitch] eq. 28 over fixed batches of ``--batch`` samples covering the data
 once (so it is the mean cross-entropy over all samples), on MNIST t10k
 (/work/shared/data/mnist-t10k, IDX parsed here) or synthetic MNIST-shaped data. In one run:
 
 * scipy.optimize 'L-BFGS-B' and 'CG' with numpy callbacks around the same torch model
-  (float64 numpy <-> float32 torch, as seed 003 does);
+  (float64 numpy <-> float32 torch, as [Veitch] does);
 * torch.optim.LBFGS (strong Wolfe, history 10, called once per step: ``max_iter=1``,
   ``max_eval=26`` so its line search has torch's usual 25 extra trials);
 * secondorder LBFGS and NonlinearCG (``full_batch=True``).

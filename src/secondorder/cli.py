@@ -8,7 +8,7 @@
   ``DIR/export/results.json``.
 - ``secondorder list``: problems and optimizers with their defaults and grids.
 - ``secondorder curvature --problem NAME``: Hessian spectrum, trace and diagonal mass at
-  initialization, mid-training and end (seed 001 Fig. 2).
+  initialization, mid-training and end ([AdaptiveNorms] Fig. 2).
 
 Defaults of ``bench`` are chosen to finish within 10 minutes on 2 CPU cores, ``--quick``
 in about 4 on a shared machine (see docs/benchmark.md for the measured times).

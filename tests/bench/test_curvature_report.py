@@ -37,7 +37,7 @@ def test_logistic_regression_matches_the_closed_form_hessian():
     assert out["num_params"] == 3
     np.testing.assert_allclose(out["eigenvalues"], exact.numpy(), rtol=1e-9, atol=0)
     assert out["diagonal_mass"] == pytest.approx(_diagonal_mass(h), rel=1e-10)
-    assert out["wigner"] == pytest.approx(1 / 3, rel=1e-12)  # seed 001 Prop. 1, d = 3
+    assert out["wigner"] == pytest.approx(1 / 3, rel=1e-12)  # [AdaptiveNorms] Prop. 1, d = 3
     ols = math.sqrt(32) / (math.sqrt(32) + 2 * math.sqrt(2 / math.pi))  # Prop. 2, d=3, n=32
     assert out["ols"] == pytest.approx(ols, rel=1e-12)
     # Hutchinson: unbiased, within a few standard errors of the exact trace

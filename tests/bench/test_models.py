@@ -149,7 +149,7 @@ def test_rosenbrock_values_and_parameters():
     model = zoo.Rosenbrock((-1.2, 1.0))
     assert model(torch.zeros(3, 1)).tolist() == pytest.approx([24.2] * 3)
     assert zoo.Rosenbrock((1.0, 1.0))(torch.zeros(1, 1)).item() == 0.0
-    seed003 = zoo.Rosenbrock((0.0, 0.0), a=1.0, b=50.0)  # seed 003 Fig. 1
+    seed003 = zoo.Rosenbrock((0.0, 0.0), a=1.0, b=50.0)  # [Veitch] Fig. 1
     assert seed003(torch.zeros(1, 1)).item() == 1.0
     assert zoo.Rosenbrock((2.0, 4.0), a=2.0, b=50.0)(torch.zeros(1, 1)).item() == 0.0
 

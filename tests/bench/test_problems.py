@@ -303,7 +303,7 @@ def test_logistic2d_bayes_rule_accuracy_matches_seed003_overlap(built):
     x = torch.cat([problem.train.inputs, problem.validation.inputs, problem.test.inputs])
     y = torch.cat([problem.train.targets, problem.validation.targets, problem.test.targets])
     bayes = ((x.sum(dim=1) > 0).long() == y).float().mean().item()  # optimal boundary x + y = 0
-    assert 0.80 <= bayes <= 0.88  # Phi(0.99) = 0.84; seed 003 reports 0.83
+    assert 0.80 <= bayes <= 0.88  # Phi(0.99) = 0.84; [Veitch] reports 0.83
 
 
 # ------------------------------------------------------------- deterministic problems

@@ -41,7 +41,7 @@ def test_secondorder_entries_knobs_and_protocol():
             name, "secondorder.optim", "secondorder", knob)
         assert not s.first_order
     assert REGISTRY["NewtonKrylov"].global_closure
-    assert 0.05 in REGISTRY["NewtonKrylov"].grid("quick")  # seed 002 default
+    assert 0.05 in REGISTRY["NewtonKrylov"].grid("quick")  # [Shen] default
     assert {n for n, s in REGISTRY.items() if s.full_batch and not s.study_only} == {
         "LBFGS", "NonlinearCG", "NewtonCG", "BarzilaiBorwein"}
     assert "LSCG" in REGISTRY and "LevenbergMarquardt" in REGISTRY

@@ -1,4 +1,4 @@
-"""Taylor gradient and HVP tests report the right orders (seed 003 eq. 31)."""
+"""Taylor gradient and HVP tests report the right orders ([Veitch] eq. 31)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Complex-step HVP and directional derivative (seed 002 eq. 5, 10; Fig. 1) vs float64 oracles."""
+"""Complex-step HVP and directional derivative ([Shen] eq. 5, 10; Fig. 1) vs float64 oracles."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_bad_inputs_raise():
                          [torch.ones(2, dtype=torch.float16)])
 
 
-# ----------------------------------------------------------------- seed 002 Fig. 1
+# ----------------------------------------------------------------- [Shen] Fig. 1
 
 
 def _fig1(x):

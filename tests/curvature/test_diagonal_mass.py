@@ -1,4 +1,4 @@
-"""Diagonal mass and the seed 001 Wigner / OLS baselines (closed forms and Monte Carlo)."""
+"""Diagonal mass and the [AdaptiveNorms] Wigner / OLS baselines (closed forms and Monte Carlo)."""
 
 import math
 

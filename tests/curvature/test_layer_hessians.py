@@ -1,4 +1,4 @@
-"""Seed 003 per-layer Hessian back-propagation against the dense Hessian's diagonal blocks."""
+"""[Veitch] per-layer Hessian back-propagation against the dense Hessian's diagonal blocks."""
 
 import pytest
 import torch
@@ -62,7 +62,7 @@ def test_without_bias_and_with_probability_targets():
 
 
 def test_output_layer_block_closed_form():
-    # Softmax regression: H_b = sum_i (diag(p_i) - p_i p_i^T) / m (seed 003 eqs. 80, 83).
+    # Softmax regression: H_b = sum_i (diag(p_i) - p_i p_i^T) / m ([Veitch] eqs. 80, 83).
     torch.manual_seed(2)
     model = _mlp((2, 3), nn.Tanh)
     x = torch.randn(4, 2, dtype=DT)

@@ -1,4 +1,4 @@
-"""v^T H v for every backend, including the bicomplex step of seed 002 eq. 11."""
+"""v^T H v for every backend, including the bicomplex step of [Shen] eq. 11."""
 
 from __future__ import annotations
 

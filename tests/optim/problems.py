@@ -5,10 +5,10 @@ point and, where known, the minimizer. ``scipy_minimize`` runs scipy.optimize on
 function (numpy float64 <-> torch) so tests compare against scipy's iterates and ``nit``.
 
 * :func:`logistic_regression`: L2-regularized logistic regression on scikit-learn's breast
-  cancer data (standardized features, with intercept), seed 003 eq. 15-18 plus
+  cancer data (standardized features, with intercept), [Veitch] eq. 15-18 plus
   ``lam / 2 |w|^2``; ``per_sample`` gives the per-sample losses (regularizer included in
   each, so their mean is the loss).
-* :func:`rosenbrock`: ``(a - x)^2 + b (y - x^2)^2`` (seed 003 eq. 6), a = 1, b = 100,
+* :func:`rosenbrock`: ``(a - x)^2 + b (y - x^2)^2`` ([Veitch] eq. 6), a = 1, b = 100,
   from (-1.2, 1).
 * :func:`quadratic`: ``x^T A x / 2 - b^T x`` with a random SPD ``A`` of known spectrum.
 * :func:`digits_mlp`: a 64-32-10 tanh MLP on scikit-learn digits, with mini-batches;
@@ -136,7 +136,7 @@ def logistic_regression(lam: float = 1e-2) -> Problem:
 
 
 def rosenbrock(a: float = 1.0, b: float = 100.0) -> Problem:
-    """The Rosenbrock function (seed 003 eq. 6), minimizer (a, a^2)."""
+    """The Rosenbrock function ([Veitch] eq. 6), minimizer (a, a^2)."""
 
     def loss(x: Tensor) -> Tensor:
         return (a - x[0]) ** 2 + b * (x[1] - x[0] ** 2) ** 2

@@ -27,7 +27,7 @@ def _alg3_eta(ends, k):
 
 
 def _alg3_by_hand(grad, x0, epochs, lr_at, ratio_at):
-    """Seed 000 Alg. 3, literally: ``x <- x - eta ratio grad_i(x)`` with ``eta = lr_at(i)``
+    """[Filippova] Alg. 3, literally: ``x <- x - eta ratio grad_i(x)`` with ``eta = lr_at(i)``
     in epochs 0 and 1, then :func:`_alg3_eta`. Returns the point and the epoch ends."""
     xr, ends = x0.clone(), []
     for k in range(epochs):

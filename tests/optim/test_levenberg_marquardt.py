@@ -1,4 +1,4 @@
-"""Levenberg-Marquardt damped Newton-CG, seed 002's baseline."""
+"""Levenberg-Marquardt damped Newton-CG, [Shen]'s baseline."""
 
 from __future__ import annotations
 

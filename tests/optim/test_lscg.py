@@ -1,4 +1,4 @@
-"""LSCG (least-squares CG on H^T H), seed 002's baseline."""
+"""LSCG (least-squares CG on H^T H), [Shen]'s baseline."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_graphs_freed_no_growth_over_50_steps():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_digits_mlp_minibatches_does_not_blow_up(seed):
-    # Seed 002: LSCG ignores the curvature's sign and degrades to (at best) first order on
+    # [Shen]: LSCG ignores the curvature's sign and degrades to (at best) first order on
     # non-convex losses; on this MLP it barely moves (measured 2.33-2.38 from ~2.33).
     assert digits_subset_loss(lambda ps: LSCG(ps, max_cg_iter=10), seed, epochs=2) < 2.45
 

@@ -140,7 +140,7 @@ def test_solve_in_norm_hands_the_model_to_the_solver_and_updates_the_norm():
     assert torch.allclose(seen["grads"][0], g, rtol=0, atol=1e-14)
     assert torch.allclose(seen["hv"], A @ torch.tensor([1.0, -1.0], dtype=F64), rtol=0,
                           atol=1e-14)
-    # Adagrad accumulator g^2 (seed 001 eq. 2), kept in the state and read back by .norm
+    # Adagrad accumulator g^2 ([AdaptiveNorms] eq. 2), kept in the state and read back by .norm
     assert torch.allclose(opt.state["global"]["norm"]["accumulator"][0], g * g, rtol=0,
                           atol=1e-14)
     assert torch.allclose(opt.norm.diagonal()[0], g * g + 1.0, rtol=0, atol=1e-14)

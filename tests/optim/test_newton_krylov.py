@@ -1,4 +1,4 @@
-"""Seed 002 Alg. 1: Krylov loop, screening, Taylor-ratio sizing, backends, optimizer."""
+"""[Shen] Alg. 1: Krylov loop, screening, Taylor-ratio sizing, backends, optimizer."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_krylov_temporary_damping_of_flat_curvature():
     prod, curv = _dense(A)
     res = krylov_direction(prod, curv, (g,), max_iter=1)
     assert res.damped == 1
-    kappa = 0.01 * 3.0  # 0.01 ||p0||, seed 002 Alg. 1 line 19
+    kappa = 0.01 * 3.0  # 0.01 ||p0||, [Shen] Alg. 1 line 19
     # alpha = ||r0||^2 / kappa = 9 / 0.03 = 300, x = alpha p0 = -300 g
     torch.testing.assert_close(res.direction[0], -(9.0 / kappa) * g)
 

@@ -1,4 +1,5 @@
-"""Adaptive norms: accumulators against seed 001 eqs. 2-3 by hand, operators against dense."""
+"""Adaptive norms: accumulators against [AdaptiveNorms] eqs. 2-3 by hand, operators against
+   dense."""
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def test_rmsprop_diagonal_matches_eq3_by_hand(normalize):
     # eq. 3 diagonal: (1 - beta) sum_k beta^(t-k) g_k^2 + eps, k = 1..t
     expected = (1 - beta) * sum(beta ** (t - k) * flat[k - 1] ** 2 for k in range(1, t + 1)) + eps
     torch.testing.assert_close(tl.flatten(norm.diagonal()), expected, rtol=1e-14, atol=0)
-    m = expected.sqrt()  # M = A^{1/2}, seed 001 Corollary 1 ...
+    m = expected.sqrt()  # M = A^{1/2}, [AdaptiveNorms] Corollary 1 ...
     if normalize:  # ... over its mean diagonal
         m = m / m.mean()
     torch.testing.assert_close(tl.flatten(norm.metric()), m, rtol=1e-14, atol=0)
@@ -161,7 +162,7 @@ def test_normalized_first_steepest_step_has_euclidean_length_radius():
 
 
 def test_normalized_metric_stays_uniformly_equivalent():
-    # seed 001 Def. 1 / Lemma 2: eps <= a_i <= L^2 + eps gives M_i in [(eps/(L^2+eps))^p, d].
+    # [AdaptiveNorms] Def. 1 / Lemma 2: eps <= a_i <= L^2 + eps gives M_i in [(eps/(L^2+eps))^p, d].
     eps, power = 1e-6, 0.5
     norm = DiagonalNorm("rmsprop", epsilon=eps, power=power)
     g = (torch.cat([torch.zeros(9, dtype=D), torch.full((1,), 5.0, dtype=D)]),)

@@ -1,4 +1,4 @@
-"""SampledObjective (seed 003 eq. 28): fixed vs reshuffled batches, with L-BFGS."""
+"""SampledObjective ([Veitch] eq. 28): fixed vs reshuffled batches, with L-BFGS."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_per_sample_output():
 
 
 def test_fixed_batches_let_lbfgs_converge_reshuffled_do_not():
-    # seed 003 sec. 4.1: with fixed batches L-BFGS minimizes eq. 28; reshuffling breaks it.
+    # [Veitch] sec. 4.1: with fixed batches L-BFGS minimizes eq. 28; reshuffling breaks it.
     finals = {}
     for mode in ("fixed", "reshuffled"):
         X, y, model, ce, obj = _setup(mode, num_batches=2)

@@ -1,4 +1,5 @@
-"""TrustRegion (seed 001 Alg. 1): convergence, norm paths, rejection, Fig. 1, digits, state."""
+"""TrustRegion ([AdaptiveNorms] Alg. 1): convergence, norm paths, rejection, Fig. 1, digits,
+   state."""
 
 import copy
 
@@ -200,7 +201,7 @@ def _fig1_iterations(norm, x0, cap, normalize=True):
 
 @pytest.mark.parametrize("normalize, bound", [(True, 40), (False, 200)])
 def test_fig1_ellipsoidal_beats_spherical_on_ill_conditioned_quadratic(normalize, bound):
-    """Seed 001 Fig. 1 (kappa = 1e4, axis aligned), first-order TR steps (one CG step).
+    """[AdaptiveNorms] Fig. 1 (kappa = 1e4, axis aligned), first-order TR steps (one CG step).
 
     Measured iterations to 1e-8 suboptimality from these three starts (2-core CPU):
     spherical: >2000, >2000, 862; normalized rmsprop: 25, 18, 9, adagrad: 24, 17, 8;

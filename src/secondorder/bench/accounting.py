@@ -2,7 +2,7 @@
 
 The benchmark compares optimizers that do very different amounts of work per step (a
 line search evaluates the loss several times, Newton-CG takes Hessian-vector products), so
-"steps" and "epochs" are not comparable units. Following Xu, Roosta & Mahoney (2020,
+"steps" and "epochs" are not comparable units. Following [Xu2020],
 "Second-order optimization for non-convex machine learning: an empirical study", Sec. 4),
 costs are counted in *propagations* over samples and reported in **backprop-equivalents**.
 

@@ -1,6 +1,6 @@
 """``secondorder curvature``: the Hessian of a problem at initialization, mid-training, end.
 
-After seed 001 Fig. 2 (diagonal mass of network Hessians at random initialization, middle
+After [AdaptiveNorms] Fig. 2 (diagonal mass of network Hessians at random initialization, middle
 and end of training, against random Wigner and OLS baselines) and PyHessian-style spectra:
 
 - the model is trained with a registry optimizer (default Adam at its default learning
@@ -10,7 +10,7 @@ and end of training, against random Wigner and OLS baselines) and PyHessian-styl
   :func:`secondorder.curvature.spectrum.eigenvalues`), Hutchinson's trace estimate, the
   spectral density (stochastic Lanczos quadrature), and, when the network has at most
   ``max_dense`` parameters, the dense Hessian's diagonal mass
-  ``delta_H = sum |H_ii| / sum |H_ij|`` (seed 001 Sec. 3.2) with the Wigner (Prop. 1) and
+  ``delta_H = sum |H_ii| / sum |H_ij|`` ([AdaptiveNorms] Sec. 3.2) with the Wigner (Prop. 1) and
   OLS (Prop. 2, ``n = batch``) baselines of the same dimension.
 
 Writes ``curvature_<problem>.md`` and ``figures/curvature_<problem>_{density,mass}.png``.
@@ -168,7 +168,7 @@ def curvature_report(problem_name: str, out_dir: str | Path, *, optimizer: str =
         ax.set_xticks(list(xs), labels)
         ax.set_yscale("log")
         ax.set_ylabel("diagonal mass delta")
-        ax.set_title(f"{problem_name}: diagonal mass (seed 001 Fig. 2)")
+        ax.set_title(f"{problem_name}: diagonal mass ([AdaptiveNorms] Fig. 2)")
         ax.legend(fontsize=8)
         fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.9)
         mass_path = figdir / f"curvature_{problem_name}_mass.png"

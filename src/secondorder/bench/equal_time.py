@@ -2,7 +2,7 @@
 
 With an epoch budget, cheap methods stop long before expensive ones (on the digits MLP
 Adam trains about 0.1 s, NewtonKrylov 1.5 s), so final-quality columns favour the
-expensive methods. AlgoPerf (Dahl et al. 2023) gives every method the same time budget
+expensive methods. AlgoPerf ([Dahl2023] gives every method the same time budget
 instead. From the curves a sweep already recorded, the equal-time view reads every
 method's quality at one common training time ``T`` (:func:`equal_time_budget`): the
 shortest of the methods' run times (the median over seeds of each selected setting's

@@ -7,23 +7,23 @@ touching the global random state.
 
 Architectures and where they come from:
 
-- :class:`MLP`: fully connected net; seed 003 sec. 3.2 eqs. 19-22 (sigmoid hidden layers,
+- :class:`MLP`: fully connected net; [Veitch] sec. 3.2 eqs. 19-22 (sigmoid hidden layers,
   softmax output folded into the cross-entropy loss).
-- :class:`SoftmaxRegression`, :class:`LogisticRegression`: seed 003 eqs. 15-16 and the
-  multi-class LR / SVM tests of seed 002 (Fig. 3).
-- :class:`LeNet5`: seed 002, "two sets of convolutional layers and average pooling layers,
+- :class:`SoftmaxRegression`, :class:`LogisticRegression`: [Veitch] eqs. 15-16 and the
+  multi-class LR / SVM tests of [Shen] (Fig. 3).
+- :class:`LeNet5`: [Shen], "two sets of convolutional layers and average pooling layers,
   followed by a flattening layer and three FC layers, activated by sigmoid functions"
-  (LeCun et al. 1998: 6 and 16 5x5 filters, 120-84-10 units).
-- :class:`Autoencoder`: seed 002's deep autoencoder, encoder 784-1000-500-250-30, decoder
-  mirrored (Hinton & Salakhutdinov 2006: logistic hidden units, linear code layer).
-- :class:`Cifar10CNN`: seed 000 sec. 4, "a CNN which consists of two convolutional layers
+  ([LeCun1998]: 6 and 16 5x5 filters, 120-84-10 units).
+- :class:`Autoencoder`: [Shen]'s deep autoencoder, encoder 784-1000-500-250-30, decoder
+  mirrored ([HintonSalakhutdinov2006]: logistic hidden units, linear code layer).
+- :class:`Cifar10CNN`: [Filippova] sec. 4, "a CNN which consists of two convolutional layers
   and two linear layers". The seed gives no widths; we use the PyTorch CIFAR-10 tutorial
   net with its middle linear layer removed: conv 3-6 5x5, max-pool 2, conv 6-16 5x5,
   max-pool 2, linear 400-120, linear 120-10, ReLU.
-- :class:`VGG11`: seed 002, 64C3-MP2-128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x512C3-MP2-2x512FC-10FC,
+- :class:`VGG11`: [Shen], 64C3-MP2-128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x512C3-MP2-2x512FC-10FC,
   ELU activations, batch normalization before each activation of the convolutions.
 - :class:`DeepOBS2c2d`, :class:`DeepOBS3c3d`: the DeepOBS test problems ``fmnist_2c2d`` and
-  ``cifar10_3c3d`` (Schneider, Balles & Hennig 2019, sec. 3 and App. A); TensorFlow "same"
+  ``cifar10_3c3d`` ([Schneider2019], sec. 3 and App. A); TensorFlow "same"
   max-pooling is reproduced with a right/bottom zero pad, exact after a ReLU.
 - :class:`Rosenbrock`, :class:`Quadratic`: deterministic objectives in the benchmark's
   model shape (see :mod:`secondorder.bench.problems`): the parameter is the variable and
@@ -105,10 +105,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class MLP(nn.Sequential):
-    """Fully connected network ``sizes[0] -> ... -> sizes[-1]`` (seed 003 eqs. 19-20).
+    """Fully connected network ``sizes[0] -> ... -> sizes[-1]`` ([Veitch] eqs. 19-20).
 
     Inputs are flattened; ``activation`` follows every layer but the last, whose output is
-    the logits (the softmax of seed 003 eq. 22 lives in the cross-entropy loss).
+    the logits (the softmax of [Veitch] eq. 22 lives in the cross-entropy loss).
 
     Args:
         sizes: layer widths including input and output, at least two entries.
@@ -140,10 +140,10 @@ class SoftmaxRegression(nn.Sequential):
 
 
 class LogisticRegression(nn.Module):
-    """Binary logistic regression ``x -> x^T theta + b`` (seed 003 eq. 16, before the sigmoid).
+    """Binary logistic regression ``x -> x^T theta + b`` ([Veitch] eq. 16, before the sigmoid).
 
     Returns one logit per sample, shape ``(n,)``; the same linear model serves the squared
-    hinge SVM of seed 002 (Fig. 3).
+    hinge SVM of [Shen] (Fig. 3).
     """
 
     def __init__(self, in_features: int) -> None:
@@ -161,7 +161,7 @@ class L2Penalized(nn.Module):
     :func:`split_penalty` undoes it. A per-sample loss that adds the penalty column to each
     sample's data loss has mean ``mean data loss + weight / 2 * ||W||^2``, the regularized
     objective. The penalty uses ``w * w`` (not ``abs``) so it stays holomorphic for the
-    complex-step derivative of seed 002.
+    complex-step derivative of [Shen].
 
     Args:
         model: the wrapped model.
@@ -206,7 +206,7 @@ def split_penalty(outputs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class LeNet5(nn.Sequential):
-    """LeNet-5 (LeCun et al. 1998) as used by seed 002: conv-pool-conv-pool-FC-FC-FC.
+    """LeNet-5 ([LeCun1998] as used by [Shen]: conv-pool-conv-pool-FC-FC-FC.
 
     ``conv(c, 6, 5) -> act -> avgpool 2 -> conv(6, 16, 5) -> act -> avgpool 2 -> flatten ->
     400 -> 120 -> act -> 84 -> act -> num_classes``. Images smaller than 32 x 32 are
@@ -214,7 +214,7 @@ class LeNet5(nn.Sequential):
     original, so the flattened size is always 16 * 5 * 5 = 400.
 
     Args:
-        activation: activation after every layer but the last (seed 002: sigmoid).
+        activation: activation after every layer but the last ([Shen]: sigmoid).
         in_channels: image channels (1 for MNIST, 3 for CIFAR-10).
         image_size: side of the square input, between 28 and 32.
         num_classes: number of output logits.
@@ -252,7 +252,7 @@ class LeNet5(nn.Sequential):
 
 
 class Autoencoder(nn.Module):
-    """Deep autoencoder: encoder ``sizes``, mirrored decoder (seed 002, Martens 2010).
+    """Deep autoencoder: encoder ``sizes``, mirrored decoder ([Shen], [Martens2010]).
 
     ``sizes = (784, 1000, 500, 250, 30)`` gives 784-1000-500-250-30-250-500-1000-784.
     Hidden layers use ``activation``, the code layer is linear, the output layer uses
@@ -295,7 +295,7 @@ class Autoencoder(nn.Module):
 
 
 class Cifar10CNN(nn.Sequential):
-    """Seed 000's CIFAR-10 CNN: two convolutional and two linear layers, ReLU.
+    """[Filippova]'s CIFAR-10 CNN: two convolutional and two linear layers, ReLU.
 
     conv 3-6 5x5 -> ReLU -> maxpool 2 -> conv 6-16 5x5 -> ReLU -> maxpool 2 -> flatten 400
     -> linear 120 -> ReLU -> linear 10 (widths from the PyTorch CIFAR-10 tutorial; the
@@ -355,15 +355,15 @@ VGG11_CONFIG: tuple[int | str, ...] = (
 
 
 class VGG11(nn.Module):
-    """VGG-11 for 32 x 32 images as in seed 002 (Simonyan & Zisserman 2014, config A).
+    """VGG-11 for 32 x 32 images as in [Shen] ([SimonyanZisserman2014], config A).
 
     Eight 3x3 convolutions (64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M) each
     followed by batch normalization (if ``batch_norm``) and the activation, then
     ``512 -> 512 -> 512 -> num_classes`` fully connected with the activation between.
 
     Args:
-        batch_norm: batch normalization before each convolution's activation (seed 002).
-        activation: activation name (seed 002: ELU).
+        batch_norm: batch normalization before each convolution's activation ([Shen]).
+        activation: activation name ([Shen]: ELU).
         in_channels: image channels.
         num_classes: number of output logits.
     """
@@ -461,7 +461,7 @@ class DeepOBS3c3d(nn.Sequential):
 
 
 class Rosenbrock(nn.Module):
-    """Rosenbrock function ``(a - x)^2 + b (y - x^2)^2`` (seed 003 eq. 6) as a model.
+    """Rosenbrock function ``(a - x)^2 + b (y - x^2)^2`` ([Veitch] eq. 6) as a model.
 
     The parameter ``xy`` (shape ``(2,)``) is the variable; ``forward(inputs)`` ignores the
     values of ``inputs`` and returns the objective repeated ``inputs.shape[0]`` times. The
@@ -470,7 +470,7 @@ class Rosenbrock(nn.Module):
     Args:
         init: the starting point ``(x, y)``.
         a: the ``a`` of eq. 6.
-        b: the ``b`` of eq. 6 (seed 003 Fig. 1 uses 50; the classic value is 100).
+        b: the ``b`` of eq. 6 ([Veitch] Fig. 1 uses 50; the classic value is 100).
     """
 
     def __init__(self, init: Sequence[float] = (-1.2, 1.0), a: float = 1.0, b: float = 100.0):
@@ -488,7 +488,7 @@ class Rosenbrock(nn.Module):
 
 
 class Quadratic(nn.Module):
-    """Quadratic ``f(w) = 1/2 (w - w*)^T H (w - w*)`` as a model (seed 001 Fig. 1).
+    """Quadratic ``f(w) = 1/2 (w - w*)^T H (w - w*)`` as a model ([AdaptiveNorms] Fig. 1).
 
     ``H`` (symmetric positive definite) and ``w*`` are buffers, so they follow the model
     to any device; the parameter ``w`` is the variable. ``forward(inputs)`` returns

@@ -9,7 +9,7 @@ Two closure protocols (see :mod:`secondorder.optim.base`):
 - ``"torch"``: the closure zeroes the gradients, calls ``backward()`` and returns the loss.
 - ``"secondorder"``: the closure returns the per-sample losses and does not call backward;
   entries with ``global_closure=True`` also get ``step(closure, global_closure=...)``, a
-  closure on the full training set (seed 002 Alg. 1 line 1, the global gradient).
+  closure on the full training set ([Shen] Alg. 1 line 1, the global gradient).
   Optimizers configured with ``curvature="gauss_newton"`` (HessianFree's default) also get
   ``step(closure, ggn_closure=...)`` on the same batch
   (:func:`secondorder.bench.runner.make_ggn_closure`).
@@ -17,7 +17,7 @@ Two closure protocols (see :mod:`secondorder.optim.base`):
 Knob grids (DeepOBS-style log grids): learning rates on ``10^{-4..0}`` in half decades
 (``"full"``), decades (``"default"``), or three values (``"quick"``); trust-region radius,
 cubic regularization ``sigma``, Hessian-free damping and the Newton-Krylov Taylor ratio
-(seed 002, default 0.05) have their own grids.
+([Shen], default 0.05) have their own grids.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class OptimizerSpec:
         full_batch_kwargs: keyword arguments added when the method runs full batch
             (LBFGS/NonlinearCG ``full_batch=True``; BarzilaiBorwein ``mode="bb1"``).
         epoch_length_kwarg: keyword that receives the number of steps per epoch
-            (BarzilaiBorwein's ``epoch_length``, seed 000 Alg. 3), or ``None``.
+            (BarzilaiBorwein's ``epoch_length``, [Filippova] Alg. 3), or ``None``.
         description: one line for ``secondorder list``.
         study_only: an entry a paper study needs (``secondorder study``) that the default
             ``secondorder bench`` suite leaves out (:func:`available_optimizers`).
@@ -197,37 +197,37 @@ def _so(name, knob, grids, description, *, full_batch=False, global_closure=Fals
 _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     _torch("sgd", "SGD", "torch.optim.SGD, plain stochastic gradient descent"),
     _torch("sgd_momentum", "SGD", "torch.optim.SGD with heavy-ball momentum 0.9", momentum=0.9),
-    _torch("adam", "Adam", "torch.optim.Adam (Kingma & Ba 2015)"),
-    _torch("adagrad", "Adagrad", "torch.optim.Adagrad (Duchi et al. 2011)"),
+    _torch("adam", "Adam", "torch.optim.Adam ([KingmaBa2015]"),
+    _torch("adagrad", "Adagrad", "torch.optim.Adagrad ([Duchi2011]"),
     _so("LBFGS", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
-        "limited-memory BFGS with line search (seed 000 Alg. 1, seed 003)", full_batch=True,
+        "limited-memory BFGS with line search ([Filippova] Alg. 1, [Veitch])", full_batch=True,
         full_batch_kwargs={"full_batch": True}),
     _so("NonlinearCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
-        "nonlinear conjugate gradients with line search (seed 003)", full_batch=True,
+        "nonlinear conjugate gradients with line search ([Veitch])", full_batch=True,
         full_batch_kwargs={"full_batch": True}),
     _so("NewtonCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
-        "line-search Newton-CG, truncated CG on Hessian-vector products (seed 003)",
+        "line-search Newton-CG, truncated CG on Hessian-vector products ([Veitch])",
         full_batch=True),
     _so("BarzilaiBorwein", "lr", _lr(),
-        "Barzilai-Borwein: SGD-BB (seed 000 Alg. 3) on mini-batches, BB1 with nonmonotone "
+        "Barzilai-Borwein: SGD-BB ([Filippova] Alg. 3) on mini-batches, BB1 with nonmonotone "
         "line search full batch", full_batch=True, full_batch_kwargs={"mode": "bb1"},
         epoch_length_kwarg="epoch_length"),
     _so("AdaHessian", "lr", _lr(),
-        "AdaHessian: Hutchinson Hessian diagonal with momentum (seed 000 Alg. 2)"),
+        "AdaHessian: Hutchinson Hessian diagonal with momentum ([Filippova] Alg. 2)"),
     # Radius in Euclidean units (the ellipsoid is normalized to mean diagonal 1). Measured
     # on the full grid (docs/benchmark.md): 0.3 wins on digits softmax/MLP/CNN (seeds 0, 1),
     # 0.1 on the autoencoder; the convex full-batch problems tie across the grid.
     _so("TrustRegion", "radius", _TR_GRIDS,
-        "stochastic trust region with ellipsoidal norms (seed 001)"),
+        "stochastic trust region with ellipsoidal norms ([AdaptiveNorms])"),
     # sigma is only the initial regularization (it adapts every step): on the full grid the
     # winner changes with the seed and the edges (0.01, 100) were never consistently better.
     _so("AdaptiveCubic", "sigma", _ARC_GRIDS,
-        "adaptive cubic regularization (Cartis et al. 2011; seed 001)"),
+        "adaptive cubic regularization ([Cartis2011]; [AdaptiveNorms])"),
     _so("HessianFree", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},
         "Hessian-free optimization with Levenberg-Marquardt damping on the Gauss-Newton "
-        "matrix (Martens 2010)"),
+        "matrix ([Martens2010])"),
     _so("NewtonKrylov", "taylor_ratio",
         {"full": (0.01, 0.02, 0.05, 0.1, 0.2), "default": (0.02, 0.05, 0.2), "quick": (0.05,)},
         "stochastic Newton-Krylov with Taylor-ratio step sizing ([Shen] Alg. 1); Hessian "
@@ -236,7 +236,7 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         global_closure=True),
     # LSCG costs 50-100 HVPs per step: its default grid is the default step only.
     _so("LSCG", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
-        "least-squares CG baseline (seed 002 Sec. 3)"),
+        "least-squares CG baseline ([Shen] Sec. 3)"),
     # Entries the paper studies need ([Veitch], [Filippova]; docs/studies/).
     OptimizerSpec(
         "sgd_momentum_avg", "SGD", "torch.optim", "torch", "lr", _lr(),
@@ -287,7 +287,7 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     _so("LevenbergMarquardt", "damping",
         {"full": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "default": (1e-3, 1e-1, 10.0),
          "quick": (1e-2, 1.0)},
-        "Levenberg-Marquardt damped Newton baseline (seed 002 Sec. 3)"),
+        "Levenberg-Marquardt damped Newton baseline ([Shen] Sec. 3)"),
 )
 
 #: All registered optimizers by name, in report order.

@@ -1,6 +1,6 @@
 """A benchmark sweep: tuning, repetitions, workers, resume, and the statistics of the report.
 
-Protocol (DeepOBS, Schneider et al. 2019; AlgoPerf, Dahl et al. 2023):
+Protocol (DeepOBS, [Schneider2019]; AlgoPerf, [Dahl2023]:
 
 1. **Tuning.** For each problem and optimizer, one run per value of the optimizer's main
    knob (:mod:`~secondorder.bench.registry` grid) on seed ``0``.
@@ -20,7 +20,7 @@ Protocol (DeepOBS, Schneider et al. 2019; AlgoPerf, Dahl et al. 2023):
    excluded) and the backprop-equivalents at the first evaluation reaching the target;
    infinite if never reached. Per method and problem the median over seeds is used (so a
    method that misses the target in most seeds counts as not reaching it).
-6. **Performance profiles** (Dolan & More 2002, :func:`performance_profile`): over problems,
+6. **Performance profiles** ([DolanMore2002], :func:`performance_profile`): over problems,
    the fraction of problems on which a method's cost to target is within a factor ``tau``
    of the best method's.
 

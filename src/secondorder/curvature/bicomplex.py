@@ -1,9 +1,9 @@
-"""Bicomplex numbers for the second-order complex step (seed 002 eq. 6-7, 11).
+"""Bicomplex numbers for the second-order complex step ([Shen] eq. 6-7, 11).
 
 A bicomplex number is ``z = z1 + z2 i2`` with ``z1, z2`` complex (unit ``i1``) and
-``i1^2 = i2^2 = -1``, ``i1 i2 = i2 i1`` (seed 002: ``C^2 = {z1 + z2 i_2 | z1, z2 in C^1}``).
+``i1^2 = i2^2 = -1``, ``i1 i2 = i2 i1`` ([Shen]: ``C^2 = {z1 + z2 i_2 | z1, z2 in C^1}``).
 Evaluating a real function at ``w + h (i1 + i2) v`` puts ``h^2 v^T H v`` in the ``i1 i2``
-component (``Im(z2)``) without any subtraction (seed 002 eq. 11).
+component (``Im(z2)``) without any subtraction ([Shen] eq. 11).
 
 :class:`Bicomplex` is a ``torch.Tensor`` subclass (its data is ``z1``, so shapes, dtypes
 and :func:`torch.func.functional_call` work) whose ``__torch_function__`` evaluates:
@@ -421,7 +421,7 @@ def bicomplex_vhv(
     vec: Sequence[Tensor],
     h: float | None = None,
 ) -> Tensor:
-    """Quadratic form ``v^T H v = Im^(2) f(w + h (i1 + i2) v) / h^2`` (seed 002 eq. 11).
+    """Quadratic form ``v^T H v = Im^(2) f(w + h (i1 + i2) v) / h^2`` ([Shen] eq. 11).
 
     One bicomplex forward pass, no backward; ``Im^(2)`` is the ``i1 i2`` component.
 

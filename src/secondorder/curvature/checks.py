@@ -1,6 +1,6 @@
-"""Taylor tests of a gradient and of a Hessian-vector product (seed 003 Sec. 3.4, eq. 31).
+"""Taylor tests of a gradient and of a Hessian-vector product ([Veitch] Sec. 3.4, eq. 31).
 
-Seed 003 asks that every objective pass a gradient test: along a random direction ``d``,
+[Veitch] asks that every objective pass a gradient test: along a random direction ``d``,
 ``(L(w + h d) - L(w - h d)) / (2h) = d^T grad L + O(h^2)`` (eq. 31). The same check in its
 one-sided Taylor form reads the *order* of the remainders off a log-log plot:
 
@@ -128,7 +128,7 @@ def gradient_test(
     steps: Sequence[float] | Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> TaylorTestResult:
-    """Check a gradient by the order of its Taylor remainder (seed 003 eq. 31).
+    """Check a gradient by the order of its Taylor remainder ([Veitch] eq. 31).
 
     Tabulates ``|f(w + h d) - f(w)|`` (order 1) and ``|f(w + h d) - f(w) - h g^T d|``
     (order 2 if ``g`` is the gradient, 1 if it is wrong) and their log-log slopes.

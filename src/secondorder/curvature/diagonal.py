@@ -1,12 +1,12 @@
 """The diagonal of the Hessian: Hutchinson's estimator, the exact diagonal, spatial averaging.
 
-Hutchinson / Bekas et al. (2007): for Rademacher ``z`` (entries +-1 with probability 1/2),
-``E[z * (H z)] = diag(H)``, since ``E[z_i z_j] = delta_ij``. AdaHessian (Yao et al. 2020;
-seed 000 Alg. 2, "current step estimated diagonal Hessian") uses one sample per step. The
+Hutchinson / [Bekas2007]: for Rademacher ``z`` (entries +-1 with probability 1/2),
+``E[z * (H z)] = diag(H)``, since ``E[z_i z_j] = delta_ij``. AdaHessian ([Yao2021];
+[Filippova] Alg. 2, "current step estimated diagonal Hessian") uses one sample per step. The
 variance of one sample's entry ``i`` is ``sum_{j != i} H_ij^2``, so the error of the mean of
 ``s`` samples falls like ``1/sqrt(s)``.
 
-Spatial averaging (seed 000 Alg. 2, ``D^(s)[ib + j] = sum_k D[ib + k] / b``, as in the
+Spatial averaging ([Filippova] Alg. 2, ``D^(s)[ib + j] = sum_k D[ib + k] / b``, as in the
 AdaHessian reference code) replaces each entry by the mean of ``|D|`` over its block: the
 spatial ``k x k`` positions of each (out, in) filter of a 4-D convolution kernel, and
 ``block_size`` consecutive entries along the last dimension of any other tensor.
@@ -104,7 +104,7 @@ def _block_mean_last_dim(a: Tensor, block_size: int) -> Tensor:
 def spatially_averaged(
     diagonal: Sequence[Tensor], block_size: int | None = None
 ) -> tuple[Tensor, ...]:
-    """Spatially averaged ``|D|`` (seed 000 Alg. 2; AdaHessian's reference code).
+    """Spatially averaged ``|D|`` ([Filippova] Alg. 2; AdaHessian's reference code).
 
     For a 4-D tensor (a convolution kernel ``(out, in, kh, kw)``), each entry becomes the
     mean of ``|D|`` over its ``kh x kw`` spatial block. For any other tensor, when

@@ -1,6 +1,6 @@
-"""Diagonal mass of a matrix and its random-matrix baselines (seed 001 Sec. 3.2, Fig. 2).
+"""Diagonal mass of a matrix and its random-matrix baselines ([AdaptiveNorms] Sec. 3.2, Fig. 2).
 
-Seed 001 (after Becker et al. 1988) measures how diagonally dominant a Hessian is by the
+[AdaptiveNorms] (after [BeckerLeCun1988] measures how diagonally dominant a Hessian is by the
 share of diagonal mass ``delta_A = sum_i |A_ii| / sum_ij |A_ij|`` and compares a network's
 ``delta_H`` with two baselines of the same dimension ``d``:
 
@@ -34,7 +34,7 @@ __all__ = ["diagonal_mass", "wigner_diagonal_mass", "ols_diagonal_mass"]
 
 
 def diagonal_mass(matrix: Tensor | CurvatureOperator) -> Tensor:
-    """``sum_i |A_ii| / sum_ij |A_ij|`` (seed 001 Sec. 3.2), a 0-dim tensor in ``(0, 1]``.
+    """``sum_i |A_ii| / sum_ij |A_ij|`` ([AdaptiveNorms] Sec. 3.2), a 0-dim tensor in ``(0, 1]``.
 
     Args:
         matrix: a square tensor, or a :class:`CurvatureOperator` (materialized densely).
@@ -65,7 +65,7 @@ def _check_dim(value, name: str) -> None:
 
 
 def wigner_diagonal_mass(d: int, *, sigma_diag: float = 1.0, sigma_offdiag: float = 1.0) -> float:
-    """Seed 001 Prop. 1: ``delta_{E|W|} = 1 / (1 + (d - 1) sigma_offdiag / sigma_diag)``.
+    """[AdaptiveNorms] Prop. 1: ``delta_{E|W|} = 1 / (1 + (d - 1) sigma_offdiag / sigma_diag)``.
 
     Args:
         d: the dimension.
@@ -92,7 +92,7 @@ def wigner_diagonal_mass(d: int, *, sigma_diag: float = 1.0, sigma_offdiag: floa
 
 
 def ols_diagonal_mass(d: int, n: int, *, exact_gaussian: bool = False) -> float:
-    """Seed 001 Prop. 2: diagonal mass of ``E|X X^T|`` for ``X`` in ``R^{d x n}``.
+    """[AdaptiveNorms] Prop. 2: diagonal mass of ``E|X X^T|`` for ``X`` in ``R^{d x n}``.
 
     By default the seed's large-``n`` limit ``sqrt(n) / (sqrt(n) + (d - 1) sqrt(2/pi))``
     (any zero-mean i.i.d. entries with finite variance). With ``exact_gaussian=True`` the

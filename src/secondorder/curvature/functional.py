@@ -1,7 +1,7 @@
 """Loss functions of a list of parameter tensors.
 
 The curvature API works on a *functional* loss ``loss_fn(params) -> scalar tensor`` so
-that it can be evaluated at shifted, dual or complex parameters (seed 002 eq. 10 needs
+that it can be evaluated at shifted, dual or complex parameters ([Shen] eq. 10 needs
 ``f(w + i h v)``). :func:`functional_loss` builds one from a ``torch.nn.Module``, a
 criterion and a batch via :func:`torch.func.functional_call`.
 """

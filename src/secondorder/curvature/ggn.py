@@ -3,7 +3,7 @@
 For a loss ``f(w) = L(z(w))`` with network outputs ``z(w)`` (Jacobian ``J = dz/dw``) and an
 output loss ``L`` (Hessian ``H_L`` with respect to ``z``), the Hessian is
 ``J^T H_L J + sum_k dL/dz_k d^2 z_k/dw^2``; the generalized Gauss-Newton matrix keeps the
-first term (Schraudolph 2002; Martens 2010, Sec. 4.2; seed 001 Sec. 2 and seed 002's
+first term ([Schraudolph2002]; [Martens2010], Sec. 4.2; [AdaptiveNorms] Sec. 2 and [Shen]'s
 discussion of ``J^T J``). It is positive semi-definite whenever ``L`` is convex in ``z``
 (squared error, softmax cross-entropy), which makes it the curvature of choice for
 Hessian-free CG.

@@ -12,7 +12,7 @@ like ``params``. Backends:
 
 For a bfloat16 or float16 model, build the loss with ``functional_loss(..., dtype=
 torch.float32)`` to take the products in float32 (``docs/curvature_accuracy.md``).
-- ``"complex-step"``: seed 002 eq. 10, ``Hv = Im(grad f(w + i h v)) / h``; exact to
+- ``"complex-step"``: [Shen] eq. 10, ``Hv = Im(grad f(w + i h v)) / h``; exact to
   rounding for any ``h`` small enough (no subtractive cancellation). See
   :mod:`secondorder.curvature.complex_step`.
 - ``"finite-difference"``: ``(g(w + h v) - g(w)) / h`` (``scheme="forward"``) or

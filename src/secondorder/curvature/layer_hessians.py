@@ -1,9 +1,9 @@
-"""Per-layer Hessians of an MLP by Hessian back-propagation (seed 003, Appendix B).
+"""Per-layer Hessians of an MLP by Hessian back-propagation ([Veitch], Appendix B).
 
 For ``nn.Sequential(Linear, act, Linear, act, ..., Linear)`` with ``act`` sigmoid or tanh
-and softmax cross-entropy averaged over the batch of ``m`` samples (seed 003 eqs. 19-22),
+and softmax cross-entropy averaged over the batch of ``m`` samples ([Veitch] eqs. 19-22),
 the Hessian of the loss with respect to the pre-activations of the output layer is, per
-sample ``i`` (seed 003 eq. 83, ``p = softmax(z)``)::
+sample ``i`` ([Veitch] eq. 83, ``p = softmax(z)``)::
 
     H_Z^[L](i) = (diag(p_i) - p_i p_i^T) / m
 
@@ -22,7 +22,7 @@ input ``x = X^[l-1](i)`` (eqs. 68-70, written with Kronecker products in eqs. 78
 
 These are the diagonal blocks of the full Hessian (cross-layer blocks are not computed).
 
-Note: seed 003 eq. 82 writes ``Diag(grad L_X^[l])``; the derivation (eq. 67) has the
+Note: [Veitch] eq. 82 writes ``Diag(grad L_X^[l])``; the derivation (eq. 67) has the
 gradient with respect to ``X^[l-1]``, which is what is used here.
 """
 
@@ -91,7 +91,7 @@ def _one_hot_targets(targets: Tensor, logits: Tensor) -> Tensor:
 
 
 def _layer_block(hz: Tensor, x: Tensor, has_bias: bool) -> Tensor:
-    """Seed 003 eqs. 68-70: the ``(W, b)`` block from per-sample ``H_Z`` and inputs ``x``."""
+    """[Veitch] eqs. 68-70: the ``(W, b)`` block from per-sample ``H_Z`` and inputs ``x``."""
     n_out, n_in = hz.shape[1], x.shape[1]
     hw = torch.einsum("iab,ic,id->acbd", hz, x, x).reshape(n_out * n_in, n_out * n_in)
     if not has_bias:
@@ -103,7 +103,7 @@ def _layer_block(hz: Tensor, x: Tensor, has_bias: bool) -> Tensor:
 
 @torch.no_grad()
 def layer_hessians(model: nn.Module, inputs: Tensor, targets: Tensor) -> list[Tensor]:
-    """Dense per-layer Hessian blocks of the mean softmax cross-entropy (seed 003 App. B).
+    """Dense per-layer Hessian blocks of the mean softmax cross-entropy ([Veitch] App. B).
 
     Block ``l`` (one per ``nn.Linear``, in model order, first layer first) is the Hessian
     of ``CrossEntropyLoss()(model(inputs), targets)`` with respect to that layer's
@@ -139,7 +139,7 @@ def layer_hessians(model: nn.Module, inputs: Tensor, targets: Tensor) -> list[Te
         raise ValueError(
             f"inputs must have shape (m, {linears[0].in_features}), got {tuple(inputs.shape)}"
         )
-    # Forward (seed 003 eqs. 19-20): keep each layer input X^[l-1] and pre-activation Z.
+    # Forward ([Veitch] eqs. 19-20): keep each layer input X^[l-1] and pre-activation Z.
     xs, zs = [inputs.to(linears[0].weight.dtype)], []
     for i, lin in enumerate(linears):
         z = lin(xs[-1])

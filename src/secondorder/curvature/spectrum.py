@@ -423,7 +423,7 @@ def spectral_density(
     num_points: int | None = None,
     generator: torch.Generator | None = None,
 ) -> SpectralDensity:
-    """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019, Alg. 1).
+    """Spectral density by stochastic Lanczos quadrature ([Ghorbani2019], Alg. 1).
 
     For each of ``num_probes`` Rademacher probes, ``num_steps`` Lanczos steps give nodes
     ``theta_j`` and weights ``tau_j`` (module docstring). The density is

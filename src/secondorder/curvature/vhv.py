@@ -1,6 +1,6 @@
 """The quadratic form ``v^T H v``: the curvature along one direction.
 
-Newton-Krylov methods and step-size tests (seed 002 eq. 11 and its use in the Taylor
+Newton-Krylov methods and step-size tests ([Shen] eq. 11 and its use in the Taylor
 error check) need the second directional derivative ``d^2/dt^2 f(w + t v) = v^T H v``.
 """
 
@@ -27,7 +27,7 @@ def vhv(
 ) -> Tensor:
     """Quadratic form ``v^T H(params) v``.
 
-    ``"complex-step"`` uses the bicomplex step of seed 002 eq. 11,
+    ``"complex-step"`` uses the bicomplex step of [Shen] eq. 11,
     ``Im^(2) f(w + h (i1 + i2) v) / h^2`` (one forward pass, no backward; see
     :mod:`secondorder.curvature.bicomplex`). The other backends return
     ``<v, hvp(loss_fn, params, v, backend)>``.

@@ -1,7 +1,7 @@
 """The step shell the model-based optimizers share: start check, subproblem, trial, ratio.
 
-Trust region (seed 001 Alg. 1), ARC (Cartis, Gould & Toint 2011 Alg. 2.1) and
-Levenberg-Marquardt (Moré 1978) all
+Trust region ([AdaptiveNorms] Alg. 1), ARC ([Cartis2011] Alg. 2.1) and
+Levenberg-Marquardt ([More1978] all
 
 1. evaluate loss, gradient and curvature at ``w`` and stop on a NaN/Inf start
    (:func:`check_finite_start`; Hessian-free uses it too);
@@ -126,7 +126,7 @@ def try_step(
     """Move to ``w + s``, evaluate the closure there and keep the step or restore ``w``.
 
     The step is accepted iff the predicted decrease is positive, the trial loss is finite
-    and lower than ``loss``, and ``rho >= eta`` (seed 001 Alg. 1 line 7; Cartis et al.
+    and lower than ``loss``, and ``rho >= eta`` ([AdaptiveNorms] Alg. 1 line 7; Cartis et al.
     2011 Alg. 2.1 step 3; with ``eta = 0`` the Levenberg-Marquardt "only if it lowers the
     loss"). A rejected step leaves the parameters bit-identical (restored from a copy).
 

@@ -1,13 +1,13 @@
-"""AdaHessian: Adam with a Hutchinson estimate of the Hessian diagonal (seed 000 Alg. 2).
+"""AdaHessian: Adam with a Hutchinson estimate of the Hessian diagonal ([Filippova] Alg. 2).
 
-Yao et al. (2020), "ADAHESSIAN: an adaptive second order optimizer for machine learning";
+[Yao2021], "ADAHESSIAN: an adaptive second order optimizer for machine learning";
 the update follows their reference code (github amirgholami/adahessian, which
 ``torch_optimizer.Adahessian`` copies) term by term. At step ``t`` (all operations
 elementwise):
 
 - ``D_t``: Hutchinson's estimate ``mean_s z_s * (H z_s)`` of the Hessian diagonal with
   ``n_samples`` Rademacher probes (:func:`~secondorder.curvature.diagonal.hutchinson_diagonal`);
-- ``D_t^(s)``: its spatial average ``|D_t|`` (seed 000 Alg. 2 step 3; convolution kernels
+- ``D_t^(s)``: its spatial average ``|D_t|`` ([Filippova] Alg. 2 step 3; convolution kernels
   averaged over each ``kh x kw`` filter, other tensors over ``spatial_average_block_size``
   consecutive entries of the last dimension,
   :func:`~secondorder.curvature.diagonal.spatially_averaged`). With
@@ -97,7 +97,7 @@ def adahessian_update(
 ) -> None:
     """One AdaHessian update, in place on ``params`` and the two moment buffers.
 
-    The functional core of :class:`AdaHessian` (module docstring, seed 000 Alg. 2 steps
+    The functional core of :class:`AdaHessian` (module docstring, [Filippova] Alg. 2 steps
     4-7); ``diagonals`` is the (spatially averaged) Hessian diagonal ``D_t^(s)``.
 
     Args:
@@ -140,7 +140,7 @@ def adahessian_update(
 
 
 class AdaHessian(hyper.Hyperparameters, SecondOrderOptimizer):
-    """AdaHessian (Yao et al. 2020; seed 000 Alg. 2); the update is in the module docstring.
+    """AdaHessian ([Yao2021]; [Filippova] Alg. 2); the update is in the module docstring.
 
     With float16/bfloat16 parameters the moments are kept, and the update computed, in
     float32 (rounded into the parameters once per step; :mod:`secondorder.optim.base`):

@@ -1,14 +1,14 @@
 """Adaptive cubic regularization (ARC) with adaptive norms.
 
-Cartis, Gould & Toint (2011, "ARC part I", Alg. 2.1) minimize at each step the cubic model::
+[Cartis2011], "ARC part I", Alg. 2.1) minimize at each step the cubic model::
 
     m(s) = g^T s + s^T B s / 2 + sigma / 3 * ||s||_M^3
 
-and adapt ``sigma`` by the ratio ``rho`` of actual to predicted decrease. Seed 001 (Sec. 4,
+and adapt ``sigma`` by the ratio ``rho`` of actual to predicted decrease. [AdaptiveNorms] (Sec. 4,
 footnote 5) notes that its ellipsoidal norms transfer directly from trust regions to cubic
 regularization; ``M`` is any norm of :mod:`secondorder.optim.norms`.
 
-The subproblem is solved in a Krylov subspace (Cartis et al. 2011 Sec. 6.2): with
+The subproblem is solved in a Krylov subspace ([Cartis2011] Sec. 6.2): with
 ``s = M^{-1/2} u`` the model becomes Euclidean in ``u``; Lanczos on ``M^{-1/2} B M^{-1/2}``
 started at ``M^{-1/2} g`` (:func:`secondorder.curvature.lanczos.lanczos`) gives an
 orthonormal basis ``Q`` and the tridiagonal ``T = Q^T (M^{-1/2} B M^{-1/2}) Q``, and since
@@ -18,7 +18,7 @@ orthonormal basis ``Q`` and the tridiagonal ``T = Q^T (M^{-1/2} B M^{-1/2}) Q``,
 
 which :func:`solve_cubic_tridiagonal` minimizes exactly through the secular equation
 ``(T + lambda I) y = -||M^{-1/2} g|| e_1``, ``lambda = sigma ||y||``,
-``lambda >= max(0, -lambda_min(T))`` (Cartis et al. 2011 Thm. 3.1; Nocedal & Wright
+``lambda >= max(0, -lambda_min(T))`` ([Cartis2011] Thm. 3.1; [NocedalWright2006]
 Sec. 4.3 for the trust-region analogue), including the hard case.
 """
 
@@ -170,7 +170,7 @@ def solve_cubic_subproblem(matvec: MatVec, grad: Sequence[Tensor], sigma: float,
 
 def update_sigma(sigma: float, rho: float, *, eta1: float, eta2: float, gamma: float,
                  sigma_min: float) -> float:
-    """Cartis et al. 2011 Alg. 2.1 step 4: very successful (``rho >= eta2``) divides
+    """[Cartis2011] Alg. 2.1 step 4: very successful (``rho >= eta2``) divides
     ``sigma`` by ``gamma`` (not below ``sigma_min``), successful keeps it, unsuccessful
     (``rho < eta1``, also a NaN ``rho``) multiplies it by ``gamma``."""
     if rho >= eta2:
@@ -181,7 +181,7 @@ def update_sigma(sigma: float, rho: float, *, eta1: float, eta2: float, gamma: f
 
 
 class AdaptiveCubic(AdaptiveNormOptimizer):
-    """Adaptive cubic regularization (Cartis, Gould & Toint 2011) with adaptive norms.
+    """Adaptive cubic regularization ([Cartis2011] with adaptive norms.
 
     ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
     Hessian on ``hessian_closure``'s batch, or the GGN from ``ggn_closure``; see
@@ -203,7 +203,7 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         eta2: very-success threshold.
         gamma: ``sigma`` factor > 1.
         beta: RMSProp decay in (0, 1).
-        epsilon: ``eps > 0`` of seed 001 eqs. 2-3.
+        epsilon: ``eps > 0`` of [AdaptiveNorms] eqs. 2-3.
         power: the norm matrix is ``M = A_t^power``.
         sigma_min: lower bound on ``sigma`` (positive).
         max_cg_iter: Lanczos vectors per step (>= 1); the Lanczos form of CG, one product each.

@@ -1,24 +1,24 @@
-"""Barzilai-Borwein step sizes: seed 000's SGD-BB (Alg. 3) and deterministic BB1/BB2.
+"""Barzilai-Borwein step sizes: [Filippova]'s SGD-BB (Alg. 3) and deterministic BB1/BB2.
 
 BB approximates the Hessian by ``eta^{-1} I`` with ``eta`` solving
-``min_eta |eta^{-1} s - y|^2`` (seed 000 sec. 2.2; Barzilai & Borwein 1988), ``s`` and ``y``
+``min_eta |eta^{-1} s - y|^2`` ([Filippova] sec. 2.2; [BarzilaiBorwein1988], ``s`` and ``y``
 the last step and gradient change.
 
-``mode="sgd_bb"`` is seed 000 Alg. 3 (SGD-BB, Tan et al. 2016): plain SGD steps
+``mode="sgd_bb"`` is [Filippova] Alg. 3 (SGD-BB, [Tan2016]: plain SGD steps
 ``x <- x - eta_k g_B`` inside epoch ``k``, while an exponentially weighted gradient
 ``g_{k,t+1} = (1 - beta) g_{k,t} + beta g_B`` (``g_{k,0} = 0``) is accumulated. At the start
 of epoch ``k >= 2`` the step is set from the two previous epochs' end points,
 ``s = x_{k-1,T} - x_{k-2,T}``, ``y = g_{k-1,T} - g_{k-2,T}``:
 ``eta_k = |s|^2 / (T |s^T y|)``, kept if it lies in ``[tau_min, tau_max] / (k + 1)``, else
 ``tau_0 / (k + 1)``. Epochs 0 and 1 use ``lr``. (The seed prints ``s <- x_{k-1,T} / T -
-x_{k-2,T}``; the ``1/T`` belongs to the step, as in Tan et al.'s SGD-BB, which is what is
+x_{k-2,T}``; the ``1/T`` belongs to the step, as in [Tan2016]'s SGD-BB, which is what is
 implemented.) The epoch boundary is given by ``epoch_length`` (``T``, steps per epoch): the
 optimizer counts its steps.
 
 ``mode="bb1"`` / ``"bb2"`` are deterministic full-batch gradient methods with
 ``alpha = s^T s / s^T y`` (BB1) or ``s^T y / y^T y`` (BB2), globalized by the nonmonotone
 line search of Grippo, Lampariello & Lucidi against the largest of the last ``memory``
-losses (Raydan 1997), from :func:`secondorder.optim.line_search.nonmonotone_backtracking`.
+losses ([Raydan1997], from :func:`secondorder.optim.line_search.nonmonotone_backtracking`.
 The closure must compute the same function at every call: the line search's loss and
 gradient are reused by the next step.
 """
@@ -50,7 +50,7 @@ def sgd_bb_step_size(
     tau_min: float,
     tau_max: float,
 ) -> float:
-    """Seed 000 Alg. 3's step for epoch ``k = epoch``: ``|s|^2 / (T |s^T y|)``, bounded.
+    """[Filippova] Alg. 3's step for epoch ``k = epoch``: ``|s|^2 / (T |s^T y|)``, bounded.
 
     Returns:
         ``eta_k`` if it lies in ``[tau_min/(k+1), tau_max/(k+1)]``, else ``tau_0/(k+1)``.
@@ -83,7 +83,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
     Args:
         params: parameters or param groups.
         lr: the step of epochs 0 and 1 (``"sgd_bb"``) or of the first iteration (BB1/BB2).
-        mode: ``"sgd_bb"`` (seed 000 Alg. 3), ``"bb1"`` or ``"bb2"``.
+        mode: ``"sgd_bb"`` ([Filippova] Alg. 3), ``"bb1"`` or ``"bb2"``.
         epoch_length: steps per epoch ``T``, required for ``"sgd_bb"`` (e.g.
             ``len(train_loader)``). It has no default because no value is faithful to
             Alg. 3 without knowing the data: the step is recomputed once per epoch from the
@@ -191,7 +191,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
         for k in ("s", "y", "losses", "g_avg", "ends"):
             self.state["global"].pop(k, None)
 
-    # ------------------------------------------------------------------ seed 000 Alg. 3
+    # ------------------------------------------------------------------ [Filippova] Alg. 3
     def _sgd_bb(self, closure: Closure, grp: dict[str, Any]) -> Tensor:
         st = self.state["global"]
         st.setdefault("epoch", 0)

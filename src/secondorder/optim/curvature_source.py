@@ -3,10 +3,10 @@
 One step needs the loss and gradient on the closure's batch and a curvature operator ``B``:
 
 - ``curvature="hessian"``: the Hessian of the closure's loss (one graph serves gradient and
-  products), or -- as seed 001 does (Alg. 1 line 3, sub-sampled ``B_t``) -- the Hessian of
+  products), or -- as [AdaptiveNorms] does (Alg. 1 line 3, sub-sampled ``B_t``) -- the Hessian of
   ``hessian_closure``'s loss, a closure on a separate (usually smaller) batch;
-- ``curvature="gauss_newton"``: the generalized Gauss-Newton matrix (Martens 2010;
-  Schraudolph 2002). The optimizer does not see the model, so ``step`` takes a
+- ``curvature="gauss_newton"``: the generalized Gauss-Newton matrix ([Martens2010];
+  [Schraudolph2002]. The optimizer does not see the model, so ``step`` takes a
   ``ggn_closure`` returning a :class:`~secondorder.curvature.operators.CurvatureOperator`
   at the current parameters, e.g. ``lambda: GGNOperator.from_model(model, criterion, x, y)``
   on the batch of the caller's choice. Any operator with the same contract works (a Fisher,

@@ -1,10 +1,10 @@
-"""Hessian-free optimization (Martens 2010, "Deep learning via Hessian-free optimization").
+"""Hessian-free optimization ([Martens2010], "Deep learning via Hessian-free optimization").
 
 Each step minimizes the damped quadratic model::
 
     q(p) = g^T p + p^T (B + lambda I) p / 2
 
-with ``B`` the generalized Gauss-Newton matrix (default; Schraudolph 2002) or the Hessian,
+with ``B`` the generalized Gauss-Newton matrix (default; [Schraudolph2002] or the Hessian,
 by preconditioned CG (:func:`secondorder.optim.krylov.truncated_cg`) with Martens' ideas:
 
 - Levenberg-Marquardt damping (Martens Sec. 4.1): ``rho = (f(w + p) - f(w)) / q(p)``;
@@ -80,7 +80,7 @@ class MartensProgress:
     With ``b`` the right-hand side and ``r = b - A x`` the residual CG passes, the
     quadratic ``phi(x) = x^T A x / 2 - b^T x = -x^T (b + r) / 2`` costs no product. Stops
     at iteration ``i`` when ``i > k = max(min_iters, ceil(fraction * i))``, ``phi_i < 0``
-    and ``(phi_i - phi_{i-k}) / phi_i < k * tol`` (Martens 2010 Sec. 4.4). Returns a 0-dim
+    and ``(phi_i - phi_{i-k}) / phi_i < k * tol`` ([Martens2010] Sec. 4.4). Returns a 0-dim
     bool tensor (no host sync). ``values`` keeps every ``phi_i`` (the model value of CG
     iterate ``i``), which :class:`HessianFree` reuses for the reduction ratio.
 
@@ -195,7 +195,7 @@ def per_sample_squared_gradients(losses: Tensor, params: Sequence[Tensor], *,
 
 
 class HessianFree(hyper.Hyperparameters, SecondOrderOptimizer):
-    """Martens' (2010) Hessian-free optimizer (module docstring).
+    """[Martens2010] Hessian-free optimizer (module docstring).
 
     ``step(closure, ggn_closure=...)``: ``closure`` returns the per-sample losses on the
     batch (a scalar is accepted when ``preconditioner=False``); ``ggn_closure`` returns the

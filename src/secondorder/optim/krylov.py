@@ -6,9 +6,9 @@ vectors are tuples of tensors shaped like the parameters.
 
 - :func:`truncated_cg`: (preconditioned) conjugate gradients for ``A x = b`` that stops on
   convergence, on an iteration budget, on negative curvature (the truncated Newton rule of
-  Nocedal & Wright Alg. 7.1) or on a user callback (Martens' relative-progress rule).
-- :func:`steihaug_cg`: Steihaug-Toint CG for the trust-region subproblem (Nocedal & Wright
-  Alg. 7.2) in the ellipsoidal norm ``||s||_M = sqrt(s^T M s)`` of seed 001 (eq. 7).
+  [NocedalWright2006] Alg. 7.1) or on a user callback (Martens' relative-progress rule).
+- :func:`steihaug_cg`: Steihaug-Toint CG for the trust-region subproblem ([NocedalWright2006]
+  Alg. 7.2) in the ellipsoidal norm ``||s||_M = sqrt(s^T M s)`` of [AdaptiveNorms] (eq. 7).
 
 Both run without host synchronization inside the loop: every scalar is a 0-dim tensor on
 the vectors' device, termination is a 0-dim boolean ``active`` flag, and each update is
@@ -129,8 +129,8 @@ def truncated_cg(
 ) -> CGResult:
     """Solve ``A x = b`` by (preconditioned) conjugate gradients, truncated Newton style.
 
-    Preconditioned CG (Nocedal & Wright Alg. 5.3) with the stopping rules of the truncated
-    Newton method (Nocedal & Wright Alg. 7.1; seed 002 solves ``H dw = -g`` this way):
+    Preconditioned CG ([NocedalWright2006] Alg. 5.3) with the stopping rules of the truncated
+    Newton method ([NocedalWright2006] Alg. 7.1; [Shen] solves ``H dw = -g`` this way):
 
     - convergence: ``||b - A x|| <= max(rtol * ||b||, atol)`` (Euclidean norm);
     - ``max_iter`` products (default: the dimension of ``b``);
@@ -341,19 +341,19 @@ def steihaug_cg(
 ) -> CGResult:
     """Steihaug-Toint CG for the trust-region subproblem in an ellipsoidal norm.
 
-    Approximately solves (seed 001 eq. 7; Nocedal & Wright Alg. 7.2)::
+    Approximately solves ([AdaptiveNorms] eq. 7; [NocedalWright2006] Alg. 7.2)::
 
         min_s  m(s) = g^T s + s^T B s / 2   subject to   ||s||_M = sqrt(s^T M s) <= radius
 
     with ``M`` diagonal positive (``metric``; ``None`` is the Euclidean norm). Following
-    Conn, Gould & Toint (Trust-Region Methods, Alg. 7.5.1) this is CG preconditioned with
+    [Conn2000] (Trust-Region Methods, Alg. 7.5.1) this is CG preconditioned with
     ``M^{-1}``: substituting ``s = M^{-1/2} u`` turns the problem into a Euclidean one, and
     the preconditioned iterates are exactly the transformed Euclidean Steihaug iterates, so
     their ``M``-norm increases monotonically and the first step is the Cauchy point. The
     iteration stops
 
     - when ``p^T B p <= 0``: the step goes to the boundary along ``p`` choosing, of the two
-      intersections, the one with the lower model value (N&W Alg. 7.2);
+      intersections, the one with the lower model value ([NocedalWright2006] Alg. 7.2);
     - when the next iterate would leave the region: the step stops at the boundary
       (positive root of ``||s + tau p||_M = radius``, computed in the ``M``-norm);
     - on convergence ``||g + B s||_{M^{-1}} <= max(rtol * ||g||_{M^{-1}}, atol)`` (the

@@ -2,11 +2,11 @@
 
 The direction is ``d = -H g`` with ``H`` the L-BFGS inverse-Hessian approximation from the
 last ``history_size`` pairs ``s = x_{k+1} - x_k``, ``y = g_{k+1} - g_k`` and the initial
-scaling ``H_0 = (s^T y / y^T y) I`` (seed 000 Alg. 1; Nocedal & Wright Alg. 7.4/7.5). The
+scaling ``H_0 = (s^T y / y^T y) I`` ([Filippova] Alg. 1; [NocedalWright2006] Alg. 7.4/7.5). The
 math lives in :func:`secondorder.optim.quasi_newton.two_loop` and
 :class:`~secondorder.optim.quasi_newton.LBFGSMemory`; this module is the optimizer shell.
 
-Seed 000 reports that ``torch.optim.LBFGS`` "did not converge at all and returned NaN" in
+[Filippova] reports that ``torch.optim.LBFGS`` "did not converge at all and returned NaN" in
 mini-batch training. The safeguards here:
 
 * **Curvature check** once, in the memory: a pair with ``s^T y <= curvature_eps |s| |y|`` is
@@ -14,7 +14,7 @@ mini-batch training. The safeguards here:
 * **Consistent pairs.** With a line search, ``y`` is measured on the batch of the step that
   took it (the line search evaluates the same closure at ``x_{k+1}``), never as the
   difference of two different batches' gradients. ``overlap_closure`` measures ``y`` on a
-  sub-batch instead (multi-batch L-BFGS, Berahas, Nocedal & Takac 2016): pass a closure over
+  sub-batch instead (multi-batch L-BFGS, [Berahas2016]: pass a closure over
   the samples this batch shares with the next one (or any fixed sub-batch); it is evaluated
   at ``x_k`` and ``x_{k+1}`` (two gradients on the overlap, counted).
 * **Restart**: when ``-H g`` is not a descent direction the memory is reset and the step is
@@ -23,7 +23,7 @@ mini-batch training. The safeguards here:
   to the last finite iterate, the memory is reset and the next initial step is halved.
 
 In ``full_batch`` mode the closure is assumed to compute the same function at every call
-(the whole data set, or seed 003's fixed-batch objective eq. 28), so the loss and gradient
+(the whole data set, or [Veitch]'s fixed-batch objective eq. 28), so the loss and gradient
 the line search computed at the accepted point are reused by the next ``step`` instead of
 calling the closure again: about one gradient per iteration, where ``torch.optim.LBFGS``
 called once per step pays one more.
@@ -74,7 +74,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             vectors the size of the parameters (a smaller value saves memory on large
             models: 10 took 52 instead of 38 iterations to the same loss on MNIST softmax
             regression, ``benchmarks/full_batch_solvers.py``).
-        line_search: ``"strong_wolfe"`` (Nocedal & Wright Alg. 3.5/3.6), ``"armijo"``
+        line_search: ``"strong_wolfe"`` ([NocedalWright2006] Alg. 3.5/3.6), ``"armijo"``
             (backtracking, Alg. 3.1) or ``None`` (fixed step ``lr``).
         max_iter: iterations per ``step`` call (each reuses the closure).
         tolerance_grad: stop when ``max |g| <= tolerance_grad``.

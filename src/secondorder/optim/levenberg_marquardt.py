@@ -1,14 +1,14 @@
-"""Levenberg-Marquardt damped Newton-CG (seed 002's LM baseline).
+"""Levenberg-Marquardt damped Newton-CG ([Shen]'s LM baseline).
 
-Seed 002 ("Challenges in stochastic optimization"; Moré 1978) describes the LM remedy for
+[Shen] ("Challenges in stochastic optimization"; [More1978] describes the LM remedy for
 an indefinite or singular Hessian: add a diagonal damping ``lambda I`` and solve
 
     ``(H + lambda I) dw = -g``
 
 by truncated CG (:func:`~secondorder.optim.krylov.truncated_cg`, which stops at
 negative curvature of the damped operator). ``lambda`` adapts with the reduction ratio of
-the undamped quadratic model ``m(dw) = g^T dw + dw^T H dw / 2`` (Moré 1978; the
-Levenberg-Marquardt rule of Martens 2010 Sec. 4.1):
+the undamped quadratic model ``m(dw) = g^T dw + dw^T H dw / 2`` ([More1978]; the
+Levenberg-Marquardt rule of [Martens2010] Sec. 4.1):
 
     ``rho = (f(w + dw) - f(w)) / m(dw)``;
     ``rho < 1/4``: ``lambda <- lambda * increase``; ``rho > 3/4``: ``lambda <- lambda * decrease``.
@@ -96,7 +96,7 @@ def update_damping(
     damping: float, rho: float, *, increase: float = 1.5, decrease: float = 2.0 / 3.0,
     min_damping: float = 1e-8,
 ) -> float:
-    """Levenberg-Marquardt rule (Martens 2010 Sec. 4.1) on the reduction ratio ``rho``.
+    """Levenberg-Marquardt rule ([Martens2010] Sec. 4.1) on the reduction ratio ``rho``.
 
     Example:
         >>> update_damping(1.0, 0.9), update_damping(1.0, 0.1), update_damping(1.0, 0.5)

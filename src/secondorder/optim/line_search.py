@@ -11,12 +11,12 @@ gradient at the accepted step, so the optimizer reuses them instead of evaluatin
 Failure (no acceptable step within the budget, a direction that is not a descent
 direction) is reported through ``success``/``message``, never by raising.
 
-- :func:`backtracking`: Armijo backtracking (Nocedal & Wright Alg. 3.1) with safeguarded
-  quadratic/cubic interpolation (N&W Sec. 3.5, eqs. 3.57-3.58).
+- :func:`backtracking`: Armijo backtracking ([NocedalWright2006] Alg. 3.1) with safeguarded
+  quadratic/cubic interpolation ([NocedalWright2006] Sec. 3.5, eqs. 3.57-3.58).
 - :func:`nonmonotone_backtracking`: the same with the Grippo-Lampariello-Lucidi acceptance
-  test against the largest of the last ``M`` losses (Raydan 1997 for Barzilai-Borwein).
-- :func:`strong_wolfe`: N&W Alg. 3.5/3.6 with cubic interpolation, step for step the search
-  of ``torch.optim.LBFGS`` (``torch.optim.lbfgs._strong_wolfe``).
+  test against the largest of the last ``M`` losses ([Raydan1997] for Barzilai-Borwein).
+- :func:`strong_wolfe`: [NocedalWright2006] Alg. 3.5/3.6 with cubic interpolation, step for step
+  the search of ``torch.optim.LBFGS`` (``torch.optim.lbfgs._strong_wolfe``).
 
 Each evaluation costs exactly one host synchronization (the search's decisions are taken
 on the host); nothing else syncs.
@@ -94,11 +94,13 @@ def _check_step(step: float) -> None:
 def _interpolate_backtrack(
     loss0: float, slope0: float, t: float, f_t: float, t_prev: float | None, f_prev: float | None
 ) -> float:
-    """Next trial of an Armijo backtracking (N&W Sec. 3.5), safeguarded to ``[0.1, 0.5] t``.
+    """Next trial of an Armijo backtracking ([NocedalWright2006] Sec. 3.5), safeguarded to ``[0.1,
+       0.5] t``.
 
     The first backtrack minimizes the quadratic through ``phi(0), phi'(0), phi(t)``
-    (N&W eq. 3.57); later ones the cubic through ``phi(0), phi'(0)`` and the last two
-    trials (N&W eq. 3.58).
+    ([NocedalWright2006] eq. 3.57); later ones the cubic through ``phi(0), phi'(0)`` and the last
+    two
+    trials ([NocedalWright2006] eq. 3.58).
     """
     lo, hi = 0.1 * t, 0.5 * t
     if not math.isfinite(f_t):
@@ -196,12 +198,15 @@ def backtracking(
     need_grad: bool = False,
     interpolate: bool = True,
 ) -> LineSearchResult:
-    """Armijo backtracking line search (Nocedal & Wright Alg. 3.1).
+    """Armijo backtracking line search ([NocedalWright2006] Alg. 3.1).
 
-    Accepts the first trial ``t`` with ``phi(t) <= phi(0) + c1 t phi'(0)`` (N&W eq. 3.4),
+    Accepts the first trial ``t`` with ``phi(t) <= phi(0) + c1 t phi'(0)`` ([NocedalWright2006] eq.
+    3.4),
     starting from ``step``. A rejected trial is replaced by the minimizer of the quadratic
-    through ``phi(0), phi'(0), phi(t)`` (first backtrack, N&W eq. 3.57) or of the cubic
-    through ``phi(0), phi'(0)`` and the last two trials (N&W eq. 3.58), safeguarded to
+    through ``phi(0), phi'(0), phi(t)`` (first backtrack, [NocedalWright2006] eq. 3.57) or of the
+    cubic
+    through ``phi(0), phi'(0)`` and the last two trials ([NocedalWright2006] eq. 3.58), safeguarded
+    to
     ``[0.1 t, 0.5 t]``; a non-finite loss halves ``t``. On a quadratic the first backtrack
     lands on the exact minimizer.
 
@@ -252,7 +257,7 @@ def nonmonotone_backtracking(
     need_grad: bool = False,
     interpolate: bool = True,
 ) -> LineSearchResult:
-    """Nonmonotone Armijo backtracking (Grippo, Lampariello & Lucidi 1986; Raydan 1997).
+    """Nonmonotone Armijo backtracking ([Grippo1986]; [Raydan1997].
 
     Accepts the first ``t`` with ``phi(t) <= reference_loss + c1 t phi'(0)`` where
     ``reference_loss = max(f_{k-M+1}, ..., f_k)`` over the last ``M`` accepted losses (the
@@ -301,7 +306,8 @@ def cubic_interpolate(
 ) -> float:
     """Minimizer of the cubic through ``(x1, f1, g1)`` and ``(x2, f2, g2)``, clipped to bounds.
 
-    N&W eq. 3.59, as in ``torch.optim.lbfgs._cubic_interpolate`` (ported from minFunc's
+    [NocedalWright2006] eq. 3.59, as in ``torch.optim.lbfgs._cubic_interpolate`` (ported from
+    minFunc's
     ``polyinterp``): when the cubic has no minimizer, the midpoint of the bounds.
 
     Args:
@@ -355,10 +361,10 @@ def strong_wolfe(
     tolerance_change: float = 1e-9,
     max_evals: int = 25,
 ) -> LineSearchResult:
-    """Line search for the strong Wolfe conditions (Nocedal & Wright Alg. 3.5 and 3.6).
+    """Line search for the strong Wolfe conditions ([NocedalWright2006] Alg. 3.5 and 3.6).
 
     Finds ``t`` with ``phi(t) <= phi(0) + c1 t phi'(0)`` and ``|phi'(t)| <= -c2 phi'(0)``
-    (N&W eq. 3.7). Step for step the search of ``torch.optim.LBFGS``
+    ([NocedalWright2006] eq. 3.7). Step for step the search of ``torch.optim.LBFGS``
     (``torch.optim.lbfgs._strong_wolfe``, after minFunc):
 
     1. *Bracketing* (Alg. 3.5): from ``step``, extrapolate by :func:`cubic_interpolate`

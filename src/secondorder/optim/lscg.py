@@ -1,6 +1,6 @@
-"""Least-squares CG Newton steps on ``H^T H`` (seed 002's LSCG baseline).
+"""Least-squares CG Newton steps on ``H^T H`` ([Shen]'s LSCG baseline).
 
-Seed 002 ("Challenges in stochastic optimization"; Toh & Kojima 2002) contrasts its
+[Shen] ("Challenges in stochastic optimization"; [TohKojima2002] contrasts its
 Newton-Krylov method with least-squares CG, which solves the normal equations of the
 Newton system,
 
@@ -12,7 +12,7 @@ v)``) and the right-hand side one more; all are taken on one gradient graph
 (:class:`~secondorder.curvature.operators.HessianOperator`). The solution is ``-H^+ g``,
 which ignores the curvature's sign (the seed's criticism): along a negative eigenvalue it
 points uphill. The optimizer therefore checks ``g . dw < 0`` and otherwise falls back to
-steepest descent ``-g``, then takes an Armijo backtracking step (Nocedal & Wright Alg.
+steepest descent ``-g``, then takes an Armijo backtracking step ([NocedalWright2006] Alg.
 3.1, :func:`~secondorder.optim.line_search.backtracking`) starting at ``lr``.
 """
 

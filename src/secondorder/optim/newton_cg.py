@@ -2,21 +2,21 @@
 
 Each step solves ``H p = -g`` approximately by CG (:func:`secondorder.optim.krylov.truncated_cg`)
 with exact Hessian-vector products (Pearlmutter, through the closure's own gradient graph:
-:attr:`~secondorder.optim.base.Evaluation.hessian`), then moves ``x + t p`` (seed 003 eq. 1;
-Nocedal & Wright Alg. 7.1). ``t`` comes from a line search, or is the fixed ``lr`` with
-``line_search=None`` (seed 003's "Newton (noLS)": ``x_{k+1} = x_k - lr H^{-1} g``).
+:attr:`~secondorder.optim.base.Evaluation.hessian`), then moves ``x + t p`` ([Veitch] eq. 1;
+[NocedalWright2006] Alg. 7.1). ``t`` comes from a line search, or is the fixed ``lr`` with
+``line_search=None`` ([Veitch]'s "Newton (noLS)": ``x_{k+1} = x_k - lr H^{-1} g``).
 
 * **Forcing**: CG stops when ``|r| <= eta_k |g_k|``. ``"sqrt_gradient"`` (the default) is
   ``eta_k = min(0.5, sqrt(|g_k|))`` ([NocedalWright2006] Alg. 7.1, also scipy's and
   pytorch-minimize's): superlinear near a minimizer, loose far from it.
-  ``"eisenstat_walker"`` is Eisenstat & Walker (1996) choice 2, ``eta_k = 0.9 (|g_k| /
+  ``"eisenstat_walker"`` is [EisenstatWalker1996] choice 2, ``eta_k = 0.9 (|g_k| /
   |g_{k-1}|)^2`` safeguarded by ``0.9 eta_{k-1}^2`` when that exceeds 0.1, capped at 0.5;
   it tightens as fast as the gradient falls, so once the outer iteration converges quickly
   every solve runs to a tiny tolerance (66 against 36 products to the same loss on MNIST
   softmax regression, ``benchmarks/full_batch_solvers.py``). A float is a constant ``eta``.
 * **Negative curvature**: CG stops and returns its last iterate, or a steepest-descent step
   when it meets ``p^T H p <= 0`` at the first iteration (the contract of ``truncated_cg``).
-* **Hessian sub-sampling** (Xu, Roosta & Mahoney): with ``hessian_fraction`` the closure must
+* **Hessian sub-sampling** ([Xu2020]): with ``hessian_fraction`` the closure must
   return per-sample losses; one forward serves both the full gradient and the Hessian of a
   random ``hessian_fraction`` of the samples (counted as one loss evaluation, one gradient on
   all samples, one on the subset, and HVPs on the subset). Or pass

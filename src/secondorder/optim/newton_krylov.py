@@ -1,4 +1,4 @@
-"""Stochastic Newton-Krylov with batch screening and Taylor-ratio step sizing (seed 002 Alg. 1).
+"""Stochastic Newton-Krylov with batch screening and Taylor-ratio step sizing ([Shen] Alg. 1).
 
 One :meth:`NewtonKrylov.step` processes one mini-batch ``B_j`` of Algorithm 1 (lines 4-49):
 
@@ -45,7 +45,7 @@ Where the printed algorithm is ambiguous or inconsistent, this implementation ch
 
 Backends: ``"autograd"`` (default) keeps the batch gradient's graph and takes every
 product ``H_j p`` with one double backward, ``kappa = p . (H_j p)`` on the same product;
-``"complex-step"`` uses seed 002's CSDD: ``kappa`` from
+``"complex-step"`` uses [Shen]'s CSDD: ``kappa`` from
 :func:`~secondorder.curvature.vhv.vhv` (CSDD2, eq. 11) and ``H_j p`` from
 :func:`~secondorder.curvature.hvp.hvp` (CSDD, eq. 10); the product is skipped when the
 loop terminates on ``kappa``; ``"finite-difference"`` takes forward differences of the
@@ -139,7 +139,7 @@ def krylov_direction(
     early_termination: bool = True,
     printed_step: bool = False,
 ) -> KrylovDirection:
-    """Seed 002 Alg. 1 lines 10-28: CG on ``H dw = -g`` with early termination.
+    """[Shen] Alg. 1 lines 10-28: CG on ``H dw = -g`` with early termination.
 
     Args:
         product: ``p -> H p``.
@@ -215,7 +215,7 @@ def krylov_direction(
 
 def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor], *,
                 printed: bool = False) -> tuple[tuple, bool]:
-    """Seed 002 Alg. 1 lines 29-30: make ``dw`` a descent direction for ``g``.
+    """[Shen] Alg. 1 lines 29-30: make ``dw`` a descent direction for ``g``.
 
     If ``dw . g > 0``, the component of ``dw`` along ``g`` is reflected:
     ``dw - 2 (dw . g / |g|^2) g`` (module docstring: our reading of line 30).
@@ -242,7 +242,7 @@ def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor], *,
 
 # --------------------------------------------------------------------------- step sizing
 def taylor_ratio(f0: float, f1: float, slope: float, quad: float, gamma: float) -> float:
-    """Seed 002 eq. 13: ``|(f1 - f0 - E_Q) / (f1 - f0)|`` at step ``gamma``.
+    """[Shen] eq. 13: ``|(f1 - f0 - E_Q) / (f1 - f0)|`` at step ``gamma``.
 
     ``E_Q = gamma slope + gamma^2 quad / 2`` (eq. 12 along ``gamma dw``); ``inf`` when
     ``f1 == f0``.
@@ -287,7 +287,7 @@ def taylor_step_size(
     max_adjust: int = 10,
     fallback: float = 1e-6,
 ) -> StepSize:
-    """Seed 002 Alg. 1 lines 33-46: size ``gamma`` so the Taylor ratio is in ``[eta/2, eta]``.
+    """[Shen] Alg. 1 lines 33-46: size ``gamma`` so the Taylor ratio is in ``[eta/2, eta]``.
 
     Args:
         phi: ``gamma -> f(w + gamma dw)``.
@@ -386,7 +386,7 @@ class NewtonKrylovCounter(CostCounter):
 
 # --------------------------------------------------------------------------- optimizer
 class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
-    """Seed 002's stochastic Newton-Krylov method (Alg. 1; module docstring).
+    """[Shen]'s stochastic Newton-Krylov method (Alg. 1; module docstring).
 
     ``step(closure, global_closure=None)`` processes one mini-batch: ``closure`` returns
     the batch loss, ``global_closure`` the loss on the full data (or a large batch), both
@@ -398,21 +398,21 @@ class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
         params: parameters or parameter groups. The global gradient, the warm start and the
             step size are global, so every hyperparameter must be the same in all groups
             (``ValueError`` naming the key otherwise, when a group is added and at each step).
-        taylor_ratio: the target Taylor ratio ``eta~`` (seed 002: 0.05), in ``(0, 1)``.
+        taylor_ratio: the target Taylor ratio ``eta~`` ([Shen]: 0.05), in ``(0, 1)``.
         max_cg_iter: most Krylov iterations per batch (``>= 1``).
         cg_rtol: the Krylov loop stops when ``||r|| <= cg_rtol ||g||``.
         backend: ``"autograd"`` or ``"complex-step"`` (module docstring).
         global_refresh: recompute the global gradient after this many accepted steps
-            (seed 002: 1, line 48).
+            ([Shen]: 1, line 48).
         warm_start: the Krylov loop starts at ``warm_start`` times the previous direction
             (line 10's ``dw~``), in ``[0, 1]``. The default 0 starts from zero: warm
             starting at the full previous direction (1.0) measured far worse (digits MLP,
             2 epochs of batch 128: full loss 1.25 against 0.17), as a direction the Taylor
             ratio shrank to a tiny step is carried over whole and shrunk again.
         max_step_adjust: stretch/shrink attempts before the fallback step.
-        fallback_step: the step when the attempts fail (seed 002: 1e-6), ``> 0``.
-        damping_threshold: curvatures below it are damped (seed 002: 1e-8), ``>= 0``.
-        damping_scale: the damped curvature is ``damping_scale * ||p||`` (seed 002: 0.01).
+        fallback_step: the step when the attempts fail ([Shen]: 1e-6), ``> 0``.
+        damping_threshold: curvatures below it are damped ([Shen]: 1e-8), ``>= 0``.
+        damping_scale: the damped curvature is ``damping_scale * ||p||`` ([Shen]: 0.01).
         fd_step: ``h`` of the ``"finite-difference"`` backend, ``> 0``.
         early_termination: stop the Krylov loop at negative curvature (module docstring).
         step_sizing: ``"taylor"`` (Alg. 1) or ``"armijo"`` (module docstring).
@@ -599,7 +599,7 @@ class NewtonKrylov(hyper.Hyperparameters, SecondOrderOptimizer):
     def step(  # type: ignore[override]
         self, closure: Closure, global_closure: Closure | None = None
     ) -> Tensor:
-        """Process one mini-batch (seed 002 Alg. 1 lines 4-49).
+        """Process one mini-batch ([Shen] Alg. 1 lines 4-49).
 
         Args:
             closure: the batch loss (no backward); with ``backend="complex-step"`` it also

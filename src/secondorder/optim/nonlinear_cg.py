@@ -1,12 +1,14 @@
-"""Nonlinear conjugate gradients with a strong Wolfe line search (seed 003, section 2).
+"""Nonlinear conjugate gradients with a strong Wolfe line search ([Veitch], section 2).
 
-``d_k = -g_k + beta_k d_{k-1}`` (Nocedal & Wright Alg. 5.4 and eq. 5.41-5.49; Hager & Zhang
+``d_k = -g_k + beta_k d_{k-1}`` ([NocedalWright2006] Alg. 5.4 and eq. 5.41-5.49; [HagerZhang2005]
 2006 for ``"hager_zhang"``), with ``x_{k+1} = x_k + t_k d_k`` and ``t_k`` from the strong
 Wolfe search (``c2 = 0.1`` by default, as NLCG practice asks so that ``d_k`` stays a descent
 direction). Restarts (``beta = 0``): every ``restart_every`` iterations (default: the number
 of parameters), when consecutive gradients are far from orthogonal
-(``|g_k^T g_{k-1}| >= 0.2 |g_k|^2``, Powell; N&W eq. 5.52), and whenever ``d_k`` is not a
-descent direction. The initial trial step is N&W eq. 3.60, ``2 (f_k - f_{k-1}) / (-g^T d)``
+(``|g_k^T g_{k-1}| >= 0.2 |g_k|^2``, Powell; [NocedalWright2006] eq. 5.52), and whenever ``d_k`` is
+not a
+descent direction. The initial trial step is [NocedalWright2006] eq. 3.60, ``2 (f_k - f_{k-1}) /
+(-g^T d)``
 (capped by ``lr``), so one closure call per iteration is the common case.
 
 The beta formulas are pure functions (:func:`cg_beta`); :class:`NonlinearCG` is the shell.
@@ -55,7 +57,7 @@ def cg_beta(
 ) -> Tensor:
     """The conjugacy coefficient ``beta_k`` (0-dim tensor, no host sync).
 
-    With ``y = g_k - g_{k-1}`` and ``d = d_{k-1}`` (N&W eq. 5.41-5.49):
+    With ``y = g_k - g_{k-1}`` and ``d = d_{k-1}`` ([NocedalWright2006] eq. 5.41-5.49):
     Fletcher-Reeves ``|g_k|^2 / |g_{k-1}|^2``; Polak-Ribiere+ ``max(0, g_k^T y /
     |g_{k-1}|^2)``; Hestenes-Stiefel ``g_k^T y / d^T y``; Dai-Yuan ``|g_k|^2 / d^T y``;
     Hager-Zhang ``(y - 2 d |y|^2 / d^T y)^T g_k / d^T y``, truncated below at

@@ -1,16 +1,16 @@
-"""Adaptive norms ``||s||_M`` for trust-region and cubic-regularization steps (seed 001).
+"""Adaptive norms ``||s||_M`` for trust-region and cubic-regularization steps ([AdaptiveNorms]).
 
-Seed 001 (Sec. 3) reads adaptive gradient methods as first-order trust-region methods whose
+[AdaptiveNorms] (Sec. 3) reads adaptive gradient methods as first-order trust-region methods whose
 region is an ellipsoid shaped by their preconditioner, and uses the same ellipsoids as the
-constraint of second-order trust-region steps (seed 001 eq. 7, Alg. 1 line 5). The
+constraint of second-order trust-region steps ([AdaptiveNorms] eq. 7, Alg. 1 line 5). The
 preconditioning matrices are
 
-- Adagrad, seed 001 eq. 2: ``A_ada,t = G_t G_t^T + eps I = sum_{k<=t} g_k g_k^T + eps I``;
-- RMSProp, seed 001 eq. 3: ``A_rms,t = (1 - beta) sum_{k<=t} beta^(t-k) g_k g_k^T + eps I``,
+- Adagrad, [AdaptiveNorms] eq. 2: ``A_ada,t = G_t G_t^T + eps I = sum_{k<=t} g_k g_k^T + eps I``;
+- RMSProp, [AdaptiveNorms] eq. 3: ``A_rms,t = (1 - beta) sum_{k<=t} beta^(t-k) g_k g_k^T + eps I``,
   i.e. the running average ``V_t = beta V_{t-1} + (1 - beta) g_t g_t^T`` (``V_0 = 0``) plus
   ``eps I``;
 
-and their diagonals (what is used in practice). Corollary 1 of seed 001 shows that the
+and their diagonals (what is used in practice). Corollary 1 of [AdaptiveNorms] shows that the
 RMSProp step ``-eta A^{-1/2} g`` minimizes the linear model in the ellipsoid of
 ``A^{1/2}``, so the norm of the region is ``||s||_M = sqrt(s^T M s)`` with ``M = A_t^{1/2}``
 by default (``power=0.5``; ``power=1`` uses ``A_t`` itself).
@@ -32,7 +32,7 @@ negligible, the ``M``-steepest-descent step ``-M^{-1} g`` scaled to the boundary
 of Euclidean length ``Delta``), and ``A_t = c I`` gives ``M = I``, the spherical region (up
 to rounding). Adam's bias correction (dividing ``V_t`` by ``1 - beta^t``) would not help: it
 is a scalar too, so it changes the shape only through the relative size of ``eps``, and it
-leaves the scale tied to the gradients. Uniform equivalence (seed 001 Def. 1, Lemma 2) is
+leaves the scale tied to the gradients. Uniform equivalence ([AdaptiveNorms] Def. 1, Lemma 2) is
 kept: with ``eps <= a_i <= L^2 + eps`` the normalized eigenvalues lie in
 ``[(eps / (L^2 + eps))^power, d]``. :meth:`AdaptiveNorm.diagonal` / :meth:`AdaptiveNorm.matrix`
 still return the seed's ``A_t`` itself (eqs. 2-3); ``normalize=False`` restores the raw
@@ -48,7 +48,7 @@ accumulator lives in :meth:`AdaptiveNorm.state_dict` so the optimizers can keep 
 ``state["global"]``.
 
 The full-matrix variants store a ``d x d`` matrix and take an eigendecomposition after
-each update: they are meant for small models (seed 001 Sec. 3.2, Fig. 1 right).
+each update: they are meant for small models ([AdaptiveNorms] Sec. 3.2, Fig. 1 right).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ __all__ = [
 
 
 def accumulate_diagonal(acc: TensorList | None, grad: Sequence[Tensor], rule: str, beta: float):
-    """One update of the diagonal accumulator (seed 001 eqs. 2-3, diagonal part).
+    """One update of the diagonal accumulator ([AdaptiveNorms] eqs. 2-3, diagonal part).
 
     Args:
         acc: the previous accumulator (``None`` for ``V_0 = 0``).
@@ -100,7 +100,7 @@ def accumulate_diagonal(acc: TensorList | None, grad: Sequence[Tensor], rule: st
 
 
 def accumulate_matrix(acc: Tensor | None, grad: Sequence[Tensor], rule: str, beta: float) -> Tensor:
-    """One update of the full ``d x d`` accumulator (seed 001 eqs. 2-3).
+    """One update of the full ``d x d`` accumulator ([AdaptiveNorms] eqs. 2-3).
 
     Same rules as :func:`accumulate_diagonal` with ``g_t g_t^T`` in place of ``g_t^2``.
     """
@@ -177,14 +177,15 @@ def _check_common(rule: str, beta: float, epsilon: float, power: float) -> None:
 
 
 class DiagonalNorm(AdaptiveNorm):
-    """``M = diag(A_t)^power`` with ``A_t`` the Adagrad or RMSProp matrix (seed 001 eqs. 2-3).
+    """``M = diag(A_t)^power`` with ``A_t`` the Adagrad or RMSProp matrix ([AdaptiveNorms] eqs.
+       2-3).
 
     Args:
         rule: ``"rmsprop"`` (eq. 3) or ``"adagrad"`` (eq. 2).
         beta: RMSProp decay in (0, 1).
         epsilon: ``eps > 0`` added to the accumulator (keeps the norms uniformly
-            equivalent, seed 001 Def. 1 and Lemma 2).
-        power: ``M = A_t^power``; 0.5 is the ellipsoid of seed 001 Corollary 1.
+            equivalent, [AdaptiveNorms] Def. 1 and Lemma 2).
+        power: ``M = A_t^power``; 0.5 is the ellipsoid of [AdaptiveNorms] Corollary 1.
         normalize: divide ``A_t^power`` by its mean diagonal, so ``M`` has mean diagonal 1
             (scale-free shape; see the module docstring). ``False``: ``M = A_t^power``.
 
@@ -262,10 +263,10 @@ class DiagonalNorm(AdaptiveNorm):
 
 
 class FullMatrixNorm(AdaptiveNorm):
-    """``M = A_t^power`` with the full Adagrad or RMSProp matrix (seed 001 eqs. 2-3).
+    """``M = A_t^power`` with the full Adagrad or RMSProp matrix ([AdaptiveNorms] eqs. 2-3).
 
     Stores a ``d x d`` matrix and takes one symmetric eigendecomposition per update
-    (``O(d^3)``): for small models only (seed 001 Sec. 3.2, Fig. 1 right).
+    (``O(d^3)``): for small models only ([AdaptiveNorms] Sec. 3.2, Fig. 1 right).
 
     Args:
         rule: ``"rmsprop"`` (eq. 3) or ``"adagrad"`` (eq. 2).

@@ -2,7 +2,7 @@
 
 :class:`LBFGSMemory` is the quasi-Newton memory as a strategy object (pytorch-minimize's
 ``bfgs.py`` shape): :meth:`LBFGSMemory.solve` applies the inverse-Hessian approximation by the
-two-loop recursion (seed 000 Alg. 1; Nocedal & Wright Alg. 7.4) and :meth:`LBFGSMemory.update`
+two-loop recursion ([Filippova] Alg. 1; [NocedalWright2006] Alg. 7.4) and :meth:`LBFGSMemory.update`
 adds a curvature pair, doing the curvature-condition skip or Powell damping once, here. The
 memory keeps its tensors in a plain dict (the optimizer's ``state["global"]``) as tuples that
 are replaced, never mutated, so ``state_dict()`` round-trips and two optimizers loaded from
@@ -47,7 +47,8 @@ def two_loop(
     rho_hist: Sequence[Tensor],
     gamma: Tensor | float,
 ) -> tuple[Tensor, ...]:
-    """``H grad`` by the L-BFGS two-loop recursion (seed 000 Alg. 1, Nocedal & Wright Alg. 7.4).
+    """``H grad`` by the L-BFGS two-loop recursion ([Filippova] Alg. 1, [NocedalWright2006] Alg.
+       7.4).
 
     Args:
         grad: the vector to multiply (a tuple of tensors).
@@ -92,7 +93,7 @@ class LBFGSMemory:
         history_size: pairs kept.
         curvature_eps: a pair is acceptable when ``s^T y > curvature_eps * |s| |y|``.
         curvature_rule: ``"skip"`` drops an unacceptable pair; ``"powell"`` damps it
-            (Nocedal & Wright Proc. 18.2 with ``B = I / gamma``): ``y <- theta y + (1 - theta)
+            ([NocedalWright2006] Proc. 18.2 with ``B = I / gamma``): ``y <- theta y + (1 - theta)
             B s`` so that ``s^T y = 0.2 s^T B s``.
     """
 

@@ -1,7 +1,7 @@
-"""Seed 003's sampled objective (eq. 28): the loss averaged over R mini-batches.
+"""[Veitch]'s sampled objective (eq. 28): the loss averaged over R mini-batches.
 
 ``L_sub = (1/R) sum_r L(X^{B_r}, y^{B_r})`` with each batch ``B_r`` drawn without
-replacement. Seed 003 compares two regimes: batches **fixed** throughout training (a
+replacement. [Veitch] compares two regimes: batches **fixed** throughout training (a
 deterministic objective, so L-BFGS and NLCG line searches keep their assumptions), and
 batches **reshuffled at every iteration** (a noisy objective on which "the NLCG and BFGS
 solvers terminated quickly", sec. 4.1). :class:`SampledObjective` builds either closure so
@@ -28,11 +28,11 @@ SAMPLING_MODES = ("fixed", "reshuffled")
 
 
 class SampledObjective:
-    """A closure computing seed 003 eq. 28 over fixed or reshuffled batches.
+    """A closure computing [Veitch] eq. 28 over fixed or reshuffled batches.
 
     Batches are consecutive slices of random permutations of the ``m`` samples (a new
     permutation starts when one is used up), so with ``R = ceil(m / batch_size)`` the fixed
-    batches cover the data once, as in seed 003.
+    batches cover the data once, as in [Veitch].
 
     Args:
         model: maps inputs to outputs.

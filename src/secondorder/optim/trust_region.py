@@ -1,13 +1,13 @@
-"""Stochastic trust-region method with adaptive (ellipsoidal) norms, seed 001 Algorithm 1.
+"""Stochastic trust-region method with adaptive (ellipsoidal) norms, [AdaptiveNorms] Algorithm 1.
 
-Each step builds the local model (seed 001 eq. 7)::
+Each step builds the local model ([AdaptiveNorms] eq. 7)::
 
     m_t(s) = L(w_t) + g_t^T s + s^T B_t s / 2   subject to   ||s||_{A_t} <= Delta_t
 
 with ``g_t`` and ``B_t`` (Hessian or generalized Gauss-Newton) on a (sub-sampled) batch and
 ``A_t`` the spherical, RMSProp or Adagrad norm of :mod:`secondorder.optim.norms`. The
 subproblem is solved by Steihaug-Toint CG in the ``A_t``-norm with the Cauchy point as a
-floor (seed 001 Assumption 2; Conn, Gould & Toint Thm. 6.3.1): if Steihaug's model decrease
+floor ([AdaptiveNorms] Assumption 2; [Conn2000] Thm. 6.3.1): if Steihaug's model decrease
 is below the Cauchy point's, the Cauchy point is taken. The ratio of actual to predicted
 decrease ``rho_t`` (Alg. 1 line 7) is measured on the closure's batch with one more loss
 evaluation at ``w_t + s_t``; the step is kept iff ``rho_t >= eta`` and the radius is
@@ -80,7 +80,7 @@ def cauchy_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
     """The Cauchy point in the ``M``-norm and its model decrease.
 
     Minimizes the model along the ``M``-steepest-descent direction ``d = -M^{-1} g`` within
-    ``||s||_M <= radius`` (Conn, Gould & Toint Sec. 6.3; Nocedal & Wright eq. 4.12 for
+    ``||s||_M <= radius`` ([Conn2000] Sec. 6.3; [NocedalWright2006] eq. 4.12 for
     ``M = I``): with ``nu^2 = g^T M^{-1} g = ||d||_M^2`` and ``kappa = d^T B d``, the step is
     ``alpha d`` with ``alpha = min(nu^2 / kappa, radius / nu)`` if ``kappa > 0``, else
     ``radius / nu``. Costs one product, none when ``curvature`` is given. A zero gradient
@@ -113,7 +113,7 @@ def cauchy_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
 def eigen_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
                 norm: AdaptiveNorm, num_steps: int) -> tuple[TensorList, Tensor]:
     """The eigenpoint in the ``M``-norm and its model decrease ([AdaptiveNorms] Assumption 2,
-    eq. 28; Conn, Gould & Toint Sec. 6.6).
+    eq. 28; [Conn2000] Sec. 6.6).
 
     ``num_steps`` Lanczos steps on ``C = M^{-1/2} B M^{-1/2}`` (the region is a ball in
     ``u = M^{1/2} s``) from ``M^{-1/2} g`` (a fixed pseudo-random start when ``g = 0``) give
@@ -168,15 +168,15 @@ def solve_subproblem(
 
     Diagonal norms go straight to :func:`~secondorder.optim.krylov.steihaug_cg` with
     ``metric=diag(M)``; a full-matrix norm is handled by the change of variables
-    ``s = M^{-1/2} u``, which turns the region into a Euclidean ball (Conn, Gould & Toint
+    ``s = M^{-1/2} u``, which turns the region into a Euclidean ball ([Conn2000]
     Sec. 7.7): Steihaug's CG runs on ``M^{-1/2} B M^{-1/2}`` and ``M^{-1/2} g``.
 
     The products are Steihaug's and no more. The predicted decrease comes from CG's
     residual ``r = -(g + B s)`` (in the variables CG ran in):
     ``m(0) - m(s) = (s^T r - g^T s) / 2``. With ``cauchy_floor`` the Cauchy point
-    (:func:`cauchy_point`) replaces the CG step when it decreases the model more (seed 001
+    (:func:`cauchy_point`) replaces the CG step when it decreases the model more ([AdaptiveNorms]
     Assumption 2); Steihaug's first iterate is the Cauchy point and its model values
-    decrease ([Steihaug1983]; Conn, Gould & Toint Thm. 7.5.1), so this only guards against
+    decrease ([Steihaug1983]; [Conn2000] Thm. 7.5.1), so this only guards against
     rounding, and the Cauchy point's curvature is Steihaug's first product
     (:attr:`~secondorder.optim.krylov.CGResult.initial_curvature`).
 
@@ -235,9 +235,9 @@ def solve_subproblem(
 
 def update_radius(radius: float, success: bool, *, gamma: float, max_radius: float,
                   expand: bool = True) -> float:
-    """Seed 001 Alg. 1 line 8: ``gamma * radius`` on success (capped), ``radius / gamma``
+    """[AdaptiveNorms] Alg. 1 line 8: ``gamma * radius`` on success (capped), ``radius / gamma``
     otherwise. With ``expand=False`` a successful step keeps the radius (the "successful but
-    not very successful" case of Conn, Gould & Toint Alg. 6.1.1)."""
+    not very successful" case of [Conn2000] Alg. 6.1.1)."""
     if not success:
         return radius / gamma
     return min(gamma * radius, max_radius) if expand else radius
@@ -267,10 +267,10 @@ def update_radius_model_fit(radius: float, rho: float, accepted: bool, on_bounda
 
 
 class TrustRegion(AdaptiveNormOptimizer):
-    """Stochastic (ellipsoidal) trust-region Newton method, seed 001 Algorithm 1.
+    """Stochastic (ellipsoidal) trust-region Newton method, [AdaptiveNorms] Algorithm 1.
 
     ``step(closure)`` takes the gradient and curvature on the closure's batch (or the
-    Hessian on ``hessian_closure``'s batch, as seed 001 sub-samples ``B_t``), updates the
+    Hessian on ``hessian_closure``'s batch, as [AdaptiveNorms] sub-samples ``B_t``), updates the
     norm ``A_t`` with the gradient (Alg. 1 line 5), solves the subproblem (eq. 7) with
     :func:`solve_subproblem`, evaluates the closure once more at ``w + s`` and accepts the
     step iff ``rho >= eta``. A rejected step leaves the parameters bit-identical (they are
@@ -286,15 +286,15 @@ class TrustRegion(AdaptiveNormOptimizer):
             otherwise, when a group is added and at each step).
         radius: initial radius ``Delta_0 > 0`` in the norm ``||.||_M`` (Euclidean units when
             the norm is normalized, the default).
-        norm: ``"spherical"``, ``"rmsprop"`` (seed 001 eq. 3), ``"adagrad"`` (eq. 2),
+        norm: ``"spherical"``, ``"rmsprop"`` ([AdaptiveNorms] eq. 3), ``"adagrad"`` (eq. 2),
             ``"full_rmsprop"``, ``"full_adagrad"`` (dense ``d x d``, small models), or an
             :class:`~secondorder.optim.norms.AdaptiveNorm` instance.
         curvature: ``"hessian"`` or ``"gauss_newton"``.
-        eta: acceptance threshold in (0, 1) (seed 001 Alg. 1; default as Kohler et al.).
+        eta: acceptance threshold in (0, 1) ([AdaptiveNorms] Alg. 1; default as [Kohler2017]).
         gamma: radius factor > 1.
         beta: RMSProp decay in (0, 1).
         epsilon: ``eps > 0`` of eqs. 2-3.
-        power: the norm matrix is ``M = A_t^power`` (0.5: seed 001 Corollary 1).
+        power: the norm matrix is ``M = A_t^power`` (0.5: [AdaptiveNorms] Corollary 1).
         max_radius: cap on the radius (>= ``radius``).
         max_cg_iter: most products per Steihaug solve (>= 1).
         cg_rtol: Steihaug's relative residual tolerance: ``"sqrt_gradient"`` (the forcing
@@ -394,7 +394,7 @@ class TrustRegion(AdaptiveNormOptimizer):
         hessian_closure: Closure | None = None,
         ggn_closure: CurvatureClosure | None = None,
     ) -> Tensor:
-        """One iteration of seed 001 Algorithm 1.
+        """One iteration of [AdaptiveNorms] Algorithm 1.
 
         Args:
             closure: returns the loss on the current batch (no backward).

@@ -72,9 +72,9 @@ from secondorder.bench.problems.files import (
     FILE_PROBLEMS,
     LIBSVM_FRACTIONS,
     LIBSVM_L2,
-    SEED003_L2,
     TEST_ONLY_FRACTIONS,
     VALIDATION_FRACTION,
+    VEITCH_L2,
     image_splits,
 )
 from secondorder.bench.problems.losses import (
@@ -127,7 +127,7 @@ __all__ = [
     "VALIDATION_FRACTION",
     "TEST_ONLY_FRACTIONS",
     "image_splits",
-    "SEED003_L2",
+    "VEITCH_L2",
     "LIBSVM_L2",
     "LIBSVM_FRACTIONS",
 ]

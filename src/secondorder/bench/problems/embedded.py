@@ -120,7 +120,7 @@ def _cancer_splits(seed: int) -> Splits:
 
 
 # --------------------------------------------------------------------------------------
-# Seed 003's two-class 2-D logistic regression data
+# [Veitch]'s two-class 2-D logistic regression data
 # --------------------------------------------------------------------------------------
 
 LOGISTIC2D_SIZES = (800, 100, 100)
@@ -128,11 +128,11 @@ LOGISTIC2D_MEANS = ((-0.7, -0.7), (0.7, 0.7))
 
 
 def logistic2d_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seed 003 sec. 3.1's hand-made set: 1,000 labelled points in the plane.
+    """[Veitch] sec. 3.1's hand-made set: 1,000 labelled points in the plane.
 
     The seed does not say how its points were made; we draw 500 points per class from
     unit-variance Gaussians centred at (-0.7, -0.7) and (0.7, 0.7) (NumPy PCG64 with
-    ``seed``), so the Bayes accuracy is Phi(0.99) = 0.84, the overlap that seed 003's
+    ``seed``), so the Bayes accuracy is Phi(0.99) = 0.84, the overlap that [Veitch]'s
     Tables 1-2 report (test accuracy 0.83). Returns float32 points (1000, 2), int64 labels.
     """
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -172,7 +172,7 @@ def _rosenbrock_model(seed: int) -> nn.Module:
     return zoo.seeded(build, seed)
 
 
-QUADRATIC_EIGENVALUES = (1e-2, 1e2)  # condition number 1e4 (seed 001 Fig. 1, center)
+QUADRATIC_EIGENVALUES = (1e-2, 1e2)  # condition number 1e4 ([AdaptiveNorms] Fig. 1, center)
 QUADRATIC_ROTATION = math.pi / 6
 QUADRATIC_MINIMIZER = (1.0, 1.0)
 
@@ -189,7 +189,8 @@ def quadratic_hessian(rotated: bool) -> Tensor:
 
 
 def _quadratic_model(rotated: bool, seed: int) -> nn.Module:
-    """Start drawn uniformly from [-5, 5]^2 by ``seed`` (seed 001 Fig. 1 uses random starts)."""
+    """Start drawn uniformly from [-5, 5]^2 by ``seed`` ([AdaptiveNorms] Fig. 1 uses random
+       starts)."""
 
     def build() -> nn.Module:
         start = torch.rand(2, dtype=torch.float64) * 10.0 - 5.0
@@ -245,7 +246,7 @@ def _cancer(loss: Callable[[Tensor, Tensor], Tensor], what: str) -> _EmbeddedSpe
     return _EmbeddedSpec(
         _cancer_splits,
         functools.partial(zoo.LogisticRegression, 30),
-        f"sklearn breast cancer (standardized), {what} + L2 {CANCER_L2:g} (seed 002)",
+        f"sklearn breast cancer (standardized), {what} + L2 {CANCER_L2:g} ([Shen])",
         None,
         50,
         ("classification", "convex", "seed002"),
@@ -260,7 +261,7 @@ def _quadratic(rotated: bool) -> _EmbeddedSpec:
     return _EmbeddedSpec(
         _dummy_splits,
         None,
-        f"2-D quadratic, {shape}, kappa 1e4, minimizer (1, 1) (seed 001 Fig. 1)",
+        f"2-D quadratic, {shape}, kappa 1e4, minimizer (1, 1) ([AdaptiveNorms] Fig. 1)",
         None,
         200,
         ("deterministic", "convex", "seed001"),
@@ -274,7 +275,7 @@ EMBEDDED_PROBLEMS: dict[str, _EmbeddedSpec] = {
     "digits_softmax": _EmbeddedSpec(
         _digits_splits,
         functools.partial(zoo.SoftmaxRegression, 64, 10),
-        "sklearn digits, softmax regression + L2 1e-3 (seed 002 multi-class LR)",
+        "sklearn digits, softmax regression + L2 1e-3 ([Shen] multi-class LR)",
         128,
         5,
         ("classification", "convex", "seed002"),
@@ -283,7 +284,7 @@ EMBEDDED_PROBLEMS: dict[str, _EmbeddedSpec] = {
     "digits_mlp": _EmbeddedSpec(
         _digits_splits,
         functools.partial(zoo.MLP, (64, 32, 10), "sigmoid"),
-        "sklearn digits, MLP 64-32-10 with sigmoid (seed 003 eqs. 19-22)",
+        "sklearn digits, MLP 64-32-10 with sigmoid ([Veitch] eqs. 19-22)",
         128,
         5,
         ("classification", "nonconvex", "seed003"),
@@ -291,7 +292,7 @@ EMBEDDED_PROBLEMS: dict[str, _EmbeddedSpec] = {
     "digits_cnn": _EmbeddedSpec(
         _digits_splits,
         zoo.DigitsCNN,
-        "sklearn digits, small tanh CNN 2 conv + 1 linear (seed 000-style CNN)",
+        "sklearn digits, small tanh CNN 2 conv + 1 linear ([Filippova]-style CNN)",
         128,
         3,
         ("classification", "nonconvex", "cnn", "seed000"),
@@ -299,7 +300,7 @@ EMBEDDED_PROBLEMS: dict[str, _EmbeddedSpec] = {
     "digits_autoencoder": _EmbeddedSpec(
         _digits_reconstruction_splits,
         functools.partial(zoo.Autoencoder, (64, 32, 8)),
-        "sklearn digits, sigmoid autoencoder 64-32-8-32-64, MSE (seed 002 autoencoder)",
+        "sklearn digits, sigmoid autoencoder 64-32-8-32-64, MSE ([Shen] autoencoder)",
         128,
         5,
         ("reconstruction", "nonconvex", "seed002"),
@@ -311,7 +312,7 @@ EMBEDDED_PROBLEMS: dict[str, _EmbeddedSpec] = {
     "logistic2d": _EmbeddedSpec(
         _logistic2d_splits,
         functools.partial(zoo.LogisticRegression, 2),
-        "seed 003 sec. 3.1 2-D two-class logistic regression, 800/100/100 points",
+        "[Veitch] sec. 3.1 2-D two-class logistic regression, 800/100/100 points",
         100,
         5,
         ("classification", "convex", "seed003"),
@@ -321,7 +322,7 @@ EMBEDDED_PROBLEMS: dict[str, _EmbeddedSpec] = {
     "rosenbrock": _EmbeddedSpec(
         _dummy_splits,
         None,
-        "Rosenbrock (1-x)^2 + 100 (y-x^2)^2 from (-1.2, 1) (seed 003 eq. 6)",
+        "Rosenbrock (1-x)^2 + 100 (y-x^2)^2 from (-1.2, 1) ([Veitch] eq. 6)",
         None,
         200,
         ("deterministic", "nonconvex", "seed003"),

@@ -44,7 +44,7 @@ __all__ = [
     "VALIDATION_FRACTION",
     "TEST_ONLY_FRACTIONS",
     "image_splits",
-    "SEED003_L2",
+    "VEITCH_L2",
     "FILE_PROBLEMS",
     "LIBSVM_L2",
     "LIBSVM_FRACTIONS",
@@ -143,7 +143,7 @@ def _image_problem(name: str, spec: _FileSpec, data_dir: Path | None, seed: int)
     )
 
 
-SEED003_L2 = 0.01  # seed 003 Figs. 6-7: "regularization parameter lambda = 0.01"
+VEITCH_L2 = 0.01  # [Veitch] Figs. 6-7: "regularization parameter lambda = 0.01"
 _MLP1 = functools.partial(zoo.MLP, (784, 300, 10), "sigmoid")
 _MLP2 = functools.partial(zoo.MLP, (784, 300, 100, 10), "sigmoid")
 
@@ -151,25 +151,25 @@ FILE_PROBLEMS: dict[str, _FileSpec] = {
     "mnist_mlp1": _FileSpec(
         "mnist",
         _MLP1,
-        "MNIST, sigmoid MLP 784-300-10 + L2 0.01 (seed 003 sec. 4.2, 1 layer)",
+        "MNIST, sigmoid MLP 784-300-10 + L2 0.01 ([Veitch] sec. 4.2, 1 layer)",
         1000,
         20,
         ("classification", "nonconvex", "seed003"),
-        l2=SEED003_L2,
+        l2=VEITCH_L2,
     ),
     "mnist_mlp2": _FileSpec(
         "mnist",
         _MLP2,
-        "MNIST, sigmoid MLP 784-300-100-10 + L2 0.01 (seed 003 sec. 4.2, 2 layers)",
+        "MNIST, sigmoid MLP 784-300-100-10 + L2 0.01 ([Veitch] sec. 4.2, 2 layers)",
         1000,
         20,
         ("classification", "nonconvex", "seed003"),
-        l2=SEED003_L2,
+        l2=VEITCH_L2,
     ),
     "mnist_lenet5": _FileSpec(
         "mnist",
         functools.partial(zoo.LeNet5, "sigmoid"),
-        "MNIST, LeNet-5 with sigmoid (seed 002)",
+        "MNIST, LeNet-5 with sigmoid ([Shen])",
         128,
         10,
         ("classification", "nonconvex", "cnn", "seed002"),
@@ -177,7 +177,7 @@ FILE_PROBLEMS: dict[str, _FileSpec] = {
     "mnist_autoencoder": _FileSpec(
         "mnist",
         functools.partial(zoo.Autoencoder, (784, 1000, 500, 250, 30)),
-        "MNIST, deep autoencoder 784-1000-500-250-30, MSE (seed 002)",
+        "MNIST, deep autoencoder 784-1000-500-250-30, MSE ([Shen])",
         128,
         10,
         ("reconstruction", "nonconvex", "seed002"),
@@ -186,25 +186,25 @@ FILE_PROBLEMS: dict[str, _FileSpec] = {
     "fmnist_mlp1": _FileSpec(
         "fashion-mnist",
         _MLP1,
-        "Fashion-MNIST, sigmoid MLP 784-300-10 + L2 0.01 (seed 003 Fig. 6)",
+        "Fashion-MNIST, sigmoid MLP 784-300-10 + L2 0.01 ([Veitch] Fig. 6)",
         1000,
         20,
         ("classification", "nonconvex", "seed003"),
-        l2=SEED003_L2,
+        l2=VEITCH_L2,
     ),
     "fmnist_mlp2": _FileSpec(
         "fashion-mnist",
         _MLP2,
-        "Fashion-MNIST, sigmoid MLP 784-300-100-10 + L2 0.01 (seed 003 Fig. 7)",
+        "Fashion-MNIST, sigmoid MLP 784-300-100-10 + L2 0.01 ([Veitch] Fig. 7)",
         1000,
         20,
         ("classification", "nonconvex", "seed003"),
-        l2=SEED003_L2,
+        l2=VEITCH_L2,
     ),
     "fmnist_2c2d": _FileSpec(
         "fashion-mnist",
         zoo.DeepOBS2c2d,
-        "Fashion-MNIST, DeepOBS 2c2d (Schneider et al. 2019)",
+        "Fashion-MNIST, DeepOBS 2c2d ([Schneider2019]",
         128,
         100,
         ("classification", "nonconvex", "cnn", "deepobs"),
@@ -212,16 +212,16 @@ FILE_PROBLEMS: dict[str, _FileSpec] = {
     "kmnist_mlp1": _FileSpec(
         "kmnist",
         _MLP1,
-        "KMNIST, sigmoid MLP 784-300-10 + L2 0.01 (seed 003 protocol)",
+        "KMNIST, sigmoid MLP 784-300-10 + L2 0.01 ([Veitch] protocol)",
         1000,
         20,
         ("classification", "nonconvex", "seed003"),
-        l2=SEED003_L2,
+        l2=VEITCH_L2,
     ),
     "cifar10_cnn": _FileSpec(
         "cifar10",
         zoo.Cifar10CNN,
-        "CIFAR-10, CNN with 2 conv + 2 linear layers (seed 000)",
+        "CIFAR-10, CNN with 2 conv + 2 linear layers ([Filippova])",
         128,
         40,
         ("classification", "nonconvex", "cnn", "seed000"),
@@ -229,7 +229,7 @@ FILE_PROBLEMS: dict[str, _FileSpec] = {
     "cifar10_vgg11": _FileSpec(
         "cifar10",
         functools.partial(zoo.VGG11, True, "elu"),
-        "CIFAR-10, VGG-11 with batch norm and ELU (seed 002)",
+        "CIFAR-10, VGG-11 with batch norm and ELU ([Shen])",
         128,
         10,
         ("classification", "nonconvex", "cnn", "seed002"),
@@ -237,7 +237,7 @@ FILE_PROBLEMS: dict[str, _FileSpec] = {
     "cifar10_3c3d": _FileSpec(
         "cifar10",
         zoo.DeepOBS3c3d,
-        "CIFAR-10, DeepOBS 3c3d + L2 0.002 (Schneider et al. 2019)",
+        "CIFAR-10, DeepOBS 3c3d + L2 0.002 ([Schneider2019]",
         128,
         100,
         ("classification", "nonconvex", "cnn", "deepobs"),
@@ -262,7 +262,7 @@ def _libsvm_files(data_dir: Path | None) -> tuple[Path, Path | None]:
 
 
 def _libsvm_logistic(data_dir: Path | None, seed: int) -> Problem:
-    """Logistic regression on a LIBSVM file (seed 002 Fig. 3, "LR" tests).
+    """Logistic regression on a LIBSVM file ([Shen] Fig. 3, "LR" tests).
 
     Labels are mapped to ``0..K-1`` in sorted order of their values; two classes give
     binary logistic regression (one logit), more give softmax regression. Features are
@@ -305,7 +305,7 @@ def _libsvm_logistic(data_dir: Path | None, seed: int) -> Problem:
     return Problem(
         name="libsvm_logistic",
         description=f"LIBSVM {train_file.name}: {classes.size}-class logistic regression + "
-        f"L2 {LIBSVM_L2:g} (seed 002 Fig. 3)",
+        f"L2 {LIBSVM_L2:g} ([Shen] Fig. 3)",
         train=train,
         validation=val,
         test=test,

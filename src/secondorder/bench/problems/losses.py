@@ -30,19 +30,19 @@ __all__ = [
 
 
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample softmax cross-entropy of logits ``(n, K)`` (seed 003 eq. 21)."""
+    """Per-sample softmax cross-entropy of logits ``(n, K)`` ([Veitch] eq. 21)."""
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
 def binary_logistic(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample logistic loss of logits ``(n,)`` and labels in {0, 1} (seed 003 eq. 15)."""
+    """Per-sample logistic loss of logits ``(n,)`` and labels in {0, 1} ([Veitch] eq. 15)."""
     return F.binary_cross_entropy_with_logits(
         outputs.reshape(-1), targets.to(outputs.dtype), reduction="none"
     )
 
 
 def squared_hinge(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample squared hinge ``max(0, 1 - s f)^2``, ``s = 2 y - 1`` (seed 002 "Hinge-2")."""
+    """Per-sample squared hinge ``max(0, 1 - s f)^2``, ``s = 2 y - 1`` ([Shen] "Hinge-2")."""
     signs = 2.0 * targets.to(outputs.dtype) - 1.0
     return torch.clamp(1.0 - signs * outputs.reshape(-1), min=0.0) ** 2
 
@@ -59,7 +59,7 @@ def objective_value(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def multiclass_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Fraction of samples whose largest logit is the target class (seed 003 eq. 30)."""
+    """Fraction of samples whose largest logit is the target class ([Veitch] eq. 30)."""
     return (outputs.argmax(dim=1) == targets).float().mean()
 
 

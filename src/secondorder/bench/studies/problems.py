@@ -117,7 +117,7 @@ def logistic2d(data_dir=None, quick: bool = False) -> StudyProblem:
 
 
 def _digits_mlp_model(hidden: tuple[int, ...]) -> nn.Module:
-    return zoo.L2Penalized(zoo.MLP((64, *hidden, 10), "sigmoid"), P.SEED003_L2)
+    return zoo.L2Penalized(zoo.MLP((64, *hidden, 10), "sigmoid"), P.VEITCH_L2)
 
 
 def mlp(data_dir=None, quick: bool = False, hidden_layers: int = 1,

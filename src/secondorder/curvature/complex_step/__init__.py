@@ -1,12 +1,12 @@
-"""Complex-step directional derivatives through real networks (seed 002 eq. 5, 10).
+"""Complex-step directional derivatives through real networks ([Shen] eq. 5, 10).
 
-Seed 002 eq. 10 gives a Hessian-vector product from one complex gradient,
+[Shen] eq. 10 gives a Hessian-vector product from one complex gradient,
 
     ``H v = Im(g(w + i h v)) / h``,
 
 with ``g`` the gradient of the loss's holomorphic extension ``f*``. No difference is taken,
 so there is no subtractive cancellation and ``h`` can be tiny (``1e-20``): the truncation
-error ``O(h^2)`` vanishes and the result is exact to rounding (seed 002 Fig. 1). The
+error ``O(h^2)`` vanishes and the result is exact to rounding ([Shen] Fig. 1). The
 first-order form (eq. 5) gives ``g^T v = Im f(w + i h v) / h``.
 
 The catch is ``f*``: a network evaluated on complex parameters must compute the

@@ -103,11 +103,11 @@ def complex_step_hvp(
     *,
     required: Sequence[bool] | None = None,
 ) -> tuple[Tensor, ...]:
-    """Hessian-vector product by the complex step, seed 002 eq. 10.
+    """Hessian-vector product by the complex step, [Shen] eq. 10.
 
     ``H v = Im(g(w + i h v)) / h``: one complex forward pass (under
     :class:`ComplexStepMode`) and one backward pass. Exact to rounding for any ``h`` small
-    enough that ``h^2`` is negligible (no subtractive cancellation, seed 002 Fig. 1).
+    enough that ``h^2`` is negligible (no subtractive cancellation, [Shen] Fig. 1).
 
     Args:
         loss_fn: scalar loss of a list of tensors; a ``.model`` attribute (set by
@@ -181,7 +181,7 @@ def complex_step_directional(
     vec: Sequence[Tensor],
     h: float | None = None,
 ) -> Tensor:
-    """Directional derivative ``g^T v = Im f(w + i h v) / h`` (seed 002 eq. 5 along ``v``).
+    """Directional derivative ``g^T v = Im f(w + i h v) / h`` ([Shen] eq. 5 along ``v``).
 
     One complex forward pass, no backward.
 

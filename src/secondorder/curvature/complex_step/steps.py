@@ -92,7 +92,7 @@ def first_order_step(dtype: torch.dtype) -> float:
     ``f(a) + i b f'(a)``. With ``h <= 1e-4 sqrt(eps)`` this holds for imaginary parts up
     to ``1e4 h`` (directions times activation sensitivities up to ``1e4``); the default
     steps (``1e-20`` in float64, ``1e-10`` in float32) are far below. Larger steps (the
-    seed 002 Fig. 1 sweep) keep the true complex evaluation.
+    [Shen] Fig. 1 sweep) keep the true complex evaluation.
 
     Args:
         dtype: the real or complex dtype of the parameters.
