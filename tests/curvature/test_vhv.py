@@ -163,3 +163,13 @@ def test_vhv_bad_backend_and_step():
         vhv(loss_fn, params, vec[:2], backend="complex-step")
     with pytest.raises(ValueError, match="bicomplex parts differ in shape"):
         Bicomplex(torch.zeros(2, dtype=torch.complex128), torch.zeros(3, dtype=torch.complex128))
+
+
+def test_floating_point_query_on_a_bicomplex_tensor_answers_without_recursion():
+    """Regression: the structural rule asked the Bicomplex tensor itself, which dispatched
+    back to the rule (RecursionError, e.g. under a TorchFunctionMode that inspects values)."""
+    from secondorder.curvature.bicomplex import Bicomplex
+
+    x = Bicomplex(torch.tensor([2.0 + 0.5j]), torch.tensor([0.5 + 0j]))
+    assert torch.is_floating_point(x) is True
+    assert x.is_floating_point() is True

@@ -33,8 +33,11 @@ def _detach(input: Any) -> Any:
 
 def _is_floating_point(input: Any) -> bool:
     """A complex-step tensor stands for a real floating one: masks that torch converts to
-    the activations' (complex) dtype must still pass its "bool or floating" checks."""
-    return bool(input.is_floating_point() or input.is_complex())
+    the activations' (complex) dtype must still pass its "bool or floating" checks. Asked
+    of the underlying tensor: on a :class:`~secondorder.curvature.bicomplex.Bicomplex` the
+    query would dispatch back to this rule without end."""
+    with torch._C.DisableTorchFunctionSubclass():
+        return bool(input.is_floating_point() or input.is_complex())
 
 
 def _left_aligned(input: Any, mask: Tensor) -> Any:
