@@ -109,7 +109,7 @@ examples:
   secondorder study veitch --quick""",
 }
 #: Measured duration of ``secondorder bench --quick`` (docs/benchmark.md).
-QUICK_DURATION = "4 minutes"
+QUICK_DURATION = "half a minute (4 minutes under heavy load)"
 
 
 def build_parser() -> argparse.ArgumentParser:
