@@ -102,9 +102,10 @@ def _block_mean_last_dim(a: Tensor, block_size: int) -> Tensor:
 
 
 def spatially_averaged(
-    diagonal: Sequence[Tensor], block_size: int | None = None
+    diagonal: Sequence[Tensor], block_size: int | None = None, *, signed: bool = False
 ) -> tuple[Tensor, ...]:
-    """Spatially averaged ``|D|`` ([Filippova] Alg. 2; AdaHessian's reference code).
+    """Spatially averaged ``|D|`` (AdaHessian's reference code), or the signed ``D`` of
+    [Filippova] Alg. 2 step 3 as printed (``signed=True``).
 
     For a 4-D tensor (a convolution kernel ``(out, in, kh, kw)``), each entry becomes the
     mean of ``|D|`` over its ``kh x kw`` spatial block. For any other tensor, when
@@ -115,9 +116,10 @@ def spatially_averaged(
     Args:
         diagonal: the Hessian diagonal, a tuple of tensors.
         block_size: block length for non-convolution tensors, or ``None``.
+        signed: average ``D`` itself instead of ``|D|``.
 
     Returns:
-        A tuple shaped like ``diagonal``, non-negative.
+        A tuple of new tensors shaped like ``diagonal``, non-negative unless ``signed``.
 
     Raises:
         ValueError: if ``block_size`` is not a positive integer.
@@ -130,7 +132,7 @@ def spatially_averaged(
         raise ValueError(f"Invalid block_size: {block_size}; it must be a positive integer")
     out = []
     for d in diagonal:
-        a = d.abs()
+        a = d.clone() if signed else d.abs()
         if a.dim() == 4:
             a = a.mean(dim=(2, 3), keepdim=True).expand_as(a)
         elif block_size is not None:

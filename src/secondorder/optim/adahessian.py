@@ -39,11 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from secondorder.curvature.diagonal import (
-    _block_mean_last_dim,
-    hutchinson_diagonal,
-    spatially_averaged,
-)
+from secondorder.curvature.diagonal import hutchinson_diagonal, spatially_averaged
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import (
     Closure,
@@ -68,15 +64,7 @@ def signed_spatial_average(
         >>> signed_spatial_average([torch.tensor([1.0, -3.0, 2.0, 4.0])], block_size=2)[0]
         tensor([-1., -1.,  3.,  3.])
     """
-    out = []
-    for d in diagonal:
-        if d.dim() == 4:
-            out.append(d.mean(dim=(2, 3), keepdim=True).expand_as(d).clone())
-        elif block_size is not None:
-            out.append(_block_mean_last_dim(d, block_size))
-        else:
-            out.append(d.clone())
-    return tuple(out)
+    return spatially_averaged(diagonal, block_size, signed=True)
 
 
 @torch.no_grad()
