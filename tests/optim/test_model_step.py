@@ -1,4 +1,4 @@
-"""The model-based step shell: start check, subproblem in a norm, trial and ratio."""
+"""The model-based step shell: start check, gradient in a norm, trial and ratio."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from secondorder.errors import NonFiniteLossError
-from secondorder.optim._model_step import (
+from secondorder.optim.base import SecondOrderOptimizer
+from secondorder.optim.curvature_source import local_model
+from secondorder.optim.model_step import (
     AdaptiveNormOptimizer,
     Trial,
     check_finite_start,
-    solve_in_norm,
     try_step,
 )
-from secondorder.optim.base import SecondOrderOptimizer
 from secondorder.optim.norms import DiagonalNorm, SphericalNorm
 
 F64 = torch.float64
@@ -121,48 +121,38 @@ def test_rho_or_fail():
     assert Trial(1.0, math.inf, False).rho_or_fail == -math.inf
 
 
-def test_solve_in_norm_hands_the_model_to_the_solver_and_updates_the_norm():
+def test_subproblem_gradient_updates_the_norm_inside_the_local_model():
     w = torch.tensor([0.5, 1.5], dtype=F64, requires_grad=True)
     opt = NormProbe([w], NORM_DEFAULTS)
-    seen = {}
-
-    def solve(matvec, grads):
-        seen["matvec"] = matvec
-        seen["hv"] = matvec((torch.tensor([1.0, -1.0], dtype=F64),))[0]
-        seen["grads"] = grads
-        return "result"
-
     g = A @ w.detach() - RHS
-    loss, result = solve_in_norm(opt, _quadratic(w), opt.norm, solve, curvature="hessian",
-                                 grad_tol=1e-8)
-    assert result == "result"
-    assert torch.allclose(loss, _quadratic(w)().detach(), rtol=0, atol=1e-15)
-    assert torch.allclose(seen["grads"][0], g, rtol=0, atol=1e-14)
-    assert torch.allclose(seen["hv"], A @ torch.tensor([1.0, -1.0], dtype=F64), rtol=0,
-                          atol=1e-14)
+    with local_model(opt, _quadratic(w), "hessian") as model:
+        grads = opt.subproblem_gradient(model, opt.norm, tolerance_grad=1e-8)
+        hv = model.operator.matvec((torch.tensor([1.0, -1.0], dtype=F64),))[0]
+    assert grads is model.grads
+    assert torch.allclose(model.loss, _quadratic(w)().detach(), rtol=0, atol=1e-15)
+    assert torch.allclose(grads[0], g, rtol=0, atol=1e-14)
+    assert torch.allclose(hv, A @ torch.tensor([1.0, -1.0], dtype=F64), rtol=0, atol=1e-14)
     # Adagrad accumulator g^2 ([AdaptiveNorms] eq. 2), kept in the state and read back by .norm
     assert torch.allclose(opt.state["global"]["norm"]["accumulator"][0], g * g, rtol=0,
                           atol=1e-14)
     assert torch.allclose(opt.norm.diagonal()[0], g * g + 1.0, rtol=0, atol=1e-14)
-    with pytest.raises(RuntimeError, match="graph has been freed"):
-        seen["matvec"]((torch.ones(2, dtype=F64),))
+    with pytest.raises(RuntimeError, match="graph has been freed"):  # freed by the with block
+        model.operator.matvec((torch.ones(2, dtype=F64),))
 
 
-def test_solve_in_norm_stops_below_the_gradient_tolerance():
+def test_subproblem_gradient_below_the_gradient_tolerance():
     w = torch.tensor([0.5, 1.5], dtype=F64, requires_grad=True)
     opt = NormProbe([w], NORM_DEFAULTS)
     gnorm = float(torch.linalg.norm(A @ w.detach() - RHS))
-
-    def solve(matvec, grads):
-        raise AssertionError("not called")
-
-    loss, result = solve_in_norm(opt, _quadratic(w), opt.norm, solve, curvature="hessian",
-                                 grad_tol=1.01 * gnorm)
-    assert result is None and "norm" not in opt.state["global"]
-    assert torch.allclose(loss, _quadratic(w)().detach(), rtol=0, atol=1e-15)
-    with pytest.raises(NonFiniteLossError, match="not finite"):
-        solve_in_norm(opt, lambda: w.sum() * float("inf"), opt.norm, solve,
-                      curvature="hessian", grad_tol=0.0)
+    with local_model(opt, _quadratic(w), "hessian") as model:
+        assert opt.subproblem_gradient(model, opt.norm, tolerance_grad=1.01 * gnorm) is None
+        zeros = opt.subproblem_gradient(model, opt.norm, tolerance_grad=1.01 * gnorm,
+                                        zero_small_gradient=True)
+    assert torch.equal(zeros[0], torch.zeros(2, dtype=F64))
+    assert "norm" not in opt.state["global"]  # [AdaptiveNorms] Alg. 1 line 4: no update
+    with local_model(opt, lambda: w.sum() * float("inf"), "hessian") as model, \
+            pytest.raises(NonFiniteLossError, match="not finite"):
+        opt.subproblem_gradient(model, opt.norm, tolerance_grad=0.0)
 
 
 def test_adaptive_norm_optimizer_builds_its_norm():

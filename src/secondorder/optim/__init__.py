@@ -14,7 +14,6 @@ and curvature operator of a step; the line searches and Krylov solvers.
 
 from secondorder.optim import hyperparameters
 from secondorder.optim._direction_search import SharedHyperparameters
-from secondorder.optim._model_step import AdaptiveNormOptimizer
 from secondorder.optim.adahessian import AdaHessian, adahessian_update
 from secondorder.optim.adaptive_cubic import AdaptiveCubic
 from secondorder.optim.barzilai_borwein import BarzilaiBorwein
@@ -32,6 +31,7 @@ from secondorder.optim.line_search import (
     strong_wolfe,
 )
 from secondorder.optim.lscg import LSCG
+from secondorder.optim.model_step import AdaptiveNormOptimizer
 from secondorder.optim.newton_cg import NewtonCG
 from secondorder.optim.newton_krylov import NewtonKrylov
 from secondorder.optim.nonlinear_cg import NonlinearCG

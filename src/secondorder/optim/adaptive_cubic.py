@@ -36,9 +36,9 @@ from torch import Tensor
 
 from secondorder.curvature.lanczos import lanczos
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
 from secondorder.optim.base import Closure
-from secondorder.optim.curvature_source import CurvatureClosure
+from secondorder.optim.curvature_source import CurvatureClosure, local_model
+from secondorder.optim.model_step import AdaptiveNormOptimizer, try_step
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
 
@@ -293,21 +293,19 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         sigma = float(gstate.get("sigma", hp["sigma"]))
         norm = self.norm
 
-        def solve(matvec: MatVec, grads: TensorList) -> CubicStep:
-            return solve_cubic_subproblem(matvec, grads, sigma, norm, krylov_dim=hp["max_cg_iter"])
-
-        loss, sub = solve_in_norm(
-            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["tolerance_grad"],
-            hessian_closure=hessian_closure, ggn_closure=ggn_closure,
-        )  # fmt: skip
-        if sub is None:
-            gstate.update(sigma=sigma, rho=float("nan"), accepted=False, krylov_dim=0)
-            return loss
-        trial = try_step(self, closure, loss, sub.step, sub.predicted_decrease, hp["eta1"])
+        with local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
+                         ggn_closure=ggn_closure) as model:
+            grads = self.subproblem_gradient(model, norm, tolerance_grad=hp["tolerance_grad"])
+            if grads is None:
+                gstate.update(sigma=sigma, rho=float("nan"), accepted=False, krylov_dim=0)
+                return model.loss
+            sub = solve_cubic_subproblem(model.operator.matvec, grads, sigma, norm,
+                                         krylov_dim=hp["max_cg_iter"])
+        trial = try_step(self, closure, model.loss, sub.step, sub.predicted_decrease, hp["eta1"])
         rho = trial.rho_or_fail
         gstate.update(
             sigma=update_sigma(sigma, rho, eta1=hp["eta1"], eta2=hp["eta2"],
                                gamma=hp["gamma"], sigma_min=hp["sigma_min"]),
             rho=rho, accepted=trial.accepted, krylov_dim=sub.krylov_dim,
         )
-        return loss
+        return model.loss

@@ -44,7 +44,6 @@ from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim._model_step import check_finite_start
 from secondorder.optim.base import (
     Closure,
     SecondOrderOptimizer,
@@ -62,6 +61,7 @@ from secondorder.optim.curvature_source import (
 from secondorder.optim.distributed import data_parallel_hessian_free_evaluate
 from secondorder.optim.krylov import truncated_cg
 from secondorder.optim.line_search import backtracking
+from secondorder.optim.model_step import check_finite_start
 from secondorder.tensorlist import TensorList
 
 __all__ = [

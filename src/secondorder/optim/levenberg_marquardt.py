@@ -29,10 +29,10 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim._model_step import try_step
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import local_model
 from secondorder.optim.krylov import CGResult, truncated_cg
+from secondorder.optim.model_step import try_step
 
 __all__ = ["LevenbergMarquardt", "LMDirection", "lm_direction", "update_damping"]
 

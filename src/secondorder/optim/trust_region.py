@@ -29,10 +29,10 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.lanczos import lanczos
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim._model_step import AdaptiveNormOptimizer, solve_in_norm, try_step
 from secondorder.optim.base import Closure
-from secondorder.optim.curvature_source import CurvatureClosure
+from secondorder.optim.curvature_source import CurvatureClosure, local_model
 from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg
+from secondorder.optim.model_step import AdaptiveNormOptimizer, try_step
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
 
@@ -414,20 +414,18 @@ class TrustRegion(AdaptiveNormOptimizer):
         radius = float(gstate.get("radius", hp["radius"]))
         norm = self.norm
 
-        def solve(matvec: MatVec, grads: TensorList) -> SubproblemResult:
-            return solve_subproblem(matvec, grads, radius, norm, rtol=hp["cg_rtol"],
-                                    max_iter=hp["max_cg_iter"], cauchy_floor=hp["cauchy_floor"],
-                                    eigen_steps=hp.get("eigen_steps", 0))
-
-        loss, sub = solve_in_norm(
-            self, closure, norm, solve, curvature=hp["curvature"], grad_tol=hp["tolerance_grad"],
-            hessian_closure=hessian_closure, ggn_closure=ggn_closure,
-            zero_small_gradient=hp.get("eigen_steps", 0) > 0,
-        )  # fmt: skip
-        if sub is None:
-            gstate.update(radius=radius, rho=float("nan"), accepted=False, cg_iterations=0)
-            return loss
-        trial = try_step(self, closure, loss, sub.step, sub.predicted_decrease, hp["eta"])
+        eigen_steps = hp.get("eigen_steps", 0)
+        with local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
+                         ggn_closure=ggn_closure) as model:
+            grads = self.subproblem_gradient(model, norm, tolerance_grad=hp["tolerance_grad"],
+                                             zero_small_gradient=eigen_steps > 0)
+            if grads is None:
+                gstate.update(radius=radius, rho=float("nan"), accepted=False, cg_iterations=0)
+                return model.loss
+            sub = solve_subproblem(model.operator.matvec, grads, radius, norm,
+                                   rtol=hp["cg_rtol"], max_iter=hp["max_cg_iter"],
+                                   cauchy_floor=hp["cauchy_floor"], eigen_steps=eigen_steps)
+        trial = try_step(self, closure, model.loss, sub.step, sub.predicted_decrease, hp["eta"])
         eta_expand = hp.get("eta_expand")
         if eta_expand is None:
             new_radius = update_radius(radius, trial.accepted, gamma=hp["gamma"],
@@ -443,4 +441,4 @@ class TrustRegion(AdaptiveNormOptimizer):
             rho=trial.rho, accepted=trial.accepted, cg_iterations=sub.iterations,
             cg_status=sub.status,
         )  # fmt: skip
-        return loss
+        return model.loss

@@ -1,12 +1,19 @@
 """The step shell the model-based optimizers share: start check, subproblem, trial, ratio.
 
 Trust region ([AdaptiveNorms] Alg. 1), ARC ([Cartis2011] Alg. 2.1) and
-Levenberg-Marquardt ([More1978] all
+Levenberg-Marquardt ([More1978]) read top to bottom::
 
-1. evaluate loss, gradient and curvature at ``w`` and stop on a NaN/Inf start
+    with local_model(self, closure, curvature) as model:      # loss, gradient, B at w
+        grads = self.subproblem_gradient(model, norm, ...)     # start check, norm update
+        sub = solve_subproblem(model.operator.matvec, grads, ...)
+    trial = try_step(self, closure, model.loss, sub.step, sub.predicted_decrease, eta)
+
+1. evaluate loss, gradient and curvature at ``w``
+   (:func:`~secondorder.optim.curvature_source.local_model`) and stop on a NaN/Inf start
    (:func:`check_finite_start`; Hessian-free uses it too);
-2. minimize a local model (trust region and ARC in an adaptive norm:
-   :func:`solve_in_norm`);
+2. in an adaptive norm (trust region, ARC: :class:`AdaptiveNormOptimizer`), update the norm
+   with the gradient (:meth:`AdaptiveNormOptimizer.subproblem_gradient`), then minimize the
+   local model; the ``with`` block frees the curvature graph;
 3. evaluate the loss at ``w + s`` and keep the step by the ratio of actual to predicted
    decrease ``rho = (f(w) - f(w + s)) / (m(0) - m(s))`` (:func:`try_step`), restoring the
    parameters bit for bit otherwise.
@@ -17,9 +24,9 @@ The ratio is computed in float64 on the host (one transfer for the three numbers
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,14 +35,10 @@ from secondorder import tensorlist as tl
 from secondorder.errors import NonFiniteLossError
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.curvature_source import CURVATURES, CurvatureClosure, local_model
+from secondorder.optim.curvature_source import CURVATURES, LocalModel
 from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
-from secondorder.tensorlist import TensorList
 
-__all__ = ["AdaptiveNormOptimizer", "Trial", "check_finite_start", "solve_in_norm", "try_step"]
-
-R = TypeVar("R")
-MatVec = Callable[[TensorList], Sequence[Tensor]]
+__all__ = ["AdaptiveNormOptimizer", "Trial", "check_finite_start", "try_step"]
 
 
 def check_finite_start(loss: Tensor, grads: Sequence[Tensor]) -> tuple[float, float]:
@@ -51,47 +54,6 @@ def check_finite_start(loss: Tensor, grads: Sequence[Tensor]) -> tuple[float, fl
             f"loss {loss_f} or gradient norm {gnorm_f} at the current point is not finite"
         )
     return loss_f, gnorm_f
-
-
-def solve_in_norm(
-    optimizer: SecondOrderOptimizer,
-    closure: Closure,
-    norm: AdaptiveNorm,
-    solve: Callable[[MatVec, TensorList], R],
-    *,
-    curvature: str,
-    grad_tol: float,
-    hessian_closure: Closure | None = None,
-    ggn_closure: CurvatureClosure | None = None,
-    zero_small_gradient: bool = False,
-) -> tuple[Tensor, R | None]:
-    """Steps 1-2 of a trust-region or ARC iteration in the adaptive norm ``norm``.
-
-    Builds the local model (:func:`~secondorder.optim.curvature_source.local_model`),
-    checks the start (:func:`check_finite_start`), updates the norm with the gradient (seed
-    001 Alg. 1 line 5; its accumulator is stored in ``optimizer.state["global"]["norm"]``)
-    and calls ``solve(matvec, grads)``; the curvature graph is freed before returning.
-
-    Returns:
-        ``(loss, result)``; ``result`` is ``None`` when ``||g|| <= grad_tol`` (no step, the
-        norm is not updated), unless ``zero_small_gradient``: then ``solve`` gets ``g := 0``
-        ([AdaptiveNorms] Alg. 1 line 4; the norm is not updated).
-
-    Raises:
-        ValueError: if the closures do not fit the curvature.
-        NonFiniteLossError: if the loss or gradient at the current point is not finite.
-    """
-    with local_model(optimizer, closure, curvature, hessian_closure=hessian_closure,
-                     ggn_closure=ggn_closure) as model:
-        _, gnorm = check_finite_start(model.loss, model.grads)
-        if gnorm <= grad_tol:
-            if not zero_small_gradient:
-                return model.loss, None
-            zeros = tuple(torch.zeros_like(g) for g in model.grads)
-            return model.loss, solve(model.operator.matvec, zeros)
-        norm.update(model.grads)
-        optimizer.state["global"]["norm"] = norm.state_dict()
-        return model.loss, solve(model.operator.matvec, model.grads)
 
 
 @dataclass
@@ -196,3 +158,41 @@ class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):
         """The norm (its accumulator is synchronized with the state)."""
         self._norm.load_state_dict(self.state["global"].get("norm", {}))
         return self._norm
+
+    def subproblem_gradient(
+        self,
+        model: LocalModel,
+        norm: AdaptiveNorm,
+        *,
+        tolerance_grad: float,
+        zero_small_gradient: bool = False,
+    ) -> tuple[Tensor, ...] | None:
+        """The gradient the subproblem is solved with, after updating ``norm`` with it.
+
+        Checks the start (:func:`check_finite_start`), then updates the norm with the model's
+        gradient ([AdaptiveNorms] Alg. 1 line 5) and stores its accumulator in
+        ``state["global"]["norm"]``.
+
+        Args:
+            model: the local model at the current parameters.
+            norm: :attr:`norm`, read once at the start of the step.
+            tolerance_grad: at or below this gradient norm no step is taken.
+            zero_small_gradient: below ``tolerance_grad``, return ``g := 0`` instead of
+                ``None`` ([AdaptiveNorms] Alg. 1 line 4), so the subproblem is still solved.
+
+        Returns:
+            ``model.grads``; or, when ``||g|| <= tolerance_grad`` (the norm is then not
+            updated), zeros shaped like it with ``zero_small_gradient`` and ``None``
+            without.
+
+        Raises:
+            NonFiniteLossError: if the loss or gradient at the current point is not finite.
+        """
+        _, gnorm = check_finite_start(model.loss, model.grads)
+        if gnorm <= tolerance_grad:
+            if not zero_small_gradient:
+                return None
+            return tuple(torch.zeros_like(g) for g in model.grads)
+        norm.update(model.grads)
+        self.state["global"]["norm"] = norm.state_dict()
+        return model.grads
