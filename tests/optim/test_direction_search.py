@@ -9,8 +9,8 @@ from problems import logistic_regression, split_quadratic
 from secondorder import tensorlist as tl
 from secondorder.optim import LBFGS, BarzilaiBorwein, NewtonCG, NonlinearCG
 from secondorder.optim import line_search as ls
-from secondorder.optim._direction_search import GroupScale, search
-from secondorder.optim.quasi_newton import LineObjective
+from secondorder.optim.direction_groups import GroupScale
+from secondorder.optim.line_objective import LineObjective, search
 
 # name -> (factory, a shared key, a second value for it)
 OPTIMIZERS = {

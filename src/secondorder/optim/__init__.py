@@ -13,12 +13,12 @@ and curvature operator of a step; the line searches and Krylov solvers.
 """
 
 from secondorder.optim import hyperparameters
-from secondorder.optim._direction_search import SharedHyperparameters
 from secondorder.optim.adahessian import AdaHessian, adahessian_update
 from secondorder.optim.adaptive_cubic import AdaptiveCubic
 from secondorder.optim.barzilai_borwein import BarzilaiBorwein
 from secondorder.optim.base import Closure, CostCounter, Evaluation, SecondOrderOptimizer
 from secondorder.optim.curvature_source import CURVATURES, LocalModel, local_model
+from secondorder.optim.direction_groups import SharedHyperparameters
 from secondorder.optim.hessian_free import HessianFree
 from secondorder.optim.hyperparameters import Hyperparameters
 from secondorder.optim.krylov import CGResult, steihaug_cg, truncated_cg

@@ -31,10 +31,16 @@ from typing import Any
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim import _direction_search as ds
+from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.quasi_newton import LineObjective, finite_start, is_finite, versions
+from secondorder.optim.line_objective import (
+    LineObjective,
+    finite_start,
+    is_finite,
+    search,
+    versions,
+)
 
 __all__ = ["BB_MODES", "BarzilaiBorwein", "bb_step", "sgd_bb_step_size"]
 
@@ -74,7 +80,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
     """Barzilai-Borwein step sizes (see module doc).
 
     ``lr`` may differ between param groups: group ``g`` moves by ``eta (lr_g / lr_max)``
-    times its part of ``-g`` (see :mod:`secondorder.optim._direction_search`), where
+    times its part of ``-g`` (see :mod:`secondorder.optim.direction_groups`), where
     ``eta`` is the method's step: ``lr_max`` in epochs 0 and 1 of SGD-BB and at the first
     BB1/BB2 iteration, then the BB step measured on the actual moves (so afterwards only the
     ratios of the ``lr`` matter). Every other hyperparameter must be the same in all groups.
@@ -247,7 +253,7 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
             return orig_loss
         x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, d)
-        t, new_loss, new_g = ds.search(
+        t, new_loss, new_g = search(
             phi, "nonmonotone", loss, g, slope, step=alpha, c1=grp["c1"],
             max_evals=grp["max_ls_evals"], need_grad=True, reference_loss=max(losses),
         )  # fmt: skip

@@ -37,18 +37,18 @@ from typing import Any
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim import _direction_search as ds
+from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.quasi_newton import (
-    CURVATURE_RULES,
-    LBFGSMemory,
+from secondorder.optim.line_objective import (
     LineObjective,
     finite_start,
     is_finite,
     max_abs,
+    search,
     versions,
 )
+from secondorder.optim.quasi_newton import CURVATURE_RULES, LBFGSMemory
 
 __all__ = ["FIRST_STEP_NORMS", "LBFGS", "LINE_SEARCHES"]
 
@@ -61,7 +61,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
     """Limited-memory BFGS with a line search and stochastic safeguards (see module doc).
 
     Param groups may differ in ``lr`` only, read at every step (per-group scaling of the
-    one direction: :mod:`secondorder.optim._direction_search`).
+    one direction: :mod:`secondorder.optim.direction_groups`).
 
     Args:
         params: parameters or param groups.
@@ -214,7 +214,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             if overlap_closure is not None:
                 g_ov0 = self.evaluate(overlap_closure).grads
             phi = LineObjective(self, closure, x0, d)
-            t, new_loss, new_g = ds.search(
+            t, new_loss, new_g = search(
                 phi, grp["line_search"], loss, g, gtd, step=t0, c1=grp["c1"], c2=grp["c2"],
                 tolerance_change=tol_change, max_evals=grp["max_ls_evals"], need_grad=True,
             )  # fmt: skip

@@ -27,12 +27,12 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.operators import CurvatureOperator
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim._direction_search import GroupScale
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import local_model
+from secondorder.optim.direction_groups import GroupScale
 from secondorder.optim.krylov import CGResult, truncated_cg
+from secondorder.optim.line_objective import LineObjective
 from secondorder.optim.line_search import backtracking
-from secondorder.optim.quasi_newton import LineObjective
 
 __all__ = ["LSCG", "LSCGDirection", "lscg_direction"]
 
@@ -94,7 +94,7 @@ class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
     ``cg_iterations``, ``fallback`` (steepest descent was used) and ``step_size``.
 
     Param groups may differ in ``lr`` only, by the rule of the line-search optimizers
-    (:mod:`secondorder.optim._direction_search`): the backtracking search runs along
+    (:mod:`secondorder.optim.direction_groups`): the backtracking search runs along
     ``D = diag(lr_g / lr_max) d`` from the first trial ``t = lr_max``, so group ``g``
     moves by ``t (lr_g / lr_max) d_g``; with equal ``lr`` this is the single-group method
     bit for bit. A group with ``lr = 0`` is frozen: left out of the problem (no gradient,

@@ -37,11 +37,11 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import HessianOperator
-from secondorder.optim import _direction_search as ds
+from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import krylov
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.quasi_newton import LineObjective, is_finite, max_abs
+from secondorder.optim.line_objective import LineObjective, is_finite, max_abs, search
 
 __all__ = ["NewtonCG", "eisenstat_walker"]
 
@@ -76,7 +76,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
     """Truncated Newton with CG on exact (or sub-sampled) Hessian products (see module doc).
 
     Param groups may differ in ``lr`` only, read at every step (per-group scaling of the
-    one direction: :mod:`secondorder.optim._direction_search`).
+    one direction: :mod:`secondorder.optim.direction_groups`).
 
     Args:
         params: parameters or param groups.
@@ -232,7 +232,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
         x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, p)
-        _, new_loss, _ = ds.search(
+        _, new_loss, _ = search(
             phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],
             max_evals=grp["max_ls_evals"],
         )  # fmt: skip

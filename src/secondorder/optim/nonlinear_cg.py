@@ -26,14 +26,15 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim import _direction_search as ds
+from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.quasi_newton import (
+from secondorder.optim.line_objective import (
     LineObjective,
     finite_start,
     is_finite,
     max_abs,
+    search,
     versions,
 )
 
@@ -88,7 +89,7 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
     """Nonlinear CG with a strong Wolfe line search (see module doc).
 
     Param groups may differ in ``lr`` only, read at every step (per-group scaling of the
-    one direction: :mod:`secondorder.optim._direction_search`).
+    one direction: :mod:`secondorder.optim.direction_groups`).
 
     Args:
         params: parameters or param groups.
@@ -202,7 +203,7 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
                 t0 = min(1.0, 1.0 / g1) * lr
             x0 = self.params_at_start()
             phi = LineObjective(self, closure, x0, step_dir)
-            t, new_loss, new_g = ds.search(
+            t, new_loss, new_g = search(
                 phi, "strong_wolfe", loss, g, gtd, step=t0, c1=grp["c1"], c2=grp["c2"],
                 tolerance_change=tol_change, max_evals=grp["max_ls_evals"],
             )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Pieces shared by the line-search optimizers: the L-BFGS memory and the line objective.
+"""The L-BFGS memory: the two-loop recursion and the curvature-pair store.
 
 :class:`LBFGSMemory` is the quasi-Newton memory as a strategy object (pytorch-minimize's
 ``bfgs.py`` shape): :meth:`LBFGSMemory.solve` applies the inverse-Hessian approximation by the
@@ -8,16 +8,13 @@ memory keeps its tensors in a plain dict (the optimizer's ``state["global"]``) a
 are replaced, never mutated, so ``state_dict()`` round-trips and two optimizers loaded from
 one state never share a list that one of them appends to.
 
-:class:`LineObjective` is the ``phi(t)`` of the line-search contract
-(:mod:`secondorder.optim.line_search`): it moves an optimizer's parameters to ``x0 + t d``
-and evaluates its closure there. :func:`start_evaluation` and :func:`finite_start` give the
-loss and gradient a step starts from (reusing the previous step's, rolling back past a
-NaN/Inf point).
+The line objective and the other helpers the line-search optimizers share are in
+:mod:`secondorder.optim.line_objective`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,17 +22,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 
-__all__ = [
-    "CURVATURE_RULES",
-    "LBFGSMemory",
-    "LineObjective",
-    "finite_start",
-    "is_finite",
-    "max_abs",
-    "start_evaluation",
-    "two_loop",
-    "versions",
-]
+__all__ = ["CURVATURE_RULES", "LBFGSMemory", "two_loop"]
 
 CURVATURE_RULES = ("skip", "powell")
 
@@ -166,122 +153,3 @@ class LBFGSMemory:
         st["lbfgs_rho"] = (*st["lbfgs_rho"], 1.0 / sy)[-m:]
         st["lbfgs_gamma"] = sy / yy
         return True
-
-
-class LineObjective:
-    """``phi(t)``: set the parameters to ``x0 + t d`` and evaluate the closure there.
-
-    Args:
-        optimizer: a :class:`~secondorder.optim.base.SecondOrderOptimizer`.
-        closure: the closure of the current step.
-        x0: the starting point (detached copies of the parameters).
-        direction: the search direction ``d``.
-
-    Attributes:
-        evaluations: calls so far.
-        last_t: the ``t`` the parameters are at now.
-    """
-
-    def __init__(
-        self,
-        optimizer: Any,
-        closure: Callable[[], Tensor],
-        x0: Sequence[Tensor],
-        direction: Sequence[Tensor],
-    ):
-        self.opt = optimizer
-        self.closure = closure
-        self.x0 = tuple(x0)
-        self.direction = tuple(direction)
-        self.evaluations = 0
-        self.last_t: float | None = None
-
-    def move(self, t: float) -> None:
-        """Put the parameters at ``x0 + t d`` (no evaluation)."""
-        t = float(t)
-        if self.last_t != t:  # x0 + t d written in place: no temporary parameter-sized copy
-            self.opt.set_params(self.x0)
-            self.opt.add_to_params(self.direction, t)
-            self.last_t = t
-
-    def __call__(
-        self, t: float, need_grad: bool = True
-    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-        self.move(t)
-        self.evaluations += 1
-        ev = self.opt.evaluate(self.closure, grad=need_grad)
-        return ev.loss, ev.grads
-
-
-def versions(params: Sequence[Tensor]) -> tuple[int, ...]:
-    """In-place version counters of ``params`` (they change whenever a tensor is written)."""
-    return tuple(p._version for p in params)
-
-
-def start_evaluation(
-    optimizer: Any, closure: Callable[[], Tensor], store: dict[str, Any], reuse: bool
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Loss and gradient at the current point: the cached pair or a fresh evaluation.
-
-    With ``reuse`` (full-batch mode) the ``store["cache"] = (loss, grad, versions)`` left by
-    the previous step is used when the parameters have not been written since; otherwise the
-    closure is evaluated. The cache is consumed either way.
-    """
-    cache = store.pop("cache", None)
-    if reuse and cache is not None and cache[2] == versions(optimizer.params()):
-        return cache[0], cache[1]
-    ev = optimizer.evaluate(closure)
-    return ev.loss, ev.grads
-
-
-def finite_start(
-    optimizer: Any,
-    closure: Callable[[], Tensor],
-    store: dict[str, Any],
-    reuse: bool,
-    reset: Callable[[], None],
-) -> tuple[Tensor, Tensor, tuple[Tensor, ...] | None]:
-    """The point a step starts from, rolled back past the method's own unchecked step.
-
-    :func:`start_evaluation` gives the loss and gradient at the current parameters. When
-    they are not finite and the previous step was a fixed step that did not evaluate where
-    it landed (it left ``store["x_good"]``, the point it started from), that step is
-    rejected: the parameters go back to ``x_good``, ``reset()`` forgets what the method
-    learned (memory, previous direction, step scale) and the closure is evaluated there,
-    the new start of the step (:meth:`~secondorder.optim.base.SecondOrderOptimizer.restart_step`).
-    Any other non-finite start is the closure's fault: the step raises
-    :class:`~secondorder.errors.NonFiniteLossError` and is undone (the shared rule of
-    :mod:`secondorder.optim.base`). ``x_good`` is consumed either way.
-
-    Returns:
-        ``(first_loss, loss, grad)``: the loss first computed (what ``step`` returns) and
-        the finite loss and gradient to start from; ``grad`` is ``None`` when there is no
-        finite point to start from, and the step should return ``first_loss`` without
-        moving (the transaction then raises).
-    """
-    x_good = store.pop("x_good", None)
-    loss, grad = start_evaluation(optimizer, closure, store, reuse)
-    if is_finite(loss, grad):
-        return loss, loss, grad
-    if x_good is None:
-        return loss, loss, None
-    optimizer.set_params(x_good)
-    optimizer.restart_step()
-    reset()
-    ev = optimizer.evaluate(closure)
-    if not is_finite(ev.loss, ev.grads):
-        return loss, ev.loss, None
-    return loss, ev.loss, ev.grads
-
-
-def is_finite(loss: Tensor, grad: Sequence[Tensor] | None) -> bool:
-    """Whether the loss and the gradient are finite (one host sync)."""
-    ok = torch.isfinite(loss)
-    if grad is not None:
-        ok = ok & tl.all_finite(grad)
-    return bool(ok)
-
-
-def max_abs(v: Sequence[Tensor]) -> float:
-    """``max_i |v_i|`` as a float (one host sync)."""
-    return float(torch.stack([x.abs().max() for x in v]).max()) if len(v) else 0.0

@@ -24,9 +24,8 @@ all parameters and move along it. Their param groups may differ only in ``lr``:
   :mod:`secondorder.optim.hyperparameters` mechanism with ``PER_GROUP = ("lr",)``) checks
   it whenever a group is added (in ``__init__`` and in ``add_param_group``) and at every
   ``step``.
-* **Line-search dispatch.** :func:`search` runs the named search of
-  :mod:`secondorder.optim.line_search` (or takes a fixed step) along ``D`` and leaves the
-  parameters at the accepted point.
+
+The line search along ``D`` is :func:`secondorder.optim.line_objective.search`.
 
 The range checks of the keys the four optimizers share are declared in
 :attr:`SharedHyperparameters.HYPERPARAMETERS`.
@@ -42,15 +41,9 @@ import torch
 from torch import Tensor
 
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim import line_search as ls
 from secondorder.optim.hyperparameters import Hyperparameters, Rule
-from secondorder.optim.quasi_newton import LineObjective
 
-__all__ = [
-    "GroupScale",
-    "SharedHyperparameters",
-    "search",
-]
+__all__ = ["GroupScale", "SharedHyperparameters"]
 
 
 # ----------------------------------------------------------------------------- groups
@@ -157,66 +150,3 @@ class GroupScale:
         if self.ratios is None:
             return tuple(vec)
         return tuple(torch._foreach_mul(list(vec), list(self.ratios)))
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-
-def search(
-    phi: LineObjective,
-    method: str | None,
-    loss: Tensor,
-    grad: Sequence[Tensor],
-    slope: Tensor,
-    *,
-    step: float,
-    c1: float = 1e-4,
-    c2: float = 0.9,
-    tolerance_change: float = 1e-9,
-    max_evals: int = 25,
-    need_grad: bool = False,
-    reference_loss: float | Tensor | None = None,
-) -> tuple[float, Tensor | None, tuple[Tensor, ...] | None]:
-    """Search along ``phi.direction`` and leave the parameters at the accepted step.
-
-    Args:
-        phi: the line objective (its direction ``D`` is the one searched).
-        method: ``"strong_wolfe"`` (:func:`~secondorder.optim.line_search.strong_wolfe`),
-            ``"armijo"`` (:func:`~secondorder.optim.line_search.backtracking`),
-            ``"nonmonotone"`` (:func:`~secondorder.optim.line_search.nonmonotone_backtracking`
-            against ``reference_loss``) or ``None`` (the fixed step ``step``).
-        loss: ``phi(0)``.
-        grad: the gradient at ``phi(0)``.
-        slope: ``grad . D`` (negative).
-        step: the first trial, or the fixed step.
-        c1: sufficient-decrease constant.
-        c2: curvature constant (``"strong_wolfe"``).
-        tolerance_change: bracket tolerance (``"strong_wolfe"``).
-        max_evals: the search's evaluation budget.
-        need_grad: evaluate the gradient at each backtracking trial.
-        reference_loss: the largest recent loss (``"nonmonotone"``).
-
-    Returns:
-        ``(t, loss, grad)`` at the accepted step; ``loss`` and ``grad`` are ``None`` where
-        the search did not evaluate them (always with a fixed step).
-    """
-    if method == "strong_wolfe":
-        res = ls.strong_wolfe(
-            phi, phi.direction, loss, grad, step=step, c1=c1, c2=c2,
-            tolerance_change=tolerance_change, max_evals=max_evals,
-        )  # fmt: skip
-    elif method == "armijo":
-        res = ls.backtracking(
-            phi, loss, slope, step=step, c1=c1, max_evals=max_evals, need_grad=need_grad
-        )
-    elif method == "nonmonotone":
-        res = ls.nonmonotone_backtracking(
-            phi, reference_loss, slope, loss0=loss, step=step, c1=c1, max_evals=max_evals,
-            need_grad=need_grad,
-        )  # fmt: skip
-    else:
-        phi.move(step)
-        return step, None, None
-    t = float(res.step)
-    phi.move(t)
-    return t, res.loss, res.grad
