@@ -21,10 +21,9 @@ from torch import nn
 
 from secondorder import tensorlist as tl
 from secondorder.optim import NewtonKrylov
-from secondorder.optim.newton_krylov import (
+from secondorder.optim.newton_krylov_direction import krylov_direction, post_screen
+from secondorder.optim.newton_krylov_step_size import (
     armijo_step_size,
-    krylov_direction,
-    post_screen,
     taylor_ratio,
     taylor_step_size,
 )

@@ -9,15 +9,18 @@ One :meth:`NewtonKrylov.step` processes one mini-batch ``B_j`` of Algorithm 1 (l
    (a batch never opposes itself) and the step is sized on the batch loss.
 2. **Pre-batch screening** (lines 4-8): a batch with ``g_j . g < 0`` is skipped: no
    Hessian work, parameters unchanged.
-3. **Krylov loop with early termination** (lines 10-28, :func:`krylov_direction`): CG on
+3. **Krylov loop with early termination** (lines 10-28,
+   :func:`~secondorder.optim.newton_krylov_direction.krylov_direction`): CG on
    ``H_j dw = -g`` with the batch Hessian ``H_j``, warm-started at the previous batch's
    direction ``dw~``. The curvature ``kappa = p^T H_j p`` is read before each product;
    the loop stops at ``kappa < 0``; for ``0 <= kappa < 1e-8`` it is replaced,
    temporarily, by ``0.01 ||p||`` (line 19).
-4. **Post-batch screening** (lines 29-30, :func:`post_screen`): a direction with
+4. **Post-batch screening** (lines 29-30,
+   :func:`~secondorder.optim.newton_krylov_direction.post_screen`): a direction with
    ``dw . g > 0`` has its component along ``g`` reflected, so that it becomes a descent
    direction for the global loss.
-5. **Error-based step sizing** (lines 33-47, :func:`taylor_step_size`): the step ``gamma``
+5. **Error-based step sizing** (lines 33-47,
+   :func:`~secondorder.optim.newton_krylov_step_size.taylor_step_size`): the step ``gamma``
    is stretched (x1.5) or shrunk (x0.5) until the Taylor ratio (eq. 13)
 
    ``eta = |(f(w + gamma dw) - f(w) - E_Q) / (f(w + gamma dw) - f(w))|``, with
@@ -71,7 +74,6 @@ seconds spent on the global gradient, the Krylov loop and the step sizing.
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -85,282 +87,18 @@ from secondorder.curvature.complex_step import complex_step_hvp
 from secondorder.curvature.vhv import vhv
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, CostCounter, SecondOrderOptimizer
+from secondorder.optim.newton_krylov_direction import (
+    Curvature,
+    Product,
+    krylov_direction,
+    post_screen,
+)
+from secondorder.optim.newton_krylov_step_size import armijo_step_size, taylor_step_size
 
 BACKENDS = ("autograd", "complex-step", "finite-difference")
 STEP_SIZINGS = ("taylor", "armijo")
-Product = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
-Curvature = Callable[[tuple[Tensor, ...]], Tensor]
 
-__all__ = [
-    "BACKENDS",
-    "KrylovDirection",
-    "NewtonKrylov",
-    "NewtonKrylovCounter",
-    "STEP_SIZINGS",
-    "armijo_step_size",
-    "StepSize",
-    "krylov_direction",
-    "post_screen",
-    "taylor_ratio",
-    "taylor_step_size",
-]
-
-
-# --------------------------------------------------------------------------- Krylov loop
-@dataclass
-class KrylovDirection:
-    """Result of :func:`krylov_direction`.
-
-    Attributes:
-        direction: ``dw``, a tuple shaped like the gradient.
-        quadratic: ``dw^T H dw`` (0-dim tensor), for ``E_Q``.
-        iterations: curvature evaluations done (Krylov iterations started).
-        status: ``"converged"``, ``"max_iter"`` or ``"negative_curvature"``.
-        damped: how many times the temporary damping of line 19 was applied.
-    """
-
-    direction: tuple[Tensor, ...]
-    quadratic: Tensor
-    iterations: int
-    status: str
-    damped: int
-
-
-def krylov_direction(
-    product: Product,
-    curvature: Curvature,
-    grad: Sequence[Tensor],
-    *,
-    x0: Sequence[Tensor] | None = None,
-    rtol: float = 1e-4,
-    max_iter: int = 20,
-    damping_threshold: float = 1e-8,
-    damping_scale: float = 0.01,
-    early_termination: bool = True,
-    printed_step: bool = False,
-) -> KrylovDirection:
-    """[Shen] Alg. 1 lines 10-28: CG on ``H dw = -g`` with early termination.
-
-    Args:
-        product: ``p -> H p``.
-        curvature: ``p -> p^T H p`` (0-dim tensor); called before ``product(p)``.
-        grad: ``g`` (the global gradient in Alg. 1).
-        x0: warm start ``dw~`` (default zero; a nonzero one costs one product).
-        rtol: stop when ``||r|| <= rtol ||g||``.
-        max_iter: most Krylov iterations.
-        damping_threshold: curvatures in ``[0, damping_threshold)`` are damped (line 18).
-        damping_scale: the damped curvature is ``damping_scale * ||p||`` (line 19).
-        early_termination: stop at ``kappa < 0`` (lines 14-16); ``False`` runs plain CG
-            through it (the ablation of [Shen] supplementary "Early termination").
-        printed_step: ``alpha = ||r|| / kappa`` as line 21 prints it, instead of CG's
-            ``||r||^2 / kappa`` (for measuring the departure only).
-
-    Returns:
-        A :class:`KrylovDirection`; the module docstring lists the choices made.
-
-    Example:
-        >>> A = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
-        >>> prod = lambda v: (A @ v[0],)
-        >>> curv = lambda p: p[0] @ A @ p[0]
-        >>> krylov_direction(prod, curv, (torch.tensor([2.0, 4.0], dtype=torch.float64),)).direction
-        (tensor([-1., -1.], dtype=torch.float64),)
-    """
-    g = tuple(t.detach() for t in grad)
-    tol2 = float(rtol * tl.norm(g)) ** 2
-    if x0 is None:
-        x = tl.zeros_like(g)
-        r = tl.neg(g)
-        moved = False
-    else:
-        x = tuple(t.detach() for t in x0)
-        r = tl.neg(tl.add(g, product(x)))
-        moved = True
-    p = r
-    rr = tl.dot(r, r)
-    status, damped, iterations = "max_iter", 0, 0
-    quad = None
-    for _ in range(max_iter):
-        if float(rr) <= tol2:
-            status = "converged"
-            break
-        kappa = curvature(p)
-        iterations += 1
-        k = float(kappa)
-        if k < 0 and early_termination:
-            status = "negative_curvature"
-            if not moved:
-                # Nothing to return yet: steepest descent p_0 = -g, curvature kappa_0.
-                x, quad = p, kappa
-            break
-        if 0 <= k < damping_threshold:
-            kappa = damping_scale * tl.norm(p)
-            damped += 1
-        alpha = rr.sqrt() / kappa if printed_step else rr / kappa
-        q = product(p)
-        x = tl.add(x, p, alpha)
-        r = tl.sub(r, tl.scale(q, alpha))
-        rr_new = tl.dot(r, r)
-        p = tl.add(r, p, rr_new / rr)
-        rr = rr_new
-        moved = True
-    else:
-        if float(rr) <= tol2:
-            status = "converged"
-    if quad is None:
-        # r = -(g + H x) holds exactly (r is updated with true products), so
-        # x^T H x = -x . (r + g).
-        quad = -tl.dot(x, tl.add(r, g))
-    return KrylovDirection(x, quad, iterations, status, damped)
-
-
-def post_screen(direction: Sequence[Tensor], grad: Sequence[Tensor], *,
-                printed: bool = False) -> tuple[tuple, bool]:
-    """[Shen] Alg. 1 lines 29-30: make ``dw`` a descent direction for ``g``.
-
-    If ``dw . g > 0``, the component of ``dw`` along ``g`` is reflected:
-    ``dw - 2 (dw . g / |g|^2) g`` (module docstring: our reading of line 30).
-
-    ``printed=True`` applies line 30 as printed instead, a positive rescaling that leaves
-    ``dw . g > 0`` (for measuring the departure only).
-
-    Returns:
-        ``(direction, screened)``: the (possibly) corrected direction and whether it was.
-
-    Example:
-        >>> d, s = post_screen((torch.tensor([1.0, 1.0]),), (torch.tensor([1.0, 0.0]),))
-        >>> d[0], s
-        (tensor([-1.,  1.]), True)
-    """
-    d = tuple(direction)
-    s = tl.dot(d, grad)
-    if not float(s) > 0:
-        return d, False
-    if printed:  # line 30 as printed: dw <- (1 + dw.g / (|dw| |g|)) dw, still uphill
-        return tl.scale(d, 1.0 + s / (tl.norm(d) * tl.norm(grad))), True
-    return tl.add(d, grad, -2.0 * s / tl.dot(grad, grad)), True
-
-
-# --------------------------------------------------------------------------- step sizing
-def taylor_ratio(f0: float, f1: float, slope: float, quad: float, gamma: float) -> float:
-    """[Shen] eq. 13: ``|(f1 - f0 - E_Q) / (f1 - f0)|`` at step ``gamma``.
-
-    ``E_Q = gamma slope + gamma^2 quad / 2`` (eq. 12 along ``gamma dw``); ``inf`` when
-    ``f1 == f0``.
-
-    Example:
-        >>> taylor_ratio(1.0, 0.5, -1.0, 1.0, 1.0)  # E_Q = -0.5 = f1 - f0: exact model
-        0.0
-    """
-    df = f1 - f0
-    if df == 0.0 or not math.isfinite(df):
-        return math.inf
-    eq = gamma * slope + 0.5 * gamma * gamma * quad
-    return abs((df - eq) / df)
-
-
-@dataclass
-class StepSize:
-    """Result of :func:`taylor_step_size`.
-
-    Attributes:
-        step: the accepted ``gamma`` (0.0 when rejected).
-        loss: ``f(w + step dw)`` (``f(w)`` when rejected).
-        ratio: the Taylor ratio at ``step`` (``nan`` when rejected).
-        evaluations: calls of ``phi``.
-        status: ``"accepted"``, ``"fallback"`` (the 1e-6 step) or ``"rejected"``.
-    """
-
-    step: float
-    loss: float
-    ratio: float
-    evaluations: int
-    status: str
-
-
-def taylor_step_size(
-    phi: Callable[[float], float],
-    f0: float,
-    slope: float,
-    quad: float,
-    *,
-    eta: float = 0.05,
-    max_adjust: int = 10,
-    fallback: float = 1e-6,
-) -> StepSize:
-    """[Shen] Alg. 1 lines 33-46: size ``gamma`` so the Taylor ratio is in ``[eta/2, eta]``.
-
-    Args:
-        phi: ``gamma -> f(w + gamma dw)``.
-        f0: ``f(w)``.
-        slope: ``g^T dw`` (negative for a descent direction).
-        quad: ``dw^T H dw``.
-        eta: the target ``eta~``.
-        max_adjust: most stretch/shrink attempts after ``gamma = 1``.
-        fallback: the step taken when they all fail (if it lowers ``f``).
-
-    Returns:
-        A :class:`StepSize`. Only a step with ``f(w + gamma dw) < f(w)`` is accepted.
-
-    Example:
-        >>> phi = lambda t: 0.5 * (1.0 - t) ** 2  # f(w + t dw) for f(x) = x^2/2, w = 1, dw = -1
-        >>> taylor_step_size(phi, 0.5, -1.0, 1.0).step  # the quadratic model is exact
-        1.0
-    """
-    gamma = 1.0
-    f = phi(gamma)
-    n = 1
-    ratio = taylor_ratio(f0, f, slope, quad, gamma)
-    if f < f0 and ratio <= eta:
-        return StepSize(gamma, f, ratio, n, "accepted")
-    # Line 36: an initial test size from the ratio (only ever a shrink here).
-    gamma = min(0.5, eta / ratio) if math.isfinite(ratio) and ratio > 0 else 0.5
-    for _ in range(max_adjust):
-        f = phi(gamma)
-        n += 1
-        ratio = taylor_ratio(f0, f, slope, quad, gamma)
-        if f < f0 and 0.5 * eta <= ratio <= eta:
-            return StepSize(gamma, f, ratio, n, "accepted")
-        gamma *= 0.5 if (ratio > eta or not f < f0) else 1.5
-    f = phi(fallback)
-    n += 1
-    if f < f0:
-        return StepSize(fallback, f, taylor_ratio(f0, f, slope, quad, fallback), n, "fallback")
-    return StepSize(0.0, f0, math.nan, n, "rejected")
-
-
-def armijo_step_size(
-    phi: Callable[[float], float],
-    f0: float,
-    slope: float,
-    *,
-    c: float = 0.01,
-    tau: float = 0.8,
-    max_adjust: int = 10,
-    fallback: float = 1e-6,
-) -> StepSize:
-    """Backtracking from ``gamma = 1`` by ``tau`` until ``phi(gamma) <= f0 + c gamma slope``.
-
-    [Shen] supplementary eq. 1 (Armijo's sufficient decrease; the paper's comparison uses
-    ``c = 0.01``, ``tau = 0.8``), with the same fallback and rejection as
-    :func:`taylor_step_size`. ``ratio`` is ``nan`` (no Taylor ratio is computed).
-
-    Example:
-        >>> phi = lambda t: 0.5 * (1.0 - 2.0 * t) ** 2  # overshoots at t = 1
-        >>> armijo_step_size(phi, 0.5, -2.0).step
-        0.8
-    """
-    gamma, n = 1.0, 0
-    for _ in range(max_adjust + 1):
-        f = phi(gamma)
-        n += 1
-        if f < f0 and f <= f0 + c * gamma * slope:
-            return StepSize(gamma, f, math.nan, n, "accepted")
-        gamma *= tau
-    f = phi(fallback)
-    n += 1
-    if f < f0:
-        return StepSize(fallback, f, math.nan, n, "fallback")
-    return StepSize(0.0, f0, math.nan, n, "rejected")
+__all__ = ["BACKENDS", "NewtonKrylov", "NewtonKrylovCounter", "STEP_SIZINGS"]
 
 
 @dataclass
