@@ -459,11 +459,14 @@ def declare_problem(name: str, factory: str, kwargs: Mapping[str, Any] | None = 
 def find_problem(name: str) -> bool:
     """Register ``name`` if it is a problem declared in the parent process or an entry
     point; returns whether it is registered now."""
-    if name not in P._REGISTRY:
+    if not P.is_registered(name):
         _replay()
-    if name not in P._REGISTRY:
+    if not P.is_registered(name):
         load_entry_points()
-    return name in P._REGISTRY
+    return P.is_registered(name)
+
+
+P.add_problem_finder(find_problem)  # get_problem asks it about names it does not know
 
 
 # ---------------------------------------------------------------------- entry points, env
@@ -494,7 +497,7 @@ def load_entry_points() -> None:
             continue
         _OPTIMIZERS[ep.name] = spec
     for ep in metadata.entry_points(group=PROBLEM_GROUP):
-        if ep.name in P._REGISTRY:
+        if P.is_registered(ep.name):
             continue
         try:
             fn = ep.load()
@@ -518,7 +521,7 @@ def _replay() -> None:
         if d["name"] not in _OPTIMIZERS:
             declare_optimizer(OptimizerDeclaration.from_json(d))
     for d in data.get("problems", ()):
-        if d["name"] not in _PROBLEM_DECLS and d["name"] not in P._REGISTRY:
+        if d["name"] not in _PROBLEM_DECLS and not P.is_registered(d["name"]):
             declare_problem(d["name"], d["factory"], d["kwargs"])
 
 

@@ -205,8 +205,10 @@ def penalized_model(factory: Callable[[], nn.Module], weight: float) -> nn.Modul
 # --------------------------------------------------------------------------------------
 
 ProblemFactory = Callable[[Path | None, int], Problem]
+ProblemFinder = Callable[[str], bool]
 _REGISTRY: dict[str, ProblemFactory] = {}
 _EMBEDDED_ORDER: list[str] = []  # the default suite, in registration order
+_FINDERS: list[ProblemFinder] = []  # consulted by get_problem for an unregistered name
 
 
 def register(name: str, factory: ProblemFactory) -> None:
@@ -218,6 +220,23 @@ def register(name: str, factory: ProblemFactory) -> None:
     if name in _REGISTRY:
         raise ValueError(f"problem {name!r} is already registered")
     _REGISTRY[name] = factory
+
+
+def is_registered(name: str) -> bool:
+    """Whether a problem is registered as ``name`` (without consulting the finders)."""
+    return name in _REGISTRY
+
+
+def add_problem_finder(finder: ProblemFinder) -> None:
+    """Let :func:`get_problem` ask ``finder(name)`` about a name that is not registered.
+
+    A finder registers the problem (:func:`register`) if it knows it and returns whether
+    ``name`` is registered now. :mod:`secondorder.bench.plugins` adds the one for problems
+    declared in the parent process or published as entry points; the registry itself knows
+    nothing of them. Adding the same finder again is a no-op.
+    """
+    if finder not in _FINDERS:
+        _FINDERS.append(finder)
 
 
 def register_embedded(name: str, build: Callable[[int], Problem]) -> None:
@@ -249,14 +268,18 @@ def get_problem(name: str, *, data_dir: str | Path | None = None, seed: int = 0)
         seed: seed of the split permutation (and of the generated 2-D data set); model
             initialization is seeded separately by ``Problem.make_model(seed)``.
 
+    An unregistered ``name`` is looked up by the finders (:func:`add_problem_finder`):
+    problems declared in the parent process or published as entry points
+    (:mod:`secondorder.bench.plugins`, imported with :mod:`secondorder.bench`).
+
     Raises:
         ValueError: if ``name`` is unknown or ``seed`` is not a non-negative int.
         DataFormatError: if a file-based problem's files are missing or malformed.
     """
-    if name not in _REGISTRY:
-        from secondorder.bench.plugins import find_problem  # declared or an entry point
-
-        find_problem(name)
+    for find in _FINDERS:  # declared problems, entry points: add_problem_finder
+        if name in _REGISTRY:
+            break
+        find(name)
     if name not in _REGISTRY:
         raise ValueError(f"Unknown problem {name!r}; available: {', '.join(list_problems())}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
