@@ -196,20 +196,14 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
             hyperparameter must be the same in all groups (``ValueError`` naming the key
             otherwise, when a group is added and at each step).
         sigma: initial regularization weight (positive).
-        norm: ``"spherical"``, ``"rmsprop"``, ``"adagrad"``, ``"full_rmsprop"``,
-            ``"full_adagrad"`` or an :class:`~secondorder.optim.norms.AdaptiveNorm`.
-        curvature: ``"hessian"`` or ``"gauss_newton"``.
+        norm, curvature, beta, epsilon, power, normalize: the norm and the curvature, as
+            documented once in :class:`~secondorder.optim.model_step.AdaptiveNormOptimizer`.
         eta1: success threshold, ``0 < eta1 <= eta2 < 1``.
         eta2: very-success threshold.
         gamma: ``sigma`` factor > 1.
-        beta: RMSProp decay in (0, 1).
-        epsilon: ``eps > 0`` of [AdaptiveNorms] eqs. 2-3.
-        power: the norm matrix is ``M = A_t^power``.
         sigma_min: lower bound on ``sigma`` (positive).
         max_cg_iter: Lanczos vectors per step (>= 1); the Lanczos form of CG, one product each.
         tolerance_grad: no step when ``||g|| <= tolerance_grad``.
-        normalize: scale ``M`` to mean diagonal 1, so that ``sigma`` is in Euclidean units
-            (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
     Raises:
         ValueError: if a hyperparameter is out of range, a name is unknown, or a value
@@ -262,32 +256,10 @@ class AdaptiveCubic(AdaptiveNormOptimizer):
         eta1, eta2 = hp["eta1"], hp["eta2"]
         hyper.require(eta1 <= eta2 < 1.0, "eta2", eta2, f"in [eta1, 1) = [{eta1}, 1)")
 
-    #: steps replace their state tensors, never write into them (the step transaction
-    #: of :mod:`secondorder.optim.base` then copies none of them)
-    state_mutated_in_place = frozenset[str]()
-
-    def step(
-        self,
-        closure: Closure,
-        *,
-        hessian_closure: Closure | None = None,
-        ggn_closure: CurvatureClosure | None = None,
-    ) -> Tensor:
-        """One ARC iteration.
-
-        Args:
-            closure: returns the loss on the current batch (no backward).
-            hessian_closure: optional loss closure on a separate batch for the Hessian.
-            ggn_closure: returns the GGN operator (``curvature="gauss_newton"``).
-
-        Returns:
-            The loss at the start of the step.
-
-        Raises:
-            ValueError: if the closures do not fit the curvature or a hyperparameter differs
-                between param groups.
-            NonFiniteLossError: if the loss or gradient at the current point is not finite.
-        """
+    def step(self, closure: Closure, *, hessian_closure: Closure | None = None,
+             ggn_closure: CurvatureClosure | None = None) -> Tensor:
+        """One ARC iteration (the closures, the return value and the errors:
+        :class:`~secondorder.optim.model_step.AdaptiveNormOptimizer`)."""
         hp = self.shared_hyperparameters()
         gstate = self.state["global"]
         sigma = float(gstate.get("sigma", hp["sigma"]))

@@ -128,6 +128,34 @@ class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):
     the keys the subclasses share (``curvature``, ``gamma``, ``max_cg_iter``,
     ``tolerance_grad``); a subclass extends it with its own.
 
+    The hyperparameters of the norm and the curvature, the same in trust region and ARC and
+    documented here once:
+
+    - ``norm``: ``"spherical"``, ``"rmsprop"`` ([AdaptiveNorms] eq. 3), ``"adagrad"``
+      (eq. 2), ``"full_rmsprop"``, ``"full_adagrad"`` (dense ``d x d``, small models), or an
+      :class:`~secondorder.optim.norms.AdaptiveNorm` instance;
+    - ``curvature``: ``"hessian"`` or ``"gauss_newton"``;
+    - ``beta``: RMSProp decay in (0, 1);
+    - ``epsilon``: ``eps > 0`` of [AdaptiveNorms] eqs. 2-3;
+    - ``power``: the norm matrix is ``M = A_t^power`` (0.5: [AdaptiveNorms] Corollary 1);
+    - ``normalize``: scale ``M`` to mean diagonal 1, so that the radius (trust region) or
+      ``sigma`` (ARC) is in Euclidean units (see :mod:`secondorder.optim.norms`; ignored
+      for a norm instance).
+
+    A subclass's ``step(closure, *, hessian_closure=None, ggn_closure=None)`` returns the
+    loss at the start of the step (on the closure's batch) and reads top to bottom (module
+    docstring). Its arguments, documented here once:
+
+    - ``closure`` returns the loss on the current batch (no backward);
+    - ``hessian_closure``, optional, returns the loss on a separate batch for the Hessian
+      (``curvature="hessian"``);
+    - ``ggn_closure`` returns the GGN operator (``curvature="gauss_newton"``; see
+      :mod:`secondorder.optim.curvature_source`).
+
+    It raises ``ValueError`` if the closures do not fit the curvature or a hyperparameter
+    differs between param groups, and :class:`~secondorder.errors.NonFiniteLossError` if the
+    loss or gradient at the current point is not finite.
+
     Args:
         params: parameters or param groups (every hyperparameter equal in all groups).
         defaults: the hyperparameters.
@@ -136,6 +164,10 @@ class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):
         ValueError: for an invalid norm name or value, or groups that disagree.
     """
 
+    #: steps replace their state tensors (the norm's accumulator, the radius or ``sigma``),
+    #: never write into them: the step transaction of :mod:`secondorder.optim.base` copies
+    #: none of them
+    state_mutated_in_place = frozenset[str]()
     NEEDS_CURVATURE = True
     SUPPORTS_GAUSS_NEWTON = True
     HYPERPARAMETERS = {

@@ -286,15 +286,10 @@ class TrustRegion(AdaptiveNormOptimizer):
             otherwise, when a group is added and at each step).
         radius: initial radius ``Delta_0 > 0`` in the norm ``||.||_M`` (Euclidean units when
             the norm is normalized, the default).
-        norm: ``"spherical"``, ``"rmsprop"`` ([AdaptiveNorms] eq. 3), ``"adagrad"`` (eq. 2),
-            ``"full_rmsprop"``, ``"full_adagrad"`` (dense ``d x d``, small models), or an
-            :class:`~secondorder.optim.norms.AdaptiveNorm` instance.
-        curvature: ``"hessian"`` or ``"gauss_newton"``.
+        norm, curvature, beta, epsilon, power, normalize: the norm and the curvature, as
+            documented once in :class:`~secondorder.optim.model_step.AdaptiveNormOptimizer`.
         eta: acceptance threshold in (0, 1) ([AdaptiveNorms] Alg. 1; default as [Kohler2017]).
         gamma: radius factor > 1.
-        beta: RMSProp decay in (0, 1).
-        epsilon: ``eps > 0`` of eqs. 2-3.
-        power: the norm matrix is ``M = A_t^power`` (0.5: [AdaptiveNorms] Corollary 1).
         max_radius: cap on the radius (>= ``radius``).
         max_cg_iter: most products per Steihaug solve (>= 1).
         cg_rtol: Steihaug's relative residual tolerance: ``"sqrt_gradient"`` (the forcing
@@ -318,8 +313,6 @@ class TrustRegion(AdaptiveNormOptimizer):
             about twice the backprops to 99% training accuracy in every norm
             (docs/studies/adaptive_norms.md); on full-batch problems 0.75 also takes about
             half the rejected steps (``benchmarks/full_batch_solvers.py``).
-        normalize: scale ``M`` to mean diagonal 1, so that ``radius`` is in Euclidean units
-            (see :mod:`secondorder.optim.norms`; ignored for a norm instance).
 
     Raises:
         ValueError: if a hyperparameter is out of range, a name is unknown, or a value
@@ -383,32 +376,10 @@ class TrustRegion(AdaptiveNormOptimizer):
         hyper.require(hp["max_radius"] >= radius, "max_radius", hp["max_radius"],
                       f">= radius ({radius})")
 
-    #: steps replace their state tensors, never write into them (the step transaction
-    #: of :mod:`secondorder.optim.base` then copies none of them)
-    state_mutated_in_place = frozenset[str]()
-
-    def step(
-        self,
-        closure: Closure,
-        *,
-        hessian_closure: Closure | None = None,
-        ggn_closure: CurvatureClosure | None = None,
-    ) -> Tensor:
-        """One iteration of [AdaptiveNorms] Algorithm 1.
-
-        Args:
-            closure: returns the loss on the current batch (no backward).
-            hessian_closure: optional loss closure on a separate batch for the Hessian.
-            ggn_closure: returns the GGN operator (``curvature="gauss_newton"``).
-
-        Returns:
-            The loss at the start of the step (on the closure's batch).
-
-        Raises:
-            ValueError: if the closures do not fit the curvature or a hyperparameter differs
-                between param groups.
-            NonFiniteLossError: if the loss or gradient at the current point is not finite.
-        """
+    def step(self, closure: Closure, *, hessian_closure: Closure | None = None,
+             ggn_closure: CurvatureClosure | None = None) -> Tensor:
+        """One iteration of [AdaptiveNorms] Algorithm 1 (the closures, the return value and
+        the errors: :class:`~secondorder.optim.model_step.AdaptiveNormOptimizer`)."""
         hp = self.shared_hyperparameters()
         gstate = self.state["global"]
         radius = float(gstate.get("radius", hp["radius"]))
