@@ -249,11 +249,8 @@ class AdaHessian(hyper.Hyperparameters, SecondOrderOptimizer):
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One AdaHessian step.
 
-        Args:
-            closure: re-evaluates the model and returns the loss (no backward).
-
-        Returns:
-            The loss before the step (detached).
+        The closure and the return value: see
+        :class:`~secondorder.optim.base.SecondOrderOptimizer`.
 
         Raises:
             NonFiniteLossError: if the loss, the gradient or a Hessian-vector product is NaN

@@ -178,14 +178,8 @@ class BarzilaiBorwein(ds.SharedHyperparameters, SecondOrderOptimizer):
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One SGD-BB step (mini-batch) or one BB1/BB2 iteration (full batch).
 
-        Args:
-            closure: returns the loss (or per-sample losses) without calling backward.
-
-        Returns:
-            The loss at the start of the step.
-
-        Raises:
-            ValueError: if a shared hyperparameter was changed in one group only.
+        The closure, the return value and the errors: see
+        :class:`~secondorder.optim.direction_groups.SharedHyperparameters`.
         """
         grp = self.shared_hyperparameters()
         if grp["mode"] == "sgd_bb":

@@ -166,7 +166,10 @@ def needs_working_precision(params: Sequence[Tensor]) -> bool:
 class SecondOrderOptimizer(torch.optim.Optimizer):
     """Base class: closure protocol, differentiation, parameter access, cost counters.
 
-    Subclasses implement ``step(closure)`` with :meth:`evaluate`, :meth:`params`,
+    ``step(closure)`` takes a closure that re-evaluates the model and returns the loss (no
+    backward; torch.optim's closures work too: :mod:`secondorder.optim.closure_convention`)
+    and returns the loss before the step (detached). Subclasses implement it with
+    :meth:`evaluate`, :meth:`params`,
     :meth:`set_params` / :meth:`add_to_params`, and keep state that spans all groups (a
     quasi-Newton memory, a trust radius) in ``self.state["global"]``, which
     ``state_dict()`` round-trips. Per-group hyperparameters are read from

@@ -43,20 +43,54 @@ from torch import Tensor
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.hyperparameters import Hyperparameters, Rule
 
-__all__ = ["GroupScale", "SharedHyperparameters"]
+__all__ = ["GroupScale", "LearningRateGroups", "SharedHyperparameters"]
 
 
 # ----------------------------------------------------------------------------- groups
 
 
-class SharedHyperparameters(Hyperparameters):
+class LearningRateGroups(Hyperparameters):
     """Optimizer mixin: ``lr`` per group, every other hyperparameter the same in all groups.
+
+    A default ``lr`` must be ``> 0``; a group's ``lr`` may be 0, which freezes the group:
+    :meth:`params` and :meth:`group_of` leave it out (module docstring). The subclass
+    declares :attr:`HYPERPARAMETERS` (with ``lr``'s rule for the groups).
+    """
+
+    PER_GROUP: ClassVar[Collection[str]] = ("lr",)
+    DEFAULT_RULES: ClassVar[Mapping[str, Rule]] = {"lr": hyper.positive}
+
+    def _free_groups(self) -> list[dict[str, Any]]:
+        free = [g for g in self.param_groups if float(g["lr"]) != 0]
+        return free or self.param_groups  # every lr = 0: nothing moves (the step checks lr)
+
+    def params(self) -> tuple[Any, ...]:
+        """The trainable tensors of the groups whose ``lr`` is not 0 (see module doc)."""
+        return tuple(p for g in self._free_groups() for p in g["params"] if p.requires_grad)
+
+    def group_of(self) -> tuple[dict[str, Any], ...]:
+        """The param group of each tensor of :meth:`params`, in the same order."""
+        return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
+
+
+class SharedHyperparameters(LearningRateGroups):
+    """:class:`LearningRateGroups` with the keys the line-search optimizers share.
 
     The checks of :class:`~secondorder.optim.hyperparameters.Hyperparameters` with the keys
     the line-search optimizers share: a default ``lr > 0``, a group ``lr`` finite and
     ``>= 0`` (0 freezes the group, module docstring), ``max_iter`` and ``max_ls_evals``
     ints ``>= 1``, ``tolerance_grad`` and ``tolerance_change`` ``>= 0``, ``0 < c1 < 1`` and
     ``c1 < c2 < 1``. A subclass extends :attr:`HYPERPARAMETERS` with its own keys.
+
+    What the shared keys mean: ``max_iter``, iterations per ``step`` call; stop when
+    ``max |g| <= tolerance_grad`` or when the step or the loss change falls below
+    ``tolerance_change``; ``c1``, the sufficient-decrease constant; ``c2``, the curvature
+    constant of the strong Wolfe conditions; ``max_ls_evals``, closure calls allowed per
+    line search.
+
+    A subclass's ``step(closure)`` takes a closure that returns the loss (or per-sample
+    losses) without calling backward, returns the loss at the start of the step, and raises
+    ``ValueError`` if a shared hyperparameter was changed in one group only.
 
     Args:
         params: parameters or param groups.
@@ -67,8 +101,6 @@ class SharedHyperparameters(Hyperparameters):
             than ``lr`` that differs between groups.
     """
 
-    PER_GROUP: ClassVar[Collection[str]] = ("lr",)
-    DEFAULT_RULES: ClassVar[Mapping[str, Rule]] = {"lr": hyper.positive}
     HYPERPARAMETERS: ClassVar[Mapping[str, Rule]] = {
         "lr": hyper.finite_nonnegative,
         "max_iter": hyper.integer(1),
@@ -106,18 +138,6 @@ class SharedHyperparameters(Hyperparameters):
 
     def reset_memory(self) -> None:
         """Forget the vectors a step keeps for the next (memory, previous direction...)."""
-
-    def _free_groups(self) -> list[dict[str, Any]]:
-        free = [g for g in self.param_groups if float(g["lr"]) != 0]
-        return free or self.param_groups  # every lr = 0: nothing moves (the step checks lr)
-
-    def params(self) -> tuple[Any, ...]:
-        """The trainable tensors of the groups whose ``lr`` is not 0 (see module doc)."""
-        return tuple(p for g in self._free_groups() for p in g["params"] if p.requires_grad)
-
-    def group_of(self) -> tuple[dict[str, Any], ...]:
-        """The param group of each tensor of :meth:`params`, in the same order."""
-        return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
 
 
 # ----------------------------------------------------------------------------- scaling

@@ -127,8 +127,9 @@ class LevenbergMarquardt(hyper.Hyperparameters, SecondOrderOptimizer):
         cg_rtol: CG's relative residual tolerance, ``>= 0``.
 
     Raises:
-        ValueError: for a hyperparameter out of range, or one that differs between param
-            groups (the message names it).
+        ValueError: for a hyperparameter out of range (``decrease`` outside ``(0, 1)``,
+            ``increase <= 1``...) or one that differs between param groups; the message
+            names it.
     """
 
     def __init__(
@@ -163,11 +164,8 @@ class LevenbergMarquardt(hyper.Hyperparameters, SecondOrderOptimizer):
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One damped Newton-CG step; accepted only if it lowers the loss.
 
-        Args:
-            closure: re-evaluates the model and returns the loss (no backward).
-
-        Returns:
-            The loss before the step (detached).
+        The closure and the return value: see
+        :class:`~secondorder.optim.base.SecondOrderOptimizer`.
         """
         hp = self.shared_hyperparameters()
         G = self.state.setdefault("global", {"damping": float(hp["damping"])})

@@ -29,7 +29,7 @@ from secondorder.curvature.operators import CurvatureOperator
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.curvature_source import local_model
-from secondorder.optim.direction_groups import GroupScale
+from secondorder.optim.direction_groups import GroupScale, LearningRateGroups
 from secondorder.optim.krylov import CGResult, truncated_cg
 from secondorder.optim.line_objective import LineObjective
 from secondorder.optim.line_search import backtracking
@@ -87,7 +87,7 @@ def lscg_direction(
     return LSCGDirection(tuple(res.solution), res)
 
 
-class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
+class LSCG(LearningRateGroups, SecondOrderOptimizer):
     """Least-squares CG Newton method with Armijo backtracking (module docstring).
 
     The outcome of the last step is in ``optimizer.state["global"]``: ``cg_status``,
@@ -117,8 +117,6 @@ class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
     """
 
     NEEDS_CURVATURE = True
-    PER_GROUP = ("lr",)
-    DEFAULT_RULES = {"lr": hyper.positive}
 
     def __init__(
         self,
@@ -141,18 +139,6 @@ class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
         "max_ls_evals": hyper.integer(1),
     }
 
-    def _free_groups(self) -> list[dict[str, Any]]:
-        free = [g for g in self.param_groups if float(g["lr"]) != 0]
-        return free or self.param_groups  # every lr = 0: the step moves nothing
-
-    def params(self) -> tuple[Tensor, ...]:
-        """The trainable tensors of the groups whose ``lr`` is not 0."""
-        return tuple(p for g in self._free_groups() for p in g["params"] if p.requires_grad)
-
-    def group_of(self) -> tuple[dict[str, Any], ...]:
-        """The param group of each tensor of :meth:`params`, in the same order."""
-        return tuple(g for g in self._free_groups() for p in g["params"] if p.requires_grad)
-
     #: steps replace their state tensors, never write into them (the step transaction
     #: of :mod:`secondorder.optim.base` then copies none of them)
     state_mutated_in_place = frozenset[str]()
@@ -160,11 +146,8 @@ class LSCG(hyper.Hyperparameters, SecondOrderOptimizer):
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """One least-squares Newton step with backtracking.
 
-        Args:
-            closure: re-evaluates the model and returns the loss (no backward).
-
-        Returns:
-            The loss before the step (detached).
+        The closure and the return value: see
+        :class:`~secondorder.optim.base.SecondOrderOptimizer`.
 
         Raises:
             ValueError: if a hyperparameter other than ``lr`` differs between groups.

@@ -100,17 +100,16 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             ``"dai_yuan"`` or ``"hager_zhang"``.
         restart_every: restart every this many iterations (``None``: number of parameters).
         powell_restart: restart when ``|g_k^T g_{k-1}| >= 0.2 |g_k|^2``.
-        max_iter: iterations per ``step`` call.
-        tolerance_grad: stop when ``max |g| <= tolerance_grad``.
-        tolerance_change: stop when the step or the loss change falls below it.
-        c1: sufficient-decrease constant.
-        c2: curvature constant of the strong Wolfe conditions.
-        max_ls_evals: closure calls allowed per line search.
+        max_iter, tolerance_grad, tolerance_change, c1, c2, max_ls_evals: the keys of the
+            line-search optimizers, as documented once in
+            :class:`~secondorder.optim.direction_groups.SharedHyperparameters`.
         full_batch: reuse the line search's loss and gradient at the next step (the closure
             must then compute the same function at every call).
 
     Raises:
-        ValueError: for an invalid value or a shared hyperparameter that differs by group.
+        ValueError: for an invalid value (an unknown ``beta`` rule, ``c2`` outside
+            ``(c1, 1)``...) or a shared hyperparameter that differs by group; the message
+            names it.
     """
 
     def __init__(
@@ -159,14 +158,8 @@ class NonlinearCG(ds.SharedHyperparameters, SecondOrderOptimizer):
     def step(self, closure: Closure) -> Tensor:  # type: ignore[override]
         """Run up to ``max_iter`` NLCG iterations on ``closure``.
 
-        Args:
-            closure: returns the loss (or per-sample losses) without calling backward.
-
-        Returns:
-            The loss at the start of the step.
-
-        Raises:
-            ValueError: if a shared hyperparameter was changed in one group only.
+        The closure, the return value and the errors: see
+        :class:`~secondorder.optim.direction_groups.SharedHyperparameters`.
         """
         grp = self.shared_hyperparameters()
         st = self.state["global"]
