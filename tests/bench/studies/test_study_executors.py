@@ -8,6 +8,7 @@ method, two seeds) on the embedded logistic2d and Rosenbrock problems.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import os
@@ -70,6 +71,19 @@ def test_study_executor_ray_without_ray_exits_2_with_the_install_command(
     assert "--address needs --executor ray" in capsys.readouterr().err
 
 
+def test_a_worker_with_other_data_records_a_failed_run_naming_both_tags():
+    spec = TINY.parts[0].problems[0]
+    task = execute.StudyTask("study:tiny:minibatch", "logistic@other-data", "adam", (), 0,
+                             (("epochs", 1),), "epochs", spec, 1, None, False)
+    status, measurements, error = execute.train(task)  # as in a Ray task: built here
+    assert (status, measurements) == ("failed", [])
+    built = f"logistic@{execute.build_problem(spec, None, False).tag}"
+    assert f"this worker built {built!r}, the driver 'logistic@other-data'" in error
+    assert "--data-dir" in error
+    ok = execute.train(dataclasses.replace(task, problem=built))
+    assert ok[0] == "finished" and ok[1]
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
@@ -90,12 +104,12 @@ def test_study_on_ray_stores_the_same_runs_as_in_process(ray_local, tiny_registe
     assert rows == _rows(here / "results.sqlite")  # same keys, statuses, losses
     assert (on_ray / "study.md").read_text().startswith("# Study [Veitch]")
     capsys.readouterr()
-    # resume: a second Ray run of the same study reruns nothing
+    # resume across executors: on Ray, the study run in-process reruns nothing
     log = io.StringIO()
     with use_executor(RayExecutor()):
-        results = run_study(TINY, on_ray / "results.sqlite", stream=log)
+        results = run_study(TINY, here / "results.sqlite", stream=log)
     assert log.getvalue().count(" skipped ") == RUNS
-    assert _rows(on_ray / "results.sqlite") == rows
+    assert _rows(here / "results.sqlite") == rows
     assert [r.seed for r in results.runs("minibatch", "logistic", "SGD")] == [0, 1]
 
 
@@ -128,3 +142,36 @@ def test_a_study_run_whose_worker_dies_is_retried_or_recorded_failed(
     assert [r.status for r in results.runs("minibatch", "logistic", "Adam")][1] == expected
     if expected == "failed":
         assert "Worker" in died[0]["error"] or "died" in died[0]["error"], died[0]["error"]
+
+
+class _CtrlCAfter:
+    """A progress stream whose ``lines``-th line raises KeyboardInterrupt (Ctrl-C)."""
+
+    def __init__(self, lines: int):
+        self.lines = lines
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.lines -= 1
+            if self.lines == 0:
+                raise KeyboardInterrupt
+
+    def flush(self) -> None:
+        pass
+
+
+def test_ctrl_c_of_a_study_on_ray_leaves_a_consistent_database_that_resumes(ray_local,
+                                                                             tmp_path):
+    db = tmp_path / "results.sqlite"
+    with use_executor(RayExecutor()), pytest.raises(KeyboardInterrupt):
+        run_study(TINY, db, stream=_CtrlCAfter(2))
+    with Store(db) as st:
+        runs = st.runs()
+        ended = [r for r in runs if r["status"] != "running"]
+        assert len(ended) >= 2 and len(runs) < RUNS  # interrupted in phase one
+        assert all(st.measurements(r["id"]) for r in ended)
+        assert not any(st.measurements(r["id"]) for r in runs if r["status"] == "running")
+    with use_executor(RayExecutor()):
+        run_study(TINY, db, progress=False)  # the same study again: resumes
+    run_study(TINY, tmp_path / "here.sqlite", progress=False)
+    assert _rows(db) == _rows(tmp_path / "here.sqlite")
