@@ -59,7 +59,9 @@ def get_study(name: str, *, quick: bool = False, seeds: int | None = None) -> St
 def run(name: str, out: str | Path, *, data_dir: str | None = None, quick: bool = False,
         seeds: int | None = None, progress: bool = True, command: str = "") -> dict:
     """Run study ``name`` into ``out`` and write its report; returns the report's paths
-    and tables (:func:`~secondorder.bench.studies.render.write_study_report`)."""
+    and tables (:func:`~secondorder.bench.studies.render.write_study_report`). The runs
+    execute on the active executor (:func:`secondorder.bench.executors.use_executor`;
+    in this process by default)."""
     from secondorder.bench.studies.execute import run_study
     from secondorder.bench.studies.render import write_study_report
 

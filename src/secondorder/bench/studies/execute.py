@@ -278,6 +278,10 @@ def run_study(study: Study, db_path: str | Path, *, data_dir: str | None = None,
               threads: int | None = 1) -> Results:
     """Run (or resume) every part of ``study`` and read the results back.
 
+    The runs execute in this process, or as Ray tasks inside
+    ``with use_executor(RayExecutor(...))`` (:mod:`secondorder.bench.executors`; the
+    module docstring says how).
+
     Args:
         study: the declaration (validated here).
         db_path: the SQLite database (created if absent; the benchmark's format).
