@@ -46,7 +46,7 @@ from secondorder.bench.studies.problems import BUILDERS, StudyProblem
 from secondorder.bench.studies.spec import MethodSpec, Part, ProblemSpec, Study
 from secondorder.bench.sweep import POLL_SECONDS, RunRecord, select_best, warm_up
 
-__all__ = ["Progress", "Results", "StudyTask", "run_study", "run_task", "train"]
+__all__ = ["Progress", "Results", "StudyTask", "build_problem", "run_study", "run_task", "train"]
 
 
 def _items(d: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -122,6 +122,16 @@ class StudyTask:
 
     The key is the one the study always used: sweep ``study:<name>:<part>``, problem
     ``<problem>@<data tag>``, no settings; failed runs are not retried.
+
+    Attributes:
+        sweep, problem, optimizer, hyperparameters, seed, budget: the run's key
+            (:meth:`key`).
+        kind: the part's kind (``"epochs"`` or ``"iterations"``).
+        spec: the problem's declaration (builder, options, sampling, batch sizes).
+        evals_per_epoch: evaluations per epoch of an ``"epochs"`` run.
+        data_dir, quick: the builder's other arguments.
+        what: the run in words, for the progress lines.
+        retry_failed_before: as :class:`secondorder.bench.sweep.Task`'s (``None``).
     """
 
     sweep: str
@@ -144,13 +154,14 @@ class StudyTask:
                 self.seed, dict(self.budget), {})
 
 
-#: Problems built in this process: ``(builder, data_dir, quick, options) -> StudyProblem``.
-_BUILT: dict[tuple, StudyProblem] = {}
+#: Problems built by :func:`build_problem` in this process (a Ray worker's cache).
+_BUILT: dict[tuple[str, str | None, bool, str], StudyProblem] = {}
 
 
 def build_problem(spec: ProblemSpec, data_dir: str | None, quick: bool) -> StudyProblem:
-    """``spec``'s problem, built once per process (the driver, and each Ray worker)."""
-    key = (spec.build, data_dir, quick, _items(spec.options))
+    """``spec``'s problem, built once per process: what a Ray task trains on. (The driver
+    builds its problems afresh in :func:`run_study`, so that changed data files count.)"""
+    key = (spec.build, data_dir, quick, repr(sorted(spec.options.items())))
     if key not in _BUILT:
         _BUILT[key] = BUILDERS[spec.build](data_dir, quick, **dict(spec.options))
     return _BUILT[key]
