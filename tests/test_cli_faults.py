@@ -113,13 +113,22 @@ def test_kill_9_of_the_bench_leaves_no_process_and_a_rerun_completes_the_sweep(t
         proc.kill()
         proc.wait(timeout=30)
     with Store(db, readonly=True) as st:
-        killed = {r["id"] for r in st.runs(status="running")}
+        before = {r["id"]: r for r in st.runs()}
+        killed = {i for i, r in before.items() if r["status"] == "running"}
         assert killed and not any(st.measurements(i) for i in killed)
+    dead = {str(p.pid) for p in children} | {str(proc.pid)}
+    assert all(before[i]["owner"].split(":")[1] in dead for i in killed)
     # The rerun (in this process) takes the dead workers' claims over and finishes.
     assert cli.main(["bench", *args, "--workers", "1"]) == 0
     runs = _check_consistent(db)
     assert len(runs) == 3
     assert {r["id"] for r in runs if r["attempts"] == 2} == killed
+    for r in runs:
+        if r["id"] in killed:  # now this process's run
+            assert r["owner"].split(":")[1] == str(os.getpid())
+        elif r["id"] in before:  # ended before the kill: not redone
+            assert r["finished"] == before[r["id"]]["finished"] and r["attempts"] == 1
+    assert "## Summary" in (tmp_path / "report.md").read_text()
 
 
 # ------------------------------------------------------------------- read-only

@@ -106,7 +106,8 @@ examples:
   secondorder curvature --problem rosenbrock --optimizer NewtonCG --epochs 20""",
     "study": """examples:
   secondorder study --list
-  secondorder study veitch --quick""",
+  secondorder study veitch --quick
+  secondorder study veitch --quick --executor ray  # each run a Ray task (local Ray)""",
 }
 #: Measured duration of ``secondorder bench --quick`` (docs/benchmark.md).
 QUICK_DURATION = "half a minute (4 minutes under heavy load)"
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
     st.add_argument("--seeds", type=int, help="repetitions (default: the study's)")
     st.add_argument("--out", default="secondorder-study", metavar="DIR", help="results folder")
+    st.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where runs execute: this process (one after another) or Ray tasks")
+    st.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     return p
 
 

@@ -1,4 +1,5 @@
-"""Sweeps on Ray (secondorder.bench.executors): same rows as local, dead workers, Ctrl-C.
+"""Sweeps on Ray (secondorder.bench.executors): same rows as local, dead workers, Ctrl-C,
+a killed driver.
 
 The Ray tests start a local Ray with 2 CPUs and are skipped when Ray is not installed.
 """
@@ -7,9 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+import secondorder
 from secondorder import cli
 from secondorder.bench import executors
 from secondorder.bench.executors import RayExecutor, make_executor
@@ -125,3 +133,66 @@ def test_ctrl_c_cancels_and_the_next_run_resumes(ray_local, tmp_path):
     with Store(db) as st:
         assert sorted(r["status"] for r in st.runs()) == ["finished"] * 4
         assert st.count("runs") == 4
+
+
+def _wait_mid_sweep(db: Path, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Wait until ``db`` has a run in flight and one that ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the driver ended before it could be killed"
+        try:
+            with sqlite3.connect(db, timeout=1) as c:
+                seen = {s for (s,) in c.execute("SELECT DISTINCT status FROM runs")}
+            if "running" in seen and seen & {"finished", "diverged", "failed"}:
+                return
+        except sqlite3.OperationalError:  # no database or schema yet
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no run ended while another ran within {timeout} s")
+
+
+@needs_ray
+def test_kill_9_of_a_ray_driver_then_the_same_command_resumes(ray_local, tmp_path):
+    """``kill -9`` of a ``secondorder bench --executor ray`` driver mid-sweep (on this
+    module's Ray, through ``--address``) leaves finished runs complete and the runs in
+    flight ``running`` without measurements, claimed by the dead driver alone; the same
+    command then takes those claims over, redoes only them and writes the report."""
+    db = tmp_path / "results.sqlite"
+    args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--grid", "quick",
+            "--seeds", "2", "--budget-seconds", "1", "--no-progress", "--out", str(tmp_path),
+            "--executor", "ray", "--address", ray_local.get_runtime_context().gcs_address]
+    src = str(Path(secondorder.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "secondorder.cli", *args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_mid_sweep(db, proc)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+    with Store(db, readonly=True) as st:
+        before = {r["id"]: r for r in st.runs()}
+        killed = {i for i, r in before.items() if r["status"] == "running"}
+        assert killed and len(killed) < len(before)  # killed mid-sweep
+        assert not any(st.measurements(i) for i in killed)  # nothing half-written
+        assert all(st.measurements(i) for i in set(before) - killed)
+    assert {r["owner"].split(":")[1] for r in before.values()} == {str(proc.pid)}
+
+    assert cli.main(args) == 0  # the same command, here, on the same Ray
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        keys = c.execute("SELECT sweep, problem, optimizer, hyperparameters, seed, budget, "
+                         "settings FROM runs").fetchall()
+        assert len(keys) == len(set(keys)) == 4  # 3 learning rates, 1 more seed
+    with Store(db, readonly=True) as st:
+        after = {r["id"]: r for r in st.runs()}
+        assert all(r["status"] in ("finished", "diverged") and st.measurements(i)
+                   for i, r in after.items())
+    for i in killed:  # the dead driver's claims taken over by this process
+        assert after[i]["attempts"] == 2
+        assert after[i]["owner"].split(":")[1] == str(os.getpid())
+    for i in set(before) - killed:  # finished before the kill: not redone
+        assert after[i]["attempts"] == 1 and after[i]["finished"] == before[i]["finished"]
+    assert "## Summary" in (tmp_path / "report.md").read_text()

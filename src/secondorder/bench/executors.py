@@ -1,4 +1,4 @@
-"""Where a sweep's runs execute: the local process pool (default) or a Ray cluster.
+"""Where the runs of a sweep or a study execute: locally (default) or on a Ray cluster.
 
 With :class:`RayExecutor` each run is a Ray task that loads the problem, trains and
 **returns** its status and measurements; the driver alone writes the SQLite database
@@ -9,11 +9,14 @@ the report behave exactly as with the process pool. A task whose worker dies is 
 the driver cancels the outstanding tasks and leaves their runs ``running``, which the
 next invocation of the same sweep redoes.
 
-The sweep consults :func:`active_executor` (set with :func:`use_executor`); ``None`` keeps
-its own in-process / process-pool execution.
+The sweep (:mod:`secondorder.bench.sweep`) and the studies
+(:mod:`secondorder.bench.studies.execute`, which pass their own ``task_fn``) consult
+:func:`active_executor` (set with :func:`use_executor`); ``None`` keeps their own
+in-process / process-pool execution.
 
     secondorder bench --quick --executor ray                    # local Ray, all cores
     secondorder bench --quick --executor ray --address HOST:6379  # an existing cluster
+    secondorder study veitch --quick --executor ray             # a study's runs on Ray
 """
 
 from __future__ import annotations
@@ -139,8 +142,12 @@ class RayExecutor:
 
         Args:
             db_path: the SQLite database, written only here, on the driver.
-            tasks: :class:`secondorder.bench.sweep.Task` objects.
-            task_fn: what each Ray task runs (default :func:`run_task`; tests swap it).
+            tasks: :class:`secondorder.bench.sweep.Task` objects, or any picklable
+                objects with ``key()``, ``retry_failed_before`` and the names
+                TensorBoard uses (a study's
+                :class:`~secondorder.bench.studies.execute.StudyTask`).
+            task_fn: what each Ray task runs, ``task -> (status, measurements, error)``
+                (default :func:`run_task`; studies pass theirs, tests swap it).
         """
         from secondorder.bench.plugins import ENV_KEY
         from secondorder.bench.store import Store

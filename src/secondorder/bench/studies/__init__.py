@@ -1,10 +1,13 @@
 """The papers' experiments as one-command studies, with the papers' numbers beside ours.
 
-``secondorder study NAME [--data-dir DIR] [--quick] [--seeds N] [--out DIR]`` runs a study
+``secondorder study NAME [--data-dir DIR] [--quick] [--seeds N] [--out DIR] [--executor ray
+[--address ADDR]]`` runs a study
 (:mod:`~secondorder.bench.studies.spec`: problems, methods, budgets, seeds, tables,
 figures) through the benchmark's store (``OUT/results.sqlite``, resumable) and writes
 ``OUT/study.md``, ``OUT/study.html`` and ``OUT/figures/``. ``secondorder study --list``
 lists the studies. Studies are named after the paper's reference key (docs/references.md).
+``--executor ray`` runs each run as a Ray task (:mod:`secondorder.bench.executors`, as
+``secondorder bench``); the database, resume and report are the same.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from secondorder.bench.executors import ExecutorUnavailableError, make_executor, use_executor
 from secondorder.bench.studies import adaptive_norms, filippova, shen, veitch
 from secondorder.bench.studies.spec import Study, StudySpecError
 from secondorder.errors import DataFormatError
@@ -55,7 +59,9 @@ def get_study(name: str, *, quick: bool = False, seeds: int | None = None) -> St
 def run(name: str, out: str | Path, *, data_dir: str | None = None, quick: bool = False,
         seeds: int | None = None, progress: bool = True, command: str = "") -> dict:
     """Run study ``name`` into ``out`` and write its report; returns the report's paths
-    and tables (:func:`~secondorder.bench.studies.render.write_study_report`)."""
+    and tables (:func:`~secondorder.bench.studies.render.write_study_report`). The runs
+    execute on the active executor (:func:`secondorder.bench.executors.use_executor`;
+    in this process by default)."""
     from secondorder.bench.studies.execute import run_study
     from secondorder.bench.studies.render import write_study_report
 
@@ -81,10 +87,15 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if not args.name:
             raise StudySpecError("give a study NAME or --list; known: " + ", ".join(STUDIES))
         command = "secondorder " + " ".join(shlex.quote(a) for a in (argv or []))
+        executor = make_executor(args.executor, address=args.address)  # exit 2 without Ray
         t0 = time.perf_counter()
-        rep = run(args.name, args.out, data_dir=args.data_dir, quick=args.quick,
-                  seeds=args.seeds, command=command)
-    except StudySpecError as e:
+        with use_executor(executor):
+            rep = run(args.name, args.out, data_dir=args.data_dir, quick=args.quick,
+                      seeds=args.seeds, command=command)
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (StudySpecError, ExecutorUnavailableError) as e:
         print(f"secondorder: error: {e}", file=sys.stderr)
         return 2
     except DataFormatError as e:
