@@ -30,7 +30,9 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CONVERGENCE_EPS", "METRICS", "niters", "epoch_times"]
+__all__ = [
+    "CONVERGENCE_EPS", "METRICS", "epoch_times", "failed_runs_note", "format_number", "niters",
+]
 
 #: [Veitch] eq. 29 tolerance (the paper does not state its epsilon).
 CONVERGENCE_EPS = 1e-4
@@ -38,7 +40,8 @@ CONVERGENCE_EPS = 1e-4
 Metric = Callable[[Any, str, str, str], tuple[float | None, str]]
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
+def format_number(x: float | None, digits: int = 4) -> str:
+    """``x`` for a table cell: ``digits`` significant digits, scientific below 1e-3 and from 1e5."""
     if x is None or not math.isfinite(x):
         return "-" if x is None else str(x)
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
@@ -52,11 +55,12 @@ def _summary(values: list[float], digits: int = 4) -> tuple[float | None, str]:
         return None, "-"
     mean = statistics.fmean(vals)
     if len(vals) == 1:
-        return mean, _fmt(mean, digits)
-    return mean, f"{_fmt(mean, digits)} ± {_fmt(statistics.stdev(vals), 2)}"
+        return mean, format_number(mean, digits)
+    return mean, f"{format_number(mean, digits)} ± {format_number(statistics.stdev(vals), 2)}"
 
 
-def _status_prefix(records) -> str:
+def failed_runs_note(records) -> str:
+    """`` (k/n failed)``-style note when some of ``records`` did not finish, else ``""``."""
     bad = [r.status for r in records if r.status != "finished"]
     return "" if not bad else f" ({len(bad)}/{len(records)} {'/'.join(sorted(set(bad)))})"
 
@@ -67,7 +71,7 @@ def _final(key: str, digits: int = 4) -> Metric:
         if not recs:
             return None, "not run"
         value, text = _summary([r.last.get(key) for r in recs], digits)
-        return value, text + _status_prefix(recs)
+        return value, text + failed_runs_note(recs)
 
     return metric
 
@@ -89,8 +93,8 @@ def _niters(results, part, problem, method):
     budget = int(results.study.part(part).budget.get("iterations", 0))
     k = statistics.median([math.inf if k is None else k for k in ks])
     if not math.isfinite(k):  # the median run never converged
-        return None, f"> {budget}" + _status_prefix(recs)
-    return float(k), f"{k:g}" + _status_prefix(recs)
+        return None, f"> {budget}" + failed_runs_note(recs)
+    return float(k), f"{k:g}" + failed_runs_note(recs)
 
 
 def _knob(results, part, problem, method):
@@ -115,10 +119,10 @@ def _epoch_time(results, part, problem, method):
         return None, "not run"
     times = epoch_times(recs[0])
     if not times:
-        return None, "-" + _status_prefix(recs)
+        return None, "-" + failed_runs_note(recs)
     mean = statistics.fmean(times)
     sd = statistics.stdev(times) if len(times) > 1 else 0.0
-    return mean, f"{mean:.3g} ± {sd:.2g}" + _status_prefix(recs)
+    return mean, f"{mean:.3g} ± {sd:.2g}" + failed_runs_note(recs)
 
 
 def _epoch_ratio(results, part, problem, method):
@@ -140,7 +144,7 @@ def _per_iteration(results, part, problem, method):
         return None, "not run"
     vals = [r.last["wall_time"] / r.last["step"] for r in recs if r.last.get("step")]
     value, text = _summary(vals, 3)
-    return value, text + _status_prefix(recs)
+    return value, text + failed_runs_note(recs)
 
 
 def _gradient_ratio(results, part, problem, method):
@@ -163,7 +167,7 @@ def _status(results, part, problem, method):
     parts = []
     for r in recs:
         loss = r.last.get("train_loss")
-        text = f"{r.status}, final train loss {_fmt(loss)}"
+        text = f"{r.status}, final train loss {format_number(loss)}"
         if r.error:
             text += f" ({r.error[:80]})"
         parts.append(text)
@@ -206,8 +210,8 @@ def _to_target(x: str) -> Metric:
         hits = [reach(r, key, target, above, x) for r in recs]
         med = statistics.median(hits)
         n = sum(math.isfinite(h) for h in hits)
-        text = f"{_fmt(med, 3) if math.isfinite(med) else 'not reached'} ({n}/{len(recs)})"
-        return (med if math.isfinite(med) else None), text + _status_prefix(recs)
+        text = f"{format_number(med, 3) if math.isfinite(med) else 'not reached'} ({n}/{len(recs)})"
+        return (med if math.isfinite(med) else None), text + failed_runs_note(recs)
 
     return metric
 

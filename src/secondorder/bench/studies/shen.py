@@ -33,7 +33,7 @@ import statistics
 
 from secondorder.bench.registry import REGISTRY
 from secondorder.bench.studies import shen_problems  # noqa: F401 -- adds the builders
-from secondorder.bench.studies.metrics import METRICS, _fmt, _status_prefix
+from secondorder.bench.studies.metrics import METRICS, failed_runs_note, format_number
 from secondorder.bench.studies.plots import curves
 from secondorder.bench.studies.shen_plots import cg_energy_figure, derivative_cost_figure
 from secondorder.bench.studies.spec import (
@@ -118,10 +118,10 @@ def _attempts_at(epoch: int):
                 vals.append((b["step_attempts"] - a.get("step_attempts", 0)) / n)
                 used.append(e)
         if not vals:
-            return None, "-" + _status_prefix(recs)
+            return None, "-" + failed_runs_note(recs)
         mean = statistics.fmean(vals)
         note = "" if all(e == epoch for e in used) else f" (epoch {max(used)})"
-        return mean, f"{mean:.1f}{note}" + _status_prefix(recs)
+        return mean, f"{mean:.1f}{note}" + failed_runs_note(recs)
 
     return metric
 
@@ -152,7 +152,7 @@ def _rank(results, part, problem, method):
     if method not in losses:
         return None, "not run"
     rank = 1 + sum(1 for v in losses.values() if v < losses[method])
-    return float(rank), f"{rank} of {len(losses)} ({_fmt(losses[method])})"
+    return float(rank), f"{rank} of {len(losses)} ({format_number(losses[method])})"
 
 
 METRICS.update({
