@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from secondorder.bench.analysis import mean_ci
 from secondorder.bench.summary import ProblemSummary
-from secondorder.bench.sweep import mean_ci
 
 __all__ = ["equal_time_budget", "equal_time_stats", "value_at"]
 

@@ -41,6 +41,7 @@ from typing import Any
 from secondorder.bench import figures as figs
 from secondorder.bench import timing, verdict
 from secondorder.bench.accounting import WEIGHTS
+from secondorder.bench.analysis import TARGET_FRACTION, load_records
 from secondorder.bench.datafacts import META_KEY, describe, facts_from_registry
 from secondorder.bench.equal_time import equal_time_budget, equal_time_stats
 from secondorder.bench.store import Store
@@ -53,7 +54,6 @@ from secondorder.bench.summary import (
     cost_stat,
     summarize,
 )
-from secondorder.bench.sweep import TARGET_FRACTION, load_records
 
 __all__ = ["SUMMARY_HEADERS", "MethodSummary", "ProblemSummary", "summarize", "write_report"]
 

@@ -1,10 +1,10 @@
 """Per-problem statistics of a sweep: selected settings, two targets, costs to reach them.
 
-:func:`summarize` turns the runs of the database (:func:`~secondorder.bench.sweep.load_records`)
+:func:`summarize` turns the runs of the database (:func:`~secondorder.bench.analysis.load_records`)
 into one :class:`ProblemSummary` per problem, with the selection rule of
 :mod:`~secondorder.bench.sweep`. Two targets per problem:
 
-- the **validation target** (:func:`~secondorder.bench.sweep.target_for`): ``v0 + 0.99 (v* -
+- the **validation target** (:func:`~secondorder.bench.analysis.target_for`): ``v0 + 0.99 (v* -
   v0)``, where ``v*`` is the best tuned first-order method's best validation value (mean
   over seeds) and ``v0`` the mean initial value: a generalization target (AlgoPerf);
 - the **training-loss target** (:func:`loss_target`): the lowest training loss a tuned
@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from secondorder.bench.registry import REGISTRY
-from secondorder.bench.sweep import (
+from secondorder.bench.analysis import (
     RunRecord,
     best_value,
     mean_ci,
@@ -37,6 +36,7 @@ from secondorder.bench.sweep import (
     select_best,
     target_for,
 )
+from secondorder.bench.registry import REGISTRY
 
 __all__ = [
     "REACH_ATOL",
@@ -253,7 +253,7 @@ def summarize(records: Sequence[RunRecord],
     """Selection, repetitions, both targets and the costs to reach them, per problem.
 
     Args:
-        records: terminal runs (:func:`~secondorder.bench.sweep.load_records`).
+        records: terminal runs (:func:`~secondorder.bench.analysis.load_records`).
         data: optional ``{problem: data_facts}`` attached to the summaries.
     """
     out = []

@@ -24,10 +24,11 @@ Protocol (DeepOBS, [Schneider2019]; AlgoPerf, [Dahl2023]:
    the fraction of problems on which a method's cost to target is within a factor ``tau``
    of the best method's.
 
-Runs execute in-process (``workers=1``) or in ``workers`` spawned processes that each open
-their own :class:`~secondorder.bench.store.Store` connection. Worker processes die with the
-process that started them (``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the
-parent process id everywhere), so a killed sweep leaves no process behind.
+The statistics of steps 2-6 are in :mod:`~secondorder.bench.analysis`.
+
+Runs execute in-process (``workers=1``) or in ``workers`` spawned processes
+(:mod:`~secondorder.bench.workers`) that each open their own
+:class:`~secondorder.bench.store.Store` connection; a killed sweep leaves no process behind.
 
 **Resume and concurrency.** A run's key is its sweep, problem, optimizer,
 hyperparameters, seed, budget and *settings*: the evaluation frequency and the
@@ -43,24 +44,34 @@ and reports only once all its runs are terminal.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import signal
-import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from multiprocessing import get_context
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+# The statistics of the protocol (steps 2-6) live in secondorder.bench.analysis and the
+# worker processes in secondorder.bench.workers; both are re-exported here.
+from secondorder.bench.analysis import (
+    TARGET_FRACTION,
+    RunRecord,
+    best_value,
+    load_records,
+    mean_ci,
+    median_cost,
+    metric_for,
+    performance_profile,
+    select_best,
+    target_for,
+    time_to_target,
+)
 from secondorder.bench.data import files_fingerprint
 from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
 from secondorder.bench.datafacts import data_facts
@@ -71,6 +82,7 @@ from secondorder.bench.store import TERMINAL, Store
 from secondorder.bench.tensorboard import log_run as log_to_tensorboard
 from secondorder.bench.timing import META_KEY as TIMING_META_KEY
 from secondorder.bench.timing import LoadMonitor, cores_available, threads_per_worker
+from secondorder.bench.workers import WorkerPool, die_with_parent
 
 __all__ = [
     "MIN_CURVE_POINTS",
@@ -78,12 +90,14 @@ __all__ = [
     "RunRecord",
     "SweepConfig",
     "Task",
+    "best_value",
     "die_with_parent",
+    "estimate_run_seconds",
     "load_records",
     "mean_ci",
+    "median_cost",
     "metric_for",
     "performance_profile",
-    "estimate_run_seconds",
     "run_sweep",
     "select_best",
     "target_for",
@@ -91,8 +105,6 @@ __all__ = [
     "warm_up",
 ]
 
-#: Fraction of the best first-order improvement that defines the target.
-TARGET_FRACTION = 0.99
 #: Steps and training-seconds limit of the probe run of :func:`estimate_run_seconds`.
 PROBE_STEPS = 6
 PROBE_SECONDS = 1.0
@@ -100,8 +112,6 @@ PROBE_SECONDS = 1.0
 MIN_CURVE_POINTS = 10
 #: Seconds between checks on runs that another process is executing.
 POLL_SECONDS = 1.0
-#: Seconds between checks of a worker process on its parent.
-PARENT_CHECK_SECONDS = 0.5
 
 ProblemLoader = Callable[..., Any]
 
@@ -251,38 +261,6 @@ def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> st
         return result.status
 
 
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        time.sleep(PARENT_CHECK_SECONDS)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Make this (worker) process exit as soon as process ``parent_pid`` is gone.
-
-    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a
-    daemon thread checks every :data:`PARENT_CHECK_SECONDS` that the parent process id
-    is still ``parent_pid`` (an orphan is re-parented). Without this, a worker whose sweep
-    was killed finishes its run and then blocks on the executor's pipe forever.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover -- no usable libc
-            pass
-    if os.getppid() != parent_pid:  # the parent died before the prctl
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), name="watch-parent",
-                     daemon=True).start()
-
-
-def _init_worker(threads: int, parent_pid: int) -> None:
-    import torch
-
-    die_with_parent(parent_pid)
-    torch.set_num_threads(threads)
-
 
 def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
     """The tasks that may need work: no terminal run in the database, or a failed one to
@@ -299,32 +277,8 @@ def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
         return out
 
 
-class _Workers:
-    """The worker processes of a sweep, started on first need and kept for all phases (so
-    each worker is warmed once per problem and optimizer, :func:`warm_up`)."""
 
-    def __init__(self, workers: int, loader):
-        self.workers = workers
-        self.loader = loader
-        self.pool: ProcessPoolExecutor | None = None
-
-    def get(self, pending: int) -> ProcessPoolExecutor | None:
-        """The pool, or ``None`` to run in this process (one worker or one task)."""
-        if self.pool is None and self.workers > 1 and pending > 1:
-            if self.loader is not None:
-                raise ValueError("a custom problem loader needs workers=1")
-            self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                initargs=(threads_per_worker(self.workers), os.getpid()))
-        return self.pool
-
-    def shutdown(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
-
-
-def _execute_all(db_path: str, tasks: Sequence[Task], workers: _Workers, bar) -> dict[str, int]:
+def _execute_all(db_path: str, tasks: Sequence[Task], workers: WorkerPool, bar) -> dict[str, int]:
     """Execute ``tasks`` until each is terminal in the database: the pending ones here,
     then, every :data:`POLL_SECONDS`, those another process was running (``"busy"``)
     until that process finishes them (counted ``"skipped"``) or its claim goes stale
@@ -464,7 +418,7 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
         bar = tqdm(total=plan["tuning_runs"] + plan["repetition_runs"] + len(specs)
                    * len(config.problems), desc=config.name, unit="run")
-    pool = _Workers(config.workers, loader)
+    pool = WorkerPool(config.workers, loader)
     tuning_counts: Counter[str] = Counter()
     final_counts: Counter[str] = Counter()
     selected = {}
@@ -593,199 +547,3 @@ def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
             "pending_tuning_runs": sum(len(ts) for ts in pending.values()),
             "estimate_seconds": total / max(1, min(config.workers, cores_available())),
             "calibration_seconds": time.perf_counter() - t0}
-
-
-# ---------------------------------------------------------------------------- analysis
-@dataclass
-class RunRecord:
-    """A run with its measurements, as read back from the database."""
-
-    id: int
-    problem: str
-    optimizer: str
-    hyperparameters: dict[str, Any]
-    seed: int
-    budget: dict[str, float]
-    status: str
-    error: str | None
-    measurements: list[dict[str, Any]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Finished (not diverged, failed or interrupted)."""
-        return self.status == "finished"
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.measurements[-1] if self.measurements else {}
-
-
-def load_records(store: Store, sweep: str | None = None) -> list[RunRecord]:
-    """All terminal runs of ``sweep`` with their measurements.
-
-    For a named sweep, a problem's runs are those with the settings of the sweep's latest
-    invocation (meta ``"settings"``): runs made with another evaluation frequency or other
-    data files stay in the database but are not mixed into its statistics.
-    """
-    current = {} if sweep is None else store.get_meta(sweep, "settings", {})
-    return [
-        RunRecord(r["id"], r["problem"], r["optimizer"], r["hyperparameters"], r["seed"],
-                  r["budget"], r["status"], r["error"], store.measurements(r["id"]),
-                  r["settings"])
-        for r in store.runs(sweep, status=TERMINAL)
-        if r["problem"] not in current or r["settings"] == current[r["problem"]]
-    ]
-
-
-def metric_for(records: Iterable[RunRecord]) -> tuple[str, bool]:
-    """``("val_acc", True)`` if the runs record a validation accuracy, else
-    ``("val_loss", False)``; the flag says whether higher is better."""
-    for r in records:
-        for m in r.measurements:
-            if m.get("val_acc") is not None:
-                return "val_acc", True
-    return "val_loss", False
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def select_best(records: Sequence[RunRecord]) -> RunRecord | None:
-    """The tuning run with the best final validation metric (module docstring, step 2);
-    ``None`` if every run diverged or failed."""
-    ok = [r for r in records if r.ok and r.measurements]
-    if not ok:
-        return None
-    key, higher = metric_for(ok)
-
-    def score(r: RunRecord):
-        v = r.last.get(key)
-        loss = r.last.get("val_loss")
-        v = v if _finite(v) else (-math.inf if higher else math.inf)
-        loss = loss if _finite(loss) else math.inf
-        return (-v if higher else v, loss)
-
-    return min(ok, key=score)
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of its ``confidence`` interval (Student t, ``n-1`` dof).
-
-    Returns ``(nan, nan)`` for no values and ``(value, nan)`` for one.
-    """
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan
-    m = float(x.mean())
-    if x.size == 1:
-        return m, math.nan
-    from scipy import stats  # imported here: worker processes never need it (1 s of import)
-
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return m, half
-
-
-def best_value(measurements: Sequence[Mapping[str, Any]], key: str, higher: bool) -> float:
-    """Best value of ``key`` over a run's measurements (NaN if none)."""
-    vals = [m[key] for m in measurements if _finite(m.get(key))]
-    if not vals:
-        return math.nan
-    return max(vals) if higher else min(vals)
-
-
-def target_for(
-    baselines: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
-    key: str,
-    higher: bool,
-    fraction: float = TARGET_FRACTION,
-) -> float:
-    """The target of a problem (module docstring, step 4).
-
-    Args:
-        baselines: per baseline optimizer, the measurement lists of its repetitions.
-        key: the validation metric.
-        higher: whether higher is better.
-        fraction: share of the best improvement required.
-
-    Returns:
-        ``v0 + fraction (v* - v0)``; NaN when no baseline has a finite value.
-    """
-    best, inits = None, []
-    for runs in baselines.values():
-        vals = [best_value(ms, key, higher) for ms in runs if ms]
-        vals = [v for v in vals if _finite(v)]
-        inits += [ms[0][key] for ms in runs if ms and _finite(ms[0].get(key))]
-        if not vals:
-            continue
-        v = float(np.mean(vals))
-        if best is None or (v > best if higher else v < best):
-            best = v
-    if best is None or not inits:
-        return math.nan
-    v0 = float(np.mean(inits))
-    return v0 + fraction * (best - v0)
-
-
-def time_to_target(
-    measurements: Sequence[Mapping[str, Any]],
-    key: str,
-    target: float,
-    higher: bool,
-    cost: str = "wall_time",
-) -> float:
-    """``cost`` (``"wall_time"``, ``"backprops"``, ``"epoch"``...) at the first measurement
-    whose ``key`` reaches ``target``; ``inf`` if none does (or the target is NaN)."""
-    if not _finite(target):
-        return math.inf
-    for m in measurements:
-        v = m.get(key)
-        if _finite(v) and (v >= target if higher else v <= target):
-            return float(m[cost])
-    return math.inf
-
-
-def median_cost(costs: Sequence[float]) -> float:
-    """Median over seeds, ``inf`` counted as the largest value."""
-    if not costs:
-        return math.inf
-    return float(np.median(np.asarray(costs, dtype=float)))
-
-
-def performance_profile(
-    costs: Mapping[str, Mapping[str, float]], taus: Sequence[float] | None = None
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Dolan-More performance profiles.
-
-    Args:
-        costs: ``costs[problem][method]`` (``inf`` = target not reached; a method missing on
-            a problem counts as ``inf``).
-        taus: ratios at which to evaluate; default a log grid from 1 to the largest finite
-            ratio (times 1.1).
-
-    Returns:
-        ``(taus, {method: rho})`` with ``rho(tau)`` = fraction of problems where the
-        method's cost is at most ``tau`` times the best cost on that problem.
-    """
-    methods = sorted({m for row in costs.values() for m in row})
-    ratios: dict[str, list[float]] = {m: [] for m in methods}
-    for row in costs.values():
-        finite = [c for c in row.values() if math.isfinite(c)]
-        best = min(finite) if finite else math.nan
-        for m in methods:
-            c = row.get(m, math.inf)
-            if not math.isfinite(c):
-                ratios[m].append(math.inf)
-            elif c <= best:
-                ratios[m].append(1.0)
-            else:
-                ratios[m].append(c / best if best > 0 else math.inf)
-    if taus is None:
-        fin = [r for rs in ratios.values() for r in rs if math.isfinite(r)]
-        hi = max(fin + [1.0]) * 1.1
-        taus = np.unique(np.concatenate([[1.0], np.geomspace(1.0, hi, 200)]))
-    taus = np.asarray(taus, dtype=float)
-    n = max(len(costs), 1)
-    rho = {m: np.array([sum(r <= t for r in rs) / n for t in taus]) for m, rs in ratios.items()}
-    return taus, rho
