@@ -222,3 +222,63 @@ def test_records_are_those_of_the_latest_settings(tmp_path):
         recs = load_records(st, "t")
         assert len(recs) == 3 and {r.settings["evals_per_epoch"] for r in recs} == {2}
         assert len(load_records(st)) == 6  # no sweep named: everything
+
+
+def test_time_budget_is_calibrated_stored_and_reused_on_resume(tmp_path):
+    """equal="time": tuning at the epoch budget, then every seed of every selected setting
+    trains for the calibrated time T (the slowest selected tuning run, at least
+    min_time_budget), stored in the database; a rerun reuses T and creates no run."""
+    from secondorder.bench.time_budget import MAX_EPOCH_FACTOR, META_KEY
+
+    db = tmp_path / "r.db"
+    cfg = SweepConfig(["fake"], ["sgd", "adam"], seeds=2, grid="quick", name="t",
+                      equal="time", min_time_budget=0.05)
+    res = run_sweep(cfg, db, progress=False, loader=_loader)
+    assert res["tuning"] == {"finished": 6}
+    assert res["final"] == {"finished": 4}  # seed 0 is measured anew, with the time budget
+    assert res["plan"]["repetition_runs"] == 4
+    with Store(db) as st:
+        recs = load_records(st, "t")
+        entry = st.get_meta("t", META_KEY)["fake"]
+        assert st.get_meta("t", "config")["equal"] == "time"
+        n_runs = st.count("runs")
+    assert n_runs == 10
+    selected = {o: select_best([r for r in recs if r.optimizer == o and r.budget == {"epochs": 2}
+                                and r.seed == 0]) for o in ("sgd", "adam")}
+    slowest = max(selected, key=lambda o: selected[o].last["wall_time"])
+    t = float(f"{max(selected[slowest].last['wall_time'], 0.05):.3g}")
+    assert entry["seconds"] == t and entry["tuning_budget"] == {"epochs": 2.0}
+    budget = {"epochs": 2.0 * MAX_EPOCH_FACTOR, "seconds": t}
+    assert entry["budget"] == budget
+    timed = [r for r in recs if r.budget == budget]
+    assert sorted((r.optimizer, r.seed) for r in timed) == [
+        ("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
+    for r in timed:  # stopped by the time budget (or by the epoch cap), not by the epochs
+        last = r.last
+        assert last["wall_time"] >= t or last["data_epoch"] >= 2.0 * MAX_EPOCH_FACTOR - 1e-9
+        assert last["data_epoch"] > 2.0  # the cheap fake problem trains more epochs than E
+    # Rerun: T comes from the database, and every run is found there.
+    res2 = run_sweep(cfg, db, progress=False, loader=_loader)
+    assert res2["tuning"] == {"skipped": 6} and res2["final"] == {"skipped": 4}
+    with Store(db) as st:
+        assert st.count("runs") == n_runs
+        # The stored value is what a rerun uses: change it and the measurement runs are new.
+        st.set_meta("t", META_KEY, {"fake": {**entry, "seconds": 0.07,
+                                             "budget": {**budget, "seconds": 0.07}}})
+    res3 = run_sweep(cfg, db, progress=False, loader=_loader)
+    assert res3["tuning"] == {"skipped": 6} and res3["final"] == {"finished": 4}
+    with Store(db) as st:
+        assert sum(r["budget"].get("seconds") == 0.07 for r in st.runs("t")) == 4
+
+
+def test_equal_must_be_time_or_epochs():
+    with pytest.raises(ValueError, match="Invalid equal: 'steps'"):
+        SweepConfig(["fake"], ["sgd"], equal="steps")
+    with pytest.raises(ValueError, match="Invalid min_time_budget: 0"):
+        SweepConfig(["fake"], ["sgd"], min_time_budget=0)
+    from secondorder.bench.runner import Budget
+
+    assert SweepConfig(["fake"], ["sgd"], equal="time").calibrates
+    assert SweepConfig(["fake"], ["sgd"], equal="time", budget=Budget(epochs=3)).calibrates
+    assert not SweepConfig(["fake"], ["sgd"], equal="time", budget=Budget(seconds=3)).calibrates
+    assert not SweepConfig(["fake"], ["sgd"]).calibrates

@@ -8,9 +8,13 @@ Protocol (DeepOBS, [Schneider2019]; AlgoPerf, [Dahl2023]:
    metric** of its tuning run: validation accuracy on classification problems, validation
    loss otherwise (ties: lower final validation loss). Diverged and failed runs are never
    selected.
-3. **Repetitions.** The selected setting is rerun with seeds ``0..N-1`` (seed 0 is the
-   tuning run itself, reused). Means come with 95% confidence intervals from the
-   t-distribution (:func:`mean_ci`).
+3. **Repetitions** (the measurement runs). With ``equal="time"`` (the command line's
+   default) every method's selected setting trains on seeds ``0..N-1`` for the same
+   training time ``T`` of the problem, calibrated from the tuning runs and stored
+   (:mod:`~secondorder.bench.time_budget`). With ``equal="epochs"`` the selected setting
+   is rerun with the tuning budget on seeds ``0..N-1`` (seed 0 is the tuning run itself,
+   reused). Means come with 95% confidence intervals from the t-distribution
+   (:func:`mean_ci`).
 4. **Targets** (:func:`target_for`, AlgoPerf-style): per problem, the tuned first-order
    baselines (``first_order`` registry entries) give each their mean (over seeds) of the
    best validation metric reached; the best of these, ``v*``, and the mean initial value
@@ -50,15 +54,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-# The statistics of the protocol (steps 2-6) live in secondorder.bench.analysis and the
-# worker processes in secondorder.bench.workers; both are re-exported here.
+# What a sweep runs (secondorder.bench.sweep_config), the statistics of the protocol
+# (steps 2-6, secondorder.bench.analysis) and the worker processes
+# (secondorder.bench.workers) live in their own modules; they are re-exported here.
+from secondorder.bench import time_budget
 from secondorder.bench.analysis import (
     TARGET_FRACTION,
     RunRecord,
@@ -79,6 +84,7 @@ from secondorder.bench.executors import active_executor
 from secondorder.bench.registry import get_optimizer
 from secondorder.bench.runner import Budget, RunResult, evaluate_split, run
 from secondorder.bench.store import TERMINAL, Store
+from secondorder.bench.sweep_config import MIN_CURVE_POINTS, SweepConfig, Task
 from secondorder.bench.tensorboard import log_run as log_to_tensorboard
 from secondorder.bench.timing import META_KEY as TIMING_META_KEY
 from secondorder.bench.timing import LoadMonitor, cores_available, threads_per_worker
@@ -108,8 +114,6 @@ __all__ = [
 #: Steps and training-seconds limit of the probe run of :func:`estimate_run_seconds`.
 PROBE_STEPS = 6
 PROBE_SECONDS = 1.0
-#: Evaluations per run that the default evaluation frequency aims at.
-MIN_CURVE_POINTS = 10
 #: Seconds between checks on runs that another process is executing.
 POLL_SECONDS = 1.0
 
@@ -120,85 +124,6 @@ def _default_loader(name: str, *, data_dir: str | Path | None = None, seed: int 
     from secondorder.bench.problems import get_problem
 
     return get_problem(name, data_dir=data_dir, seed=seed)
-
-
-# ---------------------------------------------------------------------------- config
-@dataclass
-class SweepConfig:
-    """What a sweep runs.
-
-    Attributes:
-        problems: problem names.
-        optimizers: registry names (unavailable ones are skipped and noted).
-        seeds: repetitions of the selected setting (seeds ``0..seeds-1``).
-        budget: per-run budget; ``None`` uses each problem's ``epochs``.
-        grid: grid level of the knob (``"quick"``, ``"default"``, ``"full"``).
-        workers: processes; 1 runs in this process.
-        evals_per_epoch: evaluations per pass through the training data; ``None``: per
-            problem, enough for :data:`MIN_CURVE_POINTS` evaluations over its epoch
-            budget (:meth:`evals_for`).
-        data_dir: directory of file-based problems.
-        name: the sweep's name in the database.
-        retry_failed: claim again the runs that failed (raised) before this sweep started.
-    """
-
-    problems: Sequence[str]
-    optimizers: Sequence[str]
-    seeds: int = 5
-    budget: Budget | None = None
-    grid: str = "default"
-    workers: int = 1
-    evals_per_epoch: int | None = 1
-    data_dir: str | None = None
-    name: str = "bench"
-    retry_failed: bool = True
-
-    def __post_init__(self):
-        if self.seeds < 1:
-            raise ValueError(f"Invalid seeds: {self.seeds}; it must be >= 1")
-        if self.workers < 1:
-            raise ValueError(f"Invalid workers: {self.workers}; it must be >= 1")
-        if self.evals_per_epoch is not None and self.evals_per_epoch < 1:
-            raise ValueError(
-                f"Invalid evals_per_epoch: {self.evals_per_epoch}; it must be >= 1")
-        if not self.problems:
-            raise ValueError("Invalid problems: the list is empty")
-        if not self.optimizers:
-            raise ValueError("Invalid optimizers: the list is empty")
-
-
-    def evals_for(self, problem) -> int:
-        """Evaluations per epoch on ``problem``: the configured number, or
-        ``ceil(MIN_CURVE_POINTS / epochs)`` (at least 1) for the epochs of the budget (the
-        problem's when the budget counts backprops or seconds), so that short runs (the
-        digits CNN trains 4 epochs) still give curves of :data:`MIN_CURVE_POINTS` points.
-        A step is never split: a full-batch problem evaluates at most once per epoch."""
-        if self.evals_per_epoch is not None:
-            return self.evals_per_epoch
-        epochs = (self.budget.epochs if self.budget is not None
-                  and self.budget.epochs is not None else float(problem.epochs))
-        return max(1, math.ceil(MIN_CURVE_POINTS / epochs - 1e-9))
-
-
-@dataclass(frozen=True)
-class Task:
-    """One run to execute (picklable for worker processes)."""
-
-    sweep: str
-    problem: str
-    optimizer: str
-    hyperparameters: tuple[tuple[str, Any], ...]
-    seed: int
-    budget: tuple[tuple[str, float], ...]
-    evals_per_epoch: int
-    data_dir: str | None
-    settings: tuple[tuple[str, Any], ...] = ()
-    retry_failed_before: float | None = None
-
-    def key(self) -> tuple:
-        """Arguments of :meth:`Store.find_run`/:meth:`Store.claim_run`."""
-        return (self.sweep, self.problem, self.optimizer, dict(self.hyperparameters), self.seed,
-                dict(self.budget), dict(self.settings))
 
 
 _PROBLEMS: dict[tuple[str, str | None], Any] = {}
@@ -252,7 +177,8 @@ def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> st
                 warm_up(problem, task.optimizer, dict(task.hyperparameters))
                 result = run(problem, get_optimizer(task.optimizer), dict(task.hyperparameters),
                              task.seed, Budget(**dict(task.budget)),
-                             evals_per_epoch=task.evals_per_epoch)
+                             evals_per_epoch=task.evals_per_epoch,
+                             min_eval_gap=task.min_eval_gap)
             except Exception as e:  # noqa: BLE001 -- a broken problem must not kill the sweep
                 result = RunResult("failed", [], f"{type(e).__name__}: {e}")
         if not store.finish_run(claim.run_id, result.status, result.measurements, result.error):
@@ -379,6 +305,7 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
             "seeds": config.seeds, "grid": config.grid, "workers": config.workers,
             "budget": None if config.budget is None else config.budget.as_dict(),
             "evals_per_epoch": config.evals_per_epoch, "retry_failed": config.retry_failed,
+            "equal": "time" if config.calibrates else "epochs",
         })
         # What data each problem used, for the report (secondorder.bench.datafacts).
         store.set_meta(config.name, DATA_META_KEY,
@@ -388,9 +315,10 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
         b = config.budget or Budget(epochs=float(problems[pname].epochs))
         return _items(b.as_dict())
 
-    def task(pname, spec, hyper, seed) -> Task:
-        return Task(config.name, pname, spec.name, _items(hyper), seed, budget_of(pname),
-                    evals[pname], config.data_dir, settings[pname], retry_before)
+    def task(pname, spec, hyper, seed, budget=None, gap=0.0) -> Task:
+        return Task(config.name, pname, spec.name, _items(hyper), seed,
+                    budget if budget is not None else budget_of(pname), evals[pname],
+                    config.data_dir, settings[pname], retry_before, gap)
 
     tuning = {p: [task(p, s, s.hyperparameters(v), 0) for s in specs
                   for v in s.grid(config.grid)] for p in config.problems}
@@ -416,8 +344,8 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=plan["tuning_runs"] + plan["repetition_runs"] + len(specs)
-                   * len(config.problems), desc=config.name, unit="run")
+        bar = tqdm(total=plan["tuning_runs"] + len(specs) * len(config.problems)
+                   * config.seeds, desc=config.name, unit="run")
     pool = WorkerPool(config.workers, loader)
     tuning_counts: Counter[str] = Counter()
     final_counts: Counter[str] = Counter()
@@ -429,15 +357,23 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
             with Store(db_path, verify=False) as store:
                 records = [r for r in load_records(store, config.name) if r.problem == p]
             reps = []
+            best_of = {}
             for s in specs:
                 cands = [r for r in records if r.optimizer == s.name
                          and r.seed == 0 and r.budget == dict(budget_of(p))
                          and r.settings == dict(settings[p])]
                 best = select_best(cands)
-                if best is None:
-                    continue
-                selected[(p, s.name)] = best.hyperparameters
-                reps += [task(p, s, best.hyperparameters, seed) for seed in range(config.seeds)]
+                if best is not None:
+                    best_of[s.name] = best
+                    selected[(p, s.name)] = best.hyperparameters
+            budget, gap = None, 0.0
+            if config.calibrates and best_of:
+                budget, gap = _calibrated_budget(db_path, config, p, best_of,
+                                                 budget_of(p), settings[p])
+            for s in specs:
+                if s.name in best_of:
+                    reps += [task(p, s, best_of[s.name].hyperparameters, seed, budget, gap)
+                             for seed in range(config.seeds)]
             final += reps
             final_counts.update(phase(f"repetitions of {p}", reps))
             if on_problem_done is not None:
@@ -461,6 +397,27 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
 def _torch_threads() -> int:
     return torch.get_num_threads()
+
+
+def _calibrated_budget(db_path: str, config: SweepConfig, problem: str,
+                       selected: Mapping[str, RunRecord], tuning: tuple[tuple[str, float], ...],
+                       settings: tuple[tuple[str, Any], ...]
+                       ) -> tuple[tuple[tuple[str, float], ...], float]:
+    """The measurement budget of ``problem`` and its ``min_eval_gap``: the stored
+    calibration when there is one for this tuning budget and these settings (a resumed
+    sweep), else :func:`~secondorder.bench.time_budget.calibrate` on the selected tuning
+    runs, stored before any measurement run starts."""
+    with Store(db_path, verify=False) as store:
+        entry = time_budget.load_budget(store, config.name, problem, dict(tuning),
+                                        dict(settings))
+        if entry is None:
+            seconds, slowest, slowest_s = time_budget.calibrate(selected, config.min_time_budget)
+            budget = time_budget.measurement_budget(seconds, Budget(**dict(tuning)))
+            entry = {"seconds": seconds, "slowest": slowest, "slowest_seconds": slowest_s,
+                     "tuning_budget": dict(tuning), "settings": dict(settings),
+                     "budget": budget.as_dict()}
+            time_budget.save_budget(store, config.name, problem, entry)
+    return _items(entry["budget"]), time_budget.min_eval_gap(float(entry["seconds"]))
 
 
 def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budget: Budget,
@@ -533,6 +490,7 @@ def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
     pending = {p: _pending(db_path, ts) for p, ts in tuning.items()}
     total = 0.0
     for p, ts in pending.items():
+        ests = {}
         for s in specs:
             mine = [t for t in ts if t.optimizer == s.name]
             if not mine:
@@ -540,10 +498,18 @@ def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
             est = estimate_run_seconds(problems[p], s, dict(mine[0].hyperparameters),
                                        Budget(**dict(budget_of(p))), evals[p])
             if math.isfinite(est):
-                total += est * (len(mine) + config.seeds - 1)
+                total += est * len(mine)
+                ests[s.name] = est
+        if config.calibrates and ests:  # every seed trains about min(T, cap x epoch budget)
+            t = max(max(ests.values()), config.min_time_budget)
+            total += config.seeds * sum(min(t, time_budget.MAX_EPOCH_FACTOR * e)
+                                        for e in ests.values())
+        else:
+            total += (config.seeds - 1) * sum(ests.values())
     n_tuning = sum(len(ts) for ts in tuning.values())
+    reps = config.seeds if config.calibrates else config.seeds - 1
     return {"tuning_runs": n_tuning,
-            "repetition_runs": len(specs) * len(problems) * (config.seeds - 1),
+            "repetition_runs": len(specs) * len(problems) * reps,
             "pending_tuning_runs": sum(len(ts) for ts in pending.values()),
             "estimate_seconds": total / max(1, min(config.workers, cores_available())),
             "calibration_seconds": time.perf_counter() - t0}
