@@ -110,7 +110,7 @@ examples:
   secondorder study veitch --quick""",
 }
 #: Measured duration of ``secondorder bench --quick`` (docs/benchmark.md).
-QUICK_DURATION = "half a minute (4 minutes under heavy load)"
+QUICK_DURATION = "a minute (4 minutes under heavy load)"
 
 
 def build_parser() -> argparse.ArgumentParser:
