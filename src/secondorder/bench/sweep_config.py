@@ -28,7 +28,9 @@ class SweepConfig:
         problems: problem names.
         optimizers: registry names (unavailable ones are skipped and noted).
         seeds: repetitions of the selected setting (seeds ``0..seeds-1``).
-        budget: per-run budget; ``None`` uses each problem's ``epochs``.
+        budget: per-run budget; ``None`` uses each problem's ``epochs``. With
+            ``equal="time"`` and an epoch budget, this is the tuning budget and the
+            measurement runs get the calibrated time instead.
         grid: grid level of the knob (``"quick"``, ``"default"``, ``"full"``).
         workers: processes; 1 runs in this process.
         evals_per_epoch: evaluations per pass through the training data; ``None``: per
