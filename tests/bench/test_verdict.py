@@ -284,3 +284,17 @@ def test_verdict_ranks_by_quality_at_equal_time_not_at_equal_epochs(tmp_path):
     assert "### Equal epochs: p (secondary)" in md
     # The time to target comes with its interval over the three seeds.
     assert "- Time to the validation target: **cheap** 0.5 ± 0 s (3/3)" in md
+
+
+def test_a_problem_interrupted_before_its_time_budgeted_runs_is_left_out(tmp_path):
+    """Ctrl-C after the calibration: the report covers what has equal-time runs."""
+    from secondorder.bench.report import write_report
+
+    db = tmp_path / "r.db"
+    _equal_time_store(db)
+    with Store(db) as st:
+        st.conn.execute("DELETE FROM runs WHERE optimizer='costly' AND seed > 0")
+        st.conn.execute("DELETE FROM runs WHERE optimizer='costly' AND budget LIKE '%seconds%'")
+    rep = write_report(db, tmp_path / "out", sweep="s")
+    (ps,) = rep["summaries"]
+    assert [m.optimizer for m in ps.methods] == ["cheap"]

@@ -297,8 +297,12 @@ def summarize(records: Sequence[RunRecord],
             knob = spec.knob if spec is not None else _varied(tuning)
             reps = [r for r in mine if r.hyperparameters == best.hyperparameters
                     and r.budget == (best.budget if calib is None else calib["budget"])]
+            if not reps:  # time-budgeted runs not done yet (an interrupted sweep)
+                continue
             methods.append(MethodSummary(opt, knob, best.hyperparameters.get(knob), reps,
                                          diverged, failed, len(mine), tuning))
+        if not methods and not no_setting:
+            continue
         baselines = {m.optimizer: [r.measurements for r in m.runs] for m in methods
                      if m.first_order}
         target_from = list(baselines) if baselines else [m.optimizer for m in methods]
