@@ -282,3 +282,36 @@ def test_equal_must_be_time_or_epochs():
     assert SweepConfig(["fake"], ["sgd"], equal="time", budget=Budget(epochs=3)).calibrates
     assert not SweepConfig(["fake"], ["sgd"], equal="time", budget=Budget(seconds=3)).calibrates
     assert not SweepConfig(["fake"], ["sgd"]).calibrates
+
+
+def test_plan_probes_run_with_the_threads_of_a_worker(tmp_path, monkeypatch):
+    """The duration estimate probes with a worker's torch threads (not the main
+    process's), and the main process gets its threads back."""
+    import torch
+
+    from secondorder.bench import sweep
+    from secondorder.bench.timing import threads_per_worker
+
+    seen = []
+
+    def probe(problem, spec, hyper, budget, evals):
+        seen.append(torch.get_num_threads())
+        return 0.01
+
+    monkeypatch.setattr(sweep, "estimate_run_seconds", probe)
+    before = torch.get_num_threads()
+    plans = []
+
+    def stop(plan):
+        plans.append(plan)
+        raise KeyboardInterrupt
+
+    cfg = SweepConfig(["fake"], ["sgd", "adam"], seeds=2, grid="quick", name="t", workers=8,
+                      equal="time", min_time_budget=0.05)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, tmp_path / "r.db", progress=False, loader=_loader, on_plan=stop)
+    assert seen == [threads_per_worker(8)] * 2 and torch.get_num_threads() == before
+    # tuning: 3 + 3 runs of 0.01 s; measurement: 2 seeds x 2 methods x min(T=0.05, 20 x 0.01)
+    (plan,) = plans
+    assert plan["estimate_seconds"] == pytest.approx((6 * 0.01 + 4 * 0.05)
+                                                     / min(8, sweep.cores_available()))
