@@ -41,7 +41,9 @@ so a change to either is a new run. Each run is claimed in the database before i
 executed (:meth:`~secondorder.bench.store.Store.claim_run`). Rerunning a sweep skips
 finished and diverged runs, redoes interrupted ones (a ``running`` row whose owner died or
 whose heartbeat lapsed) and, with ``SweepConfig.retry_failed`` (the default), retries each
-run that failed before this sweep started. Several sweeps on one database share the work:
+run that failed before this sweep started. A problem's calibrated time budget is stored
+before its measurement runs start (:mod:`~secondorder.bench.time_budget`), so a resumed
+sweep finds their keys again. Several sweeps on one database share the work:
 a run another live process is executing is waited for, not redone, and each sweep selects
 and reports only once all its runs are terminal.
 """
@@ -257,8 +259,10 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
               on_problem_done: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Tune, select and repeat (module docstring); results go to the database at ``db_path``.
 
-    Problems are done one after the other (tuning, selection, repetitions), so that
-    ``on_problem_done`` can write a report of the finished ones. Before any run, each
+    Problems are done one after the other (tuning, selection, with ``config.calibrates``
+    the calibration of the problem's time budget, stored before its first measurement run
+    or read back when stored already, then the repetitions), so that ``on_problem_done``
+    can write a report of the finished ones. Before any run, each
     (problem, optimizer) pair with work left gets a short probe (:func:`estimate_run_seconds`)
     that estimates the sweep's duration, passed once to ``on_plan``. The load average of
     each phase is recorded (:mod:`~secondorder.bench.timing`).
