@@ -298,3 +298,14 @@ def test_a_problem_interrupted_before_its_time_budgeted_runs_is_left_out(tmp_pat
     rep = write_report(db, tmp_path / "out", sweep="s")
     (ps,) = rep["summaries"]
     assert [m.optimizer for m in ps.methods] == ["cheap"]
+
+
+def test_budget_line_names_the_budget_of_each_protocol():
+    from secondorder.bench.report import _budget_line
+
+    (ps,) = summarize(_digits_like())
+    assert _budget_line(ps).startswith("Budget: every method trained the same epochs (2)")
+    timed = [RunRecord(r.id, r.problem, r.optimizer, r.hyperparameters, r.seed,
+                       {"seconds": 2.0}, r.status, None, r.measurements) for r in _digits_like()]
+    (ps,) = summarize(timed)
+    assert _budget_line(ps) == "Budget: every run had the same budget (2 seconds)."

@@ -175,6 +175,10 @@ def _targets_line(ps: ProblemSummary) -> str:
 def _budget_line(ps: ProblemSummary) -> str:
     """How long every method trained on ``ps``."""
     if not ps.equal_time:
+        if not math.isfinite(ps.tuning_epochs):  # --budget-backprops / --budget-seconds
+            budget = next((r.budget for m in ps.methods for r in m.runs), {})
+            what = ", ".join(f"{v:g} {k}" for k, v in budget.items()) or "-"
+            return f"Budget: every run had the same budget ({what})."
         return (f"Budget: every method trained the same epochs ({ps.tuning_epochs:g}), so "
                 "cheap methods trained for less time (the equal-time table below reads "
                 "the curves at a common time).")
