@@ -10,7 +10,8 @@ from secondorder.bench.store import Store
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # In-process (--workers 1): the worker-process path is covered by the diverging-run test.
 ARGS = ["bench", "--problems", "logistic2d,rosenbrock", "--optimizers", "sgd", "adam",
-        "--seeds", "1", "--budget", "1", "--grid", "quick", "--no-progress", "--workers", "1"]
+        "--seeds", "1", "--budget", "1", "--grid", "quick", "--no-progress", "--workers", "1",
+        "--equal", "epochs"]
 
 
 def _counts(db):
@@ -74,7 +75,7 @@ def test_diverging_setting_is_recorded_and_the_sweep_goes_on_with_workers(tmp_pa
     # SGD with learning rate 1 on Rosenbrock (from (-1.2, 1)) blows up at once.
     args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--seeds", "2",
             "--budget", "20", "--grid", "default", "--no-progress", "--out", str(tmp_path),
-            "--workers", "2"]
+            "--workers", "2", "--equal", "epochs"]
     assert cli.main(args) == 0
     with Store(tmp_path / "results.sqlite") as st:
         runs = st.runs()
@@ -154,7 +155,7 @@ def test_bad_numeric_options_are_refused_before_any_run(tmp_path, capsys, flag, 
 def test_evaluation_frequency_is_part_of_the_run_key(tmp_path, capsys):
     args = ["bench", "--problems", "rosenbrock", "--optimizers", "sgd", "--grid", "quick",
             "--seeds", "1", "--budget", "2", "--no-progress", "--workers", "1",
-            "--out", str(tmp_path)]
+            "--equal", "epochs", "--out", str(tmp_path)]
     assert cli.main(args) == 0
     assert _counts(tmp_path / "results.sqlite")[0] == 3
     assert cli.main([*args, "--evals-per-epoch", "2"]) == 0

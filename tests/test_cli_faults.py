@@ -28,7 +28,7 @@ from secondorder.bench.store import Store
 
 SRC = str(Path(secondorder.__file__).resolve().parents[1])
 ROSENBROCK = ["--problems", "rosenbrock", "--optimizers", "sgd", "--grid", "quick",
-              "--seeds", "1", "--no-progress"]
+              "--seeds", "1", "--no-progress", "--equal", "epochs"]
 
 
 def _env() -> dict[str, str]:
@@ -271,7 +271,7 @@ def test_bad_labels_stop_the_sweep_and_a_fixed_or_changed_file_makes_new_runs(tm
     _write_idx(label_file, labels)
     args = ["bench", "--problems", "mnist_mlp1", "--optimizers", "sgd", "--grid", "quick",
             "--seeds", "1", "--budget", "1", "--no-progress", "--workers", "1",
-            "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+            "--equal", "epochs", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     assert cli.main(args) == 2
     assert capsys.readouterr().err == (
         f"secondorder: error: data (--data-dir): {label_file}: label 10 at index 7 is outside "

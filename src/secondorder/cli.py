@@ -89,7 +89,8 @@ examples:
   secondorder bench --quick
   secondorder bench --problems digits_mlp rosenbrock --optimizers adam NewtonCG --seeds 5
   secondorder bench --problems mnist --data-dir ~/data/mnist --out mnist-results
-  secondorder bench --budget-seconds 5 --out equal-time""",
+  secondorder bench --equal epochs --out equal-epochs   # the older equal-epoch comparison
+  secondorder bench --budget-seconds 5 --out fixed-time""",
     "report": """examples:
   secondorder report --out secondorder-results
   secondorder report --out secondorder-results --sweep quick""",
@@ -110,7 +111,7 @@ examples:
   secondorder study veitch --quick --executor ray  # each run a Ray task (local Ray)""",
 }
 #: Measured duration of ``secondorder bench --quick`` (docs/benchmark.md).
-QUICK_DURATION = "half a minute (4 minutes under heavy load)"
+QUICK_DURATION = "a minute (4 minutes under heavy load)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,14 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimizer names (default: all available; see `secondorder list`)")
     b.add_argument("--seeds", type=int,
                    help=f"repetitions of each tuned setting (default {DEFAULT_SEEDS}; --quick 1)")
+    b.add_argument("--equal", choices=("time", "epochs"),
+                   help="what the measurement runs give every method the same of: 'time' = a "
+                        "training-time budget per problem, calibrated after tuning (the "
+                        "slowest tuned method's time for the epoch budget, at least 1 s; "
+                        "cheap methods train more epochs, at most 20x); 'epochs' = the "
+                        "epoch budget (default: time; docs/benchmark.md)")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--budget", type=float, metavar="EPOCHS",
-                   help="epochs per run (default: each problem's, see `secondorder list`)")
+                   help="epochs per tuning run (default: each problem's, see "
+                        "`secondorder list`); with --equal epochs, per run")
     g.add_argument("--budget-backprops", type=float, metavar="N",
                    help="backprop-equivalents per run (1 = one SGD epoch)")
     g.add_argument("--budget-seconds", type=float, metavar="S",
-                   help="training seconds per run (the same wall-clock budget for every "
-                        "method)")
+                   help="training seconds per run, tuning included (a fixed wall-clock "
+                        "budget instead of the calibrated one)")
     b.add_argument("--grid", choices=("quick", "default", "full"),
                    help="grid of each optimizer's main knob (default: default; --quick: quick)")
     b.add_argument("--evals-per-epoch", type=int, metavar="N",
@@ -318,7 +326,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
                              evals_per_epoch=args.evals_per_epoch,
                              data_dir=args.data_dir,
                              name=args.sweep or ("quick" if args.quick else "bench"),
-                             retry_failed=args.retry_failed)
+                             retry_failed=args.retry_failed, equal=args.equal or "time")
         executor = make_executor(args.executor, address=args.address)  # exit 2 without Ray
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -372,7 +380,9 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     for name, reason in res["skipped_optimizers"].items():
         print(f"skipped {name}: {reason}")
     for ps in rep["summaries"]:
-        print(f"\n{ps.problem} (metric {ps.metric}, target {ps.target:.4g})")
+        when = (f"every method {ps.time_budget:.3g} s of training" if ps.equal_time
+                else f"every method {ps.tuning_epochs:g} epochs")
+        print(f"\n{ps.problem} (metric {ps.metric}, target {ps.target:.4g}; {when})")
         rows = _summary_rows(ps)
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
                   for i, h in enumerate(SUMMARY_HEADERS)]

@@ -26,7 +26,8 @@ def test_the_documented_sweep_file_runs(isolated, tmp_path):
     isolated.delitem(__import__("sys").modules, "mymodule", raising=False)
     isolated.chdir(tmp_path)
     out = tmp_path / "out"
-    assert cli.main(["bench", "--config", "sweep.toml", "--no-progress", "--out", str(out)]) == 0
+    assert cli.main(["bench", "--config", "sweep.toml", "--no-progress", "--equal", "epochs",
+                     "--out", str(out)]) == 0
     with Store(out / "results.sqlite") as st:
         runs = st.runs("mine")
     assert {r["problem"] for r in runs} == {"rosenbrock", "blobs"}

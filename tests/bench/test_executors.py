@@ -24,8 +24,9 @@ from secondorder.bench.executors import RayExecutor, make_executor
 from secondorder.bench.store import Store
 from secondorder.bench.sweep import Task
 
+# Equal epochs: time-budgeted runs stop after a measured time, so their rows differ run to run.
 ARGS = ["bench", "--problems", "logistic2d,rosenbrock", "--optimizers", "sgd", "adam",
-        "--seeds", "2", "--budget", "1", "--grid", "quick", "--no-progress"]
+        "--seeds", "2", "--budget", "1", "--grid", "quick", "--no-progress", "--equal", "epochs"]
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed")
 

@@ -27,7 +27,8 @@ from secondorder.bench.store import Store
 sys.path.insert(0, str(Path(__file__).parent))
 from plugin_helpers import write_toy  # noqa: E402
 
-SMALL = ["--seeds", "1", "--budget", "1", "--grid", "quick", "--no-progress", "--workers", "1"]
+SMALL = ["--seeds", "1", "--budget", "1", "--grid", "quick", "--no-progress", "--workers", "1",
+         "--equal", "epochs"]
 
 
 def test_parse_value_reads_numbers_bools_none_and_strings():
@@ -277,7 +278,7 @@ def test_spawned_workers_run_external_optimizer_and_problem(isolated, tmp_path):
     out = tmp_path / "out"
     argv = ["bench", "--config", str(cfg), "--optimizers", "sgd", "--optimizer",
             f"gdw={mod}:PlainGD lr=0.5,0.05", "--seeds", "1", "--budget", "1", "--grid",
-            "quick", "--no-progress", "--workers", "2", "--out", str(out)]
+            "quick", "--no-progress", "--workers", "2", "--equal", "epochs", "--out", str(out)]
     assert cli.main(argv) == 0
     with Store(out / "results.sqlite") as st:
         runs = st.runs()

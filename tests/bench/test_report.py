@@ -72,9 +72,12 @@ def test_report_files_tables_and_figures(tmp_path):
         in md
     assert "not recorded" not in md
     assert "Targets: validation accuracy >= " in md and "training loss <= " in md
-    for line in ("- Time to the validation target: ", "- Backprops to the validation target: ",
+    for line in ("- Time to the validation target: ",
+                 "- Secondary: Backprops to the validation target: ",
                  "- Time to the training-loss target: ",
-                 "- Backprops to the training-loss target: ", "- Best final test accuracy: "):
+                 "- Secondary: Backprops to the training-loss target: ",
+                 "- Budget: every method trained the same epochs (2)",
+                 "- Best final test accuracy after the same epochs (2): "):
         assert line in md
     assert rep["answer"] in md and rep["answer"].startswith("Over 1 problem:")
     assert "| Method | Knob | Test accuracy | Epoch time (s) |" in md
@@ -84,11 +87,14 @@ def test_report_files_tables_and_figures(tmp_path):
             "| Notes |") in md
     rows = [line for line in md.splitlines() if line.startswith("| sgd ")
             or line.startswith("| adam ")]
-    assert len(rows) == 8  # two methods in four tables (with the equal-time one)
+    # two methods in five tables (with the secondary equal-time and equal-backprop ones)
+    assert len(rows) == 10
+    assert "### Equal training time: fake (secondary)" in md
+    assert "### Equal backprops: fake (secondary)" in md
     assert "secondorder bench --test" in md
     html = rep["html"].read_text()
     # One profile, then loss, test, cost-to-target and sensitivity figures per problem.
-    assert html.count("<table>") == 4 and html.count("<img ") == len(rep["figures"]) == 5
+    assert html.count("<table>") == 5 and html.count("<img ") == len(rep["figures"]) == 5
     assert html.count("<figcaption>") == 5 and "<ul><li>" in html
     assert [f.name for f in rep["figures"]] == [
         "performance_profile.png", "fake_loss.png", "fake_test.png", "fake_to_target.png",
@@ -146,5 +152,5 @@ def test_exact_solver_on_breast_cancer_reaches_the_training_loss_target(tmp_path
     assert lbfgs.stat("test_acc")[0] == pytest.approx(1.0)
     assert all(math.isfinite(c) for c in lbfgs.backprops_to_loss_target)
     md = rep["markdown"].read_text()
-    assert "- Backprops to the training-loss target: **LBFGS**" in md
+    assert "- Secondary: Backprops to the training-loss target: **LBFGS**" in md
     assert "splits 341 / 114 / 114 (train / validation / test)" in md

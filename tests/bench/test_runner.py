@@ -1,6 +1,7 @@
 """One benchmark run: measurements, budgets, counts, divergence and failure handling."""
 
 import math
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from secondorder.bench.registry import OptimizerSpec, get_optimizer
-from secondorder.bench.runner import Budget, evaluate_split, run
+from secondorder.bench.runner import EVAL_RELATIVE_GAP, Budget, evaluate_split, run
 
 
 @dataclass(frozen=True)
@@ -335,3 +336,33 @@ def test_gauss_newton_closures_reach_trust_region_only_when_configured():
     undeclared = Undeclared(w, 0.1)
     undeclared.param_groups[0]["curvature"] = "gauss_newton"
     assert not uses_ggn_closure(undeclared)  # the class attribute decides, not the signature
+
+
+def test_time_budget_stops_within_one_step_and_thins_evaluations():
+    """A seconds budget stops the run at the end of the first step past it (so within the
+    budget plus one step, and so within one evaluation interval); with min_eval_gap the
+    scheduled evaluations (every step here) are thinned to gaps of at least
+    min(min_eval_gap, EVAL_RELATIVE_GAP x the previous evaluation's time)."""
+    p = fake_problem(n=60, batch_size=20)
+    seconds, gap = 0.3, 0.03
+    stamps = []
+    r = run(p, get_optimizer("sgd"), {"lr": 0.1}, 0, Budget(seconds=seconds, epochs=1e6),
+            evals_per_epoch=3, min_eval_gap=gap,
+            on_step=lambda _: stamps.append(time.perf_counter()))
+    assert r.status == "finished"
+    ms = r.measurements
+    longest_step = max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    assert seconds <= ms[-1]["wall_time"] <= seconds + longest_step
+    steps = ms[-1]["step"]
+    assert steps > 300  # thousands of scheduled evaluations (one per step) ...
+    # ... of which at most T / gap linear ones and the geometric ones survive
+    bound = seconds / gap + math.log(seconds / ms[1]["wall_time"]) / math.log(
+        1 + EVAL_RELATIVE_GAP) + 3
+    assert len(ms) <= bound < steps / 3
+    for a, b in zip(ms[1:-2], ms[2:-1], strict=True):
+        assert b["wall_time"] - a["wall_time"] >= min(gap, EVAL_RELATIVE_GAP * a["wall_time"])
+    # Without thinning every scheduled evaluation is kept.
+    r = run(p, get_optimizer("sgd"), {"lr": 0.1}, 0, Budget(epochs=4), evals_per_epoch=3)
+    assert [m["step"] for m in r.measurements] == list(range(13))
+    with pytest.raises(ValueError, match="Invalid min_eval_gap: -1"):
+        run(p, get_optimizer("sgd"), {"lr": 0.1}, 0, Budget(epochs=1), min_eval_gap=-1)

@@ -222,3 +222,96 @@ def test_records_are_those_of_the_latest_settings(tmp_path):
         recs = load_records(st, "t")
         assert len(recs) == 3 and {r.settings["evals_per_epoch"] for r in recs} == {2}
         assert len(load_records(st)) == 6  # no sweep named: everything
+
+
+def test_time_budget_is_calibrated_stored_and_reused_on_resume(tmp_path):
+    """equal="time": tuning at the epoch budget, then every seed of every selected setting
+    trains for the calibrated time T (the slowest selected tuning run, at least
+    min_time_budget), stored in the database; a rerun reuses T and creates no run."""
+    from secondorder.bench.time_budget import MAX_EPOCH_FACTOR, META_KEY
+
+    db = tmp_path / "r.db"
+    cfg = SweepConfig(["fake"], ["sgd", "adam"], seeds=2, grid="quick", name="t",
+                      equal="time", min_time_budget=0.05)
+    res = run_sweep(cfg, db, progress=False, loader=_loader)
+    assert res["tuning"] == {"finished": 6}
+    assert res["final"] == {"finished": 4}  # seed 0 is measured anew, with the time budget
+    assert res["plan"]["repetition_runs"] == 4
+    with Store(db) as st:
+        recs = load_records(st, "t")
+        entry = st.get_meta("t", META_KEY)["fake"]
+        assert st.get_meta("t", "config")["equal"] == "time"
+        n_runs = st.count("runs")
+    assert n_runs == 10
+    selected = {o: select_best([r for r in recs if r.optimizer == o and r.budget == {"epochs": 2}
+                                and r.seed == 0]) for o in ("sgd", "adam")}
+    slowest = max(selected, key=lambda o: selected[o].last["wall_time"])
+    t = float(f"{max(selected[slowest].last['wall_time'], 0.05):.3g}")
+    assert entry["seconds"] == t and entry["tuning_budget"] == {"epochs": 2.0}
+    budget = {"epochs": 2.0 * MAX_EPOCH_FACTOR, "seconds": t}
+    assert entry["budget"] == budget
+    timed = [r for r in recs if r.budget == budget]
+    assert sorted((r.optimizer, r.seed) for r in timed) == [
+        ("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
+    for r in timed:  # stopped by the time budget (or by the epoch cap), not by the epochs
+        last = r.last
+        assert last["wall_time"] >= t or last["data_epoch"] >= 2.0 * MAX_EPOCH_FACTOR - 1e-9
+        assert last["data_epoch"] > 2.0  # the cheap fake problem trains more epochs than E
+    # Rerun: T comes from the database, and every run is found there.
+    res2 = run_sweep(cfg, db, progress=False, loader=_loader)
+    assert res2["tuning"] == {"skipped": 6} and res2["final"] == {"skipped": 4}
+    with Store(db) as st:
+        assert st.count("runs") == n_runs
+        # The stored value is what a rerun uses: change it and the measurement runs are new.
+        st.set_meta("t", META_KEY, {"fake": {**entry, "seconds": 0.07,
+                                             "budget": {**budget, "seconds": 0.07}}})
+    res3 = run_sweep(cfg, db, progress=False, loader=_loader)
+    assert res3["tuning"] == {"skipped": 6} and res3["final"] == {"finished": 4}
+    with Store(db) as st:
+        assert sum(r["budget"].get("seconds") == 0.07 for r in st.runs("t")) == 4
+
+
+def test_equal_must_be_time_or_epochs():
+    with pytest.raises(ValueError, match="Invalid equal: 'steps'"):
+        SweepConfig(["fake"], ["sgd"], equal="steps")
+    with pytest.raises(ValueError, match="Invalid min_time_budget: 0"):
+        SweepConfig(["fake"], ["sgd"], min_time_budget=0)
+    from secondorder.bench.runner import Budget
+
+    assert SweepConfig(["fake"], ["sgd"], equal="time").calibrates
+    assert SweepConfig(["fake"], ["sgd"], equal="time", budget=Budget(epochs=3)).calibrates
+    assert not SweepConfig(["fake"], ["sgd"], equal="time", budget=Budget(seconds=3)).calibrates
+    assert not SweepConfig(["fake"], ["sgd"]).calibrates
+
+
+def test_plan_probes_run_with_the_threads_of_a_worker(tmp_path, monkeypatch):
+    """The duration estimate probes with a worker's torch threads (not the main
+    process's), and the main process gets its threads back."""
+    import torch
+
+    from secondorder.bench import sweep
+    from secondorder.bench.timing import threads_per_worker
+
+    seen = []
+
+    def probe(problem, spec, hyper, budget, evals):
+        seen.append(torch.get_num_threads())
+        return 0.01
+
+    monkeypatch.setattr(sweep, "estimate_run_seconds", probe)
+    before = torch.get_num_threads()
+    plans = []
+
+    def stop(plan):
+        plans.append(plan)
+        raise KeyboardInterrupt
+
+    cfg = SweepConfig(["fake"], ["sgd", "adam"], seeds=2, grid="quick", name="t", workers=8,
+                      equal="time", min_time_budget=0.05)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, tmp_path / "r.db", progress=False, loader=_loader, on_plan=stop)
+    assert seen == [threads_per_worker(8)] * 2 and torch.get_num_threads() == before
+    # tuning: 3 + 3 runs of 0.01 s; measurement: 2 seeds x 2 methods x min(T=0.05, 20 x 0.01)
+    (plan,) = plans
+    assert plan["estimate_seconds"] == pytest.approx((6 * 0.01 + 4 * 0.05)
+                                                     / min(8, sweep.cores_available()))

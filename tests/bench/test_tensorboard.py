@@ -21,10 +21,12 @@ def test_event_files_match_the_database(isolated, tmp_path):
     assert cli.main(["bench", *SMALL, "--out", str(out), "--tensorboard", str(tb)]) == 0
     with Store(out / "results.sqlite") as st:
         runs = st.runs("bench")
-        assert len(runs) == 3  # the quick lr grid, seed 0
+        # the quick lr grid on seed 0, then the selected setting's equal-time run (seed 0
+        # too: its own folder)
+        assert len(runs) == 4 and sum("seconds" in r["budget"] for r in runs) == 1
         for r in runs:
             folder = run_dir(tb, "bench", r["problem"], r["optimizer"], r["hyperparameters"],
-                             r["seed"])
+                             r["seed"], r["budget"].get("seconds"))
             acc = EventAccumulator(str(folder))
             acc.Reload()
             ms = st.measurements(r["id"])
@@ -42,7 +44,13 @@ def test_event_files_match_the_database(isolated, tmp_path):
                 # Event files hold float32: 1e-6 relative is 10x float32 rounding.
                 for (_, g), (_, x) in zip(got, expected, strict=True):
                     assert g == pytest.approx(x, rel=1e-6, abs=1e-30), key
-            assert acc.Scalars("backprops")[-1].value == pytest.approx(1.0)
+            # one epoch (one backprop-equivalent) in tuning; the equal-time run trains more
+            # (the fake problem is fast: up to the cap of 20 epochs)
+            if "seconds" not in r["budget"]:
+                assert acc.Scalars("backprops")[-1].value == pytest.approx(1.0)
+            else:
+                assert acc.Scalars("backprops")[-1].value == pytest.approx(ms[-1]["backprops"])
+                assert ms[-1]["backprops"] > 1.0
 
 
 def test_tensorboard_missing_exits_2_with_the_install_command(isolated, tmp_path, capsys):

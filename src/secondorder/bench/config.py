@@ -7,6 +7,7 @@ Top-level keys (all optional; a command-line flag wins over the file)::
     seeds = 2
     grid = "quick"                 # quick | default | full
     budget = 2                     # epochs; or budget_backprops / budget_seconds
+    equal = "time"                 # time (calibrated equal time budget) | epochs
     evals_per_epoch = 2
     workers = 1
     sweep = "mine"
@@ -52,7 +53,7 @@ __all__ = ["ConfigError", "apply_bench_extensions", "load_config"]
 _SCALARS: dict[str, type | tuple[type, ...]] = {
     "seeds": int, "grid": str, "budget": (int, float), "budget_backprops": (int, float),
     "budget_seconds": (int, float), "evals_per_epoch": int, "workers": int, "sweep": str,
-    "data_dir": str, "tensorboard": str,
+    "data_dir": str, "tensorboard": str, "equal": str,
 }
 _LISTS = ("problems", "optimizers")
 _TABLES = ("optimizer", "problem")
@@ -101,6 +102,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if "grid" in data and data["grid"] not in GRID_LEVELS:
         raise ConfigError(f"{path}: grid must be one of {', '.join(GRID_LEVELS)}, "
                           f"got {data['grid']!r}")
+    if "equal" in data and data["equal"] not in ("time", "epochs"):
+        raise ConfigError(f"{path}: equal must be time or epochs, got {data['equal']!r}")
     if sum(k in data for k in _BUDGETS) > 1:
         raise ConfigError(f"{path}: give only one of {', '.join(_BUDGETS)}")
     for table, allowed in (("optimizer", _OPTIMIZER_KEYS), ("problem", _PROBLEM_KEYS)):

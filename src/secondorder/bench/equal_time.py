@@ -1,17 +1,18 @@
-"""Quality at equal training time: every method judged after the same wall-clock budget.
+"""Quality at an equal budget read from recorded curves: equal time, epochs or backprops.
 
-With an epoch budget, cheap methods stop long before expensive ones (on the digits MLP
-Adam trains about 0.1 s, NewtonKrylov 1.5 s), so final-quality columns favour the
-expensive methods. AlgoPerf ([Dahl2023] gives every method the same time budget
-instead. From the curves a sweep already recorded, the equal-time view reads every
-method's quality at one common training time ``T`` (:func:`equal_time_budget`): the
-shortest of the methods' run times (the median over seeds of each selected setting's
-final training time), the longest time up to which **every** method has a curve. A
-method's value at ``T`` is the one of its last evaluation at or before ``T``
-(:func:`value_at`): what the run would report had its budget been ``T`` seconds.
+A time-budgeted sweep (:mod:`~secondorder.bench.time_budget`) trains every method for the
+same calibrated time ``T``: its final values are the **equal-time** comparison, the
+primary one (AlgoPerf, [Dahl2023]). The other views are read from the curves the sweep
+recorded: a method's value at a budget ``b`` of a cost (``"wall_time"``, ``"data_epoch"``,
+``"backprops"``) is the one of its last evaluation at or before ``b`` (:func:`value_at`):
+what the run would report had its budget been ``b``.
 
-To give every method a longer common budget, rerun with ``secondorder bench
---budget-seconds T`` (every run then stops after ``T`` seconds of training).
+- **Equal epochs**: at the tuning epoch budget ``E`` (the slowest method trained about
+  ``E`` epochs in ``T``; a method that trained fewer reports its last value).
+- **Equal backprops** and, for an equal-epoch sweep, **equal time**: at
+  :func:`common_budget`, the shortest of the methods' run lengths (the median over seeds
+  of each selected setting's final cost), the longest budget up to which **every** method
+  has a curve.
 """
 
 from __future__ import annotations
@@ -22,43 +23,59 @@ from typing import Any
 
 import numpy as np
 
+from secondorder.bench.analysis import mean_ci
 from secondorder.bench.summary import ProblemSummary
-from secondorder.bench.sweep import mean_ci
 
-__all__ = ["equal_time_budget", "equal_time_stats", "value_at"]
+__all__ = ["common_budget", "equal_time_budget", "equal_time_stats", "stats_at", "value_at"]
+
+
+def common_budget(ps: ProblemSummary, cost: str = "wall_time") -> float:
+    """The shortest median final ``cost`` of the methods' finished runs (module
+    docstring); NaN without runs."""
+    lengths = []
+    for m in ps.methods:
+        finals = [r.last.get(cost) for r in m.runs if r.ok and r.measurements]
+        finals = [t for t in finals if t is not None and math.isfinite(t)]
+        if finals:
+            lengths.append(float(np.median(finals)))
+    return min(lengths) if lengths else math.nan
 
 
 def equal_time_budget(ps: ProblemSummary) -> float:
-    """The common training time ``T`` of a problem (module docstring); NaN without runs."""
-    times = []
-    for m in ps.methods:
-        finals = [r.last.get("wall_time") for r in m.runs if r.ok and r.measurements]
-        finals = [t for t in finals if t is not None and math.isfinite(t)]
-        if finals:
-            times.append(float(np.median(finals)))
-    return min(times) if times else math.nan
+    """The common training time of a problem: the calibrated ``T`` of a time-budgeted
+    sweep, else :func:`common_budget` of the wall time; NaN without runs."""
+    if ps.equal_time:
+        return ps.time_budget
+    return common_budget(ps, "wall_time")
 
 
-def value_at(measurements: Sequence[Mapping[str, Any]], key: str, seconds: float) -> float:
-    """``key`` at the last measurement with training time ``<= seconds`` (NaN if none)."""
+def value_at(measurements: Sequence[Mapping[str, Any]], key: str, limit: float,
+             cost: str = "wall_time") -> float:
+    """``key`` at the last measurement with ``cost <= limit`` (NaN if none)."""
     out = math.nan
     for m in measurements:
-        if m.get("wall_time") is None or m["wall_time"] > seconds:
+        if m.get(cost) is None or m[cost] > limit:
             break
         v = m.get(key)
         out = float(v) if v is not None else math.nan
     return out
 
 
-def equal_time_stats(ps: ProblemSummary, seconds: float,
-                     keys: Sequence[str]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per method, ``{key: (mean, 95% CI half-width)}`` over seeds at ``seconds``; the
-    key ``"data_epoch"`` gives the epochs trained by then."""
+def stats_at(ps: ProblemSummary, limit: float, keys: Sequence[str], cost: str = "wall_time"
+             ) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per method, ``{key: (mean, 95% CI half-width)}`` over seeds at ``cost = limit``;
+    the key ``"data_epoch"`` gives the epochs trained by then."""
     out = {}
     for m in ps.methods:
         runs = [r for r in m.runs if r.measurements]
         out[m.optimizer] = {
             k: mean_ci([v for r in runs
-                        if math.isfinite(v := value_at(r.measurements, k, seconds))])
+                        if math.isfinite(v := value_at(r.measurements, k, limit, cost))])
             for k in keys}
     return out
+
+
+def equal_time_stats(ps: ProblemSummary, seconds: float,
+                     keys: Sequence[str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """:func:`stats_at` the training time ``seconds``."""
+    return stats_at(ps, seconds, keys, "wall_time")

@@ -37,9 +37,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from secondorder.bench.analysis import RunRecord, median_cost, performance_profile  # noqa: E402
 from secondorder.bench.registry import REGISTRY  # noqa: E402
 from secondorder.bench.summary import MethodSummary, ProblemSummary, cost_stat  # noqa: E402
-from secondorder.bench.sweep import RunRecord, median_cost, performance_profile  # noqa: E402
 
 __all__ = [
     "DECADES_FOR_LOG",

@@ -5,17 +5,21 @@ selection rule of :mod:`~secondorder.bench.sweep`, the targets of
 :mod:`~secondorder.bench.summary` and the verdict rules of :mod:`~secondorder.bench.verdict`,
 so a report can be rebuilt at any time (``secondorder report --out DIR``).
 
-The report opens with the **verdict**: per problem, the data used, both targets, the winner,
-ties and runners-up by time and by backprops to each target, the best final test metric,
-the methods that failed to learn, and the selected settings at the edge of their grid;
-then, across problems, a paragraph in words and the performance profiles. Then:
+The report opens with the **verdict**: per problem, the data used, the training-time budget
+(:mod:`~secondorder.bench.time_budget`), both targets, the best final test metric at equal
+training time, the winner, ties and runners-up by time to each target (primary) and by
+backprops (secondary), the methods that failed to learn, and the selected settings at the
+edge of their grid; then, across problems, a paragraph in words and the performance
+profiles. Then:
 
 - **Summary table** per problem: final train loss, validation and test metric (mean and
-  95% CI over seeds), backprops and time to each target (mean and 95% CI when every seed
-  reached it, else the median, with the number of seeds that reached it), notes, and
-  diverged / failed runs among all runs of the method on the problem.
-- **Equal training time** per problem (:mod:`~secondorder.bench.equal_time`): every
-  method's train loss, validation and test metric after the same training time.
+  95% CI over seeds; in a time-budgeted sweep these are values at equal training time),
+  backprops and time to each target (mean and 95% CI when every seed reached it, else the
+  median, with the number of seeds that reached it), notes, and diverged / failed runs
+  among all runs of the method on the problem.
+- Secondary tables per problem (:mod:`~secondorder.bench.equal_time`): every method's
+  train loss, validation and test metric at equal epochs and at equal backprops (an
+  equal-epoch sweep: at equal training time and equal backprops).
 - Under every table, the timing conditions (:mod:`~secondorder.bench.timing`); a warning
   at the top names each phase during which other processes competed for the cores.
 - **Table 1** (layout of [Filippova] Table 1): method, tuned knob value, test accuracy
@@ -41,8 +45,9 @@ from typing import Any
 from secondorder.bench import figures as figs
 from secondorder.bench import timing, verdict
 from secondorder.bench.accounting import WEIGHTS
+from secondorder.bench.analysis import TARGET_FRACTION, load_records
 from secondorder.bench.datafacts import META_KEY, describe, facts_from_registry
-from secondorder.bench.equal_time import equal_time_budget, equal_time_stats
+from secondorder.bench.equal_time import common_budget, stats_at
 from secondorder.bench.store import Store
 from secondorder.bench.summary import (
     REACH_ATOL,
@@ -53,7 +58,8 @@ from secondorder.bench.summary import (
     cost_stat,
     summarize,
 )
-from secondorder.bench.sweep import TARGET_FRACTION, load_records
+from secondorder.bench.time_budget import MAX_EPOCH_FACTOR, MIN_TIME_BUDGET
+from secondorder.bench.time_budget import META_KEY as BUDGET_META_KEY
 
 __all__ = ["SUMMARY_HEADERS", "MethodSummary", "ProblemSummary", "summarize", "write_report"]
 
@@ -166,15 +172,38 @@ def _targets_line(ps: ProblemSummary) -> str:
             f"(the lowest reached by {', '.join(ps.loss_target_from) or '-'}).")
 
 
+def _budget_line(ps: ProblemSummary) -> str:
+    """How long every method trained on ``ps``."""
+    if not ps.equal_time:
+        if not math.isfinite(ps.tuning_epochs):  # --budget-backprops / --budget-seconds
+            budget = next((r.budget for m in ps.methods for r in m.runs), {})
+            what = ", ".join(f"{v:g} {k}" for k, v in budget.items()) or "-"
+            return f"Budget: every run had the same budget ({what})."
+        return (f"Budget: every method trained the same epochs ({ps.tuning_epochs:g}), so "
+                "cheap methods trained for less time (the equal-time table below reads "
+                "the curves at a common time).")
+    c = ps.calibration or {}
+    slowest = c.get("slowest")
+    why = (f"the slowest selected setting, {slowest}, took {c.get('slowest_seconds', 0):.3g} s "
+           f"for its {ps.tuning_epochs:g} tuning epochs" if slowest else "no timed tuning run")
+    return (f"Budget: every method trained {ps.time_budget:.3g} s (calibrated after tuning: "
+            f"{why}; at least {MIN_TIME_BUDGET:g} s; at most {MAX_EPOCH_FACTOR:g} x "
+            f"{ps.tuning_epochs:g} epochs).")
+
+
 def _verdict_items(ps: ProblemSummary) -> list[str]:
-    items = [_ranking_line(verdict.rank_costs(ps.methods, attr), target, cost, unit)
-             for attr, target, cost, unit in verdict.CRITERIA]
+    items = [_budget_line(ps)]
     q = verdict.best_quality(ps)
     what = "test accuracy" if ps.test_key == "test_acc" else "test loss"
     if q is not None:
         name, mean, half, ties = q
-        items.append(f"Best final {what}: **{name}** {_pm(mean, half)}"
-                     + (f"; tie: {', '.join(ties)}" if ties else "") + ".")
+        items.append(f"Best final {what} {verdict.quality_label(ps)}: **{name}** "
+                     f"{_pm(mean, half)}" + (f"; tie: {', '.join(ties)}" if ties else "") + ".")
+    items += [_ranking_line(verdict.rank_costs(ps.methods, attr), target, cost, unit)
+              for attr, target, cost, unit in verdict.PRIMARY_CRITERIA]
+    items += ["Secondary: " + _ranking_line(verdict.rank_costs(ps.methods, attr), target,
+                                            cost, unit)
+              for attr, target, cost, unit in verdict.SECONDARY_CRITERIA]
     failed = verdict.failures_to_learn(ps)
     if failed:
         items.append("Failed to learn: " + "; ".join(f"**{k}** ({v})"
@@ -247,23 +276,39 @@ def _paper_tables(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
     doc.para(timing_line)
 
 
-def _equal_time_table(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
-    """Quality of every method after the same training time (secondorder.bench.equal_time)."""
-    seconds = equal_time_budget(ps)
-    if not math.isfinite(seconds):
-        return
+def _secondary_tables(doc: _Doc, ps: ProblemSummary, timing_line: str) -> None:
+    """Quality at equal epochs and equal backprops (a time-budgeted sweep) or at equal
+    time and equal backprops (an equal-epoch sweep), read from the recorded curves
+    (:mod:`~secondorder.bench.equal_time`)."""
     acc = ps.metric == "val_acc"
-    keys = ("train_loss", ps.metric, ps.test_key, "data_epoch")
-    stats = equal_time_stats(ps, seconds, keys)
-    doc.heading(f"Equal training time: {ps.problem}", 3)
-    doc.para(f"Every method after {seconds:.3g} s of training (the shortest median run time "
-             "of the selected settings; value of the last evaluation at or before it). "
-             "For a longer common budget rerun with `--budget-seconds`.")
-    doc.table(("Method", "Train loss", "Val acc" if acc else "Val loss",
-               "Test acc" if acc else "Test loss", "Epochs trained"),
-              [[name, _pm(*st["train_loss"]), _pm(*st[ps.metric]), _pm(*st[ps.test_key]),
-                _fmt(st["data_epoch"][0], 3)] for name, st in stats.items()])
-    doc.para(timing_line)
+    keys = ("train_loss", ps.metric, ps.test_key, "data_epoch", "wall_time", "backprops")
+    views = []
+    if ps.equal_time:
+        views.append(("Equal epochs", "data_epoch", ps.tuning_epochs,
+                      f"Every method after {ps.tuning_epochs:g} epochs (the tuning budget), "
+                      "read from the equal-time runs (a method that trained fewer epochs "
+                      "in the time budget shows its last value)."))
+    else:
+        views.append(("Equal training time", "wall_time", common_budget(ps, "wall_time"),
+                      "Every method after {b:.3g} s of training (the shortest median run "
+                      "time of the selected settings; value of the last evaluation at or "
+                      "before it). The default `--equal time` gives every method the same "
+                      "time budget instead."))
+    views.append(("Equal backprops", "backprops", common_budget(ps, "backprops"),
+                  "Every method after {b:.3g} backprop-equivalents (the shortest median "
+                  "run of the selected settings)."))
+    for title, cost, limit, text in views:
+        if not math.isfinite(limit):
+            continue
+        stats = stats_at(ps, limit, keys, cost)
+        doc.heading(f"{title}: {ps.problem} (secondary)", 3)
+        doc.para(text.format(b=limit))
+        doc.table(("Method", "Train loss", "Val acc" if acc else "Val loss",
+                   "Test acc" if acc else "Test loss", "Epochs", "Time (s)", "Backprops"),
+                  [[name, _pm(*st["train_loss"]), _pm(*st[ps.metric]), _pm(*st[ps.test_key]),
+                    _fmt(st["data_epoch"][0], 3), _fmt(st["wall_time"][0], 3),
+                    _fmt(st["backprops"][0], 3)] for name, st in stats.items()])
+        doc.para(timing_line)
 
 
 def _figure(doc: _Doc, figures: list[Path] | None, figdir: Path, name: str, alt: str,
@@ -280,9 +325,14 @@ def _figure(doc: _Doc, figures: list[Path] | None, figdir: Path, name: str, alt:
 def _protocol(doc: _Doc) -> None:
     doc.heading("Protocol")
     doc.para(
-        "Each optimizer's main knob is tuned on seed 0 over its grid; the setting with the "
-        "best final validation metric (accuracy, else loss) is selected and rerun with all "
-        "seeds. Intervals are 95% t-intervals over seeds. Wall time excludes evaluation. "
+        "Each optimizer's main knob is tuned on seed 0 over its grid with the problem's epoch "
+        "budget; the setting with the best final validation metric (accuracy, else loss) is "
+        "selected and rerun with all seeds. In a time-budgeted sweep (the default) these "
+        "reruns all train for the same time T per problem: the training time the slowest "
+        f"selected setting took in tuning, at least {MIN_TIME_BUDGET:g} s, cheap methods "
+        f"running more epochs (at most {MAX_EPOCH_FACTOR:g} times the budget); final values "
+        "are then values at equal time, and times to target lie within T. Intervals are 95% "
+        "t-intervals over seeds. Wall time excludes evaluation. "
         "Costs are measured by the harness in backprop-equivalents per training-set size "
         f"(forward {WEIGHTS['forward']}, gradient backward {WEIGHTS['gradient']}, "
         f"Hessian-vector product {WEIGHTS['hvp']} per sample; one SGD epoch = 1). "
@@ -335,6 +385,8 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         data = store.get_meta(sweep, META_KEY, None)
         env = store.environment()
         conditions = store.get_meta(sweep, timing.META_KEY, {}) or {}
+        budgets = (store.get_meta(sweep, BUDGET_META_KEY, None)
+                   if config.get("equal") == "time" else None)
     if not records:
         raise ValueError(f"the database {db_path} has no finished run for sweep {sweep!r}")
     problems = list(dict.fromkeys(r.problem for r in records))
@@ -343,7 +395,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         data = facts_from_registry(problems, config.get("data_dir"))
         data_note = (" (not recorded by this older sweep: recomputed from the problem "
                      "definition, split seed 0)")
-    summaries = summarize(records, data)
+    summaries = summarize(records, data, budgets)
     out = Path(out_dir)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
@@ -376,21 +428,23 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
                  f"secondorder {e['secondorder']}, device {e['device']}, {e['threads']} "
                  f"threads, {e['platform']}.")
     if config:
+        tuning_budget = config.get('budget') or 'problem default epochs'
+        budget = (f"tuning {tuning_budget}, then every method the same calibrated training "
+                  "time per problem" if config.get("equal") == "time" else tuning_budget)
         doc.para(f"Sweep: seeds={config.get('seeds')}, grid={config.get('grid')}, "
-                 f"budget={config.get('budget') or 'problem default epochs'}, "
-                 f"workers={config.get('workers')}.")
+                 f"budget={budget}, workers={config.get('workers')}.")
     _protocol(doc)
     if skipped:
         doc.heading("Optimizers not run")
         doc.table(("Optimizer", "Reason"), [[k, v] for k, v in skipped.items()])
     doc.heading("Summary")
     for ps in summaries:
-        doc.heading(f"{ps.problem}", 3)
+        doc.heading(f"{ps.problem}: final values {verdict.quality_label(ps)}", 3)
         doc.para(f"Metric: {ps.metric} ({'higher' if ps.higher else 'lower'} is better). "
                  + _targets_line(ps))
         doc.table(SUMMARY_HEADERS, _summary_rows(ps))
         doc.para(timing_line)
-        _equal_time_table(doc, ps, timing_line)
+        _secondary_tables(doc, ps, timing_line)
     for ps in summaries:
         doc.heading(f"Problem {ps.problem}")
         _paper_tables(doc, ps, timing_line)

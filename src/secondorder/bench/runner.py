@@ -23,7 +23,15 @@ when asked) get :func:`make_ggn_closure` on the current batch, counted by the ha
 Budgets (:class:`Budget`, any combination, the first reached stops the run): ``epochs`` are
 passes of the data iterator through the training set (one full-batch step = one epoch);
 ``backprops`` are harness-measured backprop-equivalents (see
-:mod:`~secondorder.bench.accounting`); ``seconds`` are training wall time.
+:mod:`~secondorder.bench.accounting`); ``seconds`` are training wall time. The budget is
+checked after every step on the host clock (no device sync), so a run stops at the end of
+the first step that exhausts it: within one step of a time budget.
+
+Evaluations of long time-budgeted runs are thinned (``min_eval_gap``): a cheap method that
+trains 20 times the epochs its evaluation schedule was made for keeps a curve of about
+``T / min_eval_gap + log(T / t_1) / log(1 + EVAL_RELATIVE_GAP)`` points (``t_1``: the time
+of its first evaluation after step 0), dense where times are short and time to target is
+read, not thousands.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
 
 __all__ = [
+    "EVAL_RELATIVE_GAP",
     "Budget",
     "RunResult",
     "evaluate_split",
@@ -54,6 +63,11 @@ __all__ = [
     "run",
     "uses_ggn_closure",
 ]
+
+
+#: With ``min_eval_gap``: a scheduled evaluation also waits for this fraction of the
+#: training time of the previous one (relative resolution of times to target).
+EVAL_RELATIVE_GAP = 0.1
 
 
 @dataclass(frozen=True)
@@ -284,6 +298,7 @@ def run(
     divergence_factor: float = 1e3,
     progress: bool = False,
     on_step: Callable[[int], None] | None = None,
+    min_eval_gap: float = 0.0,
 ) -> RunResult:
     """Train once and record measurements (module docstring).
 
@@ -297,6 +312,11 @@ def run(
         divergence_factor: a training loss above this times the initial one diverges.
         progress: show a tqdm bar over steps.
         on_step: called with the step number after each step (tests use it).
+        min_eval_gap: seconds; a scheduled evaluation (every ``1 / evals_per_epoch``
+            epoch) is skipped unless the training time since the previous evaluation is at
+            least ``min(min_eval_gap, EVAL_RELATIVE_GAP * t_prev)``, ``t_prev`` the training
+            time of the previous evaluation (module docstring). ``0`` (default): every
+            scheduled evaluation is taken. The evaluation at the end is always taken.
 
     Returns:
         A :class:`RunResult`; this function does not raise for optimizer failures.
@@ -308,6 +328,8 @@ def run(
         raise ValueError(f"Invalid evals_per_epoch: {evals_per_epoch}; it must be >= 1")
     if not divergence_factor > 1:
         raise ValueError(f"Invalid divergence_factor: {divergence_factor}; it must be > 1")
+    if not (min_eval_gap >= 0 and math.isfinite(min_eval_gap)):
+        raise ValueError(f"Invalid min_eval_gap: {min_eval_gap}; it must be >= 0")
     torch.manual_seed(seed)
     model = problem.make_model(seed)
     train = problem.train
@@ -379,6 +401,10 @@ def run(
                 return True
             return budget.seconds is not None and train_time >= budget.seconds
 
+        def evaluation_due() -> bool:
+            previous = measurements[-1]["wall_time"]
+            return train_time - previous >= min(min_eval_gap, EVAL_RELATIVE_GAP * previous)
+
         total_steps = None
         if budget.epochs is not None:
             total_steps = math.ceil(budget.epochs * steps_per_epoch - 1e-9)
@@ -431,7 +457,7 @@ def run(
                 )
                 record()
                 return result
-            if step % eval_every == 0 or out_of_budget():
+            if out_of_budget() or (step % eval_every == 0 and evaluation_due()):
                 m = record()
                 if not math.isfinite(m["train_loss"]) or m["train_loss"] > threshold:
                     result.status = "diverged"

@@ -1,10 +1,10 @@
 """Per-problem statistics of a sweep: selected settings, two targets, costs to reach them.
 
-:func:`summarize` turns the runs of the database (:func:`~secondorder.bench.sweep.load_records`)
+:func:`summarize` turns the runs of the database (:func:`~secondorder.bench.analysis.load_records`)
 into one :class:`ProblemSummary` per problem, with the selection rule of
 :mod:`~secondorder.bench.sweep`. Two targets per problem:
 
-- the **validation target** (:func:`~secondorder.bench.sweep.target_for`): ``v0 + 0.99 (v* -
+- the **validation target** (:func:`~secondorder.bench.analysis.target_for`): ``v0 + 0.99 (v* -
   v0)``, where ``v*`` is the best tuned first-order method's best validation value (mean
   over seeds) and ``v0`` the mean initial value: a generalization target (AlgoPerf);
 - the **training-loss target** (:func:`loss_target`): the lowest training loss a tuned
@@ -17,6 +17,11 @@ A value reaches a target when it is at least as good up to a tolerance (:func:`r
 ``|target| * REACH_RTOL + |v0| * REACH_ATOL``, so a target equal to the best value a method
 attains counts as reached despite float32 round-off, and so do values at machine zero when
 the target is a tiny positive loss.
+
+**Time-budgeted sweeps** (:mod:`~secondorder.bench.time_budget`): with the calibrated
+budgets of the database (``budgets``), a problem's tuning runs are its seed-0 runs with the
+tuning budget, and a method's repetitions are the runs of its selected setting with the
+measurement budget (``T`` seconds), so "final" values are values at equal training time.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from secondorder.bench.registry import REGISTRY
-from secondorder.bench.sweep import (
+from secondorder.bench.analysis import (
     RunRecord,
     best_value,
     mean_ci,
@@ -37,6 +41,7 @@ from secondorder.bench.sweep import (
     select_best,
     target_for,
 )
+from secondorder.bench.registry import REGISTRY
 
 __all__ = [
     "REACH_ATOL",
@@ -221,6 +226,11 @@ class ProblemSummary:
             (they scale :func:`reaches`' tolerance).
         no_setting: methods whose every tuning run diverged or failed.
         data: :func:`~secondorder.bench.datafacts.data_facts` of the problem, if known.
+        time_budget: the calibrated training time ``T`` of every repetition (NaN: the
+            repetitions had the tuning budget, an equal-epoch sweep).
+        tuning_epochs: the epoch budget of the tuning runs (NaN if not an epoch budget).
+        calibration: the stored calibration (:data:`~secondorder.bench.time_budget.META_KEY`)
+            or ``None``.
     """
 
     problem: str
@@ -235,6 +245,14 @@ class ProblemSummary:
     initial_metric: float = math.nan
     initial_loss: float = math.nan
     data: dict[str, Any] | None = None
+    time_budget: float = math.nan
+    tuning_epochs: float = math.nan
+    calibration: dict[str, Any] | None = None
+
+    @property
+    def equal_time(self) -> bool:
+        """Whether the repetitions trained for one calibrated time (module docstring)."""
+        return math.isfinite(self.time_budget)
 
     @property
     def test_key(self) -> str:
@@ -249,21 +267,26 @@ def _mean_initial(methods: Sequence[MethodSummary], key: str) -> float:
 
 
 def summarize(records: Sequence[RunRecord],
-              data: Mapping[str, dict[str, Any]] | None = None) -> list[ProblemSummary]:
+              data: Mapping[str, dict[str, Any]] | None = None,
+              budgets: Mapping[str, Mapping[str, Any]] | None = None) -> list[ProblemSummary]:
     """Selection, repetitions, both targets and the costs to reach them, per problem.
 
     Args:
-        records: terminal runs (:func:`~secondorder.bench.sweep.load_records`).
+        records: terminal runs (:func:`~secondorder.bench.analysis.load_records`).
         data: optional ``{problem: data_facts}`` attached to the summaries.
+        budgets: the calibrated time budgets of a time-budgeted sweep (meta
+            :data:`~secondorder.bench.time_budget.META_KEY`), else ``None``.
     """
     out = []
     for problem in dict.fromkeys(r.problem for r in records):
         recs = [r for r in records if r.problem == problem]
         key, higher = metric_for(recs)
+        calib = (budgets or {}).get(problem)
         methods, no_setting = [], []
         for opt in dict.fromkeys(r.optimizer for r in recs):
             mine = [r for r in recs if r.optimizer == opt]
-            tuning = [r for r in mine if r.seed == 0]
+            tuning = [r for r in mine if r.seed == 0
+                      and (calib is None or r.budget == calib["tuning_budget"])]
             best = select_best(tuning)
             diverged = sum(r.status == "diverged" for r in mine)
             failed = sum(r.status == "failed" for r in mine)
@@ -273,9 +296,13 @@ def summarize(records: Sequence[RunRecord],
             spec = _spec(opt)
             knob = spec.knob if spec is not None else _varied(tuning)
             reps = [r for r in mine if r.hyperparameters == best.hyperparameters
-                    and r.budget == best.budget]
+                    and r.budget == (best.budget if calib is None else calib["budget"])]
+            if not reps:  # time-budgeted runs not done yet (an interrupted sweep)
+                continue
             methods.append(MethodSummary(opt, knob, best.hyperparameters.get(knob), reps,
                                          diverged, failed, len(mine), tuning))
+        if not methods and not no_setting:
+            continue
         baselines = {m.optimizer: [r.measurements for r in m.runs] for m in methods
                      if m.first_order}
         target_from = list(baselines) if baselines else [m.optimizer for m in methods]
@@ -293,7 +320,12 @@ def summarize(records: Sequence[RunRecord],
             m.time_to_target = costs(key, target, higher, v0, "wall_time")
             m.backprops_to_loss_target = costs("train_loss", ltarget, False, l0, "backprops")
             m.time_to_loss_target = costs("train_loss", ltarget, False, l0, "wall_time")
+        epochs = [r.budget.get("epochs") for r in recs if r.seed == 0]
+        tuning_epochs = (calib["tuning_budget"].get("epochs", math.nan) if calib is not None
+                         else max((e for e in epochs if e is not None), default=math.nan))
         out.append(ProblemSummary(problem, key, higher, target, target_from, methods,
                                   no_setting, ltarget, [lfrom] if lfrom else [], v0, l0,
-                                  (data or {}).get(problem)))
+                                  (data or {}).get(problem),
+                                  math.nan if calib is None else float(calib["seconds"]),
+                                  float(tuning_epochs), None if calib is None else dict(calib)))
     return out

@@ -8,9 +8,13 @@ Protocol (DeepOBS, [Schneider2019]; AlgoPerf, [Dahl2023]:
    metric** of its tuning run: validation accuracy on classification problems, validation
    loss otherwise (ties: lower final validation loss). Diverged and failed runs are never
    selected.
-3. **Repetitions.** The selected setting is rerun with seeds ``0..N-1`` (seed 0 is the
-   tuning run itself, reused). Means come with 95% confidence intervals from the
-   t-distribution (:func:`mean_ci`).
+3. **Repetitions** (the measurement runs). With ``equal="time"`` (the command line's
+   default) every method's selected setting trains on seeds ``0..N-1`` for the same
+   training time ``T`` of the problem, calibrated from the tuning runs and stored
+   (:mod:`~secondorder.bench.time_budget`). With ``equal="epochs"`` the selected setting
+   is rerun with the tuning budget on seeds ``0..N-1`` (seed 0 is the tuning run itself,
+   reused). Means come with 95% confidence intervals from the t-distribution
+   (:func:`mean_ci`).
 4. **Targets** (:func:`target_for`, AlgoPerf-style): per problem, the tuned first-order
    baselines (``first_order`` registry entries) give each their mean (over seeds) of the
    best validation metric reached; the best of these, ``v*``, and the mean initial value
@@ -24,10 +28,11 @@ Protocol (DeepOBS, [Schneider2019]; AlgoPerf, [Dahl2023]:
    the fraction of problems on which a method's cost to target is within a factor ``tau``
    of the best method's.
 
-Runs execute in-process (``workers=1``) or in ``workers`` spawned processes that each open
-their own :class:`~secondorder.bench.store.Store` connection. Worker processes die with the
-process that started them (``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the
-parent process id everywhere), so a killed sweep leaves no process behind.
+The statistics of steps 2-6 are in :mod:`~secondorder.bench.analysis`.
+
+Runs execute in-process (``workers=1``) or in ``workers`` spawned processes
+(:mod:`~secondorder.bench.workers`) that each open their own
+:class:`~secondorder.bench.store.Store` connection; a killed sweep leaves no process behind.
 
 **Resume and concurrency.** A run's key is its sweep, problem, optimizer,
 hyperparameters, seed, budget and *settings*: the evaluation frequency and the
@@ -36,31 +41,44 @@ so a change to either is a new run. Each run is claimed in the database before i
 executed (:meth:`~secondorder.bench.store.Store.claim_run`). Rerunning a sweep skips
 finished and diverged runs, redoes interrupted ones (a ``running`` row whose owner died or
 whose heartbeat lapsed) and, with ``SweepConfig.retry_failed`` (the default), retries each
-run that failed before this sweep started. Several sweeps on one database share the work:
+run that failed before this sweep started. A problem's calibrated time budget is stored
+before its measurement runs start (:mod:`~secondorder.bench.time_budget`), so a resumed
+sweep finds their keys again. Several sweeps on one database share the work:
 a run another live process is executing is waited for, not redone, and each sweep selects
 and reports only once all its runs are terminal.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import signal
-import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from multiprocessing import get_context
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+# What a sweep runs (secondorder.bench.sweep_config), the statistics of the protocol
+# (steps 2-6, secondorder.bench.analysis) and the worker processes
+# (secondorder.bench.workers) live in their own modules; they are re-exported here.
+from secondorder.bench import time_budget
+from secondorder.bench.analysis import (
+    TARGET_FRACTION,
+    RunRecord,
+    best_value,
+    load_records,
+    mean_ci,
+    median_cost,
+    metric_for,
+    performance_profile,
+    select_best,
+    target_for,
+    time_to_target,
+)
 from secondorder.bench.data import files_fingerprint
 from secondorder.bench.datafacts import META_KEY as DATA_META_KEY
 from secondorder.bench.datafacts import data_facts
@@ -68,9 +86,11 @@ from secondorder.bench.executors import active_executor
 from secondorder.bench.registry import get_optimizer
 from secondorder.bench.runner import Budget, RunResult, evaluate_split, run
 from secondorder.bench.store import TERMINAL, Store
+from secondorder.bench.sweep_config import MIN_CURVE_POINTS, SweepConfig, Task
 from secondorder.bench.tensorboard import log_run as log_to_tensorboard
 from secondorder.bench.timing import META_KEY as TIMING_META_KEY
 from secondorder.bench.timing import LoadMonitor, cores_available, threads_per_worker
+from secondorder.bench.workers import WorkerPool, die_with_parent
 
 __all__ = [
     "MIN_CURVE_POINTS",
@@ -78,12 +98,14 @@ __all__ = [
     "RunRecord",
     "SweepConfig",
     "Task",
+    "best_value",
     "die_with_parent",
+    "estimate_run_seconds",
     "load_records",
     "mean_ci",
+    "median_cost",
     "metric_for",
     "performance_profile",
-    "estimate_run_seconds",
     "run_sweep",
     "select_best",
     "target_for",
@@ -91,17 +113,11 @@ __all__ = [
     "warm_up",
 ]
 
-#: Fraction of the best first-order improvement that defines the target.
-TARGET_FRACTION = 0.99
 #: Steps and training-seconds limit of the probe run of :func:`estimate_run_seconds`.
 PROBE_STEPS = 6
 PROBE_SECONDS = 1.0
-#: Evaluations per run that the default evaluation frequency aims at.
-MIN_CURVE_POINTS = 10
 #: Seconds between checks on runs that another process is executing.
 POLL_SECONDS = 1.0
-#: Seconds between checks of a worker process on its parent.
-PARENT_CHECK_SECONDS = 0.5
 
 ProblemLoader = Callable[..., Any]
 
@@ -110,85 +126,6 @@ def _default_loader(name: str, *, data_dir: str | Path | None = None, seed: int 
     from secondorder.bench.problems import get_problem
 
     return get_problem(name, data_dir=data_dir, seed=seed)
-
-
-# ---------------------------------------------------------------------------- config
-@dataclass
-class SweepConfig:
-    """What a sweep runs.
-
-    Attributes:
-        problems: problem names.
-        optimizers: registry names (unavailable ones are skipped and noted).
-        seeds: repetitions of the selected setting (seeds ``0..seeds-1``).
-        budget: per-run budget; ``None`` uses each problem's ``epochs``.
-        grid: grid level of the knob (``"quick"``, ``"default"``, ``"full"``).
-        workers: processes; 1 runs in this process.
-        evals_per_epoch: evaluations per pass through the training data; ``None``: per
-            problem, enough for :data:`MIN_CURVE_POINTS` evaluations over its epoch
-            budget (:meth:`evals_for`).
-        data_dir: directory of file-based problems.
-        name: the sweep's name in the database.
-        retry_failed: claim again the runs that failed (raised) before this sweep started.
-    """
-
-    problems: Sequence[str]
-    optimizers: Sequence[str]
-    seeds: int = 5
-    budget: Budget | None = None
-    grid: str = "default"
-    workers: int = 1
-    evals_per_epoch: int | None = 1
-    data_dir: str | None = None
-    name: str = "bench"
-    retry_failed: bool = True
-
-    def __post_init__(self):
-        if self.seeds < 1:
-            raise ValueError(f"Invalid seeds: {self.seeds}; it must be >= 1")
-        if self.workers < 1:
-            raise ValueError(f"Invalid workers: {self.workers}; it must be >= 1")
-        if self.evals_per_epoch is not None and self.evals_per_epoch < 1:
-            raise ValueError(
-                f"Invalid evals_per_epoch: {self.evals_per_epoch}; it must be >= 1")
-        if not self.problems:
-            raise ValueError("Invalid problems: the list is empty")
-        if not self.optimizers:
-            raise ValueError("Invalid optimizers: the list is empty")
-
-
-    def evals_for(self, problem) -> int:
-        """Evaluations per epoch on ``problem``: the configured number, or
-        ``ceil(MIN_CURVE_POINTS / epochs)`` (at least 1) for the epochs of the budget (the
-        problem's when the budget counts backprops or seconds), so that short runs (the
-        digits CNN trains 4 epochs) still give curves of :data:`MIN_CURVE_POINTS` points.
-        A step is never split: a full-batch problem evaluates at most once per epoch."""
-        if self.evals_per_epoch is not None:
-            return self.evals_per_epoch
-        epochs = (self.budget.epochs if self.budget is not None
-                  and self.budget.epochs is not None else float(problem.epochs))
-        return max(1, math.ceil(MIN_CURVE_POINTS / epochs - 1e-9))
-
-
-@dataclass(frozen=True)
-class Task:
-    """One run to execute (picklable for worker processes)."""
-
-    sweep: str
-    problem: str
-    optimizer: str
-    hyperparameters: tuple[tuple[str, Any], ...]
-    seed: int
-    budget: tuple[tuple[str, float], ...]
-    evals_per_epoch: int
-    data_dir: str | None
-    settings: tuple[tuple[str, Any], ...] = ()
-    retry_failed_before: float | None = None
-
-    def key(self) -> tuple:
-        """Arguments of :meth:`Store.find_run`/:meth:`Store.claim_run`."""
-        return (self.sweep, self.problem, self.optimizer, dict(self.hyperparameters), self.seed,
-                dict(self.budget), dict(self.settings))
 
 
 _PROBLEMS: dict[tuple[str, str | None], Any] = {}
@@ -242,7 +179,8 @@ def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> st
                 warm_up(problem, task.optimizer, dict(task.hyperparameters))
                 result = run(problem, get_optimizer(task.optimizer), dict(task.hyperparameters),
                              task.seed, Budget(**dict(task.budget)),
-                             evals_per_epoch=task.evals_per_epoch)
+                             evals_per_epoch=task.evals_per_epoch,
+                             min_eval_gap=task.min_eval_gap)
             except Exception as e:  # noqa: BLE001 -- a broken problem must not kill the sweep
                 result = RunResult("failed", [], f"{type(e).__name__}: {e}")
         if not store.finish_run(claim.run_id, result.status, result.measurements, result.error):
@@ -250,38 +188,6 @@ def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> st
         log_to_tensorboard(task, result.measurements)  # a no-op without --tensorboard
         return result.status
 
-
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        time.sleep(PARENT_CHECK_SECONDS)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Make this (worker) process exit as soon as process ``parent_pid`` is gone.
-
-    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a
-    daemon thread checks every :data:`PARENT_CHECK_SECONDS` that the parent process id
-    is still ``parent_pid`` (an orphan is re-parented). Without this, a worker whose sweep
-    was killed finishes its run and then blocks on the executor's pipe forever.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover -- no usable libc
-            pass
-    if os.getppid() != parent_pid:  # the parent died before the prctl
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), name="watch-parent",
-                     daemon=True).start()
-
-
-def _init_worker(threads: int, parent_pid: int) -> None:
-    import torch
-
-    die_with_parent(parent_pid)
-    torch.set_num_threads(threads)
 
 
 def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
@@ -299,32 +205,8 @@ def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
         return out
 
 
-class _Workers:
-    """The worker processes of a sweep, started on first need and kept for all phases (so
-    each worker is warmed once per problem and optimizer, :func:`warm_up`)."""
 
-    def __init__(self, workers: int, loader):
-        self.workers = workers
-        self.loader = loader
-        self.pool: ProcessPoolExecutor | None = None
-
-    def get(self, pending: int) -> ProcessPoolExecutor | None:
-        """The pool, or ``None`` to run in this process (one worker or one task)."""
-        if self.pool is None and self.workers > 1 and pending > 1:
-            if self.loader is not None:
-                raise ValueError("a custom problem loader needs workers=1")
-            self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                initargs=(threads_per_worker(self.workers), os.getpid()))
-        return self.pool
-
-    def shutdown(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
-
-
-def _execute_all(db_path: str, tasks: Sequence[Task], workers: _Workers, bar) -> dict[str, int]:
+def _execute_all(db_path: str, tasks: Sequence[Task], workers: WorkerPool, bar) -> dict[str, int]:
     """Execute ``tasks`` until each is terminal in the database: the pending ones here,
     then, every :data:`POLL_SECONDS`, those another process was running (``"busy"``)
     until that process finishes them (counted ``"skipped"``) or its claim goes stale
@@ -377,8 +259,10 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
               on_problem_done: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Tune, select and repeat (module docstring); results go to the database at ``db_path``.
 
-    Problems are done one after the other (tuning, selection, repetitions), so that
-    ``on_problem_done`` can write a report of the finished ones. Before any run, each
+    Problems are done one after the other (tuning, selection, with ``config.calibrates``
+    the calibration of the problem's time budget, stored before its first measurement run
+    or read back when stored already, then the repetitions), so that ``on_problem_done``
+    can write a report of the finished ones. Before any run, each
     (problem, optimizer) pair with work left gets a short probe (:func:`estimate_run_seconds`)
     that estimates the sweep's duration, passed once to ``on_plan``. The load average of
     each phase is recorded (:mod:`~secondorder.bench.timing`).
@@ -425,6 +309,7 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
             "seeds": config.seeds, "grid": config.grid, "workers": config.workers,
             "budget": None if config.budget is None else config.budget.as_dict(),
             "evals_per_epoch": config.evals_per_epoch, "retry_failed": config.retry_failed,
+            "equal": "time" if config.calibrates else "epochs",
         })
         # What data each problem used, for the report (secondorder.bench.datafacts).
         store.set_meta(config.name, DATA_META_KEY,
@@ -434,9 +319,10 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
         b = config.budget or Budget(epochs=float(problems[pname].epochs))
         return _items(b.as_dict())
 
-    def task(pname, spec, hyper, seed) -> Task:
-        return Task(config.name, pname, spec.name, _items(hyper), seed, budget_of(pname),
-                    evals[pname], config.data_dir, settings[pname], retry_before)
+    def task(pname, spec, hyper, seed, budget=None, gap=0.0) -> Task:
+        return Task(config.name, pname, spec.name, _items(hyper), seed,
+                    budget if budget is not None else budget_of(pname), evals[pname],
+                    config.data_dir, settings[pname], retry_before, gap)
 
     tuning = {p: [task(p, s, s.hyperparameters(v), 0) for s in specs
                   for v in s.grid(config.grid)] for p in config.problems}
@@ -462,9 +348,9 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=plan["tuning_runs"] + plan["repetition_runs"] + len(specs)
-                   * len(config.problems), desc=config.name, unit="run")
-    pool = _Workers(config.workers, loader)
+        bar = tqdm(total=plan["tuning_runs"] + len(specs) * len(config.problems)
+                   * config.seeds, desc=config.name, unit="run")
+    pool = WorkerPool(config.workers, loader)
     tuning_counts: Counter[str] = Counter()
     final_counts: Counter[str] = Counter()
     selected = {}
@@ -475,15 +361,23 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
             with Store(db_path, verify=False) as store:
                 records = [r for r in load_records(store, config.name) if r.problem == p]
             reps = []
+            best_of = {}
             for s in specs:
                 cands = [r for r in records if r.optimizer == s.name
                          and r.seed == 0 and r.budget == dict(budget_of(p))
                          and r.settings == dict(settings[p])]
                 best = select_best(cands)
-                if best is None:
-                    continue
-                selected[(p, s.name)] = best.hyperparameters
-                reps += [task(p, s, best.hyperparameters, seed) for seed in range(config.seeds)]
+                if best is not None:
+                    best_of[s.name] = best
+                    selected[(p, s.name)] = best.hyperparameters
+            budget, gap = None, 0.0
+            if config.calibrates and best_of:
+                budget, gap = _calibrated_budget(db_path, config, p, best_of,
+                                                 budget_of(p), settings[p])
+            for s in specs:
+                if s.name in best_of:
+                    reps += [task(p, s, best_of[s.name].hyperparameters, seed, budget, gap)
+                             for seed in range(config.seeds)]
             final += reps
             final_counts.update(phase(f"repetitions of {p}", reps))
             if on_problem_done is not None:
@@ -507,6 +401,27 @@ def run_sweep(config: SweepConfig, db_path: str | Path, *, progress: bool = True
 
 def _torch_threads() -> int:
     return torch.get_num_threads()
+
+
+def _calibrated_budget(db_path: str, config: SweepConfig, problem: str,
+                       selected: Mapping[str, RunRecord], tuning: tuple[tuple[str, float], ...],
+                       settings: tuple[tuple[str, Any], ...]
+                       ) -> tuple[tuple[tuple[str, float], ...], float]:
+    """The measurement budget of ``problem`` and its ``min_eval_gap``: the stored
+    calibration when there is one for this tuning budget and these settings (a resumed
+    sweep), else :func:`~secondorder.bench.time_budget.calibrate` on the selected tuning
+    runs, stored before any measurement run starts."""
+    with Store(db_path, verify=False) as store:
+        entry = time_budget.load_budget(store, config.name, problem, dict(tuning),
+                                        dict(settings))
+        if entry is None:
+            seconds, slowest, slowest_s = time_budget.calibrate(selected, config.min_time_budget)
+            budget = time_budget.measurement_budget(seconds, Budget(**dict(tuning)))
+            entry = {"seconds": seconds, "slowest": slowest, "slowest_seconds": slowest_s,
+                     "tuning_budget": dict(tuning), "settings": dict(settings),
+                     "budget": budget.as_dict()}
+            time_budget.save_budget(store, config.name, problem, entry)
+    return _items(entry["budget"]), time_budget.min_eval_gap(float(entry["seconds"]))
 
 
 def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budget: Budget,
@@ -542,6 +457,8 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
     steps, train = ms[-1]["step"], ms[-1]["wall_time"]
     # the first step is cold (one-off costs); the median later step is what a run repeats
     step_s = float(np.median(np.diff(stamps))) if len(stamps) >= 3 else train / steps
+    if len(stamps) < 3:  # cut by PROBE_SECONDS after a cold step or two: time a warm one
+        step_s = min(step_s, _warm_step_seconds(problem, spec, hyperparameters, steps_per_epoch))
     eval_s = _evaluation_seconds(problem, fallback=max(0.0, total - train) / len(ms))
     run_steps = math.inf
     if budget.epochs is not None:
@@ -555,6 +472,22 @@ def estimate_run_seconds(problem, spec, hyperparameters: Mapping[str, Any], budg
         return math.nan
     evals = train_s / step_s / steps_per_epoch * evals_per_epoch + 2
     return train_s + evals * eval_s
+
+
+def _warm_step_seconds(problem, spec, hyperparameters: Mapping[str, Any],
+                       steps_per_epoch: int) -> float:
+    """Seconds of the second step of a 2-step probe (the first, cold, step excluded), for
+    optimizers whose first probe only took a step or two: extrapolating a cold step made a
+    1-step LSCG probe on the digits MLP predict 334 s for a run of a few seconds (under a
+    load of 6). ``inf`` on error."""
+    stamps: list[float] = []
+    try:
+        run(problem, spec, dict(hyperparameters), 0,
+            Budget(epochs=2 / steps_per_epoch, seconds=2 * PROBE_SECONDS),
+            on_step=lambda _: stamps.append(time.perf_counter()))
+    except Exception:  # noqa: BLE001 -- an estimate only
+        return math.inf
+    return stamps[1] - stamps[0] if len(stamps) >= 2 else math.inf
 
 
 def _evaluation_seconds(problem, fallback: float) -> float:
@@ -574,11 +507,34 @@ def _evaluation_seconds(problem, fallback: float) -> float:
 
 def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
           evals: Mapping[str, int]) -> dict[str, Any]:
-    """Runs planned and the estimated duration (see :func:`run_sweep`)."""
+    """Runs planned and the estimated duration (see :func:`run_sweep`). The probes run with
+    the torch threads of a worker (:func:`~secondorder.bench.timing.threads_per_worker`):
+    with the 2 threads of the main process, under a load of 6 on 2 cores, an LSCG run of
+    the digits MLP took 131 s instead of a worker's 2.1 s, and the estimate followed."""
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    if config.workers > 1:
+        torch.set_num_threads(threads_per_worker(config.workers))
+    try:
+        total = _estimate_total(config, problems, specs, tuning, budget_of, db_path, evals)
+    finally:
+        torch.set_num_threads(threads)
+    n_tuning = sum(len(ts) for ts in tuning.values())
+    reps = config.seeds if config.calibrates else config.seeds - 1
+    return {"tuning_runs": n_tuning,
+            "repetition_runs": len(specs) * len(problems) * reps,
+            "pending_tuning_runs": sum(len(_pending(db_path, ts)) for ts in tuning.values()),
+            "estimate_seconds": total / max(1, min(config.workers, cores_available())),
+            "calibration_seconds": time.perf_counter() - t0}
+
+
+def _estimate_total(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
+                    evals: Mapping[str, int]) -> float:
+    """Run-seconds of the pending tuning runs and of the repetitions (:func:`_plan`)."""
     pending = {p: _pending(db_path, ts) for p, ts in tuning.items()}
     total = 0.0
     for p, ts in pending.items():
+        ests = {}
         for s in specs:
             mine = [t for t in ts if t.optimizer == s.name]
             if not mine:
@@ -586,206 +542,12 @@ def _plan(config: SweepConfig, problems, specs, tuning, budget_of, db_path,
             est = estimate_run_seconds(problems[p], s, dict(mine[0].hyperparameters),
                                        Budget(**dict(budget_of(p))), evals[p])
             if math.isfinite(est):
-                total += est * (len(mine) + config.seeds - 1)
-    n_tuning = sum(len(ts) for ts in tuning.values())
-    return {"tuning_runs": n_tuning,
-            "repetition_runs": len(specs) * len(problems) * (config.seeds - 1),
-            "pending_tuning_runs": sum(len(ts) for ts in pending.values()),
-            "estimate_seconds": total / max(1, min(config.workers, cores_available())),
-            "calibration_seconds": time.perf_counter() - t0}
-
-
-# ---------------------------------------------------------------------------- analysis
-@dataclass
-class RunRecord:
-    """A run with its measurements, as read back from the database."""
-
-    id: int
-    problem: str
-    optimizer: str
-    hyperparameters: dict[str, Any]
-    seed: int
-    budget: dict[str, float]
-    status: str
-    error: str | None
-    measurements: list[dict[str, Any]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Finished (not diverged, failed or interrupted)."""
-        return self.status == "finished"
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.measurements[-1] if self.measurements else {}
-
-
-def load_records(store: Store, sweep: str | None = None) -> list[RunRecord]:
-    """All terminal runs of ``sweep`` with their measurements.
-
-    For a named sweep, a problem's runs are those with the settings of the sweep's latest
-    invocation (meta ``"settings"``): runs made with another evaluation frequency or other
-    data files stay in the database but are not mixed into its statistics.
-    """
-    current = {} if sweep is None else store.get_meta(sweep, "settings", {})
-    return [
-        RunRecord(r["id"], r["problem"], r["optimizer"], r["hyperparameters"], r["seed"],
-                  r["budget"], r["status"], r["error"], store.measurements(r["id"]),
-                  r["settings"])
-        for r in store.runs(sweep, status=TERMINAL)
-        if r["problem"] not in current or r["settings"] == current[r["problem"]]
-    ]
-
-
-def metric_for(records: Iterable[RunRecord]) -> tuple[str, bool]:
-    """``("val_acc", True)`` if the runs record a validation accuracy, else
-    ``("val_loss", False)``; the flag says whether higher is better."""
-    for r in records:
-        for m in r.measurements:
-            if m.get("val_acc") is not None:
-                return "val_acc", True
-    return "val_loss", False
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def select_best(records: Sequence[RunRecord]) -> RunRecord | None:
-    """The tuning run with the best final validation metric (module docstring, step 2);
-    ``None`` if every run diverged or failed."""
-    ok = [r for r in records if r.ok and r.measurements]
-    if not ok:
-        return None
-    key, higher = metric_for(ok)
-
-    def score(r: RunRecord):
-        v = r.last.get(key)
-        loss = r.last.get("val_loss")
-        v = v if _finite(v) else (-math.inf if higher else math.inf)
-        loss = loss if _finite(loss) else math.inf
-        return (-v if higher else v, loss)
-
-    return min(ok, key=score)
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of its ``confidence`` interval (Student t, ``n-1`` dof).
-
-    Returns ``(nan, nan)`` for no values and ``(value, nan)`` for one.
-    """
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan
-    m = float(x.mean())
-    if x.size == 1:
-        return m, math.nan
-    from scipy import stats  # imported here: worker processes never need it (1 s of import)
-
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return m, half
-
-
-def best_value(measurements: Sequence[Mapping[str, Any]], key: str, higher: bool) -> float:
-    """Best value of ``key`` over a run's measurements (NaN if none)."""
-    vals = [m[key] for m in measurements if _finite(m.get(key))]
-    if not vals:
-        return math.nan
-    return max(vals) if higher else min(vals)
-
-
-def target_for(
-    baselines: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
-    key: str,
-    higher: bool,
-    fraction: float = TARGET_FRACTION,
-) -> float:
-    """The target of a problem (module docstring, step 4).
-
-    Args:
-        baselines: per baseline optimizer, the measurement lists of its repetitions.
-        key: the validation metric.
-        higher: whether higher is better.
-        fraction: share of the best improvement required.
-
-    Returns:
-        ``v0 + fraction (v* - v0)``; NaN when no baseline has a finite value.
-    """
-    best, inits = None, []
-    for runs in baselines.values():
-        vals = [best_value(ms, key, higher) for ms in runs if ms]
-        vals = [v for v in vals if _finite(v)]
-        inits += [ms[0][key] for ms in runs if ms and _finite(ms[0].get(key))]
-        if not vals:
-            continue
-        v = float(np.mean(vals))
-        if best is None or (v > best if higher else v < best):
-            best = v
-    if best is None or not inits:
-        return math.nan
-    v0 = float(np.mean(inits))
-    return v0 + fraction * (best - v0)
-
-
-def time_to_target(
-    measurements: Sequence[Mapping[str, Any]],
-    key: str,
-    target: float,
-    higher: bool,
-    cost: str = "wall_time",
-) -> float:
-    """``cost`` (``"wall_time"``, ``"backprops"``, ``"epoch"``...) at the first measurement
-    whose ``key`` reaches ``target``; ``inf`` if none does (or the target is NaN)."""
-    if not _finite(target):
-        return math.inf
-    for m in measurements:
-        v = m.get(key)
-        if _finite(v) and (v >= target if higher else v <= target):
-            return float(m[cost])
-    return math.inf
-
-
-def median_cost(costs: Sequence[float]) -> float:
-    """Median over seeds, ``inf`` counted as the largest value."""
-    if not costs:
-        return math.inf
-    return float(np.median(np.asarray(costs, dtype=float)))
-
-
-def performance_profile(
-    costs: Mapping[str, Mapping[str, float]], taus: Sequence[float] | None = None
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Dolan-More performance profiles.
-
-    Args:
-        costs: ``costs[problem][method]`` (``inf`` = target not reached; a method missing on
-            a problem counts as ``inf``).
-        taus: ratios at which to evaluate; default a log grid from 1 to the largest finite
-            ratio (times 1.1).
-
-    Returns:
-        ``(taus, {method: rho})`` with ``rho(tau)`` = fraction of problems where the
-        method's cost is at most ``tau`` times the best cost on that problem.
-    """
-    methods = sorted({m for row in costs.values() for m in row})
-    ratios: dict[str, list[float]] = {m: [] for m in methods}
-    for row in costs.values():
-        finite = [c for c in row.values() if math.isfinite(c)]
-        best = min(finite) if finite else math.nan
-        for m in methods:
-            c = row.get(m, math.inf)
-            if not math.isfinite(c):
-                ratios[m].append(math.inf)
-            elif c <= best:
-                ratios[m].append(1.0)
-            else:
-                ratios[m].append(c / best if best > 0 else math.inf)
-    if taus is None:
-        fin = [r for rs in ratios.values() for r in rs if math.isfinite(r)]
-        hi = max(fin + [1.0]) * 1.1
-        taus = np.unique(np.concatenate([[1.0], np.geomspace(1.0, hi, 200)]))
-    taus = np.asarray(taus, dtype=float)
-    n = max(len(costs), 1)
-    rho = {m: np.array([sum(r <= t for r in rs) / n for t in taus]) for m, rs in ratios.items()}
-    return taus, rho
+                total += est * len(mine)
+                ests[s.name] = est
+        if config.calibrates and ests:  # every seed trains about min(T, cap x epoch budget)
+            t = max(max(ests.values()), config.min_time_budget)
+            total += config.seeds * sum(min(t, time_budget.MAX_EPOCH_FACTOR * e)
+                                        for e in ests.values())
+        else:
+            total += (config.seeds - 1) * sum(ests.values())
+    return total

@@ -3,7 +3,9 @@
 The SQLite database stays the source of truth; this is a view for watching a sweep. As
 soon as a run is stored, its measurements are written with
 :class:`torch.utils.tensorboard.SummaryWriter` to ``DIR/<sweep>/<problem>/<optimizer>/
-<hyperparameters>,seed=<seed>``: one scalar per column of
+<hyperparameters>,seed=<seed>`` (``...,seed=<seed>,seconds=<T>`` for a run with a
+time budget ``T``, such as the equal-time runs, whose seed 0 shares its setting with the
+tuning run): one scalar per column of
 :data:`secondorder.bench.store.MEASUREMENT_COLUMNS` (losses, accuracies, training wall
 time, backprop-equivalents and the other counts), tagged with the column name, at global
 step = the optimizer step of the evaluation.
@@ -57,10 +59,12 @@ def _safe(text: str) -> str:
 
 
 def run_dir(root: str | Path, sweep: str, problem: str, optimizer: str,
-            hyperparameters: Mapping[str, Any], seed: int) -> Path:
-    """The event-file folder of one run (module docstring)."""
+            hyperparameters: Mapping[str, Any], seed: int, seconds: float | None = None) -> Path:
+    """The event-file folder of one run (module docstring); ``seconds``: its time budget."""
     setting = ",".join(f"{k}={v}" for k, v in sorted(hyperparameters.items()))
     leaf = f"{setting},seed={seed}" if setting else f"seed={seed}"
+    if seconds is not None:
+        leaf += f",seconds={seconds:g}"
     return Path(root) / _safe(sweep) / _safe(problem) / _safe(optimizer) / _safe(leaf)
 
 
@@ -71,7 +75,7 @@ def log_run(task: Any, measurements: Sequence[Mapping[str, Any]]) -> Path | None
     if not root:
         return None
     folder = run_dir(root, task.sweep, task.problem, task.optimizer,
-                     dict(task.hyperparameters), task.seed)
+                     dict(task.hyperparameters), task.seed, dict(task.budget).get("seconds"))
     try:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -1,13 +1,19 @@
 """The verdict of a sweep: who wins each problem, who failed to learn, which grids to widen.
 
-Rules (all on the selected setting's repetitions, see :mod:`~secondorder.bench.summary`):
+Rules (all on the selected setting's repetitions, see :mod:`~secondorder.bench.summary`).
+The **primary** comparison is at equal wall-clock time (AlgoPerf, [Dahl2023]): in a
+time-budgeted sweep (:mod:`~secondorder.bench.time_budget`) every method trained for the
+same calibrated time ``T``, so the best final quality is the best quality at equal time,
+and the time to each target is measured within that budget (:data:`PRIMARY_CRITERIA`).
+Backprops to each target are secondary (:data:`SECONDARY_CRITERIA`), as are the
+equal-epoch and equal-backprop tables of the report.
 
 - **Ranking by cost to a target** (:func:`rank_costs`): methods that reached the target in
   every seed come first, by mean cost; the first is the winner and every method whose 95%
   interval over seeds overlaps the winner's is a **tie**. Methods that reached it in only
   some seeds follow (more seeds first), then those that never did.
-- **Best final quality** (:func:`best_quality`): the best mean final test metric, ties by
-  overlapping intervals in the same way.
+- **Best final quality** (:func:`best_quality`): the best mean final test metric (at equal
+  time ``T`` in a time-budgeted sweep), ties by overlapping intervals in the same way.
 - **Failed to learn** (:func:`failures_to_learn`): mean final test accuracy at most
   :data:`CHANCE_MARGIN` above chance (the share of the test split's most frequent label),
   or a mean final training loss that is less than :data:`MIN_LOSS_DECREASE` below the mean
@@ -29,6 +35,8 @@ from secondorder.bench.summary import CostStat, MethodSummary, ProblemSummary, c
 __all__ = [
     "CHANCE_MARGIN",
     "CRITERIA",
+    "PRIMARY_CRITERIA",
+    "SECONDARY_CRITERIA",
     "MIN_LOSS_DECREASE",
     "GridEdge",
     "Ranking",
@@ -36,6 +44,7 @@ __all__ = [
     "best_quality",
     "failures_to_learn",
     "grid_edges",
+    "quality_label",
     "rank_costs",
 ]
 
@@ -44,13 +53,19 @@ CHANCE_MARGIN = 0.02
 #: A final training loss must be at least this fraction below the initial one.
 MIN_LOSS_DECREASE = 0.01
 
-#: The four rankings: (attribute of MethodSummary, target label, cost label, unit).
-CRITERIA = (
+#: The primary rankings by cost to a target, after the best final quality:
+#: (attribute of MethodSummary, target label, cost label, unit).
+PRIMARY_CRITERIA = (
     ("time_to_target", "validation target", "time", "s"),
-    ("backprops_to_target", "validation target", "backprops", ""),
     ("time_to_loss_target", "training-loss target", "time", "s"),
+)
+#: The secondary rankings: backprop-equivalents to each target.
+SECONDARY_CRITERIA = (
+    ("backprops_to_target", "validation target", "backprops", ""),
     ("backprops_to_loss_target", "training-loss target", "backprops", ""),
 )
+#: All four rankings, primary first.
+CRITERIA = PRIMARY_CRITERIA + SECONDARY_CRITERIA
 
 
 @dataclass
@@ -109,6 +124,16 @@ def best_quality(ps: ProblemSummary) -> tuple[str, float, float, list[str]] | No
 
     ties = [n for n, m, h in vals[1:] if _overlap(iv(mean, half), iv(m, h))]
     return name, mean, half, ties
+
+
+def quality_label(ps: ProblemSummary) -> str:
+    """When the final quality is taken: ``"at equal training time (T s)"`` in a
+    time-budgeted sweep, else ``"after the same epochs"`` (or budget)."""
+    if ps.equal_time:
+        return f"at equal training time ({ps.time_budget:.3g} s)"
+    if math.isfinite(ps.tuning_epochs):
+        return f"after the same epochs ({ps.tuning_epochs:g})"
+    return "after the same budget"
 
 
 def failures_to_learn(ps: ProblemSummary) -> dict[str, str]:
@@ -204,36 +229,54 @@ def _leader(wins: dict[str, list[str]], n: int, what: str) -> str:
 
 
 def answer(summaries: Sequence[ProblemSummary]) -> str:
-    """The cross-problem paragraph: which method to use, from the numbers alone."""
+    """The cross-problem paragraph: which method to use, from the numbers alone.
+
+    The tally counts the primary criteria: the best final test metric (at equal training
+    time in a time-budgeted sweep) and the time to each target; backprops to each target
+    follow as secondary sentences.
+    """
     n = len(summaries)
     if not n:
         return "No problem has results."
     parts = [f"Over {n} problem{'s' if n > 1 else ''}:"]
-    tally: dict[str, int] = {}
-    lines: dict[str, list[str]] = {}  # sentence -> the criteria it describes
-    for attr, target, cost, _ in CRITERIA:
-        wins = _wins(summaries, attr)
-        for name, probs in wins.items():
-            tally[name] = tally.get(name, 0) + len(probs)
-        lines.setdefault(_leader(wins, n, target), []).append(f"{cost} to the {target}")
-    if tally:
-        top = sorted(tally.items(), key=lambda t: -t[1])
-        best = [k for k, v in top if v == top[0][1]]
-        parts.append(f"overall, {_names(best)} {'was' if len(best) == 1 else 'were'} first or "
-                     f"tied first in {top[0][1]} of the {4 * n} (problem, criterion) pairs "
-                     "(time and backprops to the validation and the training-loss targets)"
-                     + ("; then " + ", ".join(f"{k} ({v})" for k, v in top[len(best):][:3])
-                        if len(top) > len(best) else "") + ".")
-    for sentence, crits in lines.items():
-        parts.append(f"By {_names(crits)}, {sentence}.")
+    if all(ps.equal_time for ps in summaries):
+        when = "at equal training time"
+    elif not any(ps.equal_time for ps in summaries):
+        when = "after the same epochs"
+    else:
+        when = "at each problem's budget"
     quality: dict[str, list[str]] = {}
     for ps in summaries:
         q = best_quality(ps)
         if q is not None:
             for name in [q[0], *q[3]]:
                 quality.setdefault(name, []).append(ps.problem)
-    parts.append("For the best final test metric, "
+    tally: dict[str, int] = {k: len(v) for k, v in quality.items()}
+    primary: dict[str, list[str]] = {}  # sentence -> the criteria it describes
+    for attr, target, cost, _ in PRIMARY_CRITERIA:
+        wins = _wins(summaries, attr)
+        for name, probs in wins.items():
+            tally[name] = tally.get(name, 0) + len(probs)
+        primary.setdefault(_leader(wins, n, target), []).append(f"{cost} to the {target}")
+    if tally:
+        top = sorted(tally.items(), key=lambda t: -t[1])
+        best = [k for k, v in top if v == top[0][1]]
+        parts.append(f"overall, {_names(best)} {'was' if len(best) == 1 else 'were'} first or "
+                     f"tied first in {top[0][1]} of the {3 * n} (problem, criterion) pairs "
+                     f"(the final test metric {when} and the time to the validation and the "
+                     "training-loss targets)"
+                     + ("; then " + ", ".join(f"{k} ({v})" for k, v in top[len(best):][:3])
+                        if len(top) > len(best) else "") + ".")
+    parts.append(f"For the final test metric {when}, "
                  + _leader(quality, n, "best test metric") + ".")
+    for sentence, crits in primary.items():
+        parts.append(f"By {_names(crits)}, {sentence}.")
+    secondary: dict[str, list[str]] = {}
+    for attr, target, cost, _ in SECONDARY_CRITERIA:
+        secondary.setdefault(_leader(_wins(summaries, attr), n, target), []).append(
+            f"{cost} to the {target}")
+    for sentence, crits in secondary.items():
+        parts.append(f"Secondary, by {_names(crits)}: {sentence}.")
     failed: dict[str, list[str]] = {}
     for ps in summaries:
         for name in failures_to_learn(ps):
