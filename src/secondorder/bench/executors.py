@@ -89,17 +89,9 @@ def run_task(task: Any) -> tuple[str, list[dict[str, Any]], str | None]:
     A failure of the run itself is returned as status ``"failed"`` (as the local
     executor records it); only a dead worker surfaces as a Ray error.
     """
-    from secondorder.bench import sweep
-    from secondorder.bench.registry import get_optimizer
-    from secondorder.bench.runner import Budget, run
+    from secondorder.bench.sweep import train_task  # sweep imports this module
 
-    hyper, budget = dict(task.hyperparameters), dict(task.budget)
-    try:
-        problem = sweep._problem(sweep._default_loader, task.problem, task.data_dir)
-        result = run(problem, get_optimizer(task.optimizer), hyper, task.seed,
-                     Budget(**budget), evals_per_epoch=task.evals_per_epoch)
-    except Exception as e:  # noqa: BLE001 -- a broken problem must not kill the sweep
-        return "failed", [], f"{type(e).__name__}: {e}"
+    result = train_task(task)
     return result.status, result.measurements, result.error
 
 

@@ -110,6 +110,7 @@ __all__ = [
     "select_best",
     "target_for",
     "time_to_target",
+    "train_task",
     "warm_up",
 ]
 
@@ -164,30 +165,35 @@ def warm_up(problem, optimizer: str, hyperparameters: Mapping[str, Any]) -> None
         pass
 
 
+def train_task(task: Task, loader: ProblemLoader | None = None) -> RunResult:
+    """Train ``task`` in this process: its problem (built once per process), a
+    :func:`warm_up`, then the timed run. No database; a failure of the run itself comes
+    back as status ``"failed"``. The process pool and the Ray executor both train this way.
+    """
+    try:
+        problem = _problem(loader or _default_loader, task.problem, task.data_dir)
+        warm_up(problem, task.optimizer, dict(task.hyperparameters))
+        return run(problem, get_optimizer(task.optimizer), dict(task.hyperparameters),
+                   task.seed, Budget(**dict(task.budget)),
+                   evals_per_epoch=task.evals_per_epoch, min_eval_gap=task.min_eval_gap)
+    except Exception as e:  # noqa: BLE001 -- a broken problem must not kill the sweep
+        return RunResult("failed", [], f"{type(e).__name__}: {e}")
+
+
 def execute(db_path: str, task: Task, loader: ProblemLoader | None = None) -> str:
-    """Claim and run ``task`` (after :func:`warm_up`); returns its status, ``"skipped"``
+    """Claim and run ``task`` (:func:`train_task`); returns its status, ``"skipped"``
     when it was terminal already, or ``"busy"`` when another live process holds its claim
     (or took it over while this one ran: nothing of this run is then stored)."""
-    loader = loader or _default_loader
     with Store(db_path, verify=False) as store:
         claim = store.claim_run(*task.key(), retry_failed_before=task.retry_failed_before)
         if claim.state != "claimed":
             return "skipped" if claim.state == "done" else "busy"
         with store.keep_alive(claim.run_id):
-            try:
-                problem = _problem(loader, task.problem, task.data_dir)
-                warm_up(problem, task.optimizer, dict(task.hyperparameters))
-                result = run(problem, get_optimizer(task.optimizer), dict(task.hyperparameters),
-                             task.seed, Budget(**dict(task.budget)),
-                             evals_per_epoch=task.evals_per_epoch,
-                             min_eval_gap=task.min_eval_gap)
-            except Exception as e:  # noqa: BLE001 -- a broken problem must not kill the sweep
-                result = RunResult("failed", [], f"{type(e).__name__}: {e}")
+            result = train_task(task, loader)
         if not store.finish_run(claim.run_id, result.status, result.measurements, result.error):
             return "busy"
         log_to_tensorboard(task, result.measurements)  # a no-op without --tensorboard
         return result.status
-
 
 
 def _pending(db_path: str, tasks: Sequence[Task]) -> list[Task]:
