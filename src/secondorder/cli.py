@@ -296,7 +296,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from secondorder.bench.config import apply_bench_extensions
     from secondorder.bench.executors import make_executor, use_executor
     from secondorder.bench.registry import available_optimizers, list_optimizers
-    from secondorder.bench.report import SUMMARY_HEADERS, _summary_rows
+    from secondorder.bench.report import SUMMARY_HEADERS, summary_rows
     from secondorder.bench.runner import Budget
     from secondorder.bench.sweep import SweepConfig, run_sweep
 
@@ -383,7 +383,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         when = (f"every method {ps.time_budget:.3g} s of training" if ps.equal_time
                 else f"every method {ps.tuning_epochs:g} epochs")
         print(f"\n{ps.problem} (metric {ps.metric}, target {ps.target:.4g}; {when})")
-        rows = _summary_rows(ps)
+        rows = summary_rows(ps)
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
                   for i, h in enumerate(SUMMARY_HEADERS)]
         print("  ".join(h.ljust(w) for h, w in zip(SUMMARY_HEADERS, widths, strict=True)))

@@ -259,7 +259,7 @@ def _spec_from_declaration(decl: OptimizerDeclaration) -> ExternalOptimizerSpec:
         knob = "lr"
         grids = {level: tuple(decl.values["lr"]) for level in R.GRID_LEVELS}
     elif accepted is None or "lr" in accepted:
-        knob, grids = "lr", R._lr()
+        knob, grids = "lr", R.lr_grids()
     else:
         raise PluginError(f"{what}: {cls.__name__} takes no 'lr'; give the tuned "
                           "hyperparameter with its values, e.g. key=0.1,1")

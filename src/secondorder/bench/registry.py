@@ -174,13 +174,14 @@ _NORM_VARIANTS = (
 )
 
 
-def _lr(level_full=_LR_FULL, level_default=_LR_DEFAULT, level_quick=_LR_QUICK):
+def lr_grids(level_full=_LR_FULL, level_default=_LR_DEFAULT, level_quick=_LR_QUICK):
+    """The learning-rate grid of each level (``full``, ``default``, ``quick``)."""
     return {"full": level_full, "default": level_default, "quick": level_quick}
 
 
 def _torch(name, cls, description, **defaults) -> OptimizerSpec:
     return OptimizerSpec(
-        name, cls, "torch.optim", "torch", "lr", _lr(), defaults, first_order=True,
+        name, cls, "torch.optim", "torch", "lr", lr_grids(), defaults, first_order=True,
         description=description,
     )
 
@@ -199,20 +200,20 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
     _torch("sgd_momentum", "SGD", "torch.optim.SGD with heavy-ball momentum 0.9", momentum=0.9),
     _torch("adam", "Adam", "torch.optim.Adam ([KingmaBa2015]"),
     _torch("adagrad", "Adagrad", "torch.optim.Adagrad ([Duchi2011]"),
-    _so("LBFGS", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+    _so("LBFGS", "lr", lr_grids(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
         "limited-memory BFGS with line search ([Filippova] Alg. 1, [Veitch])", full_batch=True,
         full_batch_kwargs={"full_batch": True}),
-    _so("NonlinearCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+    _so("NonlinearCG", "lr", lr_grids(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
         "nonlinear conjugate gradients with line search ([Veitch])", full_batch=True,
         full_batch_kwargs={"full_batch": True}),
-    _so("NewtonCG", "lr", _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
+    _so("NewtonCG", "lr", lr_grids(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
         "line-search Newton-CG, truncated CG on Hessian-vector products ([Veitch])",
         full_batch=True),
-    _so("BarzilaiBorwein", "lr", _lr(),
+    _so("BarzilaiBorwein", "lr", lr_grids(),
         "Barzilai-Borwein: SGD-BB ([Filippova] Alg. 3) on mini-batches, BB1 with nonmonotone "
         "line search full batch", full_batch=True, full_batch_kwargs={"mode": "bb1"},
         epoch_length_kwarg="epoch_length"),
-    _so("AdaHessian", "lr", _lr(),
+    _so("AdaHessian", "lr", lr_grids(),
         "AdaHessian: Hutchinson Hessian diagonal with momentum ([Filippova] Alg. 2)"),
     # Radius in Euclidean units (the ellipsoid is normalized to mean diagonal 1). Measured
     # on the full grid (docs/benchmark.md): 0.3 wins on digits softmax/MLP/CNN (seeds 0, 1),
@@ -235,22 +236,23 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         "products: same iterates to rounding, different cost)",
         global_closure=True),
     # LSCG costs 50-100 HVPs per step: its default grid is the default step only.
-    _so("LSCG", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
+    _so("LSCG", "lr", lr_grids(_LS_FULL, _LS_QUICK, _LS_QUICK),
         "least-squares CG baseline ([Shen] Sec. 3)"),
     # Entries the paper studies need ([Veitch], [Filippova]; docs/studies/).
     OptimizerSpec(
-        "sgd_momentum_avg", "SGD", "torch.optim", "torch", "lr", _lr(),
+        "sgd_momentum_avg", "SGD", "torch.optim", "torch", "lr", lr_grids(),
         {"momentum": 0.9, "dampening": 0.9}, first_order=True, study_only=True,
         description="torch.optim.SGD with averaged momentum m = 0.9 m + 0.1 g "
         "([Filippova] Sec. 2.1, dampening = momentum)"),
     OptimizerSpec(
-        "torch_lbfgs", "LBFGS", "torch.optim", "torch", "lr", _lr(_LS_FULL, _LS_QUICK, _LS_QUICK),
+        "torch_lbfgs", "LBFGS", "torch.optim", "torch", "lr",
+        lr_grids(_LS_FULL, _LS_QUICK, _LS_QUICK),
         {}, study_only=True,
         description="torch.optim.LBFGS with its defaults (max_iter 20, no line search) on "
         "mini-batch closures, the way [Filippova] ran it"),
     OptimizerSpec(
         "gd_linesearch", "NonlinearCG", "secondorder.optim", "secondorder", "lr",
-        _lr(_LS_FULL, _LS_DEFAULT, _LS_QUICK), {"restart_every": 1}, full_batch=True,
+        lr_grids(_LS_FULL, _LS_DEFAULT, _LS_QUICK), {"restart_every": 1}, full_batch=True,
         full_batch_kwargs={"full_batch": True}, study_only=True,
         description="gradient descent with a strong-Wolfe line search (NonlinearCG restarted "
         "every iteration; [Veitch] Figs. 1-2 'Steplength estimator')"),
@@ -262,7 +264,7 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         "([Veitch] Newton (noLS))"),
     # Optional extra "shampoo" (pyproject): unavailable, and skipped, when not installed.
     OptimizerSpec(
-        "Shampoo", "Shampoo", "pytorch_optimizer", "torch", "lr", _lr(), {},
+        "Shampoo", "Shampoo", "pytorch_optimizer", "torch", "lr", lr_grids(), {},
         description="Shampoo (Gupta, Koren, Singer 2018) from pytorch-optimizer, the "
         "[Shen] Fig. 3 baseline (optional extra 'shampoo')"),
     # [AdaptiveNorms] (docs/studies/adaptive_norms.md): the trust region and ARC in each of
@@ -281,7 +283,7 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         description=f"adaptive cubic regularization, {what} ([AdaptiveNorms] Sec. 4)")
       for norm, what in _NORM_VARIANTS),
     OptimizerSpec(
-        "rmsprop", "RMSprop", "torch.optim", "torch", "lr", _lr(), {}, first_order=True,
+        "rmsprop", "RMSprop", "torch.optim", "torch", "lr", lr_grids(), {}, first_order=True,
         study_only=True, description="torch.optim.RMSprop (Tieleman & Hinton 2012; the "
         "first-order method of the [AdaptiveNorms] ellipsoid)"),
     _so("LevenbergMarquardt", "damping",

@@ -232,7 +232,8 @@ SUMMARY_HEADERS = ("Method", "Setting", "Final train loss", "Validation", "Test"
                    "Diverged", "Failed")
 
 
-def _summary_rows(ps: ProblemSummary) -> list[list[str]]:
+def summary_rows(ps: ProblemSummary) -> list[list[str]]:
+    """The rows of the per-problem summary table (:data:`SUMMARY_HEADERS`) for ``ps``."""
     failed = verdict.failures_to_learn(ps)
     edges = {e.optimizer: e for e in verdict.grid_edges(ps)}
     rows = []
@@ -442,7 +443,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, sweep: str | None = N
         doc.heading(f"{ps.problem}: final values {verdict.quality_label(ps)}", 3)
         doc.para(f"Metric: {ps.metric} ({'higher' if ps.higher else 'lower'} is better). "
                  + _targets_line(ps))
-        doc.table(SUMMARY_HEADERS, _summary_rows(ps))
+        doc.table(SUMMARY_HEADERS, summary_rows(ps))
         doc.para(timing_line)
         _secondary_tables(doc, ps, timing_line)
     for ps in summaries:
