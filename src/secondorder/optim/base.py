@@ -297,21 +297,21 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         copies = None if tr is None else tr.copies_if_unchanged(params)
         return copies if copies is not None else tl.clone(params)
 
-    @torch.no_grad()
     def set_params(self, values: Sequence[Tensor]) -> None:
         """Copy ``values`` into the trainable parameters."""
         self._moved()
-        torch._foreach_copy_(list(self.params()), list(values))
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.params()), list(values))
 
-    @torch.no_grad()
     def add_to_params(self, direction: Sequence[Tensor], alpha: float | Tensor = 1.0) -> None:
         """``params += alpha * direction`` in place (``alpha`` may be a 0-dim tensor)."""
         self._moved()
         ps = list(self.params())
-        if isinstance(alpha, Tensor):
-            torch._foreach_add_(ps, torch._foreach_mul(list(direction), alpha))
-        else:
-            torch._foreach_add_(ps, list(direction), alpha=alpha)
+        with torch.no_grad():
+            if isinstance(alpha, Tensor):
+                torch._foreach_add_(ps, torch._foreach_mul(list(direction), alpha))
+            else:
+                torch._foreach_add_(ps, list(direction), alpha=alpha)
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict`` with the cost counters as a plain dict.
