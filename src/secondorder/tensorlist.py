@@ -69,10 +69,15 @@ def check_like(vec: Sequence[Tensor], like: Sequence[Tensor], name: str = "vec")
 
 def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     """Inner product ``sum_i <a_i, b_i>`` as a 0-dim tensor (real part for complex)."""
-    if len(a) == 0:
+    n = len(a)
+    if n == 1 and len(b) == 1:  # one kernel, no stack (the common one-tensor case first)
+        x, y = a[0], b[0]
+        if not x.is_complex():
+            if x.dim() == 1 and y.dim() == 1:
+                return torch.dot(x, y)
+            return torch.dot(x.reshape(-1), y.reshape(-1))
+    if n == 0:
         return torch.zeros(())
-    if len(a) == 1 and len(b) == 1 and not a[0].is_complex():  # one kernel, no stack
-        return torch.dot(_flat(a[0]), _flat(b[0]))
     return torch.stack(
         [torch.vdot(_flat(x), _flat(y)) for x, y in zip(a, b, strict=True)]
     ).sum()

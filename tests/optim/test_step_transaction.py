@@ -10,6 +10,8 @@ whole optimizer suite by ``tests/optim/conftest.py``) or, without a declaration,
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from torch import Tensor
@@ -242,3 +244,53 @@ def test_a_profiler_sees_one_optimizer_step_range_per_step():
             opt.step(lambda: loss_of(w))
     names = [e.name for e in prof.events()]
     assert names.count("Optimizer.step#LBFGS.step") == 3
+
+
+class Containers(SecondOrderOptimizer):
+    """Appends to lists in its state (one shared by two keys) and may fail afterwards."""
+
+    state_mutated_in_place = frozenset[str]()
+    fail = False
+    odd = None  # a container the one-pass copy does not handle (then deepcopy does)
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure):  # type: ignore[override]
+        ev = self.evaluate(closure)
+        st = self.state.setdefault("global", {})
+        if "log" not in st:
+            shared = [torch.zeros(1, dtype=DT)]
+            st.update(log=shared, again=shared, nested={"pairs": ((ev.loss, ev.loss),)})
+            if self.odd is not None:
+                st["odd"] = self.odd
+        st["log"].append(ev.loss)
+        st["nested"]["pairs"] = (*st["nested"]["pairs"], (ev.loss, ev.loss))
+        if isinstance(st.get("odd"), dict):
+            st["odd"]["n"] += 1
+        self.add_to_params(ev.grads, -0.1)
+        if self.fail:
+            raise RuntimeError("fails after appending")
+        return ev.loss
+
+
+@pytest.mark.parametrize("odd", [None, collections.OrderedDict(n=0)], ids=["plain", "subclass"])
+def test_a_failed_step_puts_back_shared_and_nested_containers(odd):
+    """The one-pass copy of an optimizer that writes no state tensor in place (and its
+    deepcopy fallback for containers it does not handle) restores what the step appended
+    and keeps a list shared by two keys shared."""
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = Containers([w])
+    opt.odd = odd
+    for _ in range(2):
+        opt.step(lambda: loss_of(w))
+    st = opt.state["global"]
+    log, pairs = list(st["log"]), st["nested"]["pairs"]
+    opt.fail = True
+    with pytest.raises(RuntimeError, match="fails after appending"):
+        opt.step(lambda: loss_of(w))
+    st = opt.state["global"]
+    assert st["log"] == log and all(a is b for a, b in zip(st["log"], log, strict=True))
+    assert st["again"] is st["log"] and st["nested"]["pairs"] is pairs
+    if odd is not None:
+        assert st["odd"] == {"n": 2} and type(st["odd"]) is collections.OrderedDict

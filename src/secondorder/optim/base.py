@@ -53,6 +53,7 @@ a saved one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -71,6 +72,7 @@ from secondorder.optim.distributed import data_parallel_evaluate
 from secondorder.optim.step_transaction import StepTransaction, transactional
 
 Closure = Callable[[], Tensor]
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: no state
 
 __all__ = [
     "Closure",
@@ -406,7 +408,8 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             closure, self.params(), graph_needed_by=type(self).__name__ if create_graph else None
         )
         # A graph kept for HVPs needs attention that autograd can differentiate twice.
-        with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
+        attention = double_differentiable_attention() if create_graph else _NO_CONTEXT
+        with torch.enable_grad(), attention:
             _, loss, samples, params = self.call_closure(watch, need_grad=False)
             if check_finite and not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")

@@ -65,9 +65,74 @@ def _tensors_of_frozen(obj: tuple) -> tuple[Tensor, ...] | None:
     if types == {tuple}:
         obj = tuple(chain.from_iterable(obj))
         types = set(map(type, obj))
-    if all(issubclass(t, Tensor) for t in types):
+    if types <= _PLAIN_TENSOR_TYPES or all(issubclass(t, Tensor) for t in types):
         return obj
     return None
+
+
+_PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
+
+
+class _Unhandled(Exception):
+    """Raised by :func:`_copy_keeping_tensors` on a type it does not copy itself."""
+
+
+_MISSING = object()
+#: types ``copy.deepcopy`` returns as they are
+_ATOMIC = frozenset({type(None), int, float, bool, complex, str, bytes})
+
+
+def _copy_keeping_tensors(obj: Any, key: str, memo: dict[int, Any],
+                          kept: list[tuple[str, Tensor, int]], record: bool) -> Any:
+    """``copy.deepcopy(obj, memo)`` for a state that keeps every tensor by reference.
+
+    Copies dicts and lists, rebuilds a tuple only when an item of it was copied, and keeps
+    tensors (recorded in ``kept`` with their key and version when ``record``), ``memo``'s
+    objects and atomic values as they are: one walk in which a tuple of tensors (an L-BFGS
+    history) costs a few C-level calls (:func:`_tensors_of_frozen`). Shared and recursive
+    containers are copied once, as deepcopy does.
+
+    Raises:
+        _Unhandled: on anything else (a subclass of dict, list or tuple, any other object):
+            the caller then copies the state with ``copy.deepcopy``.
+    """
+    t = type(obj)
+    if t in _ATOMIC:
+        return obj
+    done = memo.get(id(obj), _MISSING)
+    if done is not _MISSING:
+        return done
+    if t is dict:
+        new: Any = {}
+        memo[id(obj)] = new
+        for k, v in obj.items():
+            if type(k) not in _ATOMIC and id(k) not in memo:
+                raise _Unhandled(k)
+            new[k] = _copy_keeping_tensors(v, k if isinstance(k, str) else key, memo, kept,
+                                           record)
+        return new
+    if t is list:
+        new = []
+        memo[id(obj)] = new
+        new.extend(_copy_keeping_tensors(v, key, memo, kept, record) for v in obj)
+        return new
+    if t is tuple:
+        flat = _tensors_of_frozen(obj)
+        if flat is not None:  # kept whole; its tensors need no memo entry (all are kept)
+            if record:
+                kept += [(key, x, x._version) for x in flat if id(x) not in memo]
+            memo[id(obj)] = obj
+            return obj
+        items = [_copy_keeping_tensors(v, key, memo, kept, record) for v in obj]
+        new = obj if all(a is b for a, b in zip(items, obj, strict=True)) else tuple(items)
+        memo[id(obj)] = new
+        return new
+    if isinstance(obj, Tensor):
+        memo[id(obj)] = obj
+        if record:
+            kept.append((key, obj, obj._version))
+        return obj
+    raise _Unhandled(obj)
 
 
 class StepTransaction:
@@ -107,6 +172,27 @@ class StepTransaction:
         state = [(k, v) for k, v in optimizer.state.items() if k != "counters"]
         in_place = type(optimizer).state_mutated_in_place
         kept: list[tuple[str, Tensor, int]] = []
+        copied = None
+        if in_place is not None and not in_place:  # no tensor to clone: one pass, no deepcopy
+            try:
+                copied = _copy_keeping_tensors(state, "", memo, kept, self.check_in_place)
+            except _Unhandled:
+                memo = {id(p): p for p in params}
+                kept = []
+        if copied is None:
+            copied = self._copy_state(state, memo, in_place, kept)
+        self._kept = kept
+        self._state = copied
+        self._extra = copy.deepcopy(optimizer.extra_state())
+        self._flags: list[Tensor] = []
+        self.at_start = True
+
+    def _copy_state(self, state: list[tuple[Any, Any]], memo: dict[int, Any],
+                    in_place: frozenset[str] | None,
+                    kept: list[tuple[str, Tensor, int]]) -> list[tuple[Any, Any]]:
+        """``state`` with its containers copied by ``copy.deepcopy``, the tensors under
+        ``in_place`` keys cloned (every tensor when ``in_place`` is ``None``), the others
+        kept by reference and, with :attr:`check_in_place`, recorded in ``kept``."""
         # tuples of tensors (an L-BFGS history) are kept whole, not walked tensor by tensor,
         # unless the step may write into them (every tensor is cloned when in_place is None)
         frozen: list[tuple[str, tuple, tuple[Tensor, ...]]] | None = (
@@ -138,11 +224,7 @@ class StepTransaction:
                     memo[id(t)] = t
                     if self.check_in_place:
                         kept.append((key, t, t._version))
-        self._kept = kept
-        self._state = copy.deepcopy(state, memo)
-        self._extra = copy.deepcopy(optimizer.extra_state())
-        self._flags: list[Tensor] = []
-        self.at_start = True
+        return copy.deepcopy(state, memo)
 
     def copies_if_unchanged(self, params: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
         """This transaction's copies of ``params`` when none was written since it began."""
