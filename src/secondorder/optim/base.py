@@ -277,11 +277,12 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     # ----------------------------------------------------------------- parameters
     def all_params(self) -> tuple[Tensor, ...]:
         """The tensors of all groups that require grad (also those a method leaves out)."""
-        return tuple(p for g in self.param_groups for p in g["params"] if p.requires_grad)
+        # a list comprehension, not a generator: called several times per step
+        return tuple([p for g in self.param_groups for p in g["params"] if p.requires_grad])
 
     def params(self) -> tuple[Tensor, ...]:
         """The trainable tensors of all groups, in group order (those requiring grad)."""
-        return tuple(p for g in self.param_groups for p in g["params"] if p.requires_grad)
+        return tuple([p for g in self.param_groups for p in g["params"] if p.requires_grad])
 
     def group_of(self) -> tuple[dict[str, Any], ...]:
         """The param group of each tensor of :meth:`params`, in the same order."""
