@@ -405,13 +405,14 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 closure that ran backward (torch.optim convention).
             NonFiniteLossError: if ``check_finite`` and the loss is not finite.
         """
+        params = self.params()
         watch = BackwardWatch(
-            closure, self.params(), graph_needed_by=type(self).__name__ if create_graph else None
+            closure, params, graph_needed_by=type(self).__name__ if create_graph else None
         )
         # A graph kept for HVPs needs attention that autograd can differentiate twice.
         attention = double_differentiable_attention() if create_graph else _NO_CONTEXT
         with torch.enable_grad(), attention:
-            _, loss, samples, params = self.call_closure(watch, need_grad=False)
+            _, loss, samples = self._call_closure(watch, False, params)
             if check_finite and not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")
             if not grad:
@@ -464,6 +465,13 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 ``need_grad`` and its loss does not require grad.
         """
         params = self.params()
+        out, loss, samples = self._call_closure(closure, need_grad, params)
+        return out, loss, samples, params
+
+    def _call_closure(
+        self, closure: Closure, need_grad: bool, params: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor, int]:
+        """:meth:`call_closure` with :meth:`params` already at hand."""
         if not params:
             raise ValueError("no parameter requires grad: the optimizer has nothing to optimize")
         out = closure()
@@ -476,7 +484,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 "the closure's loss does not require grad: return the loss tensor "
                 "computed from the parameters, inside the closure, without detaching it"
             )
-        return out, loss, samples, params
+        return out, loss, samples
 
     def _reduce(self, out: Tensor) -> tuple[Tensor, int]:
         if not isinstance(out, Tensor):
