@@ -7,15 +7,20 @@ Protocol (issue 11), float64 on a flat parameter vector ``x``:
 2. Each solver runs from the same ``x0`` until the loss at its iterate is ``<= target``:
    ours (:class:`~secondorder.optim.LBFGS` with ``full_batch=True``,
    :class:`~secondorder.optim.NewtonCG`, :class:`~secondorder.optim.TrustRegion` with the
-   spherical norm, all with their defaults, and the trust region once more with
-   ``eta_expand=0.75``, the radius rule of Nocedal & Wright Alg. 4.1 that pytorch-minimize
-   uses, instead of [AdaptiveNorms] Alg. 1's) one ``step`` at a time, and pytorch-minimize's
+   spherical norm, all with their defaults; the trust region's default radius rule is
+   ``eta_expand=0.75``, Nocedal & Wright Alg. 4.1, which pytorch-minimize uses; the pair
+   ``trust_paper`` of ``--solvers``, not run by default, takes [AdaptiveNorms] Alg. 1's
+   ``eta_expand=None`` instead) one ``step`` at a time, and pytorch-minimize's
    ``torchmin.minimize`` (``l-bfgs``, ``newton-cg``, ``trust-ncg``, defaults) with a
    callback. The loss check after each iteration is excluded from the time on both sides.
 3. Time to target is the median of ``--repeats`` runs, interleaved (ours, peer, ours,
    peer...) so that a load change on the shared machine hits both; the ratio ours / peer
    is what to read. On the two tiny problems (a few milliseconds a solve) one run is the
-   mean of 20 back-to-back solves, so that one scheduler hiccup does not decide it.
+   mean of 20 back-to-back solves, so that one scheduler hiccup does not decide it
+   (``--statistic min``: the fastest of them, the least disturbed by other jobs). Time is
+   wall time; ``--clock thread`` takes this thread's CPU time instead, which on a machine
+   shared with other jobs leaves out the time the scheduler gives them (cache and memory
+   contention still count).
 4. Every run counts iterations, loss evaluations (forwards), gradients and Hessian-vector
    products through an identity wrapper around ``x`` whose backward (gradient) and double
    backward (HVP) count themselves (the same wrapper on both sides; the first run's
@@ -216,21 +221,28 @@ def scipy_target(problem: FlatProblem) -> float:
 # ----------------------------------------------------------------------------- runs
 
 
+#: the clock of :class:`Stopwatch`: wall time, or with ``--clock thread`` this thread's CPU
+#: time (on a machine shared with other jobs it leaves out the time the scheduler gives them)
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+CLOCK = [time.perf_counter]
+
+
 class Stopwatch:
-    """Wall time minus the time spent inside :meth:`paused`."""
+    """Time on :data:`CLOCK` minus the time spent inside :meth:`paused`."""
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.clock = CLOCK[0]
+        self.start = self.clock()
         self.excluded = 0.0
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         yield
-        self.excluded += time.perf_counter() - t0
+        self.excluded += self.clock() - t0
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start - self.excluded
+        return self.clock() - self.start - self.excluded
 
 
 @dataclass
@@ -283,9 +295,11 @@ SOLVERS = {
     "lbfgs": ("LBFGS", lambda p: LBFGS(p, full_batch=True), "l-bfgs"),
     "newton": ("NewtonCG", lambda p: NewtonCG(p), "newton-cg"),
     "trust": ("TrustRegion spherical", lambda p: TrustRegion(p, norm="spherical"), "trust-ncg"),
-    "trust_nw": ("TrustRegion spherical, eta_expand=0.75",
-                 lambda p: TrustRegion(p, norm="spherical", eta_expand=0.75), "trust-ncg"),
+    "trust_paper": ("TrustRegion spherical, eta_expand=None",
+                    lambda p: TrustRegion(p, norm="spherical", eta_expand=None), "trust-ncg"),
 }
+#: the pairs run without ``--solvers`` (``trust_paper`` on request: the default run stays short)
+DEFAULT_SOLVERS = ("lbfgs", "newton", "trust")
 
 
 def counted_run(run: Callable[[], Run]) -> tuple[Run, dict[str, int]]:
@@ -302,8 +316,12 @@ def counted_run(run: Callable[[], Run]) -> tuple[Run, dict[str, int]]:
 
 
 def bench_problem(problem: FlatProblem, solvers: list[str], repeats: int,
-                  max_iter: int) -> list[str]:
-    """Print the table of one problem; return the markdown rows of its ratios."""
+                  max_iter: int, statistic: str = "mean") -> list[str]:
+    """Print the table of one problem; return the markdown rows of its ratios.
+
+    ``statistic`` reduces the back-to-back solves of one run of a tiny problem: their
+    ``"mean"``, or the ``"min"`` of those after the first (counted) one.
+    """
     problem.target = scipy_target(problem)
     print(f"\n{problem.name}")
     print(f"target: {problem.target:.10g} (scipy L-BFGS-B, {problem.scipy_iters} iterations)")
@@ -321,10 +339,13 @@ def bench_problem(problem: FlatProblem, solvers: list[str], repeats: int,
             for k, r in runs.items():
                 run, c = counted_run(r)
                 counts.setdefault(k, (run, c))
-                seconds = run.seconds
+                solves = [run.seconds]
                 for _ in range(problem.solves_per_run - 1):  # tiny problems: a run is N solves
-                    seconds += r().seconds
-                times[k].append(seconds / problem.solves_per_run)
+                    solves.append(r().seconds)
+                if statistic == "min" and len(solves) > 1:
+                    times[k].append(min(solves[1:]))
+                else:
+                    times[k].append(statistics.fmean(solves))
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["ours"] / med["peer"]
         for k, label in (("ours", f"ours {ours_name}"), ("peer", f"torchmin {method}")):
@@ -352,10 +373,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: steadier on a machine shared with other jobs)")
     parser.add_argument("--max-iter", type=int, default=500, help="iterations before giving up")
+    parser.add_argument("--statistic", choices=("mean", "min"), default="mean",
+                        help="a run of a tiny problem: the mean of its 20 solves, or the min "
+                             "(least disturbed by other jobs)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or this thread's CPU time (steadier on a loaded machine)")
     parser.add_argument("--only", default=None,
                         help="comma-separated problems: softmax,mlp,rosenbrock,logistic")
-    parser.add_argument("--solvers", default=",".join(SOLVERS),
-                        help=f"comma-separated pairs to run: {','.join(SOLVERS)}")
+    parser.add_argument("--solvers", default=",".join(DEFAULT_SOLVERS),
+                        help=f"comma-separated pairs to run, from {','.join(SOLVERS)} "
+                             f"(default: {','.join(DEFAULT_SOLVERS)})")
     args = parser.parse_args(argv)
     solvers = args.solvers.split(",")
     if any(k not in SOLVERS for k in solvers):
@@ -366,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    CLOCK[0] = CLOCKS[args.clock]
     quick = args.quick
     builders = {
         "softmax": lambda: softmax_problem(args.data_dir, 1000 if quick else 10000,
@@ -380,14 +408,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--only: unknown problem(s) {unknown}; choose from {list(builders)}")
     print(f"torch {torch.__version__}, torchmin {torchmin.__version__}, "
           f"{platform.machine()}, {torch.get_num_threads()} threads, float64"
-          f"{', quick' if quick else ''}, median of {args.repeats}")
+          f"{', quick' if quick else ''}, median of {args.repeats}, {args.clock} clock")
     warm = FlatProblem("warm-up", lambda w: (w * w).sum(), torch.ones(2, dtype=DTYPE), 1, 0.0)
-    for _, make, method in SOLVERS.values():
+    for _, make, method in (SOLVERS[k] for k in solvers):
         run_ours(make, warm, 3)
         run_peer(method, warm, 3)
     rows = []
     for name in names:
-        rows += bench_problem(builders[name](), solvers, args.repeats, args.max_iter)
+        rows += bench_problem(builders[name](), solvers, args.repeats, args.max_iter,
+                              args.statistic)
     print("\n| problem | pair | ours | torchmin | ours / torchmin |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))

@@ -69,13 +69,24 @@ def check_like(vec: Sequence[Tensor], like: Sequence[Tensor], name: str = "vec")
 
 def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     """Inner product ``sum_i <a_i, b_i>`` as a 0-dim tensor (real part for complex)."""
-    if len(a) == 0:
+    n = len(a)
+    if n == 1 and len(b) == 1:  # one kernel, no stack (the common one-tensor case first)
+        x, y = a[0], b[0]
+        if not x.is_complex():
+            if x.dim() == 1 and y.dim() == 1:
+                return torch.dot(x, y)
+            return torch.dot(x.reshape(-1), y.reshape(-1))
+    if n == 0:
         return torch.zeros(())
-    if len(a) == 1 and len(b) == 1 and not a[0].is_complex():  # one kernel, no stack
-        return torch.dot(a[0].reshape(-1), b[0].reshape(-1))
     return torch.stack(
-        [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+        [torch.vdot(_flat(x), _flat(y)) for x, y in zip(a, b, strict=True)]
     ).sum()
+
+
+def _flat(x: Tensor) -> Tensor:
+    """``x.reshape(-1)``; ``x`` itself when already 1-D (no new view: a step on a model of a
+    few parameters spends a visible share of its time creating views)."""
+    return x if x.dim() == 1 else x.reshape(-1)
 
 
 def norm(a: Sequence[Tensor]) -> Tensor:
@@ -165,4 +176,6 @@ def all_finite(a: Sequence[Tensor]) -> Tensor:
     """0-dim bool tensor: every entry of every tensor is finite."""
     if len(a) == 0:
         return torch.ones((), dtype=torch.bool)
+    if len(a) == 1:
+        return torch.isfinite(a[0]).all()
     return torch.stack([torch.isfinite(x).all() for x in a]).all()

@@ -10,9 +10,15 @@ whole optimizer suite by ``tests/optim/conftest.py``) or, without a declaration,
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from torch import Tensor
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 import secondorder.optim as so
 from secondorder.optim.base import SecondOrderOptimizer, StepTransaction
@@ -138,3 +144,153 @@ def test_params_at_start_shares_the_transaction_copy_until_the_parameters_move()
     opt.step(lambda: loss_of(w))
     assert opt.seen == [(True, True), (False, True)]  # then a fresh copy of the moved point
     assert opt.params_at_start()[0] is not w and torch.equal(opt.params_at_start()[0], w)
+
+
+class TupleBuffer(SecondOrderOptimizer):
+    """Keeps a tuple of tensors (as an L-BFGS history) and a tensor under a named key that
+    the tuple also holds; writes into the named one, then may fail."""
+
+    state_mutated_in_place = frozenset({"buf"})
+    fail = False
+    write_into_tuple = False
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure):  # type: ignore[override]
+        ev = self.evaluate(closure)
+        st = self.state.setdefault("global", {})
+        if "buf" not in st:
+            st["buf"] = torch.zeros(3, dtype=DT)
+            st["pairs"] = ((torch.ones(2, dtype=DT), torch.ones(2, dtype=DT)),)
+            st["with_buf"] = (torch.ones(2, dtype=DT), st["buf"])
+        st["buf"].add_(1.0)
+        if self.write_into_tuple:
+            st["pairs"][0][0].add_(1.0)
+        self.add_to_params(ev.grads, -0.1)
+        if self.fail:
+            raise RuntimeError("fails after writing into its state")
+        return ev.loss
+
+
+def test_tuples_of_tensors_are_kept_whole_unless_they_hold_a_tensor_the_step_writes():
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = TupleBuffer([w])
+    opt.step(lambda: loss_of(w))
+    st = opt.state["global"]
+    snapshot = dict(StepTransaction(opt)._state)["global"]
+    assert snapshot["pairs"] is st["pairs"]  # kept whole: nothing in it is written
+    # the tuple that also holds the written tensor is rebuilt around its one clone
+    assert snapshot["with_buf"] is not st["with_buf"]
+    assert snapshot["with_buf"][0] is st["with_buf"][0]
+    assert snapshot["with_buf"][1] is snapshot["buf"] and snapshot["buf"] is not st["buf"]
+    before = st["buf"].clone()
+    opt.fail = True
+    with pytest.raises(RuntimeError, match="fails after writing"):
+        opt.step(lambda: loss_of(w))
+    st = opt.state["global"]
+    assert torch.equal(st["buf"], before) and st["with_buf"][1] is st["buf"]
+
+
+def test_a_write_into_a_tensor_of_a_kept_tuple_is_named_by_the_check():
+    assert StepTransaction.check_in_place  # tests/optim/conftest.py
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = TupleBuffer([w])
+    opt.step(lambda: loss_of(w))
+    opt.write_into_tuple = True
+    with pytest.raises(AssertionError, match="TupleBuffer.step wrote in place.*'pairs'"):
+        opt.step(lambda: loss_of(w))
+
+
+def test_step_hooks_run_once_per_step_in_torch_order_and_may_replace_the_arguments():
+    """The transaction wrapper runs torch.optim's step hooks itself (torch does not wrap
+    the step a second time): global and own pre-hooks, then own and global post-hooks."""
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = so.LBFGS([w], full_batch=True)
+    calls: list[str] = []
+    other_calls: list[int] = []
+
+    def other_closure():
+        other_calls.append(1)
+        return loss_of(w)
+
+    def own_pre(o, args, kwargs):
+        calls.append("own_pre")
+        return (other_closure,), kwargs
+
+    handles = [
+        register_optimizer_step_pre_hook(
+            lambda o, a, k: calls.append("global_pre")),
+        opt.register_step_pre_hook(own_pre),
+        opt.register_step_post_hook(lambda o, a, k: calls.append(f"own_post:{a[0].__name__}")),
+        register_optimizer_step_post_hook(
+            lambda o, a, k: calls.append("global_post")),
+    ]
+    try:
+        opt.step(lambda: loss_of(w))
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == ["global_pre", "own_pre", "own_post:other_closure", "global_post"]
+    assert other_calls  # the pre-hook's closure was the one stepped
+    assert getattr(type(opt).step, "hooked", False)
+
+
+def test_a_profiler_sees_one_optimizer_step_range_per_step():
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = so.LBFGS([w], full_batch=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            opt.step(lambda: loss_of(w))
+    names = [e.name for e in prof.events()]
+    assert names.count("Optimizer.step#LBFGS.step") == 3
+
+
+class Containers(SecondOrderOptimizer):
+    """Appends to lists in its state (one shared by two keys) and may fail afterwards."""
+
+    state_mutated_in_place = frozenset[str]()
+    fail = False
+    odd = None  # a container the one-pass copy does not handle (then deepcopy does)
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure):  # type: ignore[override]
+        ev = self.evaluate(closure)
+        st = self.state.setdefault("global", {})
+        if "log" not in st:
+            shared = [torch.zeros(1, dtype=DT)]
+            st.update(log=shared, again=shared, nested={"pairs": ((ev.loss, ev.loss),)})
+            if self.odd is not None:
+                st["odd"] = self.odd
+        st["log"].append(ev.loss)
+        st["nested"]["pairs"] = (*st["nested"]["pairs"], (ev.loss, ev.loss))
+        if isinstance(st.get("odd"), dict):
+            st["odd"]["n"] += 1
+        self.add_to_params(ev.grads, -0.1)
+        if self.fail:
+            raise RuntimeError("fails after appending")
+        return ev.loss
+
+
+@pytest.mark.parametrize("odd", [None, collections.OrderedDict(n=0)], ids=["plain", "subclass"])
+def test_a_failed_step_puts_back_shared_and_nested_containers(odd):
+    """The one-pass copy of an optimizer that writes no state tensor in place (and its
+    deepcopy fallback for containers it does not handle) restores what the step appended
+    and keeps a list shared by two keys shared."""
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = Containers([w])
+    opt.odd = odd
+    for _ in range(2):
+        opt.step(lambda: loss_of(w))
+    st = opt.state["global"]
+    log, pairs = list(st["log"]), st["nested"]["pairs"]
+    opt.fail = True
+    with pytest.raises(RuntimeError, match="fails after appending"):
+        opt.step(lambda: loss_of(w))
+    st = opt.state["global"]
+    assert st["log"] == log and all(a is b for a, b in zip(st["log"], log, strict=True))
+    assert st["again"] is st["log"] and st["nested"]["pairs"] is pairs
+    if odd is not None:
+        assert st["odd"] == {"n": 2} and type(st["odd"]) is collections.OrderedDict

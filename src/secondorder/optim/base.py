@@ -53,6 +53,7 @@ a saved one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -71,6 +72,7 @@ from secondorder.optim.distributed import data_parallel_evaluate
 from secondorder.optim.step_transaction import StepTransaction, transactional
 
 Closure = Callable[[], Tensor]
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: no state
 
 __all__ = [
     "Closure",
@@ -278,11 +280,12 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     # ----------------------------------------------------------------- parameters
     def all_params(self) -> tuple[Tensor, ...]:
         """The tensors of all groups that require grad (also those a method leaves out)."""
-        return tuple(p for g in self.param_groups for p in g["params"] if p.requires_grad)
+        # a list comprehension, not a generator: called several times per step
+        return tuple([p for g in self.param_groups for p in g["params"] if p.requires_grad])
 
     def params(self) -> tuple[Tensor, ...]:
         """The trainable tensors of all groups, in group order (those requiring grad)."""
-        return tuple(p for g in self.param_groups for p in g["params"] if p.requires_grad)
+        return tuple([p for g in self.param_groups for p in g["params"] if p.requires_grad])
 
     def group_of(self) -> tuple[dict[str, Any], ...]:
         """The param group of each tensor of :meth:`params`, in the same order."""
@@ -300,21 +303,21 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         copies = None if tr is None else tr.copies_if_unchanged(params)
         return copies if copies is not None else tl.clone(params)
 
-    @torch.no_grad()
     def set_params(self, values: Sequence[Tensor]) -> None:
         """Copy ``values`` into the trainable parameters."""
         self._moved()
-        torch._foreach_copy_(list(self.params()), list(values))
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.params()), list(values))
 
-    @torch.no_grad()
     def add_to_params(self, direction: Sequence[Tensor], alpha: float | Tensor = 1.0) -> None:
         """``params += alpha * direction`` in place (``alpha`` may be a 0-dim tensor)."""
         self._moved()
         ps = list(self.params())
-        if isinstance(alpha, Tensor):
-            torch._foreach_add_(ps, torch._foreach_mul(list(direction), alpha))
-        else:
-            torch._foreach_add_(ps, list(direction), alpha=alpha)
+        with torch.no_grad():
+            if isinstance(alpha, Tensor):
+                torch._foreach_add_(ps, torch._foreach_mul(list(direction), alpha))
+            else:
+                torch._foreach_add_(ps, list(direction), alpha=alpha)
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict`` with the cost counters as a plain dict.
@@ -405,12 +408,14 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 closure that ran backward (torch.optim convention).
             NonFiniteLossError: if ``check_finite`` and the loss is not finite.
         """
+        params = self.params()
         watch = BackwardWatch(
-            closure, self.params(), graph_needed_by=type(self).__name__ if create_graph else None
+            closure, params, graph_needed_by=type(self).__name__ if create_graph else None
         )
         # A graph kept for HVPs needs attention that autograd can differentiate twice.
-        with torch.enable_grad(), double_differentiable_attention(enabled=create_graph):
-            _, loss, samples, params = self.call_closure(watch, need_grad=False)
+        attention = double_differentiable_attention() if create_graph else _NO_CONTEXT
+        with torch.enable_grad(), attention:
+            _, loss, samples = self._call_closure(watch, False, params)
             if check_finite and not bool(torch.isfinite(loss.detach())):
                 raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")
             if not grad:
@@ -463,6 +468,13 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 ``need_grad`` and its loss does not require grad.
         """
         params = self.params()
+        out, loss, samples = self._call_closure(closure, need_grad, params)
+        return out, loss, samples, params
+
+    def _call_closure(
+        self, closure: Closure, need_grad: bool, params: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor, int]:
+        """:meth:`call_closure` with :meth:`params` already at hand."""
         if not params:
             raise ValueError("no parameter requires grad: the optimizer has nothing to optimize")
         out = closure()
@@ -475,7 +487,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 "the closure's loss does not require grad: return the loss tensor "
                 "computed from the parameters, inside the closure, without detaching it"
             )
-        return out, loss, samples, params
+        return out, loss, samples
 
     def _reduce(self, out: Tensor) -> tuple[Tensor, int]:
         if not isinstance(out, Tensor):

@@ -189,13 +189,12 @@ def truncated_cg(
         tl.check_like(x0, b, "x0")
         x = tuple(t.detach() for t in x0)
         r = tl.sub(b, tuple(matvec(x)))
-    tol = torch.clamp(rtol * tl.norm(b), min=atol).to(like.device)
+    b_norm = tl.norm(b)
+    tol = torch.clamp(rtol * b_norm, min=atol).to(like.device)
     z = r if preconditioner is None else tuple(preconditioner(r))
     p = z
     rz = tl.dot(r, z)
-    active = tl.norm(r) > tol
-    status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
-    done_iters = torch.zeros((), dtype=torch.long, device=like.device)
+    active = (b_norm if r is b else tl.norm(r)) > tol  # (the same norm: not computed twice)
     iterates: dict[int, TensorList] = {}
     if 0 in keep:
         iterates[0] = tl.clone(x)
@@ -204,9 +203,9 @@ def truncated_cg(
             matvec, x, r, z, p, rz, tol, active, max_iter, preconditioner, callback, keep,
             iterates,
         )  # fmt: skip
-        max_iter = 0  # skip the masked loop below
-        status = torch.tensor(code, device=like.device)
-        done_iters = torch.tensor(iterations, device=like.device)
+        return _cg_result(x, r, p, code, iterations, iterates)
+    status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
+    done_iters = torch.zeros((), dtype=torch.long, device=like.device)
 
     for i in range(max_iter):
         if i % check_every == 0 and not bool(active):
@@ -241,7 +240,12 @@ def truncated_cg(
             iterates[i + 1] = x  # x is rebound, never written in place: no copy
 
     code, iterations = (int(v) for v in torch.stack([status, done_iters]).tolist())
-    iterates = {k: v for k, v in iterates.items() if k <= iterations}
+    return _cg_result(x, r, p, code, iterations, iterates)
+
+
+def _cg_result(x: TensorList, r: TensorList, p: TensorList, code: int, iterations: int,
+               iterates: dict[int, TensorList]) -> CGResult:
+    """:func:`truncated_cg`'s result from its final vectors, status code and iterations."""
     return CGResult(
         solution=x,
         iterations=iterations,
@@ -249,7 +253,7 @@ def truncated_cg(
         residual_norm=tl.norm(r),
         negative_curvature=p if code == _NEGATIVE else None,
         hits_boundary=False,
-        iterates=iterates,
+        iterates={k: v for k, v in iterates.items() if k <= iterations},
         residual=r,
     )
 
@@ -409,15 +413,16 @@ def steihaug_cg(
     z = r if metric is None else tl.mul(inv_metric, r)
     p = z
     rz = tl.dot(r, z)
-    tol = torch.clamp(rtol * torch.sqrt(rz), min=atol)
-    active = torch.sqrt(rz) > tol
+    r_norm = torch.sqrt(rz)
+    tol = torch.clamp(rtol * r_norm, min=atol)
+    active = r_norm > tol
+    if check_every == 1:
+        return _steihaug_host(matvec, g, s, r, z, p, rz, tol, active, radius2, max_iter,
+                              m_dot, inv_metric if metric is not None else None)
     status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
     done_iters = torch.zeros((), dtype=torch.long, device=like.device)
     zero = torch.zeros((), dtype=like.dtype, device=like.device)
     initial_curvature = None
-    if check_every == 1:
-        return _steihaug_host(matvec, g, s, r, z, p, rz, tol, active, radius2, max_iter,
-                              m_dot, inv_metric if metric is not None else None)
 
     for i in range(max_iter):
         if i % check_every == 0 and not bool(active):

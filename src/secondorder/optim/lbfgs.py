@@ -194,12 +194,14 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             x0 = self.params_at_start()
             d = scale.apply(mem.descent_direction(g))
             gtd = tl.dot(g, d)
-            if not bool(gtd < 0):  # not a descent direction: restart from steepest descent
+            gtd_f = float(gtd)  # one read for both tests (the same sign test as gtd < 0)
+            if not gtd_f < 0:  # not a descent direction: restart from steepest descent
                 mem.reset()
                 st["fresh"] = True
                 d = scale.apply(tl.neg(g))
                 gtd = -tl.dot(g, scale.apply(g))
-            if float(gtd) > -tol_change:
+                gtd_f = float(gtd)
+            if gtd_f > -tol_change:
                 break
             if st["fresh"]:
                 sg = scale.apply(g)

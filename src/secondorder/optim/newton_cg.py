@@ -28,6 +28,7 @@ The graph is freed before ``step`` returns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,7 +42,7 @@ from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import krylov
 from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.line_objective import LineObjective, is_finite, max_abs, search
+from secondorder.optim.line_objective import LineObjective, is_finite, search
 
 __all__ = ["NewtonCG", "eisenstat_walker"]
 
@@ -209,9 +210,12 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         try:
             if not is_finite(loss, g):  # the step raises NonFiniteLossError and is undone
                 return loss
-            if scale.lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
+            # max |g| and |g| in one read (the values of max_abs(g) and float(tl.norm(g)))
+            gmax, gnorm = torch.stack(
+                [torch.stack([x.abs().max() for x in g]).max(), tl.norm(g)]
+            ).tolist()
+            if scale.lr == 0 or gmax <= grp["tolerance_grad"]:
                 return loss
-            gnorm = float(tl.norm(g))
             if grp["forcing"] == "eisenstat_walker":
                 eta = eisenstat_walker(gnorm, st.get("gnorm"), st.get("eta"))
             elif grp["forcing"] == "sqrt_gradient":
@@ -226,7 +230,8 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
                 hess.free()
         p = scale.apply(res.solution)  # the direction searched: diag(lr_g / lr_max) p
         gtd = tl.dot(g, p)
-        if not bool(torch.isfinite(gtd) & (gtd < 0)):  # safeguard: steepest descent
+        gtd_f = float(gtd)
+        if not (math.isfinite(gtd_f) and gtd_f < 0):  # safeguard: steepest descent
             p = scale.apply(tl.neg(g))
             gtd = -tl.dot(g, scale.apply(g))
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)

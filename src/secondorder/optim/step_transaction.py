@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from secondorder import tensorlist as tl
 from secondorder.errors import NonFiniteLossError
 
 if TYPE_CHECKING:
@@ -26,17 +27,112 @@ if TYPE_CHECKING:
 __all__ = ["StepTransaction", "transactional"]
 
 
-def _keyed_tensors(obj: Any, key: str) -> Iterable[tuple[str, Tensor]]:
+def _keyed_tensors(
+    obj: Any, key: str, frozen: list[tuple[str, tuple, tuple[Tensor, ...]]] | None = None
+) -> Iterable[tuple[str, Tensor]]:
     """``(key, tensor)`` for the tensors inside nested dicts, lists and tuples; ``key`` is the
-    innermost string dict key above the tensor (``""`` when none)."""
+    innermost string dict key above the tensor (``""`` when none).
+
+    With ``frozen`` (a list), a tuple that holds only tensors, or only tuples of tensors, is
+    not walked item by item: ``(key, the tuple, its tensors)`` is appended to ``frozen``
+    instead (:func:`_tensors_of_frozen`).
+    """
     if isinstance(obj, Tensor):
         yield key, obj
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            yield from _keyed_tensors(v, k if isinstance(k, str) else key)
+            yield from _keyed_tensors(v, k if isinstance(k, str) else key, frozen)
     elif isinstance(obj, (list, tuple)):
+        if frozen is not None and type(obj) is tuple:
+            flat = _tensors_of_frozen(obj)
+            if flat is not None:
+                frozen.append((key, obj, flat))
+                return
         for v in obj:
-            yield from _keyed_tensors(v, key)
+            yield from _keyed_tensors(v, key, frozen)
+
+
+def _tensors_of_frozen(obj: tuple) -> tuple[Tensor, ...] | None:
+    """The tensors of a tuple of tensors, or of a tuple of tuples of tensors (an L-BFGS
+    history); ``None`` for any other tuple.
+
+    Such a tuple cannot change except through its tensors, so a snapshot that keeps its
+    tensors by reference can keep the tuple itself. The type checks run over the distinct
+    item types only (``set(map(type, ...))`` iterates in C): a history of 100 pairs costs
+    a few microseconds, not a Python call per tensor.
+    """
+    types = set(map(type, obj))
+    if types == {tuple}:
+        obj = tuple(chain.from_iterable(obj))
+        types = set(map(type, obj))
+    if types <= _PLAIN_TENSOR_TYPES or all(issubclass(t, Tensor) for t in types):
+        return obj
+    return None
+
+
+_PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
+
+
+class _Unhandled(Exception):
+    """Raised by :func:`_copy_keeping_tensors` on a type it does not copy itself."""
+
+
+_MISSING = object()
+#: types ``copy.deepcopy`` returns as they are
+_ATOMIC = frozenset({type(None), int, float, bool, complex, str, bytes})
+
+
+def _copy_keeping_tensors(obj: Any, key: str, memo: dict[int, Any],
+                          kept: list[tuple[str, Tensor, int]], record: bool) -> Any:
+    """``copy.deepcopy(obj, memo)`` for a state that keeps every tensor by reference.
+
+    Copies dicts and lists, rebuilds a tuple only when an item of it was copied, and keeps
+    tensors (recorded in ``kept`` with their key and version when ``record``), ``memo``'s
+    objects and atomic values as they are: one walk in which a tuple of tensors (an L-BFGS
+    history) costs a few C-level calls (:func:`_tensors_of_frozen`). Shared and recursive
+    containers are copied once, as deepcopy does.
+
+    Raises:
+        _Unhandled: on anything else (a subclass of dict, list or tuple, any other object):
+            the caller then copies the state with ``copy.deepcopy``.
+    """
+    t = type(obj)
+    if t in _ATOMIC:
+        return obj
+    done = memo.get(id(obj), _MISSING)
+    if done is not _MISSING:
+        return done
+    if t is dict:
+        new: Any = {}
+        memo[id(obj)] = new
+        for k, v in obj.items():
+            if type(k) not in _ATOMIC and id(k) not in memo:
+                raise _Unhandled(k)
+            new[k] = _copy_keeping_tensors(v, k if isinstance(k, str) else key, memo, kept,
+                                           record)
+        return new
+    if t is list:
+        new = []
+        memo[id(obj)] = new
+        new.extend(_copy_keeping_tensors(v, key, memo, kept, record) for v in obj)
+        return new
+    if t is tuple:
+        flat = _tensors_of_frozen(obj)
+        if flat is not None:  # kept whole; its tensors need no memo entry (all are kept)
+            if record:
+                kept += [(key, x, x._version) for x in flat if id(x) not in memo]
+            memo[id(obj)] = obj
+            return obj
+        items = [_copy_keeping_tensors(v, key, memo, kept, record) for v in obj]
+        new = obj if all(a is b for a, b in zip(items, obj, strict=True)) else tuple(items)
+        memo[id(obj)] = new
+        return new
+    if isinstance(obj, Tensor):
+        memo[id(obj)] = obj
+        if record:
+            kept.append((key, obj, obj._version))
+        return obj
+    raise _Unhandled(obj)
 
 
 class StepTransaction:
@@ -76,11 +172,50 @@ class StepTransaction:
         state = [(k, v) for k, v in optimizer.state.items() if k != "counters"]
         in_place = type(optimizer).state_mutated_in_place
         kept: list[tuple[str, Tensor, int]] = []
-        tensors = list(_keyed_tensors(state, ""))
+        copied = None
+        if in_place is not None and not in_place:  # no tensor to clone: one pass, no deepcopy
+            try:
+                copied = _copy_keeping_tensors(state, "", memo, kept, self.check_in_place)
+            except _Unhandled:
+                memo = {id(p): p for p in params}
+                kept = []
+        if copied is None:
+            copied = self._copy_state(state, memo, in_place, kept)
+        self._kept = kept
+        self._state = copied
+        self._extra = copy.deepcopy(optimizer.extra_state())
+        self._flags: list[Tensor] = []
+        self.at_start = True
+
+    def _copy_state(self, state: list[tuple[Any, Any]], memo: dict[int, Any],
+                    in_place: frozenset[str] | None,
+                    kept: list[tuple[str, Tensor, int]]) -> list[tuple[Any, Any]]:
+        """``state`` with its containers copied by ``copy.deepcopy``, the tensors under
+        ``in_place`` keys cloned (every tensor when ``in_place`` is ``None``), the others
+        kept by reference and, with :attr:`check_in_place`, recorded in ``kept``."""
+        # tuples of tensors (an L-BFGS history) are kept whole, not walked tensor by tensor,
+        # unless the step may write into them (every tensor is cloned when in_place is None)
+        frozen: list[tuple[str, tuple, tuple[Tensor, ...]]] | None = (
+            None if in_place is None else []
+        )
+        tensors = list(_keyed_tensors(state, "", frozen))
+        if frozen:
+            tensors += [(key, t) for key, tup, flat in frozen if key in in_place for t in flat]
+        cloned: set[int] = set()
         if in_place is not None:  # clone a tensor met under a named key, wherever else it is
             for key, t in tensors:
+                if key in in_place and id(t) not in memo:
+                    memo[id(t)] = t.detach().clone()
+                    cloned.add(id(t))
+            for key, tup, flat in frozen or ():
                 if key in in_place:
-                    memo.setdefault(id(t), t.detach().clone())
+                    continue  # rebuilt by deepcopy around its clones
+                if cloned.isdisjoint(map(id, flat)):
+                    memo[id(tup)] = tup  # nothing in it is cloned: keep the tuple itself
+                    if self.check_in_place:
+                        kept += [(key, t, t._version) for t in flat if id(t) not in memo]
+                else:  # a tensor in it is also under a named key: walk it
+                    tensors += [(key, t) for t in flat]
         for key, t in tensors:  # each tensor once, not through deepcopy
             if id(t) not in memo:
                 if in_place is None:
@@ -89,11 +224,7 @@ class StepTransaction:
                     memo[id(t)] = t
                     if self.check_in_place:
                         kept.append((key, t, t._version))
-        self._kept = kept
-        self._state = copy.deepcopy(state, memo)
-        self._extra = copy.deepcopy(optimizer.extra_state())
-        self._finite: Tensor | None = None
-        self.at_start = True
+        return copy.deepcopy(state, memo)
 
     def copies_if_unchanged(self, params: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
         """This transaction's copies of ``params`` when none was written since it began."""
@@ -116,21 +247,29 @@ class StepTransaction:
                 )
 
     def watch(self, values: Iterable[Tensor | None]) -> None:
-        """AND the finiteness of ``values`` into the start-point flag (no host sync)."""
-        ts = [v.detach() for v in values if v is not None]
-        if not ts:
-            return
-        ok = tl.all_finite(ts)
-        self._finite = ok if self._finite is None else self._finite & ok
+        """Record the finiteness of ``values`` for the start-point check (no host sync).
+
+        One 0-dim flag per tensor, kept in a list and reduced once, by
+        :meth:`start_was_finite`: no stack and no AND per call.
+        """
+        flags = self._flags
+        for v in values:
+            if v is not None:
+                flags.append(torch.isfinite(v.detach()).all())
+        if len(flags) > 256:  # a long Krylov solve: fold, so the list stays short
+            self._flags = [torch.stack(flags).all()]
 
     def restart(self) -> None:
         """The step starts over at the current parameters: forget what was watched."""
-        self._finite = None
+        self._flags = []
         self.at_start = True
 
     def start_was_finite(self) -> bool:
         """Whether everything watched was finite (one host sync)."""
-        return self._finite is None or bool(self._finite)
+        flags = self._flags
+        if not flags:
+            return True
+        return bool(flags[0] if len(flags) == 1 else torch.stack(flags).all())
 
     def rollback(self, optimizer: SecondOrderOptimizer) -> None:
         """Put the parameters, the state and :meth:`~SecondOrderOptimizer.extra_state` back."""
@@ -147,36 +286,83 @@ class StepTransaction:
 
 
 def transactional(step: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a subclass's ``step`` in a :class:`StepTransaction` (module docstring)."""
+    """Wrap a subclass's ``step`` in a :class:`StepTransaction` (module docstring).
+
+    The wrapper also does what ``torch.optim.Optimizer`` wraps every ``step`` in (its
+    ``profile_hook_step``), so that torch does not wrap it a second time (the wrapper is
+    marked ``hooked``): the global and the optimizer's step pre- and post-hooks, in torch's
+    order, outside the transaction, and the ``Optimizer.step#<class>.step`` profiler range.
+    The range is opened only while a profiler runs: outside one, torch's
+    ``record_function`` is a few microseconds per step that record nothing, which on a
+    problem of a few parameters is a visible share of a step.
+    """
 
     @functools.wraps(step)
     def transactional_step(self: SecondOrderOptimizer, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_transaction", None) is not None:  # super().step() inside a step
             return step(self, *args, **kwargs)
-        self._transaction = transaction = StepTransaction(self)
-        message = (
-            f"{type(self).__name__}: the loss, the gradient or a Hessian-vector product at the "
-            "current parameters is NaN or infinite; the step was undone (parameters and "
-            "optimizer state are as before it)"
-        )
-        try:
-            out = step(self, *args, **kwargs)
-            transaction.check_kept_unchanged(self)
-            if not transaction.start_was_finite():
-                raise NonFiniteLossError(message)
-            return out
-        except NonFiniteLossError:
-            transaction.check_kept_unchanged(self)
-            transaction.rollback(self)
-            raise
-        except BaseException as exc:
-            transaction.rollback(self)
-            if isinstance(exc, Exception) and not transaction.start_was_finite():
-                # e.g. an eigensolver failing on NaN curvature: name the cause
-                raise NonFiniteLossError(message) from exc
-            raise
-        finally:
-            self._transaction = None
+        if torch._C._autograd._profiler_enabled():
+            name = f"Optimizer.step#{type(self).__name__}.step"
+            with torch.autograd.profiler.record_function(name):
+                return _hooked_transaction(step, self, args, kwargs)
+        return _hooked_transaction(step, self, args, kwargs)
 
     transactional_step.transactional = True  # type: ignore[attr-defined]
+    transactional_step.hooked = True  # type: ignore[attr-defined]  # torch: do not wrap again
     return transactional_step
+
+
+def _hooked_transaction(step: Callable[..., Any], self: SecondOrderOptimizer,
+                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """torch.optim's step hooks around one transaction (torch's ``profile_hook_step`` body)."""
+    pre = self._optimizer_step_pre_hooks
+    if _global_optimizer_pre_hooks or pre:
+        for pre_hook in chain(_global_optimizer_pre_hooks.values(), pre.values()):
+            result = pre_hook(self, args, kwargs)
+            if result is not None:
+                if isinstance(result, tuple) and len(result) == 2:
+                    args, kwargs = result
+                else:
+                    raise RuntimeError(
+                        f"{step} must return None or a tuple of (new_args, new_kwargs), but "
+                        f"got {result}."
+                    )
+    out = _transaction_step(step, self, args, kwargs)
+    self._optimizer_step_code()
+    post = self._optimizer_step_post_hooks
+    if post or _global_optimizer_post_hooks:
+        for post_hook in chain(post.values(), _global_optimizer_post_hooks.values()):
+            post_hook(self, args, kwargs)
+    return out
+
+
+def _transaction_step(step: Callable[..., Any], self: SecondOrderOptimizer,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``step(self, *args, **kwargs)`` as a :class:`StepTransaction`."""
+    self._transaction = transaction = StepTransaction(self)
+    try:
+        out = step(self, *args, **kwargs)
+        transaction.check_kept_unchanged(self)
+        if not transaction.start_was_finite():
+            raise NonFiniteLossError(_non_finite_message(self))
+        return out
+    except NonFiniteLossError:
+        transaction.check_kept_unchanged(self)
+        transaction.rollback(self)
+        raise
+    except BaseException as exc:
+        transaction.rollback(self)
+        if isinstance(exc, Exception) and not transaction.start_was_finite():
+            # e.g. an eigensolver failing on NaN curvature: name the cause
+            raise NonFiniteLossError(_non_finite_message(self)) from exc
+        raise
+    finally:
+        self._transaction = None
+
+
+def _non_finite_message(optimizer: SecondOrderOptimizer) -> str:
+    return (
+        f"{type(optimizer).__name__}: the loss, the gradient or a Hessian-vector product at "
+        "the current parameters is NaN or infinite; the step was undone (parameters and "
+        "optimizer state are as before it)"
+    )
