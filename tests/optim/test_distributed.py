@@ -32,7 +32,6 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 NAMES = list(cases.CASES)
 UNEQUAL = ["NewtonCG", "LBFGS", "HessianFree"]
-FOUR = ["NonlinearCG", "NewtonCG", "TrustRegion", "AdaHessian"]  # 4 processes on 2 cores
 
 
 def spawn(fn, world: int, path, *args, timeout: float = 120.0) -> list:
@@ -77,13 +76,10 @@ def test_two_shards_reproduce_the_full_batch_iterates(two_ranks, reference):
     check_iterates(two_ranks, reference, "iterates", NAMES)
 
 
-@pytest.mark.skipif(os.environ.get("SECONDORDER_TEST_FOUR_RANKS") != "1",
-                    reason="4 processes take ~40 s on a shared 2-core machine; "
-                    "set SECONDORDER_TEST_FOUR_RANKS=1")
 def test_four_shards_reproduce_the_full_batch_iterates(tmp_path, reference):
-    ranks = spawn(cases.run_case, 4, tmp_path, FOUR, [], [])
+    ranks = spawn(cases.run_case, 4, tmp_path, NAMES, [], [])
     assert all("worker" not in r for r in ranks), [r.get("worker") for r in ranks]
-    check_iterates(ranks, reference, "iterates", FOUR)
+    check_iterates(ranks, reference, "iterates", NAMES)
 
 
 def test_unequal_shards_are_weighted_by_their_sample_counts(two_ranks, reference):
