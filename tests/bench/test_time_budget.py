@@ -12,6 +12,7 @@ from secondorder.bench.time_budget import (
     MAX_EPOCH_FACTOR,
     META_KEY,
     calibrate,
+    learned,
     load_budget,
     measurement_budget,
     min_eval_gap,
@@ -31,6 +32,22 @@ def test_budget_is_the_slowest_selected_setting_at_least_the_floor_3_digits():
         1.0, "sgd", 0.2)
     seconds, slowest, worst = calibrate({"adam": _rec(None)}, min_seconds=2.0)
     assert (seconds, slowest) == (2.0, None) and math.isnan(worst)
+
+
+def _losses(*values):
+    ms = [{"wall_time": float(i), "train_loss": v} for i, v in enumerate(values)]
+    return RunRecord(0, "p", "x", {}, 0, {"epochs": 5}, "finished", None, ms)
+
+
+def test_a_method_that_did_not_learn_does_not_set_the_budget():
+    # LSCG on the digits CNN: 5.7 s of training, loss 2.308 -> 2.372 (it failed to learn)
+    stalled = _losses(2.308, 2.31, 2.372)
+    assert not learned(stalled) and learned(_losses(2.3, 0.4))
+    assert not learned(_losses(1.0, 0.995))  # less than 1% below the start
+    assert learned(_rec(3.0))  # no training loss recorded: nothing says it failed
+    assert calibrate({"lscg": stalled, "adam": _losses(2.3, 0.5, 0.4)}) == (2.0, "adam", 2.0)
+    assert calibrate({"lscg": stalled}, min_seconds=1.5)[:2] == (1.5, None)
+    assert not learned(_losses(1.0, float("nan")))
 
 
 def test_measurement_budget_caps_the_epochs_and_needs_an_epoch_budget():

@@ -184,8 +184,9 @@ def _budget_line(ps: ProblemSummary) -> str:
                 "the curves at a common time).")
     c = ps.calibration or {}
     slowest = c.get("slowest")
-    why = (f"the slowest selected setting, {slowest}, took {c.get('slowest_seconds', 0):.3g} s "
-           f"for its {ps.tuning_epochs:g} tuning epochs" if slowest else "no timed tuning run")
+    why = (f"the slowest selected setting that learned, {slowest}, took "
+           f"{c.get('slowest_seconds', 0):.3g} s for its {ps.tuning_epochs:g} tuning epochs"
+           if slowest else "no timed tuning run of a method that learned")
     return (f"Budget: every method trained {ps.time_budget:.3g} s (calibrated after tuning: "
             f"{why}; at least {MIN_TIME_BUDGET:g} s; at most {MAX_EPOCH_FACTOR:g} x "
             f"{ps.tuning_epochs:g} epochs).")

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from secondorder.bench import time_budget
 from secondorder.bench.summary import CostStat, MethodSummary, ProblemSummary, cost_stat
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
 #: Accuracy within this many points of chance counts as not learning.
 CHANCE_MARGIN = 0.02
 #: A final training loss must be at least this fraction below the initial one.
-MIN_LOSS_DECREASE = 0.01
+MIN_LOSS_DECREASE = time_budget.MIN_LOSS_DECREASE
 
 #: The primary rankings by cost to a target, after the best final quality:
 #: (attribute of MethodSummary, target label, cost label, unit).
