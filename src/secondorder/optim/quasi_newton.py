@@ -89,7 +89,10 @@ def _two_loop_one(
     """
     q = grad.detach().clone()
     qf = q.view(-1)
-    flat = [(s[0].reshape(-1), y[0].reshape(-1)) for s, y in zip(s_hist, y_hist, strict=True)]
+    if q.dim() == 1:
+        flat = [(s[0], y[0]) for s, y in zip(s_hist, y_hist, strict=True)]
+    else:
+        flat = [(s[0].reshape(-1), y[0].reshape(-1)) for s, y in zip(s_hist, y_hist, strict=True)]
     alphas = []
     for (s, y), rho in zip(reversed(flat), reversed(rho_hist), strict=True):
         a = rho * torch.dot(s, qf)
