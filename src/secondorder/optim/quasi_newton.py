@@ -14,6 +14,7 @@ The line objective and the other helpers the line-search optimizers share are in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,7 +158,7 @@ class LBFGSMemory:
         return r
 
     def update(self, s: Sequence[Tensor], y: Sequence[Tensor]) -> bool:
-        """Add the pair ``(s, y)`` after the curvature check (one host sync).
+        """Add the pair ``(s, y)`` after the curvature check (one host read).
 
         Returns:
             Whether a pair (possibly damped) was stored.
@@ -166,10 +167,12 @@ class LBFGSMemory:
         sy = tl.dot(s, y)
         ss = tl.dot(s, s)
         yy = tl.dot(y, y)
-        ok = bool(torch.isfinite(sy) & torch.isfinite(yy))
-        if not ok or float(ss) == 0.0:
+        # the values of the tests below in one read (the same tensors as before, so the
+        # same decisions as separate float() reads)
+        sy_f, ss_f, yy_f, norms_f = torch.stack([sy, ss, yy, (ss * yy).sqrt()]).tolist()
+        if not (math.isfinite(sy_f) and math.isfinite(yy_f)) or ss_f == 0.0:
             return False
-        if float(sy) <= self.curvature_eps * float((ss * yy).sqrt()):
+        if sy_f <= self.curvature_eps * norms_f:
             if self.curvature_rule != "powell":
                 return False
             gamma = self.store["lbfgs_gamma"]
