@@ -7,12 +7,13 @@ Protocol (issue 11), float64 on a flat parameter vector ``x``:
 2. Each solver runs from the same ``x0`` until the loss at its iterate is ``<= target``:
    ours (:class:`~secondorder.optim.LBFGS` with ``full_batch=True``,
    :class:`~secondorder.optim.NewtonCG`, :class:`~secondorder.optim.TrustRegion` with the
-   spherical norm, all with their defaults; the trust region's default radius rule is
-   ``eta_expand=0.75``, Nocedal & Wright Alg. 4.1, which pytorch-minimize uses; the pair
-   ``trust_paper`` of ``--solvers``, not run by default, takes [AdaptiveNorms] Alg. 1's
-   ``eta_expand=None`` instead) one ``step`` at a time, and pytorch-minimize's
-   ``torchmin.minimize`` (``l-bfgs``, ``newton-cg``, ``trust-ncg``, defaults) with a
-   callback. The loss check after each iteration is excluded from the time on both sides.
+   spherical norm and ``full_batch=True``, all else default; the trust region's default
+   radius rule is ``eta_expand=0.75``, Nocedal & Wright Alg. 4.1, which pytorch-minimize
+   uses; the pair ``trust_paper`` of ``--solvers``, not run by default, takes
+   [AdaptiveNorms] Alg. 1's ``eta_expand=None`` instead) one ``step`` at a time, and
+   pytorch-minimize's ``torchmin.minimize`` (``l-bfgs``, ``newton-cg``, ``trust-ncg``,
+   defaults) with a callback. The loss check after each iteration is excluded from the
+   time on both sides.
 3. Time to target is the median of ``--repeats`` runs, interleaved (ours, peer, ours,
    peer...) so that a load change on the shared machine hits both; the ratio ours / peer
    is what to read. On the two tiny problems (a few milliseconds a solve) one run is the
@@ -294,9 +295,11 @@ def run_peer(method: str, problem: FlatProblem, max_iter: int) -> Run:
 SOLVERS = {
     "lbfgs": ("LBFGS", lambda p: LBFGS(p, full_batch=True), "l-bfgs"),
     "newton": ("NewtonCG", lambda p: NewtonCG(p), "newton-cg"),
-    "trust": ("TrustRegion spherical", lambda p: TrustRegion(p, norm="spherical"), "trust-ncg"),
+    "trust": ("TrustRegion spherical",
+              lambda p: TrustRegion(p, norm="spherical", full_batch=True), "trust-ncg"),
     "trust_paper": ("TrustRegion spherical, eta_expand=None",
-                    lambda p: TrustRegion(p, norm="spherical", eta_expand=None), "trust-ncg"),
+                    lambda p: TrustRegion(p, norm="spherical", eta_expand=None, full_batch=True),
+                    "trust-ncg"),
 }
 #: the pairs run without ``--solvers`` (``trust_paper`` on request: the default run stays short)
 DEFAULT_SOLVERS = ("lbfgs", "newton", "trust")

@@ -117,3 +117,24 @@ def test_float32_transformer_classifier_autograd_and_forward_agree():
     a = tl.flatten(hvp(loss_fn, params, v, backend="autograd"))
     f = tl.flatten(hvp(loss_fn, params, v, backend="forward"))
     torch.testing.assert_close(f, a, atol=1e-4 * float(a.abs().max()), rtol=0)
+
+
+def test_context_sets_and_restores_the_flags_of_sdpa_kernel_math():
+    # the lean context sets the same process-wide backend flags as torch's
+    # sdpa_kernel(SDPBackend.MATH) and restores the previous ones, also after an error
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends, sdpa_kernel
+
+    before = _cur_sdpa_kernel_backends()
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = _cur_sdpa_kernel_backends()
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):  # a non-default start
+        outer = _cur_sdpa_kernel_backends()
+        with double_differentiable_attention():
+            assert _cur_sdpa_kernel_backends() == expected == [SDPBackend.MATH]
+        assert _cur_sdpa_kernel_backends() == outer
+        with pytest.raises(RuntimeError, match="boom"), double_differentiable_attention():
+            raise RuntimeError("boom")
+        assert _cur_sdpa_kernel_backends() == outer
+    assert _cur_sdpa_kernel_backends() == before
+    with double_differentiable_attention(enabled=False):
+        assert _cur_sdpa_kernel_backends() == before

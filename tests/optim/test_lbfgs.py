@@ -90,6 +90,50 @@ def test_two_loop_equals_dense_bfgs_inverse():
     assert torch.allclose(out[0], H @ g, atol=1e-12)
 
 
+def _two_loop_reference(grad, s_hist, y_hist, rho_hist, gamma):
+    """The two-loop as written before the one-tensor fast path (tensor-list calls, ``-a``)."""
+    q = tl.clone(grad)
+    alphas = []
+    for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
+        a = rho * tl.dot(s, q)
+        for qi, yi in zip(q, y, strict=True):
+            qi.addcmul_(yi, -a)
+        alphas.append(a)
+    for x in q:
+        x.mul_(gamma)
+    for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
+        b = rho * tl.dot(y, q)
+        for qi, si in zip(q, s, strict=True):
+            qi.addcmul_(si, a - b)
+    return q
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(7,), (3, 5)])
+def test_two_loop_one_tensor_fast_path_is_bit_identical(dtype, shape):
+    # the one-tensor path (flat views, addcmul_ with value=-1) must give the same bits as
+    # the tensor-list recursion it replaces, so L-BFGS trajectories do not move
+    torch.manual_seed(1)
+    m = 6
+    ss = [(torch.randn(shape, dtype=dtype),) for _ in range(m)]
+    ys = [(s[0] * 2 + 0.3 * torch.randn(shape, dtype=dtype),) for s in ss]
+    rhos = [1.0 / tl.dot(s, y) for s, y in zip(ss, ys, strict=True)]
+    gamma = tl.dot(ss[-1], ys[-1]) / tl.dot(ys[-1], ys[-1])
+    g = (torch.randn(shape, dtype=dtype),)
+    out = two_loop(g, ss, ys, rhos, gamma)
+    ref = _two_loop_reference(g, ss, ys, rhos, gamma)
+    assert out[0].shape == g[0].shape
+    assert torch.equal(out[0], ref[0])
+    # the multi-tensor path agrees too (split in two tensors: a different summation order
+    # in the dots, so only to rounding)
+    k = shape[-1] // 2
+    split = [(x[0][..., :k].contiguous(), x[0][..., k:].contiguous()) for x in (g,)]
+    cut = lambda h: [(v[0][..., :k].contiguous(), v[0][..., k:].contiguous()) for v in h]  # noqa: E731
+    out2 = two_loop(split[0], cut(ss), cut(ys), rhos, gamma)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    assert torch.allclose(torch.cat(out2, -1), ref[0], rtol=tol, atol=tol)
+
+
 def test_memory_skips_or_damps_bad_pairs():
     s = (torch.tensor([1.0, 0.0], dtype=torch.float64),)
     y = (torch.tensor([-1.0, 0.5], dtype=torch.float64),)

@@ -9,7 +9,9 @@ from problems import (
     assert_hyperparameter_agrees,
     digits_data,
     digits_mlp,
+    logistic_regression,
     minibatches,
+    rosenbrock,
     tanh_mlp_acceptance,
 )
 
@@ -430,3 +432,75 @@ def test_agreeing_group_values_are_used():
         TrustRegion([{"params": [w1], "radius": -1.0}])
     with pytest.raises(ValueError, match="Invalid norm value: 'ellipse'"):
         TrustRegion([{"params": [w1], "norm": "ellipse"}])
+
+
+@pytest.mark.parametrize("make", [rosenbrock, logistic_regression])
+@pytest.mark.parametrize("norm", ["spherical", "rmsprop"])
+def test_full_batch_reuses_the_accepted_trial_and_keeps_the_iterates(make, norm):
+    # full_batch=True starts a step from the accepted trial's evaluation (made with its
+    # Hessian graph) instead of a new forward: the same iterates bit for bit, one closure
+    # call less per accepted step, and a fresh evaluation once the parameters are written
+    p = make()
+    runs = {}
+    for full_batch in (False, True):
+        x = p.param()
+        opt = TrustRegion([x], norm=norm, full_batch=full_batch)
+        calls = [0]
+
+        def closure(x=x, calls=calls):
+            calls[0] += 1
+            return p.loss(x)
+
+        path, accepted = [], []
+        for k in range(25):
+            if k == 12:  # an in-place write between steps: the kept evaluation is stale
+                with torch.no_grad():
+                    x.mul_(1.0)
+            opt.step(closure)
+            path.append(x.detach().clone())
+            accepted.append(opt.state["global"]["accepted"])
+        runs[full_batch] = (path, accepted, calls[0], opt)
+    path0, acc0, calls0, _ = runs[False]
+    path1, acc1, calls1, opt1 = runs[True]
+    assert acc0 == acc1
+    assert all(torch.equal(a, b) for a, b in zip(path0, path1, strict=True))
+    assert calls0 == 2 * 25
+    n_acc = sum(acc0)
+    assert n_acc >= 5
+    # every accepted step saves the next step's forward, except before step 12 (the write)
+    # and after the last step
+    reused = sum(acc0[k] for k in range(24) if k != 11)
+    assert calls1 == calls0 - reused
+    assert float(p.loss(path1[-1])) < float(p.loss(p.x0)) - 1e-2
+
+
+def test_full_batch_frees_a_rejected_trial_and_checks_the_reused_start():
+    # a rejected trial's graph is freed (no evaluation kept); a reused start is still
+    # checked by the step transaction (watch_start), so its Hessian products are watched
+    from secondorder.optim import base as optim_base
+
+    p = rosenbrock()
+    x = p.param()
+    opt = TrustRegion([x], norm="spherical", eta_expand=None, full_batch=True)
+    accepted = []
+    for _ in range(20):
+        opt.step(lambda: p.loss(x))
+        accepted.append(opt.state["global"]["accepted"])
+        assert (opt._trial_evaluation is not None) == accepted[-1]
+    assert 0 < sum(accepted) < len(accepted), accepted  # Alg. 1 as printed rejects some
+    if opt._trial_evaluation is None:
+        opt.step(lambda: p.loss(x))
+    assert opt._trial_evaluation is not None
+    watched = []
+    original = optim_base.SecondOrderOptimizer.watch_start
+
+    def spy(self, loss, grads=(), hessian=None):
+        watched.append(hessian is not None)
+        return original(self, loss, grads, hessian)
+
+    optim_base.SecondOrderOptimizer.watch_start = spy
+    try:
+        opt.step(lambda: p.loss(x))
+    finally:
+        optim_base.SecondOrderOptimizer.watch_start = original
+    assert watched[0]  # the reused start (with its Hessian) is the step's watched start

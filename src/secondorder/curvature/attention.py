@@ -25,21 +25,61 @@ Plain gradients (first-order optimizers, finite differences) keep the fused kern
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
+import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["double_differentiable_attention"]
 
 
-@contextlib.contextmanager
-def double_differentiable_attention(enabled: bool = True) -> Iterator[None]:
+def _flag_functions() -> tuple[tuple[Callable[[], bool], Callable[[bool], None], bool], ...]:
+    """``(get, set, enabled under the math kernel)`` for each SDPA backend flag of this
+    torch build (``torch.nn.attention._sdpa_kernel`` sets the same flags), or ``()`` when
+    the build lacks one of them (then :func:`sdpa_kernel` itself is used)."""
+    names = ("cudnn", "flash", "mem_efficient", "math", "overrideable")
+    out = []
+    for name in names:
+        get = getattr(torch._C, f"_get_{name}_sdp_enabled", None)
+        set_ = getattr(torch._C, f"_set_sdp_use_{name}", None)
+        if get is None or set_ is None:
+            if name in ("math", "flash"):
+                return ()
+            continue
+        out.append((get, set_, name == "math"))
+    return tuple(out)
+
+
+_FLAGS = _flag_functions()
+
+
+class _MathAttention:
+    """``sdpa_kernel(SDPBackend.MATH)`` without its per-call Python overhead (a few
+    microseconds per evaluation, a visible share of a step on a small problem): the same
+    process-wide flags, set on entry and restored on exit, through function references
+    looked up once."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> None:
+        self._previous = [get() for get, _, _ in _FLAGS]
+        for _, set_, on in _FLAGS:
+            set_(on)
+
+    def __exit__(self, *exc: Any) -> None:
+        for (_, set_, _), was in zip(_FLAGS, self._previous, strict=True):
+            set_(was)
+
+
+def double_differentiable_attention(enabled: bool = True) -> AbstractContextManager[None]:
     """Run scaled-dot-product attention with the math kernel inside the ``with`` block.
 
-    A thin wrapper of ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``; on exit the
-    kernels selected before are restored. Like ``sdpa_kernel`` it sets process-wide flags,
-    so another thread's attention in the meantime also uses the math kernel (slower, same
-    values).
+    ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``, with less overhead per call; on
+    exit the kernels selected before are restored. Like ``sdpa_kernel`` it sets
+    process-wide flags, so another thread's attention in the meantime also uses the math
+    kernel (slower, same values).
 
     Args:
         enabled: when False the block runs unchanged (for call sites that build a
@@ -56,7 +96,7 @@ def double_differentiable_attention(enabled: bool = True) -> Iterator[None]:
         torch.Size([1, 2, 3, 4])
     """
     if not enabled:
-        yield
-        return
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
+        return contextlib.nullcontext()
+    if not _FLAGS:
+        return sdpa_kernel(SDPBackend.MATH)
+    return _MathAttention()

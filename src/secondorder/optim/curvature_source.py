@@ -37,6 +37,7 @@ from secondorder.curvature.operators import CurvatureOperator
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import (
     Closure,
+    Evaluation,
     SecondOrderOptimizer,
     needs_working_precision,
     to_working_precision,
@@ -150,6 +151,7 @@ def local_model(
     *,
     hessian_closure: Closure | None = None,
     ggn_closure: CurvatureClosure | None = None,
+    start: Evaluation | None = None,
 ) -> LocalModel:
     """Evaluate loss, gradient and the curvature operator (see the module docstring).
 
@@ -159,6 +161,12 @@ def local_model(
         curvature: ``"hessian"`` or ``"gauss_newton"``.
         hessian_closure: optional loss closure on the Hessian batch (``"hessian"`` only).
         ggn_closure: returns the GGN operator (``"gauss_newton"`` only).
+        start: an :class:`~secondorder.optim.base.Evaluation` with a Hessian made at the
+            current parameters before this step (a trust-region step's accepted trial,
+            full-batch mode), used instead of a new evaluation of ``closure`` with
+            ``curvature="hessian"`` and no ``hessian_closure`` (and checked as the step's
+            start: :meth:`~secondorder.optim.base.SecondOrderOptimizer.watch_start`);
+            otherwise its graph is freed.
 
     Returns:
         A :class:`LocalModel`; use it in a ``with`` block or call its ``free()`` when done.
@@ -170,7 +178,15 @@ def local_model(
             ``ggn_closure`` is not a :class:`CurvatureOperator` shaped like the parameters.
     """
     check_closures(curvature, hessian_closure, ggn_closure)
-    if curvature == "hessian" and hessian_closure is None:
+    if start is not None and (curvature != "hessian" or hessian_closure is not None):
+        if start.hessian is not None:
+            start.hessian.free()
+        start = None
+    if start is not None:
+        ev = start
+        optimizer.watch_start(ev.loss, ev.grads, ev.hessian)
+        op = ev.hessian
+    elif curvature == "hessian" and hessian_closure is None:
         ev = optimizer.evaluate(closure, create_graph=True)
         op = ev.hessian
     else:

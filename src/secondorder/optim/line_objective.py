@@ -96,11 +96,23 @@ def start_evaluation(
     the previous step is used when the parameters have not been written since; otherwise the
     closure is evaluated. The cache is consumed either way.
     """
+    return _start_evaluation(optimizer, closure, store, reuse)[:2]
+
+
+def _start_evaluation(
+    optimizer: Any, closure: Callable[[], Tensor], store: dict[str, Any], reuse: bool
+) -> tuple[Tensor, tuple[Tensor, ...], bool]:
+    """:func:`start_evaluation` and whether the pair came from the cache.
+
+    Every optimizer stores a cache only of a loss and gradient it found finite (the
+    checked landing point of a line search, or the finite start it did not move from),
+    so a cached pair is known finite without another check.
+    """
     cache = store.pop("cache", None)
     if reuse and cache is not None and cache[2] == versions(optimizer.params()):
-        return cache[0], cache[1]
+        return cache[0], cache[1], True
     ev = optimizer.evaluate(closure)
-    return ev.loss, ev.grads
+    return ev.loss, ev.grads, False
 
 
 def finite_start(
@@ -129,8 +141,8 @@ def finite_start(
         moving (the transaction then raises).
     """
     x_good = store.pop("x_good", None)
-    loss, grad = start_evaluation(optimizer, closure, store, reuse)
-    if is_finite(loss, grad):
+    loss, grad, cached = _start_evaluation(optimizer, closure, store, reuse)
+    if cached or is_finite(loss, grad):  # a cached pair was checked when it was stored
         return loss, loss, grad
     if x_good is None:
         return loss, loss, None
@@ -147,14 +159,15 @@ def is_finite(loss: Tensor, grad: Sequence[Tensor] | None) -> bool:
     """Whether the loss and the gradient are finite (one host sync)."""
     ok = torch.isfinite(loss)
     if grad is not None:
-        ok = ok & tl.all_finite(grad)
+        ok = ok & (torch.isfinite(grad[0]).all() if len(grad) == 1 else tl.all_finite(grad))
     return bool(ok)
 
 
 def max_abs(v: Sequence[Tensor]) -> float:
     """``max_i |v_i|`` as a float (one host sync)."""
+    if len(v) == 1:  # one tensor: no stack
+        return float(v[0].abs().max())
     return float(torch.stack([x.abs().max() for x in v]).max()) if len(v) else 0.0
-
 
 
 def search(

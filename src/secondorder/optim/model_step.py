@@ -34,7 +34,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.errors import NonFiniteLossError
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.base import Closure, Evaluation, SecondOrderOptimizer
 from secondorder.optim.curvature_source import CURVATURES, LocalModel
 from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
 
@@ -64,11 +64,14 @@ class Trial:
         predicted: the predicted decrease ``m(0) - m(s)``.
         rho: ``(f(w) - f(w + s)) / predicted`` as computed (NaN or infinite when undefined).
         accepted: whether the parameters were left at ``w + s``.
+        evaluation: with ``keep_graph``, the accepted trial's evaluation (loss, gradient
+            and Hessian at ``w + s``); ``None`` otherwise.
     """
 
     predicted: float
     rho: float
     accepted: bool
+    evaluation: Evaluation | None = None
 
     @property
     def rho_or_fail(self) -> float:
@@ -84,6 +87,7 @@ def try_step(
     step: Sequence[Tensor],
     predicted_decrease: Tensor,
     eta: float,
+    keep_graph: bool = False,
 ) -> Trial:
     """Move to ``w + s``, evaluate the closure there and keep the step or restore ``w``.
 
@@ -99,13 +103,17 @@ def try_step(
         step: ``s``.
         predicted_decrease: ``m(0) - m(s)`` (0-dim tensor).
         eta: acceptance threshold on ``rho``.
+        keep_graph: evaluate the trial point with its gradient and Hessian
+            (``create_graph=True``) and return that evaluation when the step is accepted, for
+            the next step to start from (full-batch mode); a rejected trial's graph is freed.
 
     Returns:
         A :class:`Trial`.
     """
     old = optimizer.params_at_start()
     optimizer.add_to_params(step)
-    new_loss = optimizer.evaluate(closure, grad=False).loss
+    ev = optimizer.evaluate(closure, grad=keep_graph, create_graph=keep_graph)
+    new_loss = ev.loss
     f0, f1, predicted = (
         t.reshape(()).to(torch.float64) for t in (loss, new_loss, predicted_decrease)
     )
@@ -114,7 +122,10 @@ def try_step(
     accepted = predicted_f > 0 and math.isfinite(new_f) and new_f < f0_f and rho_f >= eta
     if not accepted:
         optimizer.set_params(old)
-    return Trial(predicted_f, rho_f, accepted)
+        if ev.hessian is not None:
+            ev.hessian.free()
+        return Trial(predicted_f, rho_f, False)
+    return Trial(predicted_f, rho_f, True, ev if keep_graph else None)
 
 
 class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):

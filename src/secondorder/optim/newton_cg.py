@@ -208,12 +208,18 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
         scale = ds.GroupScale.of(self)
         try:
-            if not is_finite(loss, g):  # the step raises NonFiniteLossError and is undone
-                return loss
-            # max |g| and |g| in one read (the values of max_abs(g) and float(tl.norm(g)))
-            gmax, gnorm = torch.stack(
-                [torch.stack([x.abs().max() for x in g]).max(), tl.norm(g)]
+            # the loss, max |g| and |g| in one read (the values of max_abs(g) and
+            # float(tl.norm(g))); max |g| is finite exactly when every entry of g is
+            # (max propagates NaN), so this is also the finiteness check of the start
+            gmax_t = g[0].abs().max()
+            if len(g) > 1:
+                gmax_t = torch.stack([gmax_t, *(x.abs().max() for x in g[1:])]).max()
+            dt = torch.promote_types(loss.dtype, gmax_t.dtype)  # upcasts only: exact
+            loss_f, gmax, gnorm = torch.stack(
+                [loss.reshape(()).to(dt), gmax_t.to(dt), tl.norm(g).to(dt)]
             ).tolist()
+            if not (math.isfinite(loss_f) and math.isfinite(gmax)):
+                return loss  # the step raises NonFiniteLossError and is undone
             if scale.lr == 0 or gmax <= grp["tolerance_grad"]:
                 return loss
             if grp["forcing"] == "eisenstat_walker":

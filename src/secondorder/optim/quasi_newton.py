@@ -14,6 +14,7 @@ The line objective and the other helpers the line-search optimizers share are in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,11 +49,13 @@ def two_loop(
     Returns:
         ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no host sync).
     """
+    if len(grad) == 1 and not grad[0].is_complex() and grad[0].is_contiguous():
+        return (_two_loop_one(grad[0], s_hist, y_hist, rho_hist, gamma),)
     q = tl.clone(grad)  # updated in place below: one allocation per call, not 2 per pair
     alphas = []
     for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
         a = rho * tl.dot(s, q)
-        _add_scaled_(q, y, -a)
+        _add_scaled_(q, y, a, -1)
         alphas.append(a)
     r = q
     for x in r:  # H_0 q in place: no third vector (per tensor: torch._foreach_mul_ by a
@@ -63,12 +66,43 @@ def two_loop(
     return r
 
 
-def _add_scaled_(a: Sequence[Tensor], b: Sequence[Tensor], c: Tensor) -> None:
-    """``a += c b`` in place for a 0-dim tensor ``c``: one fused kernel per tensor."""
+def _add_scaled_(a: Sequence[Tensor], b: Sequence[Tensor], c: Tensor, sign: int = 1) -> None:
+    """``a += sign c b`` in place for a 0-dim tensor ``c``: one fused kernel per tensor
+    (``sign = -1`` rounds as ``c -> -c``: the negation is exact)."""
     if len(a) == 1:
-        a[0].addcmul_(b[0], c)
+        a[0].addcmul_(b[0], c, value=sign)
     else:
-        torch._foreach_addcmul_(list(a), list(b), [c] * len(a))
+        torch._foreach_addcmul_(list(a), list(b), [c] * len(a), value=sign)
+
+
+def _two_loop_one(
+    grad: Tensor,
+    s_hist: Sequence[Sequence[Tensor]],
+    y_hist: Sequence[Sequence[Tensor]],
+    rho_hist: Sequence[Tensor],
+    gamma: Tensor | float,
+) -> Tensor:
+    """:func:`two_loop` for one real contiguous tensor: the same operations in the same order
+    (so the same bits), on flat views, without the per-pair tensor-list calls.
+
+    ``q -= a y`` is ``addcmul_(y, a, value=-1)``, which rounds as ``addcmul_(y, -a)``
+    (negation is exact) and saves the negation kernel.
+    """
+    q = grad.detach().clone()
+    qf = q.view(-1)
+    if q.dim() == 1:
+        flat = [(s[0], y[0]) for s, y in zip(s_hist, y_hist, strict=True)]
+    else:
+        flat = [(s[0].reshape(-1), y[0].reshape(-1)) for s, y in zip(s_hist, y_hist, strict=True)]
+    alphas = []
+    for (s, y), rho in zip(reversed(flat), reversed(rho_hist), strict=True):
+        a = rho * torch.dot(s, qf)
+        qf.addcmul_(y, a, value=-1)
+        alphas.append(a)
+    qf.mul_(gamma)
+    for (s, y), rho, a in zip(flat, rho_hist, reversed(alphas), strict=True):
+        qf.addcmul_(s, a - rho * torch.dot(y, qf))
+    return q
 
 
 class LBFGSMemory:
@@ -124,7 +158,7 @@ class LBFGSMemory:
         return r
 
     def update(self, s: Sequence[Tensor], y: Sequence[Tensor]) -> bool:
-        """Add the pair ``(s, y)`` after the curvature check (one host sync).
+        """Add the pair ``(s, y)`` after the curvature check (one host read).
 
         Returns:
             Whether a pair (possibly damped) was stored.
@@ -133,10 +167,12 @@ class LBFGSMemory:
         sy = tl.dot(s, y)
         ss = tl.dot(s, s)
         yy = tl.dot(y, y)
-        ok = bool(torch.isfinite(sy) & torch.isfinite(yy))
-        if not ok or float(ss) == 0.0:
+        # the values of the tests below in one read (the same tensors as before, so the
+        # same decisions as separate float() reads)
+        sy_f, ss_f, yy_f, norms_f = torch.stack([sy, ss, yy, (ss * yy).sqrt()]).tolist()
+        if not (math.isfinite(sy_f) and math.isfinite(yy_f)) or ss_f == 0.0:
             return False
-        if float(sy) <= self.curvature_eps * float((ss * yy).sqrt()):
+        if sy_f <= self.curvature_eps * norms_f:
             if self.curvature_rule != "powell":
                 return False
             gamma = self.store["lbfgs_gamma"]

@@ -29,9 +29,10 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.lanczos import lanczos
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim.base import Closure
+from secondorder.optim.base import Closure, Evaluation
 from secondorder.optim.curvature_source import CurvatureClosure, local_model
 from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg
+from secondorder.optim.line_objective import versions
 from secondorder.optim.model_step import AdaptiveNormOptimizer, try_step
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
@@ -313,6 +314,14 @@ class TrustRegion(AdaptiveNormOptimizer):
             about twice the backprops to 99% training accuracy in every norm
             (docs/studies/adaptive_norms.md); on full-batch problems 0.75 also takes about
             half the rejected steps (``benchmarks/full_batch_solvers.py``).
+        full_batch: the closure computes the same function at every call (full-batch
+            training): the trial point is evaluated with its gradient and Hessian graph, and
+            when the step is accepted the next step starts from that evaluation instead of
+            evaluating the closure again (one forward pass less per accepted step, one
+            backward pass more per rejected one; the graph is kept between the two steps).
+            It is used only while the parameters have not been written since (their
+            in-place versions), with ``curvature="hessian"`` and no ``hessian_closure``.
+            The iterates are those of ``full_batch=False``.
 
     Raises:
         ValueError: if a hyperparameter is out of range, a name is unknown, or a value
@@ -346,6 +355,7 @@ class TrustRegion(AdaptiveNormOptimizer):
         normalize: bool = True,
         eta_expand: float | None = 0.75,
         eigen_steps: int = 0,
+        full_batch: bool = False,
     ):
         defaults = dict(
             radius=radius, norm=norm, curvature=curvature, eta=eta, gamma=gamma,
@@ -353,8 +363,13 @@ class TrustRegion(AdaptiveNormOptimizer):
             max_radius=max_radius,
             max_cg_iter=max_cg_iter, cg_rtol=cg_rtol, tolerance_grad=tolerance_grad,
             cauchy_floor=cauchy_floor, eta_expand=eta_expand, eigen_steps=eigen_steps,
+            full_batch=full_batch,
         )
         super().__init__(params, defaults)
+        #: the accepted trial's evaluation and the parameter versions it belongs to
+        #: (full-batch mode); not optimizer state: it holds a graph, and is only valid
+        #: while the parameters are not written
+        self._trial_evaluation: tuple[Evaluation, tuple[int, ...]] | None = None
 
     HYPERPARAMETERS = {
         **AdaptiveNormOptimizer.HYPERPARAMETERS,
@@ -365,6 +380,7 @@ class TrustRegion(AdaptiveNormOptimizer):
             "'sqrt_gradient' or a float >= 0",
         ),
         "eigen_steps": hyper.integer(0),
+        "full_batch": hyper.boolean,
     }
 
     @classmethod
@@ -386,8 +402,10 @@ class TrustRegion(AdaptiveNormOptimizer):
         norm = self.norm
 
         eigen_steps = hp.get("eigen_steps", 0)
+        full_batch = hp.get("full_batch", False)
+        start = self._take_trial_evaluation()
         with local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
-                         ggn_closure=ggn_closure) as model:
+                         ggn_closure=ggn_closure, start=start) as model:
             grads = self.subproblem_gradient(model, norm, tolerance_grad=hp["tolerance_grad"],
                                              zero_small_gradient=eigen_steps > 0)
             if grads is None:
@@ -396,7 +414,11 @@ class TrustRegion(AdaptiveNormOptimizer):
             sub = solve_subproblem(model.operator.matvec, grads, radius, norm,
                                    rtol=hp["cg_rtol"], max_iter=hp["max_cg_iter"],
                                    cauchy_floor=hp["cauchy_floor"], eigen_steps=eigen_steps)
-        trial = try_step(self, closure, model.loss, sub.step, sub.predicted_decrease, hp["eta"])
+        keep = full_batch and hp["curvature"] == "hessian" and hessian_closure is None
+        trial = try_step(self, closure, model.loss, sub.step, sub.predicted_decrease, hp["eta"],
+                         keep_graph=keep)
+        if trial.evaluation is not None:
+            self._trial_evaluation = (trial.evaluation, versions(self.params()))
         eta_expand = hp.get("eta_expand")
         if eta_expand is None:
             new_radius = update_radius(radius, trial.accepted, gamma=hp["gamma"],
@@ -413,3 +435,17 @@ class TrustRegion(AdaptiveNormOptimizer):
             cg_status=sub.status,
         )  # fmt: skip
         return model.loss
+
+    def _take_trial_evaluation(self) -> Evaluation | None:
+        """The previous step's accepted trial evaluation when the parameters are still
+        where it was made (their in-place versions unchanged), else ``None``; the stored
+        one is consumed (its graph freed when not returned)."""
+        stored, self._trial_evaluation = self._trial_evaluation, None
+        if stored is None:
+            return None
+        ev, at = stored
+        if at == versions(self.params()):
+            return ev
+        if ev.hessian is not None:
+            ev.hessian.free()
+        return None
