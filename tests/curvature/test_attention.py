@@ -138,3 +138,18 @@ def test_context_sets_and_restores_the_flags_of_sdpa_kernel_math():
     assert _cur_sdpa_kernel_backends() == before
     with double_differentiable_attention(enabled=False):
         assert _cur_sdpa_kernel_backends() == before
+
+
+def test_a_backend_this_module_cannot_read_falls_back_to_sdpa_kernel(monkeypatch):
+    # a torch whose sdpa_kernel sets a flag without a getter here (a backend added later)
+    # must not get the lean context, which would leave that backend enabled
+    import torch.nn.attention as attention
+
+    from secondorder.curvature import attention as ours
+
+    assert len(ours._flag_functions()) == len(attention._backend_names)
+    monkeypatch.setattr(attention, "_backend_names",
+                        {**attention._backend_names, "future": "FUTURE_ATTENTION"})
+    assert ours._flag_functions() == ()
+    monkeypatch.delattr(attention, "_backend_names")
+    assert ours._flag_functions() == ()

@@ -36,18 +36,22 @@ __all__ = ["double_differentiable_attention"]
 
 
 def _flag_functions() -> tuple[tuple[Callable[[], bool], Callable[[bool], None], bool], ...]:
-    """``(get, set, enabled under the math kernel)`` for each SDPA backend flag of this
-    torch build (``torch.nn.attention._sdpa_kernel`` sets the same flags), or ``()`` when
-    the build lacks one of them (then :func:`sdpa_kernel` itself is used)."""
-    names = ("cudnn", "flash", "mem_efficient", "math", "overrideable")
+    """``(get, set, enabled under the math kernel)`` for each SDPA backend flag that
+    ``sdpa_kernel`` of this torch build sets (the names it iterates over,
+    ``torch.nn.attention._backend_names``), or ``()`` when any of them cannot be read
+    here: then :func:`sdpa_kernel` itself is used, so a backend added by a later torch
+    is never left enabled."""
+    import torch.nn.attention as attention
+
+    backends = getattr(attention, "_backend_names", None)
+    if not isinstance(backends, dict) or "math" not in backends:
+        return ()
     out = []
-    for name in names:
+    for name in backends:
         get = getattr(torch._C, f"_get_{name}_sdp_enabled", None)
         set_ = getattr(torch._C, f"_set_sdp_use_{name}", None)
         if get is None or set_ is None:
-            if name in ("math", "flash"):
-                return ()
-            continue
+            return ()
         out.append((get, set_, name == "math"))
     return tuple(out)
 
