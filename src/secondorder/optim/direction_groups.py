@@ -66,7 +66,10 @@ class LearningRateGroups(Hyperparameters):
 
     def params(self) -> tuple[Any, ...]:
         """The trainable tensors of the groups whose ``lr`` is not 0 (see module doc)."""
-        return tuple(p for g in self._free_groups() for p in g["params"] if p.requires_grad)
+        groups = self.param_groups
+        if len(groups) == 1:  # the one group is returned whatever its lr: no lr to read
+            return tuple([p for p in groups[0]["params"] if p.requires_grad])
+        return tuple([p for g in self._free_groups() for p in g["params"] if p.requires_grad])
 
     def group_of(self) -> tuple[dict[str, Any], ...]:
         """The param group of each tensor of :meth:`params`, in the same order."""

@@ -108,8 +108,9 @@ def _copy_keeping_tensors(obj: Any, key: str, memo: dict[int, Any],
         for k, v in obj.items():
             if type(k) not in _ATOMIC and id(k) not in memo:
                 raise _Unhandled(k)
-            new[k] = _copy_keeping_tensors(v, k if isinstance(k, str) else key, memo, kept,
-                                           record)
+            # an atomic value is kept here, without a call per entry (counters, flags)
+            new[k] = v if type(v) in _ATOMIC else _copy_keeping_tensors(
+                v, k if isinstance(k, str) else key, memo, kept, record)
         return new
     if t is list:
         new = []
@@ -121,6 +122,9 @@ def _copy_keeping_tensors(obj: Any, key: str, memo: dict[int, Any],
         if flat is not None:  # kept whole; its tensors need no memo entry (all are kept)
             if record:
                 kept += [(key, x, x._version) for x in flat if id(x) not in memo]
+            memo[id(obj)] = obj
+            return obj
+        if set(map(type, obj)) <= _ATOMIC:  # a tuple of numbers and flags: kept whole
             memo[id(obj)] = obj
             return obj
         items = [_copy_keeping_tensors(v, key, memo, kept, record) for v in obj]
