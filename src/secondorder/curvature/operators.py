@@ -20,6 +20,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
+from secondorder.curvature.engine_grad import engine_grad
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
 
 __all__ = ["CurvatureOperator", "HessianOperator"]
@@ -133,7 +134,7 @@ class HessianOperator(CurvatureOperator):
             raise RuntimeError("this HessianOperator's graph has been freed")
         if not self._live:
             return tuple(torch.zeros_like(p) for p in self.params)
-        hv = torch.autograd.grad(
+        hv = engine_grad(  # torch.autograd.grad's engine call (matvec checked the shapes)
             [self._grads[i] for i in self._live],
             self.params,
             grad_outputs=[vec[i] for i in self._live],

@@ -65,6 +65,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
+from secondorder.curvature.engine_grad import engine_grad
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
 from secondorder.optim.closure_convention import BackwardWatch, grads_from_attribute
@@ -442,8 +443,8 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                         "computed from the parameters, inside the closure, without detaching it"
                     )
                 else:
-                    grads = torch.autograd.grad(
-                        loss, params, create_graph=create_graph, allow_unused=True
+                    grads = engine_grad(
+                        (loss,), params, create_graph=create_graph, allow_unused=True
                     )
         finally:
             torch._C._set_grad_enabled(prev)
