@@ -187,7 +187,8 @@ class StepTransaction:
             copied = self._copy_state(state, memo, in_place, kept)
         self._kept = kept
         self._state = copied
-        self._extra = copy.deepcopy(optimizer.extra_state())
+        extra = optimizer.extra_state()
+        self._extra = None if extra is None else copy.deepcopy(extra)
         self._flags: list[Tensor] = []
         self.at_start = True
 
@@ -259,7 +260,7 @@ class StepTransaction:
         flags = self._flags
         for v in values:
             if v is not None:
-                flags.append(torch.isfinite(v.detach()).all())
+                flags.append(torch.isfinite(v).all())  # a bool result: no graph to detach
         if len(flags) > 256:  # a long Krylov solve: fold, so the list stays short
             self._flags = [torch.stack(flags).all()]
 
