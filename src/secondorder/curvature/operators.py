@@ -141,7 +141,7 @@ class HessianOperator(CurvatureOperator):
             retain_graph=True,
             allow_unused=True,
         )
-        if len(self._live) == len(self.params) and all(h is not None for h in hv):
+        if len(self._live) == len(self.params) and all([h is not None for h in hv]):
             return hv
         return tuple(
             torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv, strict=True)

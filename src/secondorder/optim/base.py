@@ -328,6 +328,21 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         finally:
             torch._C._set_grad_enabled(prev)
 
+    def set_params_along(self, x0: Sequence[Tensor], direction: Sequence[Tensor],
+                         t: float) -> None:
+        """``params = x0 + t * direction`` in place: :meth:`set_params` then
+        :meth:`add_to_params` (the same two writes), with one parameter lookup and one
+        grad-mode switch (a line search moves the parameters once per trial)."""
+        self._moved()
+        ps = list(self.params())
+        prev = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            torch._foreach_copy_(ps, list(x0))
+            torch._foreach_add_(ps, list(direction), alpha=t)
+        finally:
+            torch._C._set_grad_enabled(prev)
+
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict`` with the cost counters as a plain dict.
 

@@ -131,7 +131,7 @@ class SharedHyperparameters(LearningRateGroups):
         """
         first = super().shared_hyperparameters()
         st = self.state["global"]  # type: ignore[attr-defined]
-        frozen = tuple(float(g["lr"]) == 0 for g in self.param_groups)
+        frozen = tuple([float(g["lr"]) == 0 for g in self.param_groups])
         if st.get("frozen_groups", frozen) != frozen:
             self.reset_memory()  # its vectors were shaped by the previous free parameters
             st.pop("x_good", None)

@@ -128,7 +128,7 @@ def _copy_keeping_tensors(obj: Any, key: str, memo: dict[int, Any],
             memo[id(obj)] = obj
             return obj
         items = [_copy_keeping_tensors(v, key, memo, kept, record) for v in obj]
-        new = obj if all(a is b for a, b in zip(items, obj, strict=True)) else tuple(items)
+        new = obj if all([a is b for a, b in zip(items, obj, strict=True)]) else tuple(items)
         memo[id(obj)] = new
         return new
     if isinstance(obj, Tensor):
