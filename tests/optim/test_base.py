@@ -298,3 +298,25 @@ def test_cpu_checkpoint_loads_into_a_cuda_optimizer():
         for k, s in opt2.state.items()
         if isinstance(k, torch.Tensor)
     )
+
+
+def test_set_params_along_writes_what_set_params_then_add_to_params_write():
+    """``set_params_along(x0, d, t)`` is the two writes of ``set_params(x0)`` and
+    ``add_to_params(d, t)``: the same bits, grad mode restored, the parameters still leaves."""
+    gen = torch.Generator().manual_seed(3)
+    x0 = (torch.randn(4, 3, generator=gen, dtype=DT), torch.randn(3, generator=gen, dtype=DT))
+    d = tuple(torch.randn(v.shape, generator=gen, dtype=DT) for v in x0)
+    a = [torch.zeros_like(v, requires_grad=True) for v in x0]
+    b = [torch.zeros_like(v, requires_grad=True) for v in x0]
+    opt_a, opt_b = TinyNewtonCG(a), TinyNewtonCG(b)
+    for t in (0.3, 1e-7, -2.5):
+        opt_a.set_params(x0)
+        opt_a.add_to_params(d, t)
+        with torch.no_grad():
+            opt_b.set_params_along(x0, d, t)
+        for p, q in zip(a, b, strict=True):
+            assert torch.equal(p, q) and q.is_leaf and q.requires_grad
+    assert torch.is_grad_enabled()
+    with torch.no_grad():
+        opt_b.set_params_along(x0, d, 1.0)
+        assert not torch.is_grad_enabled()  # the caller's mode is put back

@@ -350,3 +350,33 @@ def test_first_step_norm_rejects_unknown_names():
     x = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match="first_step_norm.*'linf'"):
         LBFGS([x], first_step_norm="linf")
+
+
+class _NaNGradientNearZero(torch.autograd.Function):
+    """Identity whose backward is NaN where ``max |x| < 0.5`` (finite loss, NaN gradient)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.where(x.abs().max() < 0.5, torch.full_like(g, float("nan")), g)
+
+
+def test_a_landing_point_with_a_nan_gradient_is_undone_inside_the_step():
+    """The line search accepts a point on its loss (Armijo); its gradient is NaN: the
+    parameters go back to the start of the iteration, the memory is reset and the step scale
+    halved (the landing check, read together with max |g|, max |s| and the loss change)."""
+    x = torch.tensor([1.5, -1.0], dtype=torch.float64, requires_grad=True)
+
+    def closure():
+        return (_NaNGradientNearZero.apply(x) ** 2).sum()
+
+    opt = LBFGS([x], lr=10.0, line_search="armijo", max_iter=1)
+    opt.step(closure)
+    st = opt.state["global"]
+    assert torch.equal(x.detach(), torch.tensor([1.5, -1.0], dtype=torch.float64))
+    assert st["step_scale"] == 0.5 and len(st["lbfgs_s"]) == 0

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
+from secondorder.curvature.engine_grad import engine_grad
 from secondorder.curvature.functional import LossFunction, check_params, check_scalar_loss
 
 __all__ = ["CurvatureOperator", "HessianOperator"]
@@ -133,14 +134,14 @@ class HessianOperator(CurvatureOperator):
             raise RuntimeError("this HessianOperator's graph has been freed")
         if not self._live:
             return tuple(torch.zeros_like(p) for p in self.params)
-        hv = torch.autograd.grad(
+        hv = engine_grad(  # torch.autograd.grad's engine call (matvec checked the shapes)
             [self._grads[i] for i in self._live],
             self.params,
             grad_outputs=[vec[i] for i in self._live],
             retain_graph=True,
             allow_unused=True,
         )
-        if len(self._live) == len(self.params) and all(h is not None for h in hv):
+        if len(self._live) == len(self.params) and all([h is not None for h in hv]):
             return hv
         return tuple(
             torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv, strict=True)

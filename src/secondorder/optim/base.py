@@ -65,6 +65,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
+from secondorder.curvature.engine_grad import engine_grad
 from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
 from secondorder.optim.closure_convention import BackwardWatch, grads_from_attribute
@@ -306,18 +307,41 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     def set_params(self, values: Sequence[Tensor]) -> None:
         """Copy ``values`` into the trainable parameters."""
         self._moved()
-        with torch.no_grad():
+        prev = torch.is_grad_enabled()  # torch.no_grad() without its Python-level object
+        torch._C._set_grad_enabled(False)
+        try:
             torch._foreach_copy_(list(self.params()), list(values))
+        finally:
+            torch._C._set_grad_enabled(prev)
 
     def add_to_params(self, direction: Sequence[Tensor], alpha: float | Tensor = 1.0) -> None:
         """``params += alpha * direction`` in place (``alpha`` may be a 0-dim tensor)."""
         self._moved()
         ps = list(self.params())
-        with torch.no_grad():
+        prev = torch.is_grad_enabled()  # torch.no_grad() without its Python-level object
+        torch._C._set_grad_enabled(False)
+        try:
             if isinstance(alpha, Tensor):
                 torch._foreach_add_(ps, torch._foreach_mul(list(direction), alpha))
             else:
                 torch._foreach_add_(ps, list(direction), alpha=alpha)
+        finally:
+            torch._C._set_grad_enabled(prev)
+
+    def set_params_along(self, x0: Sequence[Tensor], direction: Sequence[Tensor],
+                         t: float) -> None:
+        """``params = x0 + t * direction`` in place: :meth:`set_params` then
+        :meth:`add_to_params` (the same two writes), with one parameter lookup and one
+        grad-mode switch (a line search moves the parameters once per trial)."""
+        self._moved()
+        ps = list(self.params())
+        prev = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            torch._foreach_copy_(ps, list(x0))
+            torch._foreach_add_(ps, list(direction), alpha=t)
+        finally:
+            torch._C._set_grad_enabled(prev)
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict`` with the cost counters as a plain dict.
@@ -414,24 +438,31 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         )
         # A graph kept for HVPs needs attention that autograd can differentiate twice.
         attention = double_differentiable_attention() if create_graph else _NO_CONTEXT
-        with torch.enable_grad(), attention:
-            _, loss, samples = self._call_closure(watch, False, params)
-            if check_finite and not bool(torch.isfinite(loss.detach())):
-                raise NonFiniteLossError(f"the closure returned a non-finite loss: {loss.item()}")
-            if not grad:
-                self.watch_start(loss)
-                return Evaluation(loss.detach(), None, samples)
-            if watch.ran_backward:  # torch.optim-style closure: its backward filled .grad
-                grads = grads_from_attribute(params)
-            elif not loss.requires_grad:
-                raise ValueError(
-                    "the closure's loss does not require grad: return the loss tensor "
-                    "computed from the parameters, inside the closure, without detaching it"
-                )
-            else:
-                grads = torch.autograd.grad(
-                    loss, params, create_graph=create_graph, allow_unused=True
-                )
+        prev = torch.is_grad_enabled()  # torch.enable_grad() without its Python object
+        torch._C._set_grad_enabled(True)
+        try:
+            with attention:
+                _, loss, samples = self._call_closure(watch, False, params)
+                if check_finite and not bool(torch.isfinite(loss.detach())):
+                    raise NonFiniteLossError(
+                        f"the closure returned a non-finite loss: {loss.item()}"
+                    )
+                if not grad:
+                    self.watch_start(loss)
+                    return Evaluation(loss.detach(), None, samples)
+                if watch.ran_backward:  # torch.optim-style closure: its backward filled .grad
+                    grads = grads_from_attribute(params)
+                elif not loss.requires_grad:
+                    raise ValueError(
+                        "the closure's loss does not require grad: return the loss tensor "
+                        "computed from the parameters, inside the closure, without detaching it"
+                    )
+                else:
+                    grads = engine_grad(
+                        (loss,), params, create_graph=create_graph, allow_unused=True
+                    )
+        finally:
+            torch._C._set_grad_enabled(prev)
         c = self.counters
         c.gradients += 1
         c.gradient_samples += samples

@@ -44,8 +44,11 @@ def call_closure(closure: Callable[[], Any], params: Sequence[Tensor]) -> tuple[
         gradient into the ``.grad`` of at least one parameter (module doc).
     """
     before = [(g, g._version) if (g := p.grad) is not None else None for p in params]
-    with torch.enable_grad():
+    if torch.is_grad_enabled():  # already on (evaluate): no context object to build
         out = closure()
+    else:
+        with torch.enable_grad():
+            out = closure()
     written = []
     for p, old in zip(params, before, strict=True):
         g = p.grad

@@ -78,7 +78,7 @@ class WorkingPrecisionOperator:
         self._dtypes = tuple(p.dtype for p in getattr(operator, "params", None) or params)
 
     def matvec(self, vec: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        low = tuple(v.to(d) for v, d in zip(vec, self._dtypes, strict=True))
+        low = tuple([v.to(d) for v, d in zip(vec, self._dtypes, strict=True)])
         return to_working_precision(tuple(self.operator.matvec(low)))
 
     def __getattr__(self, name: str) -> Any:

@@ -66,7 +66,10 @@ class LearningRateGroups(Hyperparameters):
 
     def params(self) -> tuple[Any, ...]:
         """The trainable tensors of the groups whose ``lr`` is not 0 (see module doc)."""
-        return tuple(p for g in self._free_groups() for p in g["params"] if p.requires_grad)
+        groups = self.param_groups
+        if len(groups) == 1:  # the one group is returned whatever its lr: no lr to read
+            return tuple([p for p in groups[0]["params"] if p.requires_grad])
+        return tuple([p for g in self._free_groups() for p in g["params"] if p.requires_grad])
 
     def group_of(self) -> tuple[dict[str, Any], ...]:
         """The param group of each tensor of :meth:`params`, in the same order."""
@@ -128,7 +131,7 @@ class SharedHyperparameters(LearningRateGroups):
         """
         first = super().shared_hyperparameters()
         st = self.state["global"]  # type: ignore[attr-defined]
-        frozen = tuple(float(g["lr"]) == 0 for g in self.param_groups)
+        frozen = tuple([float(g["lr"]) == 0 for g in self.param_groups])
         if st.get("frozen_groups", frozen) != frozen:
             self.reset_memory()  # its vectors were shaped by the previous free parameters
             st.pop("x_good", None)

@@ -215,10 +215,10 @@ def truncated_cg(
         done_iters = done_iters + active.long()
         negative = active & (pap <= 0)
         positive = active & ~negative
-        alpha = torch.where(positive, rz / pap, torch.zeros_like(pap))
+        alpha = torch.where(positive, rz / pap, 0.0)
         if i == 0:
             # Nothing to return yet: step along p0 with |curvature| (docstring).
-            tau = torch.where(pap != 0, rz / pap.abs(), torch.ones_like(pap))
+            tau = torch.where(pap != 0, rz / pap.abs(), 1.0)
             alpha = torch.where(negative, tau, alpha)
         x = tl.add(x, p, alpha)
         r = tl.sub(r, tl.scale(ap, alpha))
@@ -293,10 +293,10 @@ def _truncated_cg_host(
         alpha = rz / pap
         if i == 0:
             # Nothing to return yet: step along p0 with |curvature| (docstring).
-            tau = torch.where(pap != 0, rz / pap.abs(), torch.ones_like(pap))
+            tau = torch.where(pap != 0, rz / pap.abs(), 1.0)
             alpha = torch.where(negative, tau, alpha)
         else:
-            alpha = torch.where(negative, torch.zeros_like(pap), alpha)
+            alpha = torch.where(negative, 0.0, alpha)
         x = tl.add(x, p, alpha)
         r = tl.sub(r, tl.scale(ap, alpha))
         flags = [negative, tl.norm(r) <= tol]
@@ -326,7 +326,7 @@ def _boundary_roots(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """
     disc = torch.sqrt(torch.clamp(b * b - a * c, min=0))
     q = -(b + torch.where(b >= 0, disc, -disc))  # q has the sign of -b, |q| = |b| + disc
-    safe_q = torch.where(q != 0, q, torch.ones_like(q))
+    safe_q = torch.where(q != 0, q, 1.0)
     r1 = q / a
     r2 = torch.where(q != 0, c / safe_q, -r1)
     return torch.minimum(r1, r2), torch.maximum(r1, r2)
@@ -436,7 +436,7 @@ def steihaug_cg(
         # ||s + tau p||_M^2 = ss + 2 tau sp + tau^2 pp
         ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
         tau_lo, tau_hi = _boundary_roots(pp, sp, ss - radius2)
-        alpha = rz / torch.where(negative, torch.ones_like(pbp), pbp)
+        alpha = rz / torch.where(negative, 1.0, pbp)
         outside = active & ~negative & (ss + 2 * alpha * sp + alpha * alpha * pp >= radius2)
         # Model change along p from s: -tau r^T p + tau^2 p^T B p / 2 (pick the lower root).
         rp = tl.dot(r, p)
@@ -509,7 +509,7 @@ def _steihaug_host(
             initial_curvature = pbp
         ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
         negative = pbp <= 0
-        alpha = rz / torch.where(negative, torch.ones_like(pbp), pbp)
+        alpha = rz / torch.where(negative, 1.0, pbp)
         leaves = ss + 2 * alpha * sp + alpha * alpha * pp >= radius2
         is_negative, is_outside = torch.stack([negative, leaves]).tolist()
         if is_negative or is_outside:

@@ -31,9 +31,11 @@ called once per step pays one more.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
@@ -43,7 +45,6 @@ from secondorder.optim.base import Closure, SecondOrderOptimizer
 from secondorder.optim.line_objective import (
     LineObjective,
     finite_start,
-    is_finite,
     max_abs,
     search,
     versions,
@@ -188,8 +189,9 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         lr = scale.lr
         tol_change = grp["tolerance_change"]
         at_current = True  # (loss, g) are at the current parameters
+        gmax: float | None = None  # max |g|, when read together with the previous checks
         for it in range(grp["max_iter"]):
-            if lr == 0 or max_abs(g) <= grp["tolerance_grad"]:
+            if lr == 0 or (max_abs(g) if gmax is None else gmax) <= grp["tolerance_grad"]:
                 break
             x0 = self.params_at_start()
             d = scale.apply(mem.descent_direction(g))
@@ -242,7 +244,11 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 st["x_good"] = x0  # unchecked landing point: the next start may reject it
                 at_current = False
                 break
-            if not is_finite(new_loss, new_g):
+            # one read for the landing checks and the next iteration's max |g|: the values
+            # of is_finite(new_loss, new_g), max_abs(new_g), max_abs(s) and
+            # float(new_loss - loss) (max |g| is finite exactly when every entry is)
+            new_f, gmax, smax, change = _landing_values(new_loss, new_g, s, loss)
+            if not (math.isfinite(new_f) and math.isfinite(gmax)):
                 self.set_params(x0)
                 rollback()
                 break
@@ -250,9 +256,8 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             if y is not None:
                 mem.update(s, y)
             st["fresh"] = False
-            prev_loss = loss
             loss, g = new_loss, new_g
-            if max_abs(s) <= tol_change or abs(float(loss - prev_loss)) < tol_change:
+            if smax <= tol_change or abs(change) < tol_change:
                 break
         if full_batch and at_current:
             st["cache"] = (loss, g, versions(self.params()))
@@ -265,3 +270,27 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         st["fresh"] = True
         st.pop("pending", None)
         st.pop("cache", None)
+
+
+def _max_abs_tensor(v: Sequence[Tensor]) -> Tensor:
+    """``max_i |v_i|`` as a 0-dim tensor, by the operations of
+    :func:`~secondorder.optim.line_objective.max_abs`."""
+    if len(v) == 1:
+        return v[0].abs().max()
+    return torch.stack([x.abs().max() for x in v]).max()
+
+
+def _landing_values(new_loss: Tensor, new_g: Sequence[Tensor], s: Sequence[Tensor],
+                    loss: Tensor) -> tuple[float, float, float, float]:
+    """``(f(x + s), max |g(x + s)|, max |s|, f(x + s) - f(x))`` as floats, in one host read.
+
+    Each value is what reading it alone gives (``float`` of the same tensor; the stack
+    upcasts to a common dtype, which is exact).
+    """
+    vals = [new_loss.reshape(()), _max_abs_tensor(new_g), _max_abs_tensor(s),
+            (new_loss - loss).reshape(())]
+    dt = vals[0].dtype
+    for v in vals[1:]:
+        dt = torch.promote_types(dt, v.dtype)
+    new_f, gmax, smax, change = torch.stack([v.to(dt) for v in vals]).tolist()
+    return new_f, gmax, smax, change

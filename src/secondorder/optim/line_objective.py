@@ -69,8 +69,7 @@ class LineObjective:
         """Put the parameters at ``x0 + t d`` (no evaluation)."""
         t = float(t)
         if self.last_t != t:  # x0 + t d written in place: no temporary parameter-sized copy
-            self.opt.set_params(self.x0)
-            self.opt.add_to_params(self.direction, t)
+            self.opt.set_params_along(self.x0, self.direction, t)
             self.last_t = t
 
     def __call__(
@@ -84,7 +83,7 @@ class LineObjective:
 
 def versions(params: Sequence[Tensor]) -> tuple[int, ...]:
     """In-place version counters of ``params`` (they change whenever a tensor is written)."""
-    return tuple(p._version for p in params)
+    return tuple([p._version for p in params])
 
 
 def start_evaluation(

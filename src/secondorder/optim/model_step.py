@@ -114,9 +114,9 @@ def try_step(
     optimizer.add_to_params(step)
     ev = optimizer.evaluate(closure, grad=keep_graph, create_graph=keep_graph)
     new_loss = ev.loss
-    f0, f1, predicted = (
+    f0, f1, predicted = [  # a list, not a generator: one frame, not one resume per value
         t.reshape(()).to(torch.float64) for t in (loss, new_loss, predicted_decrease)
-    )
+    ]
     rho = (f0 - f1) / predicted
     predicted_f, rho_f, new_f, f0_f = torch.stack([predicted, rho, f1, f0]).tolist()
     accepted = predicted_f > 0 and math.isfinite(new_f) and new_f < f0_f and rho_f >= eta

@@ -108,8 +108,9 @@ def _copy_keeping_tensors(obj: Any, key: str, memo: dict[int, Any],
         for k, v in obj.items():
             if type(k) not in _ATOMIC and id(k) not in memo:
                 raise _Unhandled(k)
-            new[k] = _copy_keeping_tensors(v, k if isinstance(k, str) else key, memo, kept,
-                                           record)
+            # an atomic value is kept here, without a call per entry (counters, flags)
+            new[k] = v if type(v) in _ATOMIC else _copy_keeping_tensors(
+                v, k if isinstance(k, str) else key, memo, kept, record)
         return new
     if t is list:
         new = []
@@ -123,8 +124,11 @@ def _copy_keeping_tensors(obj: Any, key: str, memo: dict[int, Any],
                 kept += [(key, x, x._version) for x in flat if id(x) not in memo]
             memo[id(obj)] = obj
             return obj
+        if set(map(type, obj)) <= _ATOMIC:  # a tuple of numbers and flags: kept whole
+            memo[id(obj)] = obj
+            return obj
         items = [_copy_keeping_tensors(v, key, memo, kept, record) for v in obj]
-        new = obj if all(a is b for a, b in zip(items, obj, strict=True)) else tuple(items)
+        new = obj if all([a is b for a, b in zip(items, obj, strict=True)]) else tuple(items)
         memo[id(obj)] = new
         return new
     if isinstance(obj, Tensor):
@@ -183,7 +187,8 @@ class StepTransaction:
             copied = self._copy_state(state, memo, in_place, kept)
         self._kept = kept
         self._state = copied
-        self._extra = copy.deepcopy(optimizer.extra_state())
+        extra = optimizer.extra_state()
+        self._extra = None if extra is None else copy.deepcopy(extra)
         self._flags: list[Tensor] = []
         self.at_start = True
 
@@ -255,7 +260,7 @@ class StepTransaction:
         flags = self._flags
         for v in values:
             if v is not None:
-                flags.append(torch.isfinite(v.detach()).all())
+                flags.append(torch.isfinite(v).all())  # a bool result: no graph to detach
         if len(flags) > 256:  # a long Krylov solve: fold, so the list stays short
             self._flags = [torch.stack(flags).all()]
 

@@ -224,7 +224,7 @@ def solve_subproblem(
         cstep, cdecrease = cauchy_point(matvec, grad, radius, norm,
                                         curvature=res.initial_curvature)
         used = cdecrease > decrease
-        step = tuple(torch.where(used, c, s) for c, s in zip(cstep, step, strict=True))
+        step = tuple([torch.where(used, c, s) for c, s in zip(cstep, step, strict=True)])
         decrease = torch.where(used, cdecrease, decrease)
     if eigen_steps > 0:
         estep, edecrease = eigen_point(matvec, grad, radius, norm, eigen_steps)
