@@ -73,3 +73,20 @@ def test_a_torch_function_mode_goes_through_autograd_grad():
         (g,) = engine_grad((loss,), (w,))
     assert "grad" in seen
     assert torch.equal(g, 2 * w.detach())
+
+
+def test_the_engine_call_is_checked_at_import_and_falls_back_when_it_disagrees(monkeypatch):
+    # a torch whose private engine entry point takes other arguments must not be used
+    from secondorder.curvature import engine_grad as eg
+
+    assert eg._engine_call_agrees()
+
+    def changed(*args, **kwargs):
+        raise TypeError("run_backward() got an unexpected keyword argument")
+
+    monkeypatch.setattr(eg, "_engine_run_backward", changed)
+    assert not eg._engine_call_agrees()
+    monkeypatch.setattr(eg, "_engine_run_backward", None)
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    (g,) = eg.engine_grad([(x**2).sum()], [x])  # torch.autograd.grad's path
+    assert torch.equal(g, 2 * x.detach())

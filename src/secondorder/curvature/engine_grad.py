@@ -29,6 +29,29 @@ try:  # torch's wrapper around the C++ engine call (private: fall back when abse
 except ImportError:  # pragma: no cover - depends on the torch version
     _engine_run_backward = None
 
+
+def _engine_call_agrees() -> bool:
+    """Whether the engine entry point takes torch 2.x's arguments and returns what
+    ``torch.autograd.grad`` returns (a gradient and a Hessian-vector product of a small
+    cubic, checked once at import; a torch that changed the private call falls back)."""
+    if _engine_run_backward is None:
+        return False
+    try:
+        x = torch.tensor([0.5, -2.0], dtype=torch.float64, requires_grad=True)
+        v = torch.tensor([1.0, 3.0], dtype=torch.float64)
+        (g,) = _engine_run_backward(((x**3).sum(),), (torch.ones((), dtype=x.dtype),),
+                                    True, True, (x,), False, accumulate_grad=False)
+        (hv,) = _engine_run_backward(((g * v).sum(),), (torch.ones((), dtype=x.dtype),),
+                                     False, False, (x,), False, accumulate_grad=False)
+        return (x.grad is None and torch.equal(g.detach(), 3 * x.detach() ** 2)
+                and torch.equal(hv, 6 * x.detach() * v))
+    except Exception:  # noqa: BLE001 -- any failure means: use torch.autograd.grad
+        return False
+
+
+if not _engine_call_agrees():  # pragma: no cover - depends on the torch version
+    _engine_run_backward = None
+
 _PRESERVE = torch.preserve_format
 
 
