@@ -18,7 +18,8 @@ Parts (problems from :mod:`~secondorder.bench.studies.shen_problems`):
   (Taylor ratio ``eta~``), ``sizing`` (Taylor ratio vs Armijo backtracking, Table 1, and
   the per-epoch time statistic), ``batch`` (batch sizes), ``activation`` (none / ReLU /
   sigmoid / sin without batch norm, against Adam), ``termination`` (early termination on
-  negative curvature on / off, and the paper's warm start).
+  negative curvature on / off, and Alg. 1's printed warm start, CG step and post-screening
+  beside ours, on sigmoid LeNet-5 and on a sin LeNet-5 that learns at the study's budget).
 
 Other methods' learning rates are tried from 1e-1 to 1e-4 and the best final validation
 metric kept (the benchmark's selection rule; the paper keeps "the best result"). Shampoo
