@@ -163,6 +163,43 @@ def test_step_attempt_metric_reads_the_epoch_differences():
     assert value == pytest.approx(4.3) and "(epoch 2)" in text
 
 
+def test_counter_metrics_read_the_last_optimizer_counters_over_seeds():
+    from secondorder.bench.studies.metrics import METRICS
+
+    def rec(hvps, sizings):
+        return _Rec([{"optimizer_counters": {"hvps": 1, "sizings": 1}},
+                     {"optimizer_counters": {"hvps": hvps, "sizings": sizings}}])
+
+    res = _Results({"one": [rec(120, 12)], "three": [rec(100, 20), rec(200, 22), rec(300, 24)],
+                    "none": [_Rec([{"train_loss": 1.0}])]})
+    assert METRICS["shen_hvps"](res, "p", "q", "one") == (120.0, "120")
+    assert METRICS["shen_sizings"](res, "p", "q", "one") == (12.0, "12")
+    assert METRICS["shen_hvps"](res, "p", "q", "three") == (200.0, "200 ± 100")
+    assert METRICS["shen_sizings"](res, "p", "q", "three") == (22.0, "22 ± 2")
+    assert METRICS["shen_hvps"](res, "p", "q", "none") == (None, "-")
+    assert METRICS["shen_hvps"](res, "p", "q", "absent") == (None, "not run")
+
+
+def test_termination_part_runs_every_variant_on_sigmoid_and_a_learning_lenet():
+    from secondorder.bench.studies import get_study
+    from secondorder.bench.studies.shen import TERMINATION_ACTIVATION
+
+    part = get_study("shen").part("termination")
+    assert [p.name for p in part.problems] == ["lenet5", f"lenet5_{TERMINATION_ACTIVATION}"]
+    assert part.problems[1].options["activation"] == TERMINATION_ACTIVATION == "sin"
+    assert "activation" not in part.problems[0].options  # sigmoid, the paper's default
+    hyper = [m.hyperparameters for m in part.methods]
+    assert [h.get("early_termination", True) for h in hyper] == [True, False, True, True, True]
+    assert [h.get("warm_start") for h in hyper] == [None, None, 1.0, None, None]
+    assert [h.get("printed_cg_step", False) for h in hyper] == [False] * 3 + [True, False]
+    assert [h.get("printed_post_screen", False) for h in hyper] == [False] * 4 + [True]
+    table = next(t for t in get_study("shen").tables if t.name == "Early termination")
+    assert [c.metric for c in table.columns] == ["train_loss", "shen_hvps", "shen_sizings",
+                                                "runtime"]
+    assert {r.problem for r in table.rows} == {p.name for p in part.problems}
+    assert len(table.rows) == 2 * len(part.methods)
+
+
 # --------------------------------------------------------------------------- the study
 def test_shen_study_declares_the_papers_methods():
     from secondorder.bench.studies import get_study
@@ -229,5 +266,9 @@ def test_quick_run_writes_every_table_and_figure(tmp_path):
     # every Newton-Krylov (complex step) cell ran the complex-step backend and finished
     header, rows, _ = rep["tables"]["Fig. 3 (DNNs): rank"]
     assert all("finished" in r[-1] for r in rows if "complex step" in r[0])
+    # the early-termination table has a number of products for each variant on both LeNet-5s
+    header, rows, _ = rep["tables"]["Early termination"]
+    assert len(rows) == 10
+    assert all(float(r[4]) > 0 for r in rows), rows  # [label, paper, ours, ...]
     text = rep["markdown"].read_text()
     assert "QUICK run" in text and "backend='complex-step'" in text
