@@ -366,3 +366,34 @@ def test_time_budget_stops_within_one_step_and_thins_evaluations():
     assert [m["step"] for m in r.measurements] == list(range(13))
     with pytest.raises(ValueError, match="Invalid min_eval_gap: -1"):
         run(p, get_optimizer("sgd"), {"lr": 0.1}, 0, Budget(epochs=1), min_eval_gap=-1)
+
+
+class _Scalar(nn.Module):
+    """One parameter ``w`` (initially 0.1), output ``w`` for every sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.1]))
+
+    def forward(self, x):
+        return self.w.expand(len(x), 1)
+
+
+def test_a_rejected_trial_with_a_huge_loss_is_not_divergence():
+    # f(w) = -w^2/2 + w^4/4 (minimum -1/4 at w = 1), started at w = 0.1 where the curvature
+    # is negative: ARC with a small sigma steps to w ~ 100, whose trial loss (~2e7) is far
+    # above 1e3 x the initial |f| (~5e-3). The step is rejected and the parameters restored,
+    # as on the [AdaptiveNorms] MNIST CNN (docs/studies/adaptive_norms.md, "ARC on the MNIST
+    # CNN"), where the runner used to read the last closure value -- that rejected trial's
+    # loss -- and report a divergence although the model's loss was fine.
+    p = fake_problem()
+    p.make_model = lambda seed: _Scalar()
+    p.loss = lambda o, t: (-o.pow(2) / 2 + o.pow(4) / 4).squeeze(1)
+    p.accuracy = None
+    trials = []
+    spec = get_optimizer("AdaptiveCubic_spherical")
+    r = run(p, spec, {"sigma": 1e-2}, 0, Budget(epochs=4), on_step=trials.append)
+    assert r.status == "finished", r.error
+    assert r.measurements[0]["train_loss"] == pytest.approx(-0.1**2 / 2 + 0.1**4 / 4)
+    assert r.measurements[-1]["train_loss"] == pytest.approx(-0.25, abs=1e-4)
+    assert len(trials) == 12

@@ -13,7 +13,12 @@ and the cumulative counts.
 Outcomes (``RunResult.status``): ``finished``; ``diverged`` when a training loss is NaN or
 infinite or exceeds ``divergence_factor`` times the initial training loss (what was recorded
 so far is kept, plus the diverging point); ``failed`` when the optimizer raises (the message
-is kept). Neither ever propagates an exception to the sweep.
+is kept). Neither ever propagates an exception to the sweep. The check after each step reads
+the batch loss of the step's *first* closure evaluation, the loss at the parameters the step
+started from: a trust region or ARC also evaluates trial points it then rejects (restoring
+the parameters), and such a trial's loss, however large, is no loss of the model. A step
+that does move the parameters somewhere bad is caught at the next step's start, or by the
+full training loss of the evaluation that ends the run.
 
 Curvature closures: optimizers that declare ``SUPPORTS_GAUSS_NEWTON`` and are configured
 with ``curvature="gauss_newton"`` (HessianFree by default; TrustRegion and AdaptiveCubic
@@ -131,8 +136,9 @@ def evaluate_split(
 
 
 def make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y, last: list):
-    """The closure of ``spec.protocol`` on the batch ``(x, y)``; it stores the detached mean
-    loss in ``last[0]``.
+    """The closure of ``spec.protocol`` on the batch ``(x, y)``; its first call stores the
+    detached mean loss in ``last[0]`` when that is ``None`` (the runner resets it before each
+    step, so it holds the loss at the start of the step, never a rejected trial's).
 
     A ``"secondorder"`` closure also accepts the parameter tensors: ``closure(ps)`` returns
     the mean batch loss with ``ps`` in place of the model's trainable parameters
@@ -144,7 +150,8 @@ def make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y
             optimizer.zero_grad()
             loss = problem.loss(model(x), y).mean()
             loss.backward()
-            last[0] = loss.detach()
+            if last[0] is None:
+                last[0] = loss.detach()
             return loss
     else:
         output_fn: list = []
@@ -155,7 +162,8 @@ def make_closure(spec: OptimizerSpec, model: nn.Module, optimizer, problem, x, y
                     output_fn.append(functional_model(model, x)[0])
                 return problem.loss(output_fn[0](ps), y).mean()
             losses = problem.loss(model(x), y)
-            last[0] = losses.detach().mean()
+            if last[0] is None:
+                last[0] = losses.detach().mean()
             return losses
     return closure
 
@@ -426,6 +434,7 @@ def run(
                 idx = perm[pos:pos + batch_size]
                 pos += batch_size
                 x, y = train.inputs[idx], train.targets[idx]
+            last[0] = None
             closure = make_closure(spec, model, optimizer, problem, x, y, last)
             if ggn:
                 step_kwargs["ggn_closure"] = make_ggn_closure(model, problem, x, y, meter)
@@ -452,7 +461,7 @@ def run(
             if not math.isfinite(loss_now) or loss_now > threshold:
                 result.status = "diverged"
                 result.error = (
-                    f"training loss {loss_now:.4g} at step {step} "
+                    f"training loss {loss_now:.4g} at the start of step {step} "
                     f"(initial {initial:.4g}, limit {threshold:.4g})"
                 )
                 record()
