@@ -274,3 +274,28 @@ def test_readonly_open_writes_nothing_and_keeps_the_journal_mode(tmp_path):
         assert st.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert st.runs() == []
     assert db.read_bytes() == before and not (tmp_path / "results.sqlite-wal").exists()
+
+
+def test_opening_retries_a_database_locked_at_once_by_another_process(tmp_path, monkeypatch):
+    # Seen in CI: two bench processes opening one new database; one got "database is
+    # locked" from the WAL switch without SQLite's busy handler and exited 2.
+    real, calls = Store._prepare, []
+
+    def locked_twice(self):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self)
+
+    monkeypatch.setattr(Store, "_prepare", locked_twice)
+    with Store(tmp_path / "r.db") as st:
+        assert st.runs() == [] and len(calls) == 3
+
+    def always_locked(self):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(Store, "_prepare", always_locked)
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="database is locked"):
+        Store(tmp_path / "r.db", timeout=0.2)
+    assert time.monotonic() - start < 10  # gives up after its timeout

@@ -14,9 +14,11 @@ Outcomes (``RunResult.status``): ``finished``; ``diverged`` when a training loss
 infinite or exceeds ``divergence_factor`` times the initial training loss (what was recorded
 so far is kept, plus the diverging point); ``failed`` when the optimizer raises (the message
 is kept). Neither ever propagates an exception to the sweep. The check after each step reads
-the batch loss of the step's *first* closure evaluation, the loss at the parameters the step
-started from: a trust region or ARC also evaluates trial points it then rejects (restoring
-the parameters), and such a trial's loss, however large, is no loss of the model. A step
+the batch loss at the parameters the step started from: the value ``step`` returns (the
+torch.optim convention; every secondorder optimizer returns it, also when it reused a cached
+start without calling the closure), else the step's *first* closure value. A trust region
+or ARC also evaluates trial points it then rejects (restoring the parameters), and such a
+trial's loss, however large, is no loss of the model. A step
 that does move the parameters somewhere bad is caught at the next step's start, or by the
 full training loss of the evaluation that ends the run.
 
@@ -401,6 +403,7 @@ def run(
             result.status, result.error = "diverged", f"initial training loss is {initial}"
             return result
         threshold = divergence_factor * max(abs(initial), 1e-8)
+        loss_now = initial
 
         def out_of_budget() -> bool:
             if budget.epochs is not None and samples_drawn / n >= budget.epochs - 1e-9:
@@ -439,7 +442,7 @@ def run(
             if ggn:
                 step_kwargs["ggn_closure"] = make_ggn_closure(model, problem, x, y, meter)
             try:
-                optimizer.step(closure, **step_kwargs)
+                returned = optimizer.step(closure, **step_kwargs)
             except NonFiniteLossError as e:
                 train_time += time.perf_counter() - t0
                 step += 1
@@ -450,7 +453,12 @@ def run(
             except Exception as e:  # noqa: BLE001 -- recorded, never crashes a sweep
                 result.status, result.error = "failed", f"{type(e).__name__}: {e}"
                 return result
-            loss_now = float(last[0]) if last[0] is not None else float("nan")
+            # the loss at the step's start: what ``step`` returns (torch.optim's convention,
+            # and every secondorder optimizer's, also when it reused a cached start and never
+            # called the closure), else the step's first closure value, else the last known
+            start = returned if isinstance(returned, Tensor) else last[0]
+            if start is not None:
+                loss_now = float(start.detach().mean())
             train_time += time.perf_counter() - t0
             step += 1
             samples_drawn += len(x)

@@ -153,6 +153,12 @@ _NOT_A_DATABASE = ("not a SQLite database (garbage or truncated file)",
 _DAMAGED_REMEDY = "restore it from a backup or move it away and rerun; nothing was written"
 
 
+def _is_busy(err: sqlite3.Error) -> bool:
+    """Whether ``err`` is SQLite's "database is locked" / "busy" (another connection)."""
+    text = str(err).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
 def _classify(path: Path, err: sqlite3.DatabaseError) -> StoreError:
     """The :class:`StoreError` for an error SQLite raised while opening ``path``.
 
@@ -192,20 +198,33 @@ class Store:
         self.readonly = readonly
         self.lease = float(lease)
         self.timeout = float(timeout)
-        self.conn = self._connect()
-        try:
-            self.conn.row_factory = sqlite3.Row
-            self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            if verify:
-                self._verify()
-            if not readonly:
-                self._prepare()
-        except sqlite3.DatabaseError as err:
-            self.conn.close()
-            raise _classify(self.path, err) from err
-        except BaseException:
-            self.conn.close()
-            raise
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self.conn = self._connect()
+            try:
+                self.conn.row_factory = sqlite3.Row
+                self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                if verify:
+                    self._verify()
+                if not readonly:
+                    self._prepare()
+                return
+            except sqlite3.OperationalError as err:
+                self.conn.close()
+                # Opening while another process creates the file or switches it to WAL can
+                # report "database is locked" at once, without SQLite's busy handler (the
+                # journal-mode change and the first schema write need the file alone):
+                # open again until the timeout, as the busy handler would have waited.
+                if _is_busy(err) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise _classify(self.path, err) from err
+            except sqlite3.DatabaseError as err:
+                self.conn.close()
+                raise _classify(self.path, err) from err
+            except BaseException:
+                self.conn.close()
+                raise
 
     def _connect(self) -> sqlite3.Connection:
         path = self.path
