@@ -90,3 +90,19 @@ def test_the_engine_call_is_checked_at_import_and_falls_back_when_it_disagrees(m
     x = torch.tensor([1.0, 2.0], requires_grad=True)
     (g,) = eg.engine_grad([(x**2).sum()], [x])  # torch.autograd.grad's path
     assert torch.equal(g, 2 * x.detach())
+
+
+def test_a_broadcastable_grad_output_of_another_shape_gets_torchs_error():
+    # the engine would sum a (3,) grad_output into a (1,) output; torch.autograd.grad refuses
+    x = torch.ones(1, requires_grad=True)
+    with pytest.raises(RuntimeError, match="[Mm]ismatch in shape"):
+        engine_grad([x * 2], [x], [torch.ones(3)])
+
+
+def test_the_import_check_passes_under_no_grad():
+    from secondorder.curvature import engine_grad as eg
+
+    with torch.no_grad():
+        assert eg._engine_call_agrees()
+    with torch.inference_mode():
+        assert eg._engine_call_agrees()

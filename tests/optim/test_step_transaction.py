@@ -214,15 +214,17 @@ def test_step_hooks_run_once_per_step_in_torch_order_and_may_replace_the_argumen
         other_calls.append(1)
         return loss_of(w)
 
-    def own_pre(o, args, kwargs):
+    def own_pre(o, args, kwargs):  # torch's convention: args[0] is the optimizer
         calls.append("own_pre")
-        return (other_closure,), kwargs
+        assert args[0] is o
+        return (o, other_closure), kwargs
 
     handles = [
         register_optimizer_step_pre_hook(
             lambda o, a, k: calls.append("global_pre")),
         opt.register_step_pre_hook(own_pre),
-        opt.register_step_post_hook(lambda o, a, k: calls.append(f"own_post:{a[0].__name__}")),
+        opt.register_step_post_hook(
+            lambda o, a, k: calls.append(f"own_post:{a[0] is o}:{a[1].__name__}")),
         register_optimizer_step_post_hook(
             lambda o, a, k: calls.append("global_post")),
     ]
@@ -231,7 +233,7 @@ def test_step_hooks_run_once_per_step_in_torch_order_and_may_replace_the_argumen
     finally:
         for h in handles:
             h.remove()
-    assert calls == ["global_pre", "own_pre", "own_post:other_closure", "global_post"]
+    assert calls == ["global_pre", "own_pre", "own_post:True:other_closure", "global_post"]
     assert other_calls  # the pre-hook's closure was the one stepped
     assert getattr(type(opt).step, "hooked", False)
 

@@ -83,13 +83,12 @@ def calibrate(selected: Mapping[str, RunRecord],
         min_seconds: the least budget.
 
     Returns:
-        ``(T, slowest method, its training time)``; ``(min_seconds, None, nan)`` without
-        a timed run of a method that learned.
+        ``(T, slowest method, its training time)``; when no method learned, the slowest
+        of all sets ``T``; ``(min_seconds, None, nan)`` without a timed run.
     """
     slowest, worst = None, math.nan
-    for name, rec in selected.items():
-        if not learned(rec):
-            continue
+    learners = {n: r for n, r in selected.items() if learned(r)} or selected  # none learned:
+    for name, rec in learners.items():  # every method sets it, as without the rule
         t = rec.last.get("wall_time") if rec.measurements else None
         if t is not None and math.isfinite(t) and (slowest is None or t > worst):
             slowest, worst = name, float(t)

@@ -37,14 +37,15 @@ def _engine_call_agrees() -> bool:
     if _engine_run_backward is None:
         return False
     try:
-        x = torch.tensor([0.5, -2.0], dtype=torch.float64, requires_grad=True)
-        v = torch.tensor([1.0, 3.0], dtype=torch.float64)
-        (g,) = _engine_run_backward(((x**3).sum(),), (torch.ones((), dtype=x.dtype),),
-                                    True, True, (x,), False, accumulate_grad=False)
-        (hv,) = _engine_run_backward(((g * v).sum(),), (torch.ones((), dtype=x.dtype),),
-                                     False, False, (x,), False, accumulate_grad=False)
-        return (x.grad is None and torch.equal(g.detach(), 3 * x.detach() ** 2)
-                and torch.equal(hv, 6 * x.detach() * v))
+        with torch.inference_mode(False), torch.enable_grad():  # even under no_grad
+            x = torch.tensor([0.5, -2.0], dtype=torch.float64, requires_grad=True)
+            v = torch.tensor([1.0, 3.0], dtype=torch.float64)
+            (g,) = _engine_run_backward(((x**3).sum(),), (torch.ones((), dtype=x.dtype),),
+                                        True, True, (x,), False, accumulate_grad=False)
+            (hv,) = _engine_run_backward(((g * v).sum(),), (torch.ones((), dtype=x.dtype),),
+                                         False, False, (x,), False, accumulate_grad=False)
+            return (x.grad is None and torch.equal(g.detach(), 3 * x.detach() ** 2)
+                    and torch.equal(hv, 6 * x.detach() * v))
     except Exception:  # noqa: BLE001 -- any failure means: use torch.autograd.grad
         return False
 
@@ -96,8 +97,12 @@ def engine_grad(
                 plain = False
         else:
             grad_outputs = tuple(grad_outputs)
+            # torch.autograd.grad refuses a grad_output of another shape; the engine would
+            # sum a broadcastable one, so such a call takes torch's path and its error
             plain = (len(grad_outputs) == len(outputs)
-                     and not torch._C._has_torch_function(grad_outputs))
+                     and not torch._C._has_torch_function(grad_outputs)
+                     and all(g.shape == o.shape
+                             for g, o in zip(grad_outputs, outputs, strict=False)))
     if not plain:
         return torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain_graph,
                                    create_graph=create_graph, allow_unused=allow_unused)

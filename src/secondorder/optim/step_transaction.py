@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+try:  # torch's registries of global step hooks (private: without them torch wraps the step)
+    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+except ImportError:  # pragma: no cover - depends on the torch version
+    _global_optimizer_pre_hooks = _global_optimizer_post_hooks = None
 
 from secondorder.errors import NonFiniteLossError
 
@@ -306,6 +310,8 @@ def transactional(step: Callable[..., Any]) -> Callable[..., Any]:
     def transactional_step(self: SecondOrderOptimizer, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_transaction", None) is not None:  # super().step() inside a step
             return step(self, *args, **kwargs)
+        if _global_optimizer_pre_hooks is None:  # torch runs the hooks (profile_hook_step)
+            return _transaction_step(step, self, args, kwargs)
         if torch._C._autograd._profiler_enabled():
             name = f"Optimizer.step#{type(self).__name__}.step"
             with torch.autograd.profiler.record_function(name):
@@ -313,31 +319,36 @@ def transactional(step: Callable[..., Any]) -> Callable[..., Any]:
         return _hooked_transaction(step, self, args, kwargs)
 
     transactional_step.transactional = True  # type: ignore[attr-defined]
-    transactional_step.hooked = True  # type: ignore[attr-defined]  # torch: do not wrap again
+    if _global_optimizer_pre_hooks is not None:  # else torch's profile_hook_step wraps it
+        transactional_step.hooked = True  # type: ignore[attr-defined]  # torch: not again
     return transactional_step
 
 
 def _hooked_transaction(step: Callable[..., Any], self: SecondOrderOptimizer,
                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """torch.optim's step hooks around one transaction (torch's ``profile_hook_step`` body)."""
+    """torch.optim's step hooks around one transaction, as torch's ``profile_hook_step``
+    calls them: ``hook(optimizer, args, kwargs)`` with ``args`` starting with the optimizer,
+    and a pre-hook may return ``(new_args, new_kwargs)`` (``new_args`` again starting with
+    the optimizer)."""
+    full = (self, *args)
     pre = self._optimizer_step_pre_hooks
     if _global_optimizer_pre_hooks or pre:
         for pre_hook in chain(_global_optimizer_pre_hooks.values(), pre.values()):
-            result = pre_hook(self, args, kwargs)
+            result = pre_hook(self, full, kwargs)
             if result is not None:
                 if isinstance(result, tuple) and len(result) == 2:
-                    args, kwargs = result
+                    full, kwargs = result
                 else:
                     raise RuntimeError(
                         f"{step} must return None or a tuple of (new_args, new_kwargs), but "
                         f"got {result}."
                     )
-    out = _transaction_step(step, self, args, kwargs)
+    out = _transaction_step(step, full[0], tuple(full[1:]), kwargs)
     self._optimizer_step_code()
     post = self._optimizer_step_post_hooks
     if post or _global_optimizer_post_hooks:
         for post_hook in chain(post.values(), _global_optimizer_post_hooks.values()):
-            post_hook(self, args, kwargs)
+            post_hook(self, full, kwargs)
     return out
 
 

@@ -320,8 +320,11 @@ class TrustRegion(AdaptiveNormOptimizer):
             evaluating the closure again (one forward pass less per accepted step, one
             backward pass more per rejected one; the graph is kept between the two steps).
             It is used only while the parameters have not been written since (their
-            in-place versions), with ``curvature="hessian"`` and no ``hessian_closure``.
-            The iterates are those of ``full_batch=False``.
+            in-place versions; a write through ``p.data`` bumps no version, so change
+            parameters between steps with in-place ops under ``torch.no_grad()``), with
+            ``curvature="hessian"`` and no ``hessian_closure``. The iterates are those of
+            ``full_batch=False`` (to the bit, except for models with scaled-dot-product
+            attention, whose trial is then evaluated with the math kernel).
 
     Raises:
         ValueError: if a hyperparameter is out of range, a name is unknown, or a value
@@ -435,6 +438,11 @@ class TrustRegion(AdaptiveNormOptimizer):
             cg_status=sub.status,
         )  # fmt: skip
         return model.loss
+
+    #: The accepted trial's evaluation kept for the next step (``full_batch``); a class
+    #: default so that a deep-copied or unpickled optimizer (torch keeps only its state and
+    #: groups) starts without one.
+    _trial_evaluation: tuple[Evaluation, tuple[int, ...]] | None = None
 
     def _take_trial_evaluation(self) -> Evaluation | None:
         """The previous step's accepted trial evaluation when the parameters are still
