@@ -461,17 +461,7 @@ def steihaug_cg(
         rz = torch.where(active, rz_new, rz)
 
     code, iterations = (int(v) for v in torch.stack([status, done_iters]).tolist())
-    return CGResult(
-        solution=s,
-        iterations=iterations,
-        status=STATUSES[code],
-        residual_norm=tl.norm(r),
-        negative_curvature=p if code == _NEGATIVE else None,
-        hits_boundary=code in (_NEGATIVE, _BOUNDARY),
-        iterates={},
-        residual=r,
-        initial_curvature=initial_curvature,
-    )
+    return _steihaug_result(s, r, p, code, iterations, initial_curvature)
 
 
 def _steihaug_host(
@@ -533,6 +523,13 @@ def _steihaug_host(
             break
         p = tl.add(z, p, rz_new / rz)
         rz = rz_new
+    return _steihaug_result(s, r, p, code, iterations, initial_curvature)
+
+
+def _steihaug_result(s: TensorList, r: TensorList, p: TensorList, code: int,
+                     iterations: int, initial_curvature: Tensor | None) -> CGResult:
+    """The :class:`CGResult` of a Steihaug solve (masked or host-branching) that ended with
+    status ``code``: ``p`` is the direction of negative curvature when that stopped it."""
     return CGResult(
         solution=s,
         iterations=iterations,

@@ -97,6 +97,9 @@ NK_CS = "Newton-Krylov (complex step)"
 PRINTED_STEP = "CG step ||r|| / kappa (line 21 as printed)"
 PRINTED_SCREEN = "post-screening rescaling (line 30 as printed)"
 NK_AD = "Newton-Krylov (autograd)"
+#: The columns of the Fig. 3 rank tables.
+RANK_COLUMNS = (Column("Rank (final train loss)", "shen_rank", 0.0),
+                Column("Final train loss", "train_loss"), Column("Outcome", "status"))
 
 
 # --------------------------------------------------------------------------- metrics
@@ -282,9 +285,7 @@ def _tables(quick: bool) -> tuple[Table, ...]:
         "methods in all the experiments by a noticeable margin'. Rank of the final training "
         "loss among the part's methods (1 = lowest; diverged or failed rank last), the "
         "selected learning rate of the others, and the outcome.", "linear",
-        (Column("Rank (final train loss)", "shen_rank", 0.0), Column("Final train loss",
-                                                                     "train_loss"),
-         Column("Outcome", "status")), tuple(fig3_rows),
+        RANK_COLUMNS, tuple(fig3_rows),
         note="Our batch sizes are separate rows of the figure (the paper keeps the best of "
         "full / 128 / 1024 per method).")
     dnn_rows = [Row(f"{p}: {NK_CS}", p, NK_CS, ("1", "-", "-"))
@@ -299,9 +300,7 @@ def _tables(quick: bool) -> tuple[Table, ...]:
         "(BN + ELU; ours at reduced width), mini-batch 128. The paper reports Shampoo's "
         "SVD failing on the autoencoder; ours is in the outcome column when the 'shampoo' "
         "extra is installed.", "dnn",
-        (Column("Rank (final train loss)", "shen_rank", 0.0), Column("Final train loss",
-                                                                     "train_loss"),
-         Column("Outcome", "status")), tuple(dnn_rows),
+        RANK_COLUMNS, tuple(dnn_rows),
         note="The paper's curves run for many epochs on the full data sets; ours are "
         "short, on stand-in data, so a rank says which method is ahead at our budget.")
     t1 = Table(

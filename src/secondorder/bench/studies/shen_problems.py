@@ -135,6 +135,16 @@ def _mnist_or_digits(data_dir, lenet_name: str):
     return P.get_problem("digits_cnn"), "digits", True
 
 
+def _mnist_linear(data_dir, name: str, loss, description: str):
+    """A linear 784-10 model on the MNIST test set under ``--data-dir`` with ``loss``."""
+    src = P.get_problem("mnist_lenet5", data_dir=data_dir)
+    return dataclasses.replace(
+        src, name=name, loss=loss, accuracy=P.multiclass_accuracy,
+        make_model=functools.partial(zoo.seeded, functools.partial(
+            zoo.SoftmaxRegression, 784, 10)),
+        description=description)
+
+
 def logistic(data_dir=None, quick: bool = False, batch_size: int | str = "full",
              max_train: int | None = None) -> StudyProblem:
     """Logistic regression ([Shen] Fig. 3 "LR"; module docstring for the data)."""
@@ -143,12 +153,8 @@ def logistic(data_dir=None, quick: bool = False, batch_size: int | str = "full",
         problem = P.get_problem("libsvm_logistic", data_dir=data_dir)
         base, data, original = "libsvm", f"{problem.description} (the paper's kind of data)", True
     elif has_set(data_dir, "mnist"):
-        src = P.get_problem("mnist_lenet5", data_dir=data_dir)
-        problem = dataclasses.replace(
-            src, name="mnist_softmax", loss=P.cross_entropy, accuracy=P.multiclass_accuracy,
-            make_model=functools.partial(zoo.seeded, functools.partial(
-                zoo.SoftmaxRegression, 784, 10)),
-            description="MNIST test set, softmax regression 784-10")
+        problem = _mnist_linear(data_dir, "mnist_softmax", P.cross_entropy,
+                                "MNIST test set, softmax regression 784-10")
         base, original = "mnist", False
         data = ("the MNIST test set standing in for the paper's LIBSVM sets (softmax "
                 "regression 784-10)")
@@ -165,12 +171,8 @@ def svm(data_dir=None, quick: bool = False, batch_size: int | str = "full",
     """Squared-hinge linear SVM ([Shen] Fig. 3 "SVM", Hinge-2 loss)."""
     limit = _limit(quick, max_train)
     if has_set(data_dir, "mnist"):
-        src = P.get_problem("mnist_lenet5", data_dir=data_dir)
-        problem = dataclasses.replace(
-            src, name="mnist_svm", loss=ovr_squared_hinge, accuracy=P.multiclass_accuracy,
-            make_model=functools.partial(zoo.seeded, functools.partial(
-                zoo.SoftmaxRegression, 784, 10)),
-            description="MNIST test set, one-vs-rest squared-hinge linear SVM 784-10")
+        problem = _mnist_linear(data_dir, "mnist_svm", ovr_squared_hinge,
+                                "MNIST test set, one-vs-rest squared-hinge linear SVM 784-10")
         base, original = "mnist", False
         data = ("the MNIST test set standing in for the paper's LIBSVM sets (one-vs-rest "
                 "squared hinge, 784-10)")
