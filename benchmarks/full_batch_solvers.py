@@ -1,9 +1,12 @@
 """Full-batch solvers against pytorch-minimize: time to the same target, as ratios.
 
-Protocol (issue 11), float64 on a flat parameter vector ``x``:
+Protocol (issue 11), float64 (``--dtype``) on a flat parameter vector ``x`` on the CPU
+(``--device cuda``: on the GPU; then time is wall time with the device synchronized before
+each excluded loss check and at the end):
 
 1. The target of each problem is the loss scipy's ``L-BFGS-B`` reaches in a fixed number of
-   iterations (``ftol = gtol = 0``, so it runs exactly that many).
+   iterations (``ftol = gtol = 0``, so it runs exactly that many unless its line search
+   fails first, as it can in float32), on the same function in the same dtype and device.
 2. Each solver runs from the same ``x0`` until the loss at its iterate is ``<= target``:
    ours (:class:`~secondorder.optim.LBFGS` with ``full_batch=True``,
    :class:`~secondorder.optim.NewtonCG`, :class:`~secondorder.optim.TrustRegion` with the
@@ -38,6 +41,7 @@ Usage::
 
     python benchmarks/full_batch_solvers.py --data-dir /work/shared/data/mnist-t10k
     python benchmarks/full_batch_solvers.py --quick          # small sizes, while iterating
+    python benchmarks/full_batch_solvers.py --device cuda --dtype float32
 
 Needs the ``peers`` extra (``pip install -e .[peers]``: pytorch-minimize).
 """
@@ -71,7 +75,15 @@ except ImportError as exc:  # pragma: no cover - benchmark-only dependency
         "this benchmark needs pytorch-minimize: pip install -e .[peers]"
     ) from exc
 
+#: dtype and device of every problem (``--dtype``, ``--device``)
 DTYPE = torch.float64
+DEVICE = torch.device("cpu")
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # ----------------------------------------------------------------------------- counting
@@ -129,7 +141,7 @@ def counted(fun: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 @dataclass
 class FlatProblem:
-    """A loss of one flat float64 vector, its start and scipy's iteration budget."""
+    """A loss of one flat vector (:data:`DTYPE`, :data:`DEVICE`), its start and scipy's budget."""
 
     name: str
     fun: Callable[[Tensor], Tensor]
@@ -140,16 +152,17 @@ class FlatProblem:
 
 
 def mnist(data_dir: str | None, n: int, seed: int = 0) -> tuple[Tensor, Tensor, str]:
-    """``n`` MNIST test images (float64, flattened, in [0, 1]) and labels, or synthetic ones."""
+    """``n`` MNIST test images (flattened, in [0, 1]) and labels, or synthetic ones."""
     try:
         images = load_image_set(data_dir, "mnist")
         x = torch.from_numpy(images_to_float(images.test_images[:n])).reshape(n, -1)
-        return x.to(DTYPE), torch.from_numpy(images.test_labels[:n]).long(), "MNIST t10k"
+        y, source = torch.from_numpy(images.test_labels[:n]).long(), "MNIST t10k"
     except (DataFormatError, FileNotFoundError):
         gen = torch.Generator().manual_seed(seed)
-        x = torch.rand(n, 784, generator=gen, dtype=DTYPE)
-        teacher = torch.randn(784, 10, generator=gen, dtype=DTYPE)
-        return x, (x @ teacher).argmax(1), "synthetic (MNIST not found)"
+        x = torch.rand(n, 784, generator=gen, dtype=torch.float64)
+        teacher = torch.randn(784, 10, generator=gen, dtype=torch.float64)
+        y, source = (x @ teacher).argmax(1), "synthetic (MNIST not found)"
+    return x.to(DEVICE, DTYPE), y.to(DEVICE), source
 
 
 def softmax_problem(data_dir: str | None, n: int, iters: int, l2: float = 1e-3) -> FlatProblem:
@@ -161,7 +174,7 @@ def softmax_problem(data_dir: str | None, n: int, iters: int, l2: float = 1e-3) 
         return F.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
 
     name = f"softmax regression + L2 {l2:g}, {n} images ({source}), 7,850 parameters"
-    return FlatProblem(name, fun, torch.zeros(7850, dtype=DTYPE), iters)
+    return FlatProblem(name, fun, torch.zeros(7850, dtype=DTYPE, device=DEVICE), iters)
 
 
 def mlp_problem(data_dir: str | None, n: int, iters: int) -> FlatProblem:
@@ -170,7 +183,7 @@ def mlp_problem(data_dir: str | None, n: int, iters: int) -> FlatProblem:
     model = seeded(lambda: MLP((784, 300, 10), "sigmoid"), 0)
     shapes = [p.shape for p in model.parameters()]
     sizes = [p.numel() for p in model.parameters()]
-    x0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(DTYPE)
+    x0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(DEVICE, DTYPE)
 
     def fun(w: Tensor) -> Tensor:
         w1, b1, w2, b2 = (t.view(s) for t, s in zip(w.split(sizes), shapes, strict=True))
@@ -187,36 +200,42 @@ def rosenbrock_problem(iters: int) -> FlatProblem:
         return (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2
 
     return FlatProblem("Rosenbrock 2-D from (-1.2, 1)", fun,
-                       torch.tensor(ROSENBROCK_START, dtype=DTYPE), iters, solves_per_run=20)
+                       torch.tensor(ROSENBROCK_START, dtype=DTYPE, device=DEVICE), iters,
+                       solves_per_run=20)
 
 
 def logistic_problem(iters: int) -> FlatProblem:
     """Binary logistic regression on the ``logistic2d`` training split, from zero."""
     train = get_problem("logistic2d").train
-    x, y = train.inputs.to(DTYPE), train.targets.to(DTYPE)
+    x, y = train.inputs.to(DEVICE, DTYPE), train.targets.to(DEVICE, DTYPE)
 
     def fun(w: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(x @ w[:2] + w[2], y)
 
     name = f"logistic regression, logistic2d train split ({len(y)} points), 3 parameters"
-    return FlatProblem(name, fun, torch.zeros(3, dtype=DTYPE), iters, solves_per_run=20)
+    return FlatProblem(name, fun, torch.zeros(3, dtype=DTYPE, device=DEVICE), iters,
+                       solves_per_run=20)
 
 
-def scipy_target(problem: FlatProblem) -> float:
-    """The loss scipy L-BFGS-B reaches in ``problem.scipy_iters`` iterations."""
+def scipy_target(problem: FlatProblem) -> tuple[float, int]:
+    """The loss scipy L-BFGS-B reaches in ``problem.scipy_iters`` iterations, and its count.
+
+    scipy iterates in float64 on the host; the function and gradient are evaluated in the
+    problem's dtype on its device, so the target is one that dtype can reach.
+    """
 
     def fg(w: np.ndarray) -> tuple[float, np.ndarray]:
-        t = torch.from_numpy(w).requires_grad_(True)
+        t = torch.from_numpy(w).to(DEVICE, DTYPE).requires_grad_(True)
         loss = problem.fun(t)
         (g,) = torch.autograd.grad(loss, t)
-        return float(loss.detach()), g.numpy()
+        return float(loss.detach()), g.detach().cpu().double().numpy()
 
     res = scipy.optimize.minimize(
-        fg, problem.x0.numpy(), jac=True, method="L-BFGS-B",
+        fg, problem.x0.cpu().double().numpy(), jac=True, method="L-BFGS-B",
         options=dict(maxiter=problem.scipy_iters, maxfun=100 * problem.scipy_iters,
                      ftol=0.0, gtol=0.0),
     )  # fmt: skip
-    return float(res.fun)
+    return float(res.fun), int(res.nit)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -229,20 +248,28 @@ CLOCK = [time.perf_counter]
 
 
 class Stopwatch:
-    """Time on :data:`CLOCK` minus the time spent inside :meth:`paused`."""
+    """Time on :data:`CLOCK` minus the time spent inside :meth:`paused`.
+
+    On CUDA the device is synchronized before a pause and before the time is read, so the
+    queued work of the timed part is counted in it and not in the pause.
+    """
 
     def __init__(self) -> None:
         self.clock = CLOCK[0]
+        synchronize()
         self.start = self.clock()
         self.excluded = 0.0
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
+        synchronize()
         t0 = self.clock()
         yield
+        synchronize()
         self.excluded += self.clock() - t0
 
     def elapsed(self) -> float:
+        synchronize()
         return self.clock() - self.start - self.excluded
 
 
@@ -325,9 +352,11 @@ def bench_problem(problem: FlatProblem, solvers: list[str], repeats: int,
     ``statistic`` reduces the back-to-back solves of one run of a tiny problem: their
     ``"mean"``, or the ``"min"`` of those after the first (counted) one.
     """
-    problem.target = scipy_target(problem)
+    problem.target, scipy_iters = scipy_target(problem)
     print(f"\n{problem.name}")
-    print(f"target: {problem.target:.10g} (scipy L-BFGS-B, {problem.scipy_iters} iterations)")
+    print(f"target: {problem.target:.10g} (scipy L-BFGS-B, {scipy_iters} iterations"
+          + (f" of {problem.scipy_iters}: its line search stopped)"
+             if scipy_iters < problem.scipy_iters else ")"))
     header = f"{'solver':<44}{'reached':>8}{'iters':>7}{'fwd':>6}{'grads':>7}{'HVPs':>7}"
     print(header + f"{'median s':>11}{'ours/peer':>11}")
     rows = []
@@ -380,7 +409,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="a run of a tiny problem: the mean of its 20 solves, or the min "
                              "(least disturbed by other jobs)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time, or this thread's CPU time (steadier on a loaded machine)")
+                        help="wall time, or this thread's CPU time (steadier on a loaded "
+                             "machine; CPU only)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="dtype of every problem (default float64)")
     parser.add_argument("--only", default=None,
                         help="comma-separated problems: softmax,mlp,rosenbrock,logistic")
     parser.add_argument("--solvers", default=",".join(DEFAULT_SOLVERS),
@@ -395,6 +428,19 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    global DTYPE, DEVICE
+    try:
+        DEVICE = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device: {exc}")
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    if DEVICE.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if DEVICE.type == "cuda" and args.clock == "thread":
+        parser.error("--clock thread leaves out the time spent waiting for the GPU; "
+                     "use the default wall clock with --device cuda")
+    DTYPE = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     CLOCK[0] = CLOCKS[args.clock]
     quick = args.quick
@@ -409,10 +455,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in builders]
     if unknown:
         parser.error(f"--only: unknown problem(s) {unknown}; choose from {list(builders)}")
-    print(f"torch {torch.__version__}, torchmin {torchmin.__version__}, "
-          f"{platform.machine()}, {torch.get_num_threads()} threads, float64"
+    where = (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda"
+             else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, torchmin {torchmin.__version__}, {where}, {args.dtype}"
           f"{', quick' if quick else ''}, median of {args.repeats}, {args.clock} clock")
-    warm = FlatProblem("warm-up", lambda w: (w * w).sum(), torch.ones(2, dtype=DTYPE), 1, 0.0)
+    warm = FlatProblem("warm-up", lambda w: (w * w).sum(),
+                       torch.ones(2, dtype=DTYPE, device=DEVICE), 1, 0.0)
     for _, make, method in (SOLVERS[k] for k in solvers):
         run_ours(make, warm, 3)
         run_peer(method, warm, 3)
