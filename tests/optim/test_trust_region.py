@@ -20,6 +20,7 @@ from secondorder.curvature.ggn import GGNOperator
 from secondorder.optim.norms import DiagonalNorm, make_norm
 from secondorder.optim.trust_region import (
     TrustRegion,
+    _cauchy_step_length,
     cauchy_point,
     solve_subproblem,
     update_radius,
@@ -132,6 +133,65 @@ def test_subproblem_cauchy_floor_and_boundary():
     assert float(torch.sqrt(s @ (m * s))) <= radius * (1 + 1e-12)
     torch.testing.assert_close(res.predicted_decrease, -(g[0] @ s + 0.5 * s @ B @ s))
     assert float(res.predicted_decrease) >= float(dec) - 1e-14
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("radius", [1e-3, 0.7, 1e3])
+def test_host_cauchy_step_length_is_cauchy_point_bit_for_bit(seed, radius):
+    # solve_subproblem's floor computes cauchy_point's numbers on the host: the same float64
+    # operations in the same order, so the same bits (the trajectories do not change)
+    gen = torch.Generator().manual_seed(seed)
+    B = torch.randn(6, 6, generator=gen, dtype=D)
+    B = B + B.T if seed % 2 else B @ B.T  # indefinite or positive definite
+    g = (torch.randn(6, generator=gen, dtype=D),)
+    norm = DiagonalNorm("adagrad", epsilon=0.5, power=1.0)
+    norm.update((torch.randn(6, generator=gen, dtype=D),))
+    step, dec = cauchy_point(lambda v: (B @ v[0],), g, radius, norm)
+    minv_g = norm.solve(g)
+    d = -minv_g[0]
+    alpha, host_dec = _cauchy_step_length(float(g[0] @ minv_g[0]), float(d @ (B @ d)), radius)
+    assert host_dec == float(dec)
+    assert torch.equal(tl.scale(minv_g, -alpha)[0], step[0])
+    assert _cauchy_step_length(0.0, 1.0, radius) == (0.0, 0.0)  # zero gradient: zero step
+
+
+def test_cauchy_point_replaces_a_worse_steihaug_step():
+    # An operator that is not the same after the first product (as a model evaluated on
+    # drifting data can be) leaves Steihaug's step worse than the Cauchy point, which is
+    # built from the first product alone: the floor takes it, bit for bit.
+    gen = torch.Generator().manual_seed(0)
+    B1 = torch.diag(torch.rand(5, generator=gen, dtype=D) + 0.5)
+    R = torch.randn(5, 5, generator=gen, dtype=D)
+    g = (torch.randn(5, generator=gen, dtype=D),)
+    calls = []
+
+    def drifting(v):
+        calls.append(1)
+        return ((B1 if len(calls) == 1 else 10.0 * R @ R.T) @ v[0],)
+
+    norm = make_norm("spherical")
+    res = solve_subproblem(drifting, g, 100.0, norm, rtol=1e-10)
+    step, dec = cauchy_point(lambda v: (B1 @ v[0],), g, 100.0, norm)
+    assert res.used_cauchy is True
+    assert torch.equal(res.step[0], step[0]) and float(res.predicted_decrease) == float(dec)
+    calls.clear()
+    without = solve_subproblem(drifting, g, 100.0, norm, rtol=1e-10, cauchy_floor=False)
+    assert without.used_cauchy is False
+    assert float(without.predicted_decrease) < float(dec)
+
+
+def test_cauchy_floor_when_steihaug_takes_no_product():
+    # rtol >= 1 stops Steihaug before its first product (step 0): the floor then pays one
+    # product itself and returns the Cauchy point
+    A, _ = _quadratic(4, seed=1)
+    g = (torch.ones(4, dtype=D),)
+    norm = make_norm("spherical")
+    res = solve_subproblem(lambda v: (A @ v[0],), g, 0.5, norm, rtol=2.0)
+    step, dec = cauchy_point(lambda v: (A @ v[0],), g, 0.5, norm)
+    assert res.iterations == 0 and res.used_cauchy is True
+    assert torch.equal(res.step[0], step[0]) and torch.equal(res.predicted_decrease, dec)
+    off = solve_subproblem(lambda v: (A @ v[0],), g, 0.5, norm, rtol=2.0, cauchy_floor=False)
+    assert float(tl.norm(off.step)) == 0.0 and off.used_cauchy is False
 
 
 @pytest.mark.parametrize("norm_name", ["spherical", "adagrad", "full_rmsprop"])

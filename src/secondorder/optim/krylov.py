@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -59,7 +60,8 @@ class CGResult:
             curvature; a negative-curvature exit of :func:`steihaug_cg` also lies on the
             boundary and reports ``"negative_curvature"``).
         residual_norm: ``||b - A x||`` for :func:`truncated_cg`, ``||g + B s||`` for
-            :func:`steihaug_cg` (Euclidean, 0-dim tensor, no host sync).
+            :func:`steihaug_cg` (Euclidean, 0-dim tensor, no host sync), computed from
+            ``residual`` when first read (a caller that does not read it pays nothing).
         negative_curvature: the search direction ``p`` with ``p^T A p <= 0`` that stopped
             the solve, else ``None``.
         hits_boundary: whether the solution lies on the trust-region boundary (always
@@ -68,8 +70,8 @@ class CGResult:
             were reached (iteration 0 is the starting point); an iterate may be the same
             tensors as ``solution`` (they are not copied: CG never writes into them).
         residual: the residual vector itself, ``b - A x`` for :func:`truncated_cg` and
-            ``-(g + B s)`` for :func:`steihaug_cg`, kept by the recurrence (no product), or
-            ``None``. With it the model value of the solution costs no product:
+            ``-(g + B s)`` for :func:`steihaug_cg`, kept by the recurrence (no product).
+            With it the model value of the solution costs no product:
             ``g^T s + s^T B s / 2 = (g^T s - s^T r) / 2`` (:func:`steihaug_cg`).
         initial_curvature: ``p_0^T A p_0`` of the first search direction (0-dim tensor),
             ``None`` when no product was taken. For :func:`steihaug_cg`, ``p_0 = -M^{-1} g``
@@ -79,12 +81,16 @@ class CGResult:
     solution: TensorList
     iterations: int
     status: str
-    residual_norm: Tensor
+    residual: TensorList
     negative_curvature: TensorList | None = None
     hits_boundary: bool = False
     iterates: dict[int, TensorList] = field(default_factory=dict)
-    residual: TensorList | None = None
     initial_curvature: Tensor | None = None
+
+    @cached_property
+    def residual_norm(self) -> Tensor:
+        """``||residual||`` (class docstring)."""
+        return tl.norm(self.residual)
 
 
 def _where(cond: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> TensorList:
@@ -250,11 +256,10 @@ def _cg_result(x: TensorList, r: TensorList, p: TensorList, code: int, iteration
         solution=x,
         iterations=iterations,
         status=STATUSES[code],
-        residual_norm=tl.norm(r),
+        residual=r,
         negative_curvature=p if code == _NEGATIVE else None,
         hits_boundary=False,
         iterates={k: v for k, v in iterates.items() if k <= iterations},
-        residual=r,
     )
 
 
@@ -358,8 +363,9 @@ def steihaug_cg(
 
     - when ``p^T B p <= 0``: the step goes to the boundary along ``p`` choosing, of the two
       intersections, the one with the lower model value ([NocedalWright2006] Alg. 7.2);
-    - when the next iterate would leave the region: the step stops at the boundary
-      (positive root of ``||s + tau p||_M = radius``, computed in the ``M``-norm);
+    - when the next iterate would leave the region (``||s + alpha p||_M >= radius``, tested
+      on that iterate itself, which the iteration needs anyway): the step stops at the
+      boundary (positive root of ``||s + tau p||_M = radius``, computed in the ``M``-norm);
     - on convergence ``||g + B s||_{M^{-1}} <= max(rtol * ||g||_{M^{-1}}, atol)`` (the
       Euclidean residual test of the transformed problem);
     - after ``max_iter`` products (default: the dimension).
@@ -437,7 +443,8 @@ def steihaug_cg(
         ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
         tau_lo, tau_hi = _boundary_roots(pp, sp, ss - radius2)
         alpha = rz / torch.where(negative, 1.0, pbp)
-        outside = active & ~negative & (ss + 2 * alpha * sp + alpha * alpha * pp >= radius2)
+        s_next = tl.add(s, p, alpha)
+        outside = active & ~negative & (m_dot(s_next, s_next) >= radius2)
         # Model change along p from s: -tau r^T p + tau^2 p^T B p / 2 (pick the lower root).
         rp = tl.dot(r, p)
         m_lo = -tau_lo * rp + 0.5 * tau_lo * tau_lo * pbp
@@ -497,12 +504,12 @@ def _steihaug_host(
         iterations += 1
         if initial_curvature is None:
             initial_curvature = pbp
-        ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
-        negative = pbp <= 0
-        alpha = rz / torch.where(negative, 1.0, pbp)
-        leaves = ss + 2 * alpha * sp + alpha * alpha * pp >= radius2
-        is_negative, is_outside = torch.stack([negative, leaves]).tolist()
+        alpha = rz / pbp  # not used when pbp <= 0: that branch goes to the boundary
+        s_next = tl.add(s, p, alpha)
+        is_negative, is_outside = torch.stack([pbp <= 0, m_dot(s_next, s_next) >= radius2]
+                                              ).tolist()
         if is_negative or is_outside:
+            ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
             tau_lo, tau_hi = _boundary_roots(pp, sp, ss - radius2)
             if is_negative:
                 rp = tl.dot(r, p)
@@ -514,7 +521,7 @@ def _steihaug_host(
             s = tl.add(s, p, step)
             r = tl.sub(r, tl.scale(bp, step))
             break
-        s = tl.add(s, p, alpha)
+        s = s_next
         r = tl.sub(r, tl.scale(bp, alpha))
         z = r if inv_metric is None else tl.mul(inv_metric, r)
         rz_new = tl.dot(r, z)
@@ -534,11 +541,10 @@ def _steihaug_result(s: TensorList, r: TensorList, p: TensorList, code: int,
         solution=s,
         iterations=iterations,
         status=STATUSES[code],
-        residual_norm=tl.norm(r),
+        residual=r,
         negative_curvature=p if code == _NEGATIVE else None,
         hits_boundary=code in (_NEGATIVE, _BOUNDARY),
         iterates={},
-        residual=r,
         initial_curvature=initial_curvature,
     )
 

@@ -18,7 +18,8 @@ Levenberg-Marquardt ([More1978]) read top to bottom::
    decrease ``rho = (f(w) - f(w + s)) / (m(0) - m(s))`` (:func:`try_step`), restoring the
    parameters bit for bit otherwise.
 
-The ratio is computed in float64 on the host (one transfer for the three numbers).
+The ratio is computed in float64 on the host (one transfer for the three numbers it
+needs, then Python arithmetic).
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ def check_finite_start(loss: Tensor, grads: Sequence[Tensor]) -> tuple[float, fl
     Raises:
         NonFiniteLossError: if either is NaN or infinite.
     """
-    check = torch.stack([loss.reshape(()).to(torch.float64), tl.norm(grads).to(torch.float64)])
-    loss_f, gnorm_f = check.tolist()
+    loss_f, gnorm_f = torch.stack([loss.reshape(()), tl.norm(grads)]).to(torch.float64).tolist()
     if not (math.isfinite(loss_f) and math.isfinite(gnorm_f)):
         raise NonFiniteLossError(
             f"loss {loss_f} or gradient norm {gnorm_f} at the current point is not finite"
@@ -113,12 +113,10 @@ def try_step(
     old = optimizer.params_at_start()
     optimizer.add_to_params(step)
     ev = optimizer.evaluate(closure, grad=keep_graph, create_graph=keep_graph)
-    new_loss = ev.loss
-    f0, f1, predicted = [  # a list, not a generator: one frame, not one resume per value
-        t.reshape(()).to(torch.float64) for t in (loss, new_loss, predicted_decrease)
-    ]
-    rho = (f0 - f1) / predicted
-    predicted_f, rho_f, new_f, f0_f = torch.stack([predicted, rho, f1, f0]).tolist()
+    f0_f, new_f, predicted_f = torch.stack(
+        [loss.reshape(()), ev.loss.reshape(()), predicted_decrease.reshape(())]
+    ).to(torch.float64).tolist()
+    rho_f = _ratio(f0_f - new_f, predicted_f)
     accepted = predicted_f > 0 and math.isfinite(new_f) and new_f < f0_f and rho_f >= eta
     if not accepted:
         optimizer.set_params(old)
@@ -126,6 +124,16 @@ def try_step(
             ev.hessian.free()
         return Trial(predicted_f, rho_f, False)
     return Trial(predicted_f, rho_f, True, ev if keep_graph else None)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator`` in IEEE arithmetic, as a float64 tensor divides: a
+    zero denominator gives a signed infinity, or NaN for ``0 / 0`` (Python would raise)."""
+    if denominator != 0:
+        return numerator / denominator
+    if numerator == 0 or math.isnan(numerator):
+        return math.nan
+    return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
 class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):

@@ -19,6 +19,7 @@ The functional core (:func:`solve_subproblem`, :func:`cauchy_point`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,14 +61,14 @@ class SubproblemResult:
         predicted_decrease: ``m(0) - m(s) = -(g^T s + s^T B s / 2)`` (0-dim tensor).
         iterations: operator products taken by Steihaug's CG.
         status: the CG status (:data:`secondorder.optim.krylov.STATUSES`).
-        used_cauchy: 0-dim bool tensor, the Cauchy point beat Steihaug's step.
+        used_cauchy: the Cauchy point beat Steihaug's step (decided on the host).
     """
 
     step: TensorList
     predicted_decrease: Tensor
     iterations: int
     status: str
-    used_cauchy: Tensor
+    used_cauchy: bool
 
 
 def model_decrease(grad: Sequence[Tensor], step: Sequence[Tensor], bstep: Sequence[Tensor]):
@@ -109,6 +110,18 @@ def cauchy_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
     alpha = torch.where(positive, alpha, torch.zeros_like(alpha))
     decrease = alpha * nu2 - 0.5 * alpha * alpha * kappa
     return tl.scale(d, alpha), decrease
+
+
+def _cauchy_step_length(nu2: float, kappa: float, radius: float) -> tuple[float, float]:
+    """:func:`cauchy_point`'s ``alpha`` and model decrease from ``nu^2``, ``kappa`` and the
+    radius, on the host (the same float64 operations in the same order; ``radius / nu`` as
+    torch computes a number over a tensor, ``radius * (1 / nu)``)."""
+    if not nu2 > 0:
+        return 0.0, 0.0
+    alpha = radius * (1.0 / math.sqrt(nu2))
+    if kappa > 0:
+        alpha = min(nu2 / kappa, alpha)
+    return alpha, alpha * nu2 - 0.5 * alpha * alpha * kappa
 
 
 def eigen_point(matvec: MatVec, grad: Sequence[Tensor], radius: float | Tensor,
@@ -179,7 +192,9 @@ def solve_subproblem(
     Assumption 2); Steihaug's first iterate is the Cauchy point and its model values
     decrease ([Steihaug1983]; [Conn2000] Thm. 7.5.1), so this only guards against
     rounding, and the Cauchy point's curvature is Steihaug's first product
-    (:attr:`~secondorder.optim.krylov.CGResult.initial_curvature`).
+    (:attr:`~secondorder.optim.krylov.CGResult.initial_curvature`). The comparison is made
+    on the host in float64 (:func:`cauchy_point`'s operations on three numbers read in one
+    transfer), so the floor costs no tensor operation unless the Cauchy point wins.
 
     Args:
         matvec: ``v -> B v``.
@@ -219,13 +234,25 @@ def solve_subproblem(
         u = res.solution
         step = norm.inv_sqrt(u)
         decrease = 0.5 * (tl.dot(u, res.residual) - tl.dot(grad_u, u))
-    used = torch.zeros((), dtype=torch.bool, device=decrease.device)
-    if cauchy_floor:
-        cstep, cdecrease = cauchy_point(matvec, grad, radius, norm,
-                                        curvature=res.initial_curvature)
-        used = cdecrease > decrease
-        step = tuple([torch.where(used, c, s) for c, s in zip(cstep, step, strict=True)])
-        decrease = torch.where(used, cdecrease, decrease)
+    used = False
+    if cauchy_floor and res.initial_curvature is not None:
+        # cauchy_point's arithmetic on the host, from Steihaug's first product: the solve
+        # read its flags on the host at every iteration, so one more read costs no sync
+        # that matters, and the comparison needs no tensor operations
+        minv_g = norm.solve(grad)
+        nu2, kappa, cg_decrease = torch.stack(
+            [tl.dot(grad, minv_g), res.initial_curvature.to(decrease.dtype), decrease]
+        ).tolist()
+        alpha, cdecrease = _cauchy_step_length(nu2, kappa, float(radius))
+        used = cdecrease > cg_decrease
+        if used:
+            step = tl.scale(minv_g, -alpha)
+            decrease = torch.tensor(cdecrease, dtype=decrease.dtype, device=decrease.device)
+    elif cauchy_floor:  # no CG iteration (a zero gradient, or rtol >= 1): one product here
+        cstep, cdecrease_t = cauchy_point(matvec, grad, radius, norm)
+        used = bool(cdecrease_t > decrease)
+        if used:
+            step, decrease = cstep, cdecrease_t
     if eigen_steps > 0:
         estep, edecrease = eigen_point(matvec, grad, radius, norm, eigen_steps)
         better = edecrease > decrease
