@@ -296,3 +296,36 @@ def test_a_failed_step_puts_back_shared_and_nested_containers(odd):
     assert st["again"] is st["log"] and st["nested"]["pairs"] is pairs
     if odd is not None:
         assert st["odd"] == {"n": 2} and type(st["odd"]) is collections.OrderedDict
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.complex64])
+def test_the_start_point_watch_flags_exactly_the_non_finite_values(dtype):
+    # the watch adds up v - v: 0 for finite entries, NaN for inf and NaN. Finite values
+    # whose sum would overflow (float16 here) must not be flagged; one inf, -inf or NaN
+    # among many must be, in a 0-dim or an n-dim tensor
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = so.NewtonCG([w])
+    big = torch.full((10_000,), 6e4 if dtype == torch.float16 else 1e30, dtype=dtype)
+    for values, finite in [
+        ([big, torch.tensor(1.0, dtype=dtype)], True),
+        ([big, torch.arange(3)], True),  # an integer tensor is always finite
+        ([big, torch.tensor(float("inf"), dtype=dtype)], False),
+    ] + [
+        ([torch.cat([big, torch.tensor([bad], dtype=dtype)])], False)
+        for bad in (float("inf"), float("-inf"), float("nan"))
+    ]:
+        tr = StepTransaction(opt)
+        tr.watch(values)
+        assert tr.start_was_finite() is finite
+    many = StepTransaction(opt)  # past the fold of a long Krylov solve
+    many.watch([big] * 300 + [torch.tensor(float("nan"), dtype=dtype)] + [big] * 300)
+    assert many.start_was_finite() is False
+
+
+def test_the_watch_keeps_no_graph_alive():
+    w = torch.ones(3, dtype=DT, requires_grad=True)
+    (g,) = torch.autograd.grad((w**3).sum(), w, create_graph=True)
+    tr = StepTransaction(so.NewtonCG([w]))
+    tr.watch([g])
+    assert all(f.grad_fn is None and not f.requires_grad for f in tr._flags)
+    assert tr.start_was_finite()
