@@ -59,3 +59,14 @@ def test_all_finite_and_clone(pair):
     c[1][2] = float("nan")
     assert not bool(tl.all_finite(c))
     assert bool(torch.isfinite(a[1]).all())  # the clone did not alias
+
+
+@pytest.mark.parametrize("n", [1, 3, 7850])
+def test_norm_of_one_tensor_is_its_vector_norm_bit_for_bit(n):
+    # the one-tensor fast path (one kernel) must give what the list path gives
+    gen = torch.Generator().manual_seed(n)
+    for scale in (1e-150, 1.0, 1e150):
+        x = torch.randn(n, generator=gen, dtype=torch.float64) * scale
+        listed = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([x, x[:0]])))
+        assert torch.equal(tl.norm((x,)), listed)
+    assert float(tl.norm((torch.tensor(-3.0),))) == 3.0  # a 0-dim tensor

@@ -93,6 +93,8 @@ def norm(a: Sequence[Tensor]) -> Tensor:
     """Euclidean norm of the concatenated vector, a 0-dim tensor."""
     if len(a) == 0:
         return torch.zeros(())
+    if len(a) == 1:  # one kernel instead of three (the norm of [||a_0||] is ||a_0||)
+        return torch.linalg.vector_norm(a[0])
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(_t(a))))
 
 
