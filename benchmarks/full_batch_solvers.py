@@ -8,8 +8,8 @@ each excluded loss check and at the end):
    iterations (``ftol = gtol = 0``, so it runs exactly that many unless its line search
    fails first, as it can in float32), on the same function in the same dtype and device.
 2. Each solver runs from the same ``x0`` until the loss at its iterate is ``<= target``:
-   ours (:class:`~secondorder.optim.LBFGS` with ``full_batch=True``,
-   :class:`~secondorder.optim.NewtonCG`, :class:`~secondorder.optim.TrustRegion` with the
+   ours (:class:`~secondorder.optim.LBFGS` and :class:`~secondorder.optim.NewtonCG` with
+   ``full_batch=True``, :class:`~secondorder.optim.TrustRegion` with the
    spherical norm and ``full_batch=True``, all else default; the trust region's default
    radius rule is ``eta_expand=0.75``, Nocedal & Wright Alg. 4.1, which pytorch-minimize
    uses; the pair ``trust_paper`` of ``--solvers``, not run by default, takes
@@ -321,7 +321,7 @@ def run_peer(method: str, problem: FlatProblem, max_iter: int) -> Run:
 
 SOLVERS = {
     "lbfgs": ("LBFGS", lambda p: LBFGS(p, full_batch=True), "l-bfgs"),
-    "newton": ("NewtonCG", lambda p: NewtonCG(p), "newton-cg"),
+    "newton": ("NewtonCG", lambda p: NewtonCG(p, full_batch=True), "newton-cg"),
     "trust": ("TrustRegion spherical",
               lambda p: TrustRegion(p, norm="spherical", full_batch=True), "trust-ncg"),
     "trust_paper": ("TrustRegion spherical, eta_expand=None",

@@ -153,3 +153,84 @@ def test_group_lrs_and_step_lr_scale_the_fixed_newton_step_exactly(gamma):
         x = x + lr * p
         assert torch.allclose(torch.cat([u, v]).detach(), x, rtol=0, atol=1e-10)
     assert opt.counters.loss_evals == 4
+
+
+@pytest.mark.parametrize("make", [rosenbrock, logistic_regression])
+@pytest.mark.parametrize("line_search", ["armijo", "strong_wolfe"])
+def test_full_batch_starts_from_the_accepted_trial_and_keeps_the_iterates(make, line_search):
+    # full_batch=True evaluates the line search's trials with their Hessian graph and
+    # starts the next step from the accepted one: the same iterates bit for bit, one
+    # closure call less per step, and a fresh evaluation once the parameters are written
+    p = make()
+    runs = {}
+    for full_batch in (False, True):
+        x = p.param()
+        opt = NewtonCG([x], line_search=line_search, full_batch=full_batch)
+        calls = [0]
+
+        def closure(x=x, calls=calls):
+            calls[0] += 1
+            return p.loss(x)
+
+        path, per_step = [], []
+        for k in range(12):
+            if k == 6:  # an in-place write between steps: the kept evaluation is stale
+                with torch.no_grad():
+                    x.mul_(1.0)
+            before = calls[0]
+            opt.step(closure)
+            per_step.append(calls[0] - before)
+            path.append(x.detach().clone())
+        runs[full_batch] = (path, per_step)
+    (path0, calls0), (path1, calls1) = runs[False], runs[True]
+    assert all(torch.equal(a, b) for a, b in zip(path0, path1, strict=True))
+    # a step after one that searched (more than its start evaluation) starts from the kept
+    # trial, except after the write; a converged step (max |g| <= tolerance) searches not
+    reused = [k > 0 and k != 6 and calls0[k - 1] > 1 for k in range(12)]
+    assert calls1 == [c - r for c, r in zip(calls0, reused, strict=True)]
+    assert sum(reused) >= 4
+    assert float(p.loss(path1[-1])) < float(p.loss(p.x0)) - 1e-2
+
+
+def test_full_batch_is_off_without_a_line_search_and_survives_deepcopy():
+    import copy
+
+    p = rosenbrock()
+    x = p.param()
+    fixed = NewtonCG([x], line_search=None, lr=0.5, full_batch=True)
+    fixed.step(lambda: p.loss(x))
+    assert fixed._trial_evaluation is None  # a fixed step evaluates nowhere: nothing kept
+    y = p.param()
+    opt = NewtonCG([y], full_batch=True)
+    opt.step(lambda: p.loss(y))
+    assert opt._trial_evaluation is not None
+    twin = copy.deepcopy(opt)
+    assert twin._trial_evaluation is None  # a copy starts with a fresh evaluation
+    with pytest.raises(ValueError, match="Invalid full_batch value"):
+        NewtonCG([y], full_batch="yes")
+
+
+def test_full_batch_drops_a_non_finite_trial():
+    # the trial's loss is NaN beyond a threshold: the line search backs off; an evaluation
+    # at a non-finite point is never the next step's start
+    x = torch.tensor([3.0, -2.0], dtype=torch.float64, requires_grad=True)
+
+    def closure():
+        loss = ((x - 1.0) ** 4).sum() + (x**2).sum()
+        return torch.where(x.abs().max() > 3.5, torch.tensor(float("nan"), dtype=x.dtype), loss)
+
+    ref = torch.tensor([3.0, -2.0], dtype=torch.float64, requires_grad=True)
+
+    def ref_closure():
+        loss = ((ref - 1.0) ** 4).sum() + (ref**2).sum()
+        return torch.where(ref.abs().max() > 3.5, torch.tensor(float("nan"), dtype=x.dtype),
+                           loss)
+
+    opt, plain = NewtonCG([x], lr=10.0, full_batch=True), NewtonCG([ref], lr=10.0)
+    for _ in range(6):
+        opt.step(closure)
+        plain.step(ref_closure)
+        assert torch.equal(x.detach(), ref.detach())
+        kept = opt._trial_evaluation
+        assert kept is None or bool(torch.isfinite(kept[0].loss))
+    assert float(closure().detach()) < 2.0

@@ -31,6 +31,7 @@ __all__ = [
     "finite_start",
     "is_finite",
     "max_abs",
+    "reusable_evaluation",
     "search",
     "start_evaluation",
     "versions",
@@ -45,6 +46,9 @@ class LineObjective:
         closure: the closure of the current step.
         x0: the starting point (detached copies of the parameters).
         direction: the search direction ``d``.
+        keep_graph: evaluate every trial with its gradient and Hessian graph
+            (``create_graph=True``) and keep the last one, for the next step to start from
+            (full-batch mode: :meth:`take_kept`); the one before is freed.
 
     Attributes:
         evaluations: calls so far.
@@ -57,6 +61,8 @@ class LineObjective:
         closure: Callable[[], Tensor],
         x0: Sequence[Tensor],
         direction: Sequence[Tensor],
+        *,
+        keep_graph: bool = False,
     ):
         self.opt = optimizer
         self.closure = closure
@@ -64,6 +70,8 @@ class LineObjective:
         self.direction = tuple(direction)
         self.evaluations = 0
         self.last_t: float | None = None
+        self.keep_graph = keep_graph
+        self._kept: tuple[Any, float | None] | None = None
 
     def move(self, t: float) -> None:
         """Put the parameters at ``x0 + t d`` (no evaluation)."""
@@ -77,13 +85,49 @@ class LineObjective:
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         self.move(t)
         self.evaluations += 1
+        if self.keep_graph:
+            self._free_kept()
+            ev = self.opt.evaluate(self.closure, create_graph=True)
+            self._kept = (ev, self.last_t)
+            return ev.loss, ev.grads if need_grad else None
         ev = self.opt.evaluate(self.closure, grad=need_grad)
         return ev.loss, ev.grads
+
+    def take_kept(self) -> Any | None:
+        """With ``keep_graph``: the last trial's evaluation (loss, gradient, Hessian) when the
+        parameters are still at its ``t``, else ``None``; consumed either way (a graph not
+        returned is freed)."""
+        kept, self._kept = self._kept, None
+        if kept is not None and kept[1] == self.last_t:
+            return kept[0]
+        if kept is not None and kept[0].hessian is not None:
+            kept[0].hessian.free()
+        return None
+
+    def _free_kept(self) -> None:
+        if self._kept is not None and self._kept[0].hessian is not None:
+            self._kept[0].hessian.free()
+        self._kept = None
 
 
 def versions(params: Sequence[Tensor]) -> tuple[int, ...]:
     """In-place version counters of ``params`` (they change whenever a tensor is written)."""
     return tuple([p._version for p in params])
+
+
+def reusable_evaluation(stored: tuple[Any, tuple[int, ...]] | None,
+                        params: Sequence[Tensor]) -> Any | None:
+    """A previous step's evaluation ``stored = (evaluation, versions(params) then)`` when
+    the parameters have not been written since (full-batch mode), else ``None`` with its
+    Hessian graph freed."""
+    if stored is None:
+        return None
+    ev, at = stored
+    if at == versions(params):
+        return ev
+    if ev.hessian is not None:
+        ev.hessian.free()
+    return None
 
 
 def start_evaluation(

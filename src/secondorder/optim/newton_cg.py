@@ -23,7 +23,9 @@ with exact Hessian-vector products (Pearlmutter, through the closure's own gradi
   ``step(closure, hessian_closure)`` to take the Hessian on a separate sub-batch (one more
   forward, counted).
 
-The graph is freed before ``step`` returns.
+The graph is freed before ``step`` returns, except with ``full_batch=True``: there the line
+search's accepted trial is evaluated with its gradient and Hessian graph, and the next step
+starts from it instead of evaluating the closure again (one forward pass less per step).
 """
 
 from __future__ import annotations
@@ -41,8 +43,14 @@ from secondorder.curvature.operators import HessianOperator
 from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import krylov
-from secondorder.optim.base import Closure, SecondOrderOptimizer
-from secondorder.optim.line_objective import LineObjective, is_finite, search
+from secondorder.optim.base import Closure, Evaluation, SecondOrderOptimizer
+from secondorder.optim.line_objective import (
+    LineObjective,
+    is_finite,
+    reusable_evaluation,
+    search,
+    versions,
+)
 
 __all__ = ["NewtonCG", "eisenstat_walker"]
 
@@ -94,6 +102,16 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         c2: curvature constant for ``"strong_wolfe"``.
         max_ls_evals: closure calls allowed per line search.
         generator: random generator for the Hessian sub-sample.
+        full_batch: the closure computes the same function at every call (full-batch
+            training): each line-search trial is evaluated with its gradient and Hessian
+            graph, and the next step starts from the accepted one instead of evaluating the
+            closure again (one forward pass less per step, one backward pass more per
+            rejected trial; the graph is kept between the two steps). It is used only
+            while the parameters have not been written since (their in-place versions; a
+            write through ``p.data`` bumps no version, so change parameters between steps
+            with in-place ops under ``torch.no_grad()``), with a line search, no
+            ``hessian_fraction`` and no ``hessian_closure``. The iterates are those of
+            ``full_batch=False``, to the bit.
 
     Raises:
         ValueError: for an invalid value or a shared hyperparameter that differs by group.
@@ -112,14 +130,20 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         c2: float = 0.9,
         max_ls_evals: int = 30,
         generator: torch.Generator | None = None,
+        full_batch: bool = False,
     ):
         defaults = dict(
             lr=lr, line_search=line_search, max_cg_iter=max_cg_iter, forcing=forcing,
             hessian_fraction=hessian_fraction, tolerance_grad=tolerance_grad, c1=c1, c2=c2,
-            max_ls_evals=max_ls_evals,
+            max_ls_evals=max_ls_evals, full_batch=full_batch,
         )  # fmt: skip
         super().__init__(params, defaults)
         self.generator = generator
+
+    #: The accepted trial's evaluation and the parameter versions it belongs to
+    #: (``full_batch``); a class default so that a deep-copied or unpickled optimizer
+    #: starts without one. Not optimizer state: it holds a graph.
+    _trial_evaluation: tuple[Evaluation, tuple[int, ...]] | None = None
 
     NEEDS_CURVATURE = True
     HYPERPARAMETERS = {
@@ -131,6 +155,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             f"one of {FORCING_RULES} or a float in (0, 1)",
         ),
         "hessian_fraction": hyper.optional(hyper.in_range(0, 1, "(]")),
+        "full_batch": hyper.boolean,
     }
 
     def reset_memory(self) -> None:
@@ -197,8 +222,19 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         grp = self.shared_hyperparameters()
         st = self.state["global"]
         frac = grp["hessian_fraction"]
+        keep = (grp.get("full_batch", False) and hessian_closure is None and frac is None
+                and grp["line_search"] is not None)
         x_good = st.pop("x_good", None)  # left by a fixed step that did not check its landing
-        loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
+        stored, self._trial_evaluation = self._trial_evaluation, None
+        start = reusable_evaluation(stored, self.params())
+        if start is not None and not keep:
+            start.hessian.free()
+            start = None
+        if start is not None:  # the previous step's accepted trial: the parameters are there
+            loss, g, hess = start.loss, start.grads, start.hessian
+            self.watch_start(loss, g, hess)
+        else:
+            loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
         if x_good is not None and not is_finite(loss, g):  # reject that step, start from x_good
             if hess is not None:
                 hess.free()
@@ -242,13 +278,19 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             gtd = -tl.dot(g, scale.apply(g))
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
         x0 = self.params_at_start()
-        phi = LineObjective(self, closure, x0, p)
+        phi = LineObjective(self, closure, x0, p, keep_graph=keep)
         _, new_loss, _ = search(
             phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],
             max_evals=grp["max_ls_evals"],
         )  # fmt: skip
+        kept = phi.take_kept() if keep else None
         if new_loss is None:  # fixed step: the next step checks the landing point
             st["x_good"] = x0
         elif not bool(torch.isfinite(new_loss)):
             self.set_params(x0)
+        elif kept is not None:
+            self._trial_evaluation = (kept, versions(self.params()))
+            kept = None
+        if kept is not None:
+            kept.hessian.free()
         return loss

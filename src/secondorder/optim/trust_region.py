@@ -33,7 +33,7 @@ from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, Evaluation
 from secondorder.optim.curvature_source import CurvatureClosure, local_model
 from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg
-from secondorder.optim.line_objective import versions
+from secondorder.optim.line_objective import reusable_evaluation, versions
 from secondorder.optim.model_step import AdaptiveNormOptimizer, try_step
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
@@ -476,11 +476,4 @@ class TrustRegion(AdaptiveNormOptimizer):
         where it was made (their in-place versions unchanged), else ``None``; the stored
         one is consumed (its graph freed when not returned)."""
         stored, self._trial_evaluation = self._trial_evaluation, None
-        if stored is None:
-            return None
-        ev, at = stored
-        if at == versions(self.params()):
-            return ev
-        if ev.hessian is not None:
-            ev.hessian.free()
-        return None
+        return reusable_evaluation(stored, self.params())
