@@ -208,7 +208,7 @@ _REGISTRY_LIST: tuple[OptimizerSpec, ...] = (
         full_batch_kwargs={"full_batch": True}),
     _so("NewtonCG", "lr", lr_grids(_LS_FULL, _LS_DEFAULT, _LS_QUICK),
         "line-search Newton-CG, truncated CG on Hessian-vector products ([Veitch])",
-        full_batch=True),
+        full_batch=True, full_batch_kwargs={"full_batch": True}),
     _so("BarzilaiBorwein", "lr", lr_grids(),
         "Barzilai-Borwein: SGD-BB ([Filippova] Alg. 3) on mini-batches, BB1 with nonmonotone "
         "line search full batch", full_batch=True, full_batch_kwargs={"mode": "bb1"},
