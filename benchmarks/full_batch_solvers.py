@@ -435,6 +435,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--device: {exc}")
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    if DEVICE.type == "cuda" and (DEVICE.index or 0) >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA "
+                     "devices (cuda:0 ...)")
     if DEVICE.type not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if DEVICE.type == "cuda" and args.clock == "thread":

@@ -93,7 +93,8 @@ def norm(a: Sequence[Tensor]) -> Tensor:
     """Euclidean norm of the concatenated vector, a 0-dim tensor."""
     if len(a) == 0:
         return torch.zeros(())
-    if len(a) == 1:  # one kernel instead of three (the norm of [||a_0||] is ||a_0||)
+    if len(a) == 1:  # one kernel instead of three: the norm of [||a_0||] is ||a_0|| (the
+        # same bits on the CPU; a GPU may reduce in another order, so the last bit may differ)
         return torch.linalg.vector_norm(a[0])
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(_t(a))))
 

@@ -14,7 +14,7 @@ from problems import (
     split_quadratic,
 )
 
-from secondorder.optim import NewtonCG
+from secondorder.optim import NewtonCG, TrustRegion
 from secondorder.optim.newton_cg import eisenstat_walker
 
 
@@ -199,13 +199,13 @@ def test_full_batch_is_off_without_a_line_search_and_survives_deepcopy():
     x = p.param()
     fixed = NewtonCG([x], line_search=None, lr=0.5, full_batch=True)
     fixed.step(lambda: p.loss(x))
-    assert fixed._trial_evaluation is None  # a fixed step evaluates nowhere: nothing kept
+    assert fixed._kept_evaluation is None  # a fixed step evaluates nowhere: nothing kept
     y = p.param()
     opt = NewtonCG([y], full_batch=True)
     opt.step(lambda: p.loss(y))
-    assert opt._trial_evaluation is not None
+    assert opt._kept_evaluation is not None
     twin = copy.deepcopy(opt)
-    assert twin._trial_evaluation is None  # a copy starts with a fresh evaluation
+    assert twin._kept_evaluation is None  # a copy starts with a fresh evaluation
     with pytest.raises(ValueError, match="Invalid full_batch value"):
         NewtonCG([y], full_batch="yes")
 
@@ -231,6 +231,26 @@ def test_full_batch_drops_a_non_finite_trial():
         opt.step(closure)
         plain.step(ref_closure)
         assert torch.equal(x.detach(), ref.detach())
-        kept = opt._trial_evaluation
+        kept = opt._kept_evaluation
         assert kept is None or bool(torch.isfinite(kept[0].loss))
     assert float(closure().detach()) < 2.0
+
+
+@pytest.mark.parametrize("make", [lambda ps: NewtonCG(ps, full_batch=True),
+                                  lambda ps: TrustRegion(ps, norm="spherical", full_batch=True)])
+def test_a_rolled_back_step_keeps_no_evaluation(make):
+    # A finite loss and gradient but a NaN Hessian product at the start: the step searches,
+    # may keep its trial's evaluation, and is then undone by the step transaction. The
+    # kept graph must go with it (it belongs to the undone step), not wait for the next.
+    from secondorder.errors import NonFiniteLossError
+
+    x = torch.tensor([0.0, 3.0], dtype=torch.float64, requires_grad=True)
+    opt = make([x])
+
+    def closure():
+        return x[0].abs() ** 1.5 + (x[1] - 1.0) ** 2  # d2/dx0^2 is infinite at 0
+
+    with pytest.raises(NonFiniteLossError):
+        opt.step(closure)
+    assert opt._kept_evaluation is None
+    assert torch.equal(x.detach(), torch.tensor([0.0, 3.0], dtype=torch.float64))

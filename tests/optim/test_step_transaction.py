@@ -322,6 +322,18 @@ def test_the_start_point_watch_flags_exactly_the_non_finite_values(dtype):
     assert many.start_was_finite() is False
 
 
+@pytest.mark.parametrize("dtype", [torch.complex32, torch.float8_e5m2, torch.float8_e4m3fn])
+def test_the_watch_upcasts_dtypes_it_cannot_subtract(dtype):
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = so.NewtonCG([w])
+    bad = torch.nan if dtype == torch.float8_e4m3fn else torch.inf  # e4m3fn has no inf
+    for value, finite in [(1.0, True), (bad, False)]:
+        v = torch.tensor([0.5, value, -2.0]).to(dtype)
+        tr = StepTransaction(opt)
+        tr.watch([v, torch.tensor(1.0, dtype=DT)])
+        assert tr.start_was_finite() is finite
+
+
 def test_the_watch_keeps_no_graph_alive():
     w = torch.ones(3, dtype=DT, requires_grad=True)
     (g,) = torch.autograd.grad((w**3).sum(), w, create_graph=True)

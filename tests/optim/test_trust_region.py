@@ -546,11 +546,11 @@ def test_full_batch_frees_a_rejected_trial_and_checks_the_reused_start():
     for _ in range(20):
         opt.step(lambda: p.loss(x))
         accepted.append(opt.state["global"]["accepted"])
-        assert (opt._trial_evaluation is not None) == accepted[-1]
+        assert (opt._kept_evaluation is not None) == accepted[-1]
     assert 0 < sum(accepted) < len(accepted), accepted  # Alg. 1 as printed rejects some
-    if opt._trial_evaluation is None:
+    if opt._kept_evaluation is None:
         opt.step(lambda: p.loss(x))
-    assert opt._trial_evaluation is not None
+    assert opt._kept_evaluation is not None
     watched = []
     original = optim_base.SecondOrderOptimizer.watch_start
 

@@ -70,6 +70,7 @@ from secondorder.curvature.operators import CurvatureOperator, HessianOperator
 from secondorder.errors import NonFiniteLossError
 from secondorder.optim.closure_convention import BackwardWatch, grads_from_attribute
 from secondorder.optim.distributed import data_parallel_evaluate
+from secondorder.optim.line_objective import versions
 from secondorder.optim.step_transaction import StepTransaction, transactional
 
 Closure = Callable[[], Tensor]
@@ -277,6 +278,37 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     def _moved(self) -> None:
         if self._transaction is not None:
             self._transaction.at_start = False
+
+    # ----------------------------------------------------------------- kept evaluation
+    #: An evaluation with its Hessian graph that a full-batch step keeps for the next step
+    #: to start from, and the parameter versions it belongs to (``TrustRegion`` and
+    #: ``NewtonCG`` with ``full_batch=True``). Not optimizer state (it holds a graph); a
+    #: class default, so a deep-copied or unpickled optimizer starts without one.
+    _kept_evaluation: tuple[Evaluation, tuple[int, ...]] | None = None
+
+    def keep_evaluation(self, evaluation: Evaluation) -> None:
+        """Keep ``evaluation``, made at the current parameters, for the next step."""
+        self.discard_kept_evaluation()
+        self._kept_evaluation = (evaluation, versions(self.params()))
+
+    def take_kept_evaluation(self) -> Evaluation | None:
+        """The kept evaluation when the parameters have not been written since (their
+        in-place versions), else ``None``; consumed either way (a graph not returned is
+        freed)."""
+        stored, self._kept_evaluation = self._kept_evaluation, None
+        if stored is None:
+            return None
+        if stored[1] == versions(self.params()):
+            return stored[0]
+        if stored[0].hessian is not None:
+            stored[0].hessian.free()
+        return None
+
+    def discard_kept_evaluation(self) -> None:
+        """Free the kept evaluation's graph and forget it (a rolled-back step calls this)."""
+        stored, self._kept_evaluation = self._kept_evaluation, None
+        if stored is not None and stored[0].hessian is not None:
+            stored[0].hessian.free()
 
     # ----------------------------------------------------------------- parameters
     def all_params(self) -> tuple[Tensor, ...]:

@@ -61,7 +61,8 @@ class CGResult:
             boundary and reports ``"negative_curvature"``).
         residual_norm: ``||b - A x||`` for :func:`truncated_cg`, ``||g + B s||`` for
             :func:`steihaug_cg` (Euclidean, 0-dim tensor, no host sync), computed from
-            ``residual`` when first read (a caller that does not read it pays nothing).
+            ``residual`` when first read (a caller that does not read it pays nothing;
+            it is not a constructor argument).
         negative_curvature: the search direction ``p`` with ``p^T A p <= 0`` that stopped
             the solve, else ``None``.
         hits_boundary: whether the solution lies on the trust-region boundary (always

@@ -31,7 +31,6 @@ __all__ = [
     "finite_start",
     "is_finite",
     "max_abs",
-    "reusable_evaluation",
     "search",
     "start_evaluation",
     "versions",
@@ -113,21 +112,6 @@ class LineObjective:
 def versions(params: Sequence[Tensor]) -> tuple[int, ...]:
     """In-place version counters of ``params`` (they change whenever a tensor is written)."""
     return tuple([p._version for p in params])
-
-
-def reusable_evaluation(stored: tuple[Any, tuple[int, ...]] | None,
-                        params: Sequence[Tensor]) -> Any | None:
-    """A previous step's evaluation ``stored = (evaluation, versions(params) then)`` when
-    the parameters have not been written since (full-batch mode), else ``None`` with its
-    Hessian graph freed."""
-    if stored is None:
-        return None
-    ev, at = stored
-    if at == versions(params):
-        return ev
-    if ev.hessian is not None:
-        ev.hessian.free()
-    return None
 
 
 def start_evaluation(

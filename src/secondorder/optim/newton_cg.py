@@ -43,14 +43,8 @@ from secondorder.curvature.operators import HessianOperator
 from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import krylov
-from secondorder.optim.base import Closure, Evaluation, SecondOrderOptimizer
-from secondorder.optim.line_objective import (
-    LineObjective,
-    is_finite,
-    reusable_evaluation,
-    search,
-    versions,
-)
+from secondorder.optim.base import Closure, SecondOrderOptimizer
+from secondorder.optim.line_objective import LineObjective, is_finite, search
 
 __all__ = ["NewtonCG", "eisenstat_walker"]
 
@@ -111,7 +105,8 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             write through ``p.data`` bumps no version, so change parameters between steps
             with in-place ops under ``torch.no_grad()``), with a line search, no
             ``hessian_fraction`` and no ``hessian_closure``. The iterates are those of
-            ``full_batch=False``, to the bit.
+            ``full_batch=False`` (to the bit, except for models with scaled-dot-product
+            attention, whose trials are then evaluated with the math kernel).
 
     Raises:
         ValueError: for an invalid value or a shared hyperparameter that differs by group.
@@ -139,11 +134,6 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         )  # fmt: skip
         super().__init__(params, defaults)
         self.generator = generator
-
-    #: The accepted trial's evaluation and the parameter versions it belongs to
-    #: (``full_batch``); a class default so that a deep-copied or unpickled optimizer
-    #: starts without one. Not optimizer state: it holds a graph.
-    _trial_evaluation: tuple[Evaluation, tuple[int, ...]] | None = None
 
     NEEDS_CURVATURE = True
     HYPERPARAMETERS = {
@@ -225,8 +215,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         keep = (grp.get("full_batch", False) and hessian_closure is None and frac is None
                 and grp["line_search"] is not None)
         x_good = st.pop("x_good", None)  # left by a fixed step that did not check its landing
-        stored, self._trial_evaluation = self._trial_evaluation, None
-        start = reusable_evaluation(stored, self.params())
+        start = self.take_kept_evaluation()
         if start is not None and not keep:
             start.hessian.free()
             start = None
@@ -289,7 +278,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         elif not bool(torch.isfinite(new_loss)):
             self.set_params(x0)
         elif kept is not None:
-            self._trial_evaluation = (kept, versions(self.params()))
+            self.keep_evaluation(kept)
             kept = None
         if kept is not None:
             kept.hessian.free()

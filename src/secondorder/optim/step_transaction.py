@@ -75,6 +75,9 @@ def _tensors_of_frozen(obj: tuple) -> tuple[Tensor, ...] | None:
 
 
 _PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
+#: dtypes whose ``(v - v).sum()`` torch computes (the start-point watch's flag)
+_SUBTRACTABLE = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                           torch.complex64, torch.complex128})
 
 
 class _Unhandled(Exception):
@@ -261,7 +264,9 @@ class StepTransaction:
         One 0-dim flag per tensor, ``sum(v - v)``: exactly 0 when every entry is finite
         (``x - x = 0`` for a finite ``x``, with no overflow possible) and NaN otherwise
         (``inf - inf`` and ``nan - nan`` are NaN), in two operations where
-        ``isfinite(v).all()`` takes five. The flags are kept in a list and reduced once, by
+        ``isfinite(v).all()`` takes five (and a temporary no larger than the ``|v|`` that
+        ``isfinite`` makes). Dtypes torch cannot subtract and sum (complex32, float8) are
+        upcast first, which is exact. The flags are kept in a list and reduced once, by
         :meth:`start_was_finite`: no stack and no AND per call.
         """
         flags = self._flags
@@ -270,6 +275,8 @@ class StepTransaction:
                 continue  # integers and booleans are always finite
             if v.requires_grad:  # a gradient with its graph: keep no graph alive in a flag
                 v = v.detach()
+            if v.dtype not in _SUBTRACTABLE:  # complex32, float8: upcast first (exact)
+                v = v.to(torch.complex64 if v.is_complex() else torch.float32)
             if v.dim() == 0:
                 flags.append(v - v)
             else:
@@ -290,7 +297,8 @@ class StepTransaction:
         return bool((flags[0] if len(flags) == 1 else torch.stack(flags).sum()) == 0)
 
     def rollback(self, optimizer: SecondOrderOptimizer) -> None:
-        """Put the parameters, the state and :meth:`~SecondOrderOptimizer.extra_state` back."""
+        """Put the parameters, the state and :meth:`~SecondOrderOptimizer.extra_state` back,
+        and free an evaluation the step kept for the next one."""
         with torch.no_grad():
             for p, v in zip(optimizer.all_params(), self._params, strict=True):
                 p.copy_(v)
@@ -301,6 +309,7 @@ class StepTransaction:
         if counters is not None:
             optimizer.state["counters"] = counters
         optimizer.load_extra_state(self._extra)
+        optimizer.discard_kept_evaluation()  # made during the undone step: no longer valid
 
 
 def transactional(step: Callable[..., Any]) -> Callable[..., Any]:

@@ -30,10 +30,9 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.lanczos import lanczos
 from secondorder.optim import hyperparameters as hyper
-from secondorder.optim.base import Closure, Evaluation
+from secondorder.optim.base import Closure
 from secondorder.optim.curvature_source import CurvatureClosure, local_model
 from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg
-from secondorder.optim.line_objective import reusable_evaluation, versions
 from secondorder.optim.model_step import AdaptiveNormOptimizer, try_step
 from secondorder.optim.norms import AdaptiveNorm
 from secondorder.tensorlist import TensorList
@@ -396,10 +395,6 @@ class TrustRegion(AdaptiveNormOptimizer):
             full_batch=full_batch,
         )
         super().__init__(params, defaults)
-        #: the accepted trial's evaluation and the parameter versions it belongs to
-        #: (full-batch mode); not optimizer state: it holds a graph, and is only valid
-        #: while the parameters are not written
-        self._trial_evaluation: tuple[Evaluation, tuple[int, ...]] | None = None
 
     HYPERPARAMETERS = {
         **AdaptiveNormOptimizer.HYPERPARAMETERS,
@@ -433,7 +428,7 @@ class TrustRegion(AdaptiveNormOptimizer):
 
         eigen_steps = hp.get("eigen_steps", 0)
         full_batch = hp.get("full_batch", False)
-        start = self._take_trial_evaluation()
+        start = self.take_kept_evaluation()
         with local_model(self, closure, hp["curvature"], hessian_closure=hessian_closure,
                          ggn_closure=ggn_closure, start=start) as model:
             grads = self.subproblem_gradient(model, norm, tolerance_grad=hp["tolerance_grad"],
@@ -448,7 +443,7 @@ class TrustRegion(AdaptiveNormOptimizer):
         trial = try_step(self, closure, model.loss, sub.step, sub.predicted_decrease, hp["eta"],
                          keep_graph=keep)
         if trial.evaluation is not None:
-            self._trial_evaluation = (trial.evaluation, versions(self.params()))
+            self.keep_evaluation(trial.evaluation)
         eta_expand = hp.get("eta_expand")
         if eta_expand is None:
             new_radius = update_radius(radius, trial.accepted, gamma=hp["gamma"],
@@ -465,15 +460,3 @@ class TrustRegion(AdaptiveNormOptimizer):
             cg_status=sub.status,
         )  # fmt: skip
         return model.loss
-
-    #: The accepted trial's evaluation kept for the next step (``full_batch``); a class
-    #: default so that a deep-copied or unpickled optimizer (torch keeps only its state and
-    #: groups) starts without one.
-    _trial_evaluation: tuple[Evaluation, tuple[int, ...]] | None = None
-
-    def _take_trial_evaluation(self) -> Evaluation | None:
-        """The previous step's accepted trial evaluation when the parameters are still
-        where it was made (their in-place versions unchanged), else ``None``; the stored
-        one is consumed (its graph freed when not returned)."""
-        stored, self._trial_evaluation = self._trial_evaluation, None
-        return reusable_evaluation(stored, self.params())
