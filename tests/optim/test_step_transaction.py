@@ -322,6 +322,7 @@ def test_the_start_point_watch_flags_exactly_the_non_finite_values(dtype):
     assert many.start_was_finite() is False
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 @pytest.mark.parametrize("dtype", [torch.complex32, torch.float8_e5m2, torch.float8_e4m3fn])
 def test_the_watch_upcasts_dtypes_it_cannot_subtract(dtype):
     w = torch.zeros(3, dtype=DT, requires_grad=True)
