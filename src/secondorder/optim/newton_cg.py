@@ -215,9 +215,10 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         keep = (grp.get("full_batch", False) and hessian_closure is None and frac is None
                 and grp["line_search"] is not None)
         x_good = st.pop("x_good", None)  # left by a fixed step that did not check its landing
-        start = self.take_kept_evaluation()
-        if start is not None and not keep:
-            start.hessian.free()
+        if keep:
+            start = self.take_kept_evaluation()
+        else:  # (full_batch switched off since the last step: free what it kept)
+            self.discard_kept_evaluation()
             start = None
         if start is not None:  # the previous step's accepted trial: the parameters are there
             loss, g, hess = start.loss, start.grads, start.hessian
