@@ -35,6 +35,19 @@ parameters per step, plus a copy of the state tensors the step writes into in pl
 (``state_mutated_in_place``: AdaHessian's two moments; none for the other optimizers, whose
 steps replace their state tensors instead of writing into them), and one host sync.
 
+**Iterations per step.** :class:`~secondorder.optim.LBFGS`,
+:class:`~secondorder.optim.NewtonCG` and :class:`~secondorder.optim.TrustRegion` take
+``max_iter`` (default 1) and run up to that many iterations in one ``step``, reusing the
+closure (``torch.optim.LBFGS``'s convention); ``step(closure, callback=f)`` calls ``f()``
+after each iteration, and ``f`` returning ``True`` ends the step there (for a full-batch
+solve to stop at a target, as ``scipy.optimize.minimize``'s and pytorch-minimize's
+callbacks do). The iterates are those of as many one-iteration steps; the step is one
+transaction (the start check and the undo are the step's, paid once), and an iteration
+after the first that would start from a non-finite point ends the step there instead, so
+the next step raises as a separate step would have. On small full-batch problems this saves
+the per-step cost (the transaction, the step hooks, the group checks): about 50
+microseconds per iteration on CPU (``benchmarks/full_batch_solvers.py``).
+
 **Low precision.** With float16 or bfloat16 parameters the closure, the gradient and the
 Hessian-vector products run in the parameters' dtype. The methods that accumulate small
 squares or ratios (trust region and ARC with their adaptive norms, Levenberg-Marquardt and

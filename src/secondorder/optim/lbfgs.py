@@ -32,7 +32,7 @@ called once per step pays one more.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -155,13 +155,17 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
     state_mutated_in_place = frozenset[str]()
 
     # ------------------------------------------------------------------ step
-    def step(self, closure: Closure, overlap_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure, overlap_closure: Closure | None = None, *,  # type: ignore[override]
+             callback: Callable[[], bool | None] | None = None) -> Tensor:
         """Run up to ``max_iter`` L-BFGS iterations on ``closure``.
 
         Args:
             closure: returns the loss (or per-sample losses) without calling backward.
             overlap_closure: optional closure over a sub-batch on which ``y`` is measured
                 (multi-batch L-BFGS, see the module doc).
+            callback: called with no arguments after each iteration that moved the
+                parameters; returning ``True`` ends the step there ("iterations per step"
+                in :mod:`secondorder.optim.base`).
 
         Returns:
             The loss at the start of the step (as ``torch.optim.LBFGS``).
@@ -243,6 +247,8 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 st["fresh"] = False
                 st["x_good"] = x0  # unchecked landing point: the next start may reject it
                 at_current = False
+                if callback is not None:
+                    callback()
                 break
             # one read for the landing checks and the next iteration's max |g|: the values
             # of is_finite(new_loss, new_g), max_abs(new_g), max_abs(s) and
@@ -257,6 +263,8 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 mem.update(s, y)
             st["fresh"] = False
             loss, g = new_loss, new_g
+            if callback is not None and callback():
+                break
             if smax <= tol_change or abs(change) < tol_change:
                 break
         if full_batch and at_current:

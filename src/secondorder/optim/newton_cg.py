@@ -31,7 +31,7 @@ starts from it instead of evaluating the closure again (one forward pass less pe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -107,6 +107,9 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             ``hessian_fraction`` and no ``hessian_closure``. The iterates are those of
             ``full_batch=False`` (to the bit, except for models with scaled-dot-product
             attention, whose trials are then evaluated with the math kernel).
+        max_iter: Newton iterations per ``step`` call (default 1; see "iterations per step"
+            in :mod:`secondorder.optim.base`); ``step(closure, callback=...)`` can end them
+            early.
 
     Raises:
         ValueError: for an invalid value or a shared hyperparameter that differs by group.
@@ -126,11 +129,12 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         max_ls_evals: int = 30,
         generator: torch.Generator | None = None,
         full_batch: bool = False,
+        max_iter: int = 1,
     ):
         defaults = dict(
             lr=lr, line_search=line_search, max_cg_iter=max_cg_iter, forcing=forcing,
             hessian_fraction=hessian_fraction, tolerance_grad=tolerance_grad, c1=c1, c2=c2,
-            max_ls_evals=max_ls_evals, full_batch=full_batch,
+            max_ls_evals=max_ls_evals, full_batch=full_batch, max_iter=max_iter,
         )  # fmt: skip
         super().__init__(params, defaults)
         self.generator = generator
@@ -194,13 +198,16 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
     state_mutated_in_place = frozenset[str]()
 
     # ------------------------------------------------------------------ step
-    def step(self, closure: Closure, hessian_closure: Closure | None = None) -> Tensor:  # type: ignore[override]
-        """One truncated Newton step.
+    def step(self, closure: Closure, hessian_closure: Closure | None = None, *,  # type: ignore[override]
+             callback: Callable[[], bool | None] | None = None) -> Tensor:
+        """Up to ``max_iter`` truncated Newton iterations.
 
         Args:
             closure: returns the loss (per-sample losses with ``hessian_fraction``) without
                 calling backward.
             hessian_closure: optional closure over a sub-batch whose Hessian is used.
+            callback: called with no arguments after each iteration that moved the
+                parameters; returning ``True`` ends the step there.
 
         Returns:
             The loss at the start of the step.
@@ -210,6 +217,22 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
                 losses.
         """
         grp = self.shared_hyperparameters()
+        first_loss = None
+        for _ in range(grp.get("max_iter", 1)):
+            loss, moved = self._iteration(closure, hessian_closure, grp)
+            if first_loss is None:
+                first_loss = loss
+            if not moved or (callback is not None and callback()):
+                break
+        return first_loss
+
+    def _iteration(self, closure: Closure, hessian_closure: Closure | None,
+                   grp: dict[str, Any]) -> tuple[Tensor, bool]:
+        """One truncated Newton iteration: the loss at its start, and whether it moved the
+        parameters to a point the next iteration may start from (``False`` at a non-finite
+        start, which the first iteration's transaction then raises on and a later one
+        leaves for the next step, at a gradient below ``tolerance_grad``, and when the line
+        search landed on a non-finite loss and went back)."""
         st = self.state["global"]
         frac = grp["hessian_fraction"]
         keep = (grp.get("full_batch", False) and hessian_closure is None and frac is None
@@ -245,9 +268,9 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
                 [loss.reshape(()).to(dt), gmax_t.to(dt), tl.norm(g).to(dt)]
             ).tolist()
             if not (math.isfinite(loss_f) and math.isfinite(gmax)):
-                return loss  # the step raises NonFiniteLossError and is undone
+                return loss, False  # the step raises NonFiniteLossError and is undone
             if scale.lr == 0 or gmax <= grp["tolerance_grad"]:
-                return loss
+                return loss, False
             if grp["forcing"] == "eisenstat_walker":
                 eta = eisenstat_walker(gnorm, st.get("gnorm"), st.get("eta"))
             elif grp["forcing"] == "sqrt_gradient":
@@ -274,13 +297,15 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             max_evals=grp["max_ls_evals"],
         )  # fmt: skip
         kept = phi.take_kept() if keep else None
-        if new_loss is None:  # fixed step: the next step checks the landing point
+        moved = True
+        if new_loss is None:  # fixed step: the next iteration checks the landing point
             st["x_good"] = x0
         elif not bool(torch.isfinite(new_loss)):
             self.set_params(x0)
+            moved = False
         elif kept is not None:
             self.keep_evaluation(kept)
             kept = None
         if kept is not None:
             kept.hessian.free()
-        return loss
+        return loss, moved

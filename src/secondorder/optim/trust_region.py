@@ -29,6 +29,7 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.lanczos import lanczos
+from secondorder.errors import NonFiniteLossError
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure
 from secondorder.optim.curvature_source import CurvatureClosure, local_model
@@ -351,6 +352,8 @@ class TrustRegion(AdaptiveNormOptimizer):
             ``curvature="hessian"`` and no ``hessian_closure``. The iterates are those of
             ``full_batch=False`` (to the bit, except for models with scaled-dot-product
             attention, whose trial is then evaluated with the math kernel).
+        max_iter: iterations per ``step`` call (default 1; see "iterations per step" in
+            :mod:`secondorder.optim.base`); ``step(closure, callback=...)`` can end them early.
 
     Raises:
         ValueError: if a hyperparameter is out of range, a name is unknown, or a value
@@ -385,6 +388,7 @@ class TrustRegion(AdaptiveNormOptimizer):
         eta_expand: float | None = 0.75,
         eigen_steps: int = 0,
         full_batch: bool = False,
+        max_iter: int = 1,
     ):
         defaults = dict(
             radius=radius, norm=norm, curvature=curvature, eta=eta, gamma=gamma,
@@ -392,7 +396,7 @@ class TrustRegion(AdaptiveNormOptimizer):
             max_radius=max_radius,
             max_cg_iter=max_cg_iter, cg_rtol=cg_rtol, tolerance_grad=tolerance_grad,
             cauchy_floor=cauchy_floor, eta_expand=eta_expand, eigen_steps=eigen_steps,
-            full_batch=full_batch,
+            full_batch=full_batch, max_iter=max_iter,
         )
         super().__init__(params, defaults)
 
@@ -406,6 +410,7 @@ class TrustRegion(AdaptiveNormOptimizer):
         ),
         "eigen_steps": hyper.integer(0),
         "full_batch": hyper.boolean,
+        "max_iter": hyper.integer(1),
     }
 
     @classmethod
@@ -418,10 +423,35 @@ class TrustRegion(AdaptiveNormOptimizer):
                       f">= radius ({radius})")
 
     def step(self, closure: Closure, *, hessian_closure: Closure | None = None,
-             ggn_closure: CurvatureClosure | None = None) -> Tensor:
-        """One iteration of [AdaptiveNorms] Algorithm 1 (the closures, the return value and
-        the errors: :class:`~secondorder.optim.model_step.AdaptiveNormOptimizer`)."""
+             ggn_closure: CurvatureClosure | None = None,
+             callback: Callable[[], bool | None] | None = None) -> Tensor:
+        """Up to ``max_iter`` iterations of [AdaptiveNorms] Algorithm 1 (the closures, the
+        return value and the errors: :class:`~secondorder.optim.model_step.AdaptiveNormOptimizer`).
+
+        Args:
+            callback: called with no arguments after each iteration (accepted or not);
+                returning ``True`` ends the step there (:mod:`secondorder.optim.base`,
+                "iterations per step").
+        """
         hp = self.shared_hyperparameters()
+        first_loss = None
+        for it in range(hp.get("max_iter", 1)):
+            try:
+                loss, go_on = self._iteration(closure, hp, hessian_closure, ggn_closure)
+            except NonFiniteLossError:
+                if it == 0:
+                    raise
+                break  # the iterate this iteration reached is not finite: the next step raises
+            if first_loss is None:
+                first_loss = loss
+            if not go_on or (callback is not None and callback()):
+                break
+        return first_loss
+
+    def _iteration(self, closure: Closure, hp: dict[str, Any], hessian_closure: Closure | None,
+                   ggn_closure: CurvatureClosure | None) -> tuple[Tensor, bool]:
+        """One iteration of Algorithm 1: the loss at its start, and whether there was a step
+        (``False`` when the gradient is at or below ``tolerance_grad``)."""
         gstate = self.state["global"]
         radius = float(gstate.get("radius", hp["radius"]))
         norm = self.norm
@@ -435,7 +465,7 @@ class TrustRegion(AdaptiveNormOptimizer):
                                              zero_small_gradient=eigen_steps > 0)
             if grads is None:
                 gstate.update(radius=radius, rho=float("nan"), accepted=False, cg_iterations=0)
-                return model.loss
+                return model.loss, False
             sub = solve_subproblem(model.operator.matvec, grads, radius, norm,
                                    rtol=hp["cg_rtol"], max_iter=hp["max_cg_iter"],
                                    cauchy_floor=hp["cauchy_floor"], eigen_steps=eigen_steps)
@@ -459,4 +489,4 @@ class TrustRegion(AdaptiveNormOptimizer):
             rho=trial.rho, accepted=trial.accepted, cg_iterations=sub.iterations,
             cg_status=sub.status,
         )  # fmt: skip
-        return model.loss
+        return model.loss, True
