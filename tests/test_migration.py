@@ -3,7 +3,7 @@ same numbers, asserted inside the doc with the tolerances it states.
 
 The blocks of one ``## `` section run in order in one namespace. A section whose code
 imports a peer package (the ``peers`` extra: pyhessian, curvlinops-for-pytorch,
-torch-optimizer) is skipped when that package is absent.
+torch-optimizer, pytorch-minimize) is skipped when that package is absent.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SECTIONS = {
     s.split("\n", 1)[0].strip(): re.findall(r"```python\n(.*?)```", s, flags=re.S)
     for s in re.split(r"^## ", DOC.read_text(), flags=re.M)[1:]
 }
-PEER_MODULES = ("pyhessian", "curvlinops", "torch_optimizer")
+PEER_MODULES = ("pyhessian", "curvlinops", "torch_optimizer", "torchmin")
 
 
 def test_every_peer_has_a_section_with_before_and_after():
