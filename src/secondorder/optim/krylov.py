@@ -555,8 +555,9 @@ def sqrt_gradient_forcing(grad_norm: float, eta_max: float = 0.5) -> float:
 
     An inner CG solve stopped at ``|r| <= eta_k |g_k|`` gives a superlinearly convergent
     truncated Newton method ([NocedalWright2006] Thm. 7.2), and a loose solve far from the
-    minimizer, where an exact Newton step is wasted. scipy's ``trust-ncg`` and
-    pytorch-minimize's ``newton-cg`` / ``trust-ncg`` use this rule.
+    minimizer, where an exact Newton step is wasted. scipy's and pytorch-minimize's
+    ``trust-ncg`` use this rule in the Euclidean norm; their ``newton-cg`` use it in the L1
+    norm.
 
     Args:
         grad_norm: ``|g_k|`` (in the norm the residual is measured in).

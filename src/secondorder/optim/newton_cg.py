@@ -7,8 +7,10 @@ with exact Hessian-vector products (Pearlmutter, through the closure's own gradi
 ``line_search=None`` ([Veitch]'s "Newton (noLS)": ``x_{k+1} = x_k - lr H^{-1} g``).
 
 * **Forcing**: CG stops when ``|r| <= eta_k |g_k|``. ``"sqrt_gradient"`` (the default) is
-  ``eta_k = min(0.5, sqrt(|g_k|))`` ([NocedalWright2006] Alg. 7.1, also scipy's and
-  pytorch-minimize's): superlinear near a minimizer, loose far from it.
+  ``eta_k = min(0.5, sqrt(|g_k|))`` in the Euclidean norm ([NocedalWright2006] Alg. 7.1):
+  superlinear near a minimizer, loose far from it. (scipy's and pytorch-minimize's
+  ``newton-cg`` take the same rule in the L1 norm, for ``|g_k|`` and ``|r|`` alike, which
+  on many parameters keeps ``eta_k`` at 0.5 longer and solves more loosely.)
   ``"eisenstat_walker"`` is [EisenstatWalker1996] choice 2, ``eta_k = 0.9 (|g_k| /
   |g_{k-1}|)^2`` safeguarded by ``0.9 eta_{k-1}^2`` when that exceeds 0.1, capped at 0.5;
   it tightens as fast as the gradient falls, so once the outer iteration converges quickly
