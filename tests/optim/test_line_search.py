@@ -265,6 +265,49 @@ def test_strong_wolfe_conditions_hold_on_success(name, kind, step, kw):
         assert f_t.item() <= f0
 
 
+@pytest.mark.parametrize("name,kind,step,kw", CASES)
+def test_strong_wolfe_start_values_change_nothing(name, kind, step, kw):
+    # a caller that read phi(0) and phi'(0) passes them: the same trials and result, bit
+    # for bit (max |d|, for the bracket tolerance, is then read only when zooming)
+    fn, x = PROBLEMS[name]
+    x0 = torch.tensor(x, dtype=DT)
+    d = direction(fn, x0, kind)
+    f0, g0 = value_and_grad(fn, x0)
+    runs = []
+    for start_values in (None, (float(f0), float(torch.dot(g0, d)))):
+        trials = []
+
+        def phi(t, trials=trials):
+            trials.append(t)
+            f, g = value_and_grad(fn, x0 + t * d)
+            return f, (g,)
+
+        res = strong_wolfe(phi, (d,), f0, (g0,), step=step, start_values=start_values, **kw)
+        runs.append((trials, res))
+    (t0, r0), (t1, r1) = runs
+    assert t0 == t1
+    assert (r1.step, r1.evaluations, r1.success, r1.message) == (
+        r0.step, r0.evaluations, r0.success, r0.message)
+    assert torch.equal(r1.loss, r0.loss) and torch.equal(r1.grad[0], r0.grad[0])
+
+
+@pytest.mark.parametrize("name", sorted(ONE_D))
+@pytest.mark.parametrize("step", [1.0, 30.0])
+def test_backtracking_start_values_change_nothing(name, step):
+    fn, _ = ONE_D[name]
+    f0, s0 = fn(0.0)
+    runs = []
+    for start_values in (None, (f0, s0)):
+        log = []
+        res = backtracking(scalar_phi(fn, log), torch.tensor(f0, dtype=DT),
+                           torch.tensor(s0, dtype=DT), step=step, start_values=start_values)
+        runs.append((log, res))
+    (l0, r0), (l1, r1) = runs
+    assert l0 == l1
+    assert (r1.step, r1.evaluations, r1.success) == (r0.step, r0.evaluations, r0.success)
+    assert torch.equal(r1.loss, r0.loss)
+
+
 def test_strong_wolfe_exercises_every_exit():
     outcomes = set()
     for name, kind, step, kw in CASES:

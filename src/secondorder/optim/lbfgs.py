@@ -194,19 +194,27 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         tol_change = grp["tolerance_change"]
         at_current = True  # (loss, g) are at the current parameters
         gmax: float | None = None  # max |g|, when read together with the previous checks
+        loss_f: float | None = None  # float(loss), once read
         for it in range(grp["max_iter"]):
             if lr == 0 or (max_abs(g) if gmax is None else gmax) <= grp["tolerance_grad"]:
                 break
             x0 = self.params_at_start()
             d = scale.apply(mem.descent_direction(g))
             gtd = tl.dot(g, d)
-            gtd_f = float(gtd)  # one read for both tests (the same sign test as gtd < 0)
+            # one read for both tests (the same sign test as gtd < 0) and for the line
+            # search's start values (the floats it would read itself)
+            if loss_f is None:
+                loss_f, gtd_f = torch.stack([loss.reshape(()).double(), gtd.double()]).tolist()
+            else:
+                gtd_f = float(gtd)
+            start_values: tuple[float, float] | None = (loss_f, gtd_f)
             if not gtd_f < 0:  # not a descent direction: restart from steepest descent
                 mem.reset()
                 st["fresh"] = True
                 d = scale.apply(tl.neg(g))
                 gtd = -tl.dot(g, scale.apply(g))
                 gtd_f = float(gtd)
+                start_values = None  # (the search computes g . d itself)
             if gtd_f > -tol_change:
                 break
             if st["fresh"]:
@@ -225,6 +233,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             t, new_loss, new_g = search(
                 phi, grp["line_search"], loss, g, gtd, step=t0, c1=grp["c1"], c2=grp["c2"],
                 tolerance_change=tol_change, max_evals=grp["max_ls_evals"], need_grad=True,
+                start_values=start_values,
             )  # fmt: skip
             if new_g is None and it < grp["max_iter"] - 1:
                 new_loss, new_g = phi(t)
@@ -262,7 +271,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             if y is not None:
                 mem.update(s, y)
             st["fresh"] = False
-            loss, g = new_loss, new_g
+            loss, g, loss_f = new_loss, new_g, new_f
             if callback is not None and callback():
                 break
             if smax <= tol_change or abs(change) < tol_change:

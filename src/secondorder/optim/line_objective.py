@@ -211,6 +211,7 @@ def search(
     max_evals: int = 25,
     need_grad: bool = False,
     reference_loss: float | Tensor | None = None,
+    start_values: tuple[float, float] | None = None,
 ) -> tuple[float, Tensor | None, tuple[Tensor, ...] | None]:
     """Search along ``phi.direction`` and leave the parameters at the accepted step.
 
@@ -230,6 +231,9 @@ def search(
         max_evals: the search's evaluation budget.
         need_grad: evaluate the gradient at each backtracking trial.
         reference_loss: the largest recent loss (``"nonmonotone"``).
+        start_values: ``(loss, slope)`` as floats when the caller has read them (the
+            float64 values of these tensors): ``"strong_wolfe"`` and ``"armijo"`` then read
+            nothing before their first trial.
 
     Returns:
         ``(t, loss, grad)`` at the accepted step; ``loss`` and ``grad`` are ``None`` where
@@ -238,12 +242,13 @@ def search(
     if method == "strong_wolfe":
         res = ls.strong_wolfe(
             phi, phi.direction, loss, grad, step=step, c1=c1, c2=c2,
-            tolerance_change=tolerance_change, max_evals=max_evals,
+            tolerance_change=tolerance_change, max_evals=max_evals, start_values=start_values,
         )  # fmt: skip
     elif method == "armijo":
         res = ls.backtracking(
-            phi, loss, slope, step=step, c1=c1, max_evals=max_evals, need_grad=need_grad
-        )
+            phi, loss, slope, step=step, c1=c1, max_evals=max_evals, need_grad=need_grad,
+            start_values=start_values,
+        )  # fmt: skip
     elif method == "nonmonotone":
         res = ls.nonmonotone_backtracking(
             phi, reference_loss, slope, loss0=loss, step=step, c1=c1, max_evals=max_evals,

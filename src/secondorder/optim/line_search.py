@@ -140,6 +140,7 @@ def _backtrack(
     max_evals: int,
     need_grad: bool,
     interpolate: bool,
+    start_values: tuple[float, float] | None = None,
 ) -> LineSearchResult:
     if not 0 < c1 < 1:
         raise ValueError(f"Invalid c1 value: {c1}; it must lie in (0, 1)")
@@ -148,6 +149,12 @@ def _backtrack(
     _check_step(step)
     _check_positive_int("max_evals", max_evals)
     like = next((v for v in (loss0, reference, slope0) if isinstance(v, Tensor)), None)
+    if start_values is not None:  # the caller read phi(0) and phi'(0): no read here
+        # (reference is loss0 itself: backtracking's call)
+        f0, slope = float(start_values[0]), float(start_values[1])
+        return _backtrack_from(phi, f0, f0, slope, _as_loss(loss0, like), step=step, c1=c1,
+                               shrink=shrink, max_evals=max_evals, need_grad=need_grad,
+                               interpolate=interpolate)
     vals = [slope0, reference] + ([] if loss0 is None else [loss0])
     vals = [v.detach().reshape(()).double() if isinstance(v, Tensor) else v for v in vals]
     on_device = [i for i, v in enumerate(vals) if isinstance(v, Tensor)]
@@ -159,6 +166,25 @@ def _backtrack(
     slope, ref = float(vals[0]), float(vals[1])
     f0 = None if loss0 is None else float(vals[2])
     start_loss = None if loss0 is None else _as_loss(loss0, like)
+    return _backtrack_from(phi, f0, ref, slope, start_loss, step=step, c1=c1, shrink=shrink,
+                           max_evals=max_evals, need_grad=need_grad, interpolate=interpolate)
+
+
+def _backtrack_from(
+    phi: Objective,
+    f0: float | None,
+    ref: float,
+    slope: float,
+    start_loss: Tensor | None,
+    *,
+    step: float,
+    c1: float,
+    shrink: float,
+    max_evals: int,
+    need_grad: bool,
+    interpolate: bool,
+) -> LineSearchResult:
+    """:func:`_backtrack` once ``phi(0)``, the reference loss and ``phi'(0)`` are floats."""
     if not slope < 0:
         return LineSearchResult(
             0.0, start_loss, None, 0, False, f"not a descent direction: slope {slope} >= 0"
@@ -197,6 +223,7 @@ def backtracking(
     max_evals: int = 30,
     need_grad: bool = False,
     interpolate: bool = True,
+    start_values: tuple[float, float] | None = None,
 ) -> LineSearchResult:
     """Armijo backtracking line search ([NocedalWright2006] Alg. 3.1).
 
@@ -221,6 +248,9 @@ def backtracking(
         need_grad: evaluate the gradient at every trial (then ``phi(t)`` is called, else
             ``phi(t, need_grad=False)``), so that ``grad`` is returned.
         interpolate: use the safeguarded interpolation instead of ``shrink``.
+        start_values: ``(phi(0), phi'(0))`` as floats, when the caller has read them (the
+            float64 values of ``loss0`` and ``slope0``): the search then reads nothing
+            before its first trial.
 
     Returns:
         A :class:`LineSearchResult`. On failure (budget spent, or ``slope0 >= 0`` which
@@ -240,7 +270,7 @@ def backtracking(
     """
     return _backtrack(
         phi, loss0, loss0, slope0, step=step, c1=c1, shrink=shrink, max_evals=max_evals,
-        need_grad=need_grad, interpolate=interpolate,
+        need_grad=need_grad, interpolate=interpolate, start_values=start_values,
     )  # fmt: skip
 
 
@@ -360,6 +390,7 @@ def strong_wolfe(
     c2: float = 0.9,
     tolerance_change: float = 1e-9,
     max_evals: int = 25,
+    start_values: tuple[float, float] | None = None,
 ) -> LineSearchResult:
     """Line search for the strong Wolfe conditions ([NocedalWright2006] Alg. 3.5 and 3.6).
 
@@ -395,6 +426,11 @@ def strong_wolfe(
         c2: curvature constant.
         tolerance_change: smallest bracket length times ``max|d|`` before giving up.
         max_evals: torch's ``max_ls`` (see 3.).
+        start_values: ``(phi(0), phi'(0))`` as floats, when the caller has read them (the
+            float64 values of ``loss0`` and ``grad0 . direction``, computed by
+            :func:`~secondorder.tensorlist.dot`): the search then reads nothing before its
+            first trial. (``max |d|``, for the bracket tolerance, is read only if the
+            search zooms.)
 
     Returns:
         A :class:`LineSearchResult` with the gradient at ``step``. ``success`` is False
@@ -427,10 +463,13 @@ def strong_wolfe(
     tl.check_like(grad0, direction, "grad0")
 
     start_loss = _as_loss(loss0, direction[0])
-    d_norm_t = torch.stack([d.abs().max() for d in direction if d.numel() > 0]).max()
-    f, gtd, d_norm = torch.stack(
-        [start_loss.double(), tl.dot(grad0, direction).double(), d_norm_t.double()]
-    ).tolist()
+    if start_values is None:
+        f, gtd = torch.stack(
+            [start_loss.double(), tl.dot(grad0, direction).double()]
+        ).tolist()
+    else:
+        f, gtd = float(start_values[0]), float(start_values[1])
+    d_norm: float | None = None  # max |d|, read when the zoom first needs it
     start = _Point(0.0, f, gtd, start_loss, grad0)
     if not gtd < 0:
         return LineSearchResult(
@@ -485,6 +524,9 @@ def strong_wolfe(
     message = "strong wolfe conditions hold" if done else ""
     while not done and trials < max_evals:
         a, b = bracket[0].t, bracket[1].t
+        if d_norm is None:
+            d_norm = float(torch.stack([d.abs().max() for d in direction
+                                        if d.numel() > 0]).max().double())
         if abs(b - a) * d_norm < tolerance_change:
             message = f"bracket shorter than tolerance_change={tolerance_change}"
             break

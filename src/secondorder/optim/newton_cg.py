@@ -288,15 +288,18 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         p = scale.apply(res.solution)  # the direction searched: diag(lr_g / lr_max) p
         gtd = tl.dot(g, p)
         gtd_f = float(gtd)
+        # the floats the line search would read itself (loss_f is float(loss), exactly)
+        start_values: tuple[float, float] | None = (loss_f, gtd_f)
         if not (math.isfinite(gtd_f) and gtd_f < 0):  # safeguard: steepest descent
             p = scale.apply(tl.neg(g))
             gtd = -tl.dot(g, scale.apply(g))
+            start_values = None
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
         x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, p, keep_graph=keep)
         _, new_loss, _ = search(
             phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],
-            max_evals=grp["max_ls_evals"],
+            max_evals=grp["max_ls_evals"], start_values=start_values,
         )  # fmt: skip
         kept = phi.take_kept() if keep else None
         moved = True
