@@ -204,7 +204,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             # one read for both tests (the same sign test as gtd < 0) and for the line
             # search's start values (the floats it would read itself)
             if loss_f is None:
-                loss_f, gtd_f = torch.stack([loss.reshape(()).double(), gtd.double()]).tolist()
+                loss_f, gtd_f = torch.stack([loss.reshape(()), gtd]).double().tolist()
             else:
                 gtd_f = float(gtd)
             start_values: tuple[float, float] | None = (loss_f, gtd_f)
@@ -304,10 +304,13 @@ def _landing_values(new_loss: Tensor, new_g: Sequence[Tensor], s: Sequence[Tenso
     Each value is what reading it alone gives (``float`` of the same tensor; the stack
     upcasts to a common dtype, which is exact).
     """
-    vals = [new_loss.reshape(()), _max_abs_tensor(new_g), _max_abs_tensor(s),
-            (new_loss - loss).reshape(())]
+    change = new_loss - loss
+    vals = [new_loss if new_loss.dim() == 0 else new_loss.reshape(()), _max_abs_tensor(new_g),
+            _max_abs_tensor(s), change if change.dim() == 0 else change.reshape(())]
     dt = vals[0].dtype
-    for v in vals[1:]:
-        dt = torch.promote_types(dt, v.dtype)
-    new_f, gmax, smax, change = torch.stack([v.to(dt) for v in vals]).tolist()
-    return new_f, gmax, smax, change
+    if any(v.dtype is not dt for v in vals):  # (the common case, one dtype: no conversions)
+        for v in vals[1:]:
+            dt = torch.promote_types(dt, v.dtype)
+        vals = [v.to(dt) for v in vals]
+    new_f, gmax, smax, change_f = torch.stack(vals).tolist()
+    return new_f, gmax, smax, change_f

@@ -74,6 +74,12 @@ def _as_loss(value: float | Tensor, like: Tensor | None) -> Tensor:
     return torch.tensor(float(value), dtype=torch.float64, **kw)
 
 
+def _float64(x: Tensor) -> Tensor:
+    """``x.double()``, without the call when ``x`` is float64 already (a no-op that still
+    costs a dispatch, several times per line-search trial)."""
+    return x if x.dtype is torch.float64 else x.double()
+
+
 def _to_float(value: float | Tensor) -> float:
     return float(value.detach()) if isinstance(value, Tensor) else float(value)
 
@@ -481,8 +487,9 @@ def strong_wolfe(
         nonlocal evals
         evals += 1
         loss, grad = phi(t)
-        loss = loss.detach().reshape(())
-        fv, gv = torch.stack([loss.double(), tl.dot(grad, direction).double()]).tolist()
+        if loss.requires_grad or loss.dim():  # (an optimizer's line objective: neither)
+            loss = loss.detach().reshape(())
+        fv, gv = torch.stack([_float64(loss), _float64(tl.dot(grad, direction))]).tolist()
         if not (math.isfinite(fv) and math.isfinite(gv)):
             fv = math.inf
         return _Point(t, fv, gv, loss, tuple(grad))

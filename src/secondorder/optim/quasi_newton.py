@@ -88,8 +88,8 @@ def _two_loop_one(
     ``q -= a y`` is ``addcmul_(y, a, value=-1)``, which rounds as ``addcmul_(y, -a)``
     (negation is exact) and saves the negation kernel.
     """
-    q = grad.detach().clone()
-    qf = q.view(-1)
+    q = (grad.detach() if grad.requires_grad else grad).clone()
+    qf = q if q.dim() == 1 else q.view(-1)
     if q.dim() == 1:
         flat = [(s[0], y[0]) for s, y in zip(s_hist, y_hist, strict=True)]
     else:
