@@ -70,3 +70,22 @@ def test_norm_of_one_tensor_is_its_vector_norm_bit_for_bit(n):
         listed = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([x, x[:0]])))
         assert torch.equal(tl.norm((x,)), listed)
     assert float(tl.norm((torch.tensor(-3.0),))) == 3.0  # a 0-dim tensor
+
+
+def test_read_floats_gives_each_tensors_own_value():
+    # one read for several values: each float is float() of its tensor alone, whatever the
+    # mix of dtypes and shapes (0-dim, one-element), NaN and infinities included
+    values = [
+        torch.tensor(1 / 3, dtype=torch.float32),
+        torch.tensor([2 / 3], dtype=torch.float64),
+        torch.tensor(0.1, dtype=torch.bfloat16),
+        torch.tensor([[float("nan")]], dtype=torch.float16),
+        torch.tensor(-float("inf"), dtype=torch.float64),
+    ]
+    out = tl.read_floats(values)
+    assert len(out) == len(values)
+    for got, v in zip(out, values, strict=True):
+        want = float(v.reshape(()))
+        assert got == want or (got != got and want != want)
+    same = [torch.tensor(0.1, dtype=torch.float32), torch.tensor(0.2, dtype=torch.float32)]
+    assert tl.read_floats(same) == [float(x) for x in same]

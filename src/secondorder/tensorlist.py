@@ -34,6 +34,7 @@ __all__ = [
     "zeros_like",
     "check_like",
     "all_finite",
+    "read_floats",
 ]
 
 
@@ -182,3 +183,20 @@ def all_finite(a: Sequence[Tensor]) -> Tensor:
     if len(a) == 1:
         return torch.isfinite(a[0]).all()
     return torch.stack([torch.isfinite(x).all() for x in a]).all()
+
+
+def read_floats(values: Sequence[Tensor]) -> list[float]:
+    """The values of one-element tensors (on one device) as Python floats, in one host read.
+
+    They are stacked in their common dtype (an upcast, which is exact), so each float is
+    what ``float()`` of that tensor alone gives. The conversions that would be no-ops (a
+    reshape of a 0-dim tensor, a cast to its own dtype) are skipped: on a model of a few
+    parameters each still costs a dispatch, and optimizers read such values every step.
+    """
+    vals = [v if v.dim() == 0 else v.reshape(()) for v in values]
+    dt = vals[0].dtype
+    if any(v.dtype is not dt for v in vals):
+        for v in vals[1:]:
+            dt = torch.promote_types(dt, v.dtype)
+        vals = [v.to(dt) for v in vals]
+    return torch.stack(vals).tolist()

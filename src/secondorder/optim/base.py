@@ -578,4 +578,4 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 f"the closure returned a tensor of shape {tuple(out.shape)}; return a scalar "
                 "loss or a 1-D tensor of per-sample losses"
             )
-        return out.reshape(()), int(self.samples_per_evaluation or 0)
+        return (out if out.dim() == 0 else out.reshape(())), int(self.samples_per_evaluation or 0)

@@ -118,7 +118,7 @@ def _as_vector(vec: Sequence[Tensor], name: str) -> TensorList:
     vec = tuple(vec)
     if len(vec) == 0:
         raise ValueError(f"{name} is empty: there is nothing to solve for")
-    return tuple(v.detach() for v in vec)
+    return tuple(v.detach() if v.requires_grad else v for v in vec)
 
 
 def truncated_cg(

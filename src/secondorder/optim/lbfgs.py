@@ -301,16 +301,8 @@ def _landing_values(new_loss: Tensor, new_g: Sequence[Tensor], s: Sequence[Tenso
                     loss: Tensor) -> tuple[float, float, float, float]:
     """``(f(x + s), max |g(x + s)|, max |s|, f(x + s) - f(x))`` as floats, in one host read.
 
-    Each value is what reading it alone gives (``float`` of the same tensor; the stack
-    upcasts to a common dtype, which is exact).
+    Each value is what reading it alone gives (:func:`~secondorder.tensorlist.read_floats`).
     """
-    change = new_loss - loss
-    vals = [new_loss if new_loss.dim() == 0 else new_loss.reshape(()), _max_abs_tensor(new_g),
-            _max_abs_tensor(s), change if change.dim() == 0 else change.reshape(())]
-    dt = vals[0].dtype
-    if any(v.dtype is not dt for v in vals):  # (the common case, one dtype: no conversions)
-        for v in vals[1:]:
-            dt = torch.promote_types(dt, v.dtype)
-        vals = [v.to(dt) for v in vals]
-    new_f, gmax, smax, change_f = torch.stack(vals).tolist()
-    return new_f, gmax, smax, change_f
+    new_f, gmax, smax, change = tl.read_floats(
+        [new_loss, _max_abs_tensor(new_g), _max_abs_tensor(s), new_loss - loss])
+    return new_f, gmax, smax, change

@@ -69,9 +69,16 @@ class LineSearchResult:
 
 def _as_loss(value: float | Tensor, like: Tensor | None) -> Tensor:
     if isinstance(value, Tensor):
-        return value.detach().reshape(())
+        if value.requires_grad or value.dim():
+            return value.detach().reshape(())
+        return value  # detached and 0-dim already (an optimizer's loss): no two no-op calls
     kw = {} if like is None else {"device": like.device}
     return torch.tensor(float(value), dtype=torch.float64, **kw)
+
+
+def _detached(x: Tensor) -> Tensor:
+    """``x.detach()``, without the call when ``x`` has no graph."""
+    return x.detach() if x.requires_grad else x
 
 
 def _float64(x: Tensor) -> Tensor:
@@ -81,7 +88,9 @@ def _float64(x: Tensor) -> Tensor:
 
 
 def _to_float(value: float | Tensor) -> float:
-    return float(value.detach()) if isinstance(value, Tensor) else float(value)
+    if isinstance(value, Tensor):
+        return float(value.detach() if value.requires_grad else value)
+    return float(value)
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -206,9 +215,10 @@ def _backtrack_from(
         if not math.isfinite(f):
             f = math.inf
         if f <= ref + c1 * t * slope:
-            return LineSearchResult(t, loss.detach(), grad, k + 1, True, "armijo condition holds")
+            return LineSearchResult(t, _detached(loss), grad, k + 1, True,
+                                    "armijo condition holds")
         if f < best[1]:
-            best = (t, f, loss.detach(), grad)
+            best = (t, f, _detached(loss), grad)
         if interpolate:
             t, t_prev, f_prev = _interpolate_backtrack(f0, slope, t, f, t_prev, f_prev), t, f
         else:

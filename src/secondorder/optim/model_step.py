@@ -48,7 +48,7 @@ def check_finite_start(loss: Tensor, grads: Sequence[Tensor]) -> tuple[float, fl
     Raises:
         NonFiniteLossError: if either is NaN or infinite.
     """
-    loss_f, gnorm_f = torch.stack([loss.reshape(()), tl.norm(grads)]).to(torch.float64).tolist()
+    loss_f, gnorm_f = tl.read_floats([loss, tl.norm(grads)])
     if not (math.isfinite(loss_f) and math.isfinite(gnorm_f)):
         raise NonFiniteLossError(
             f"loss {loss_f} or gradient norm {gnorm_f} at the current point is not finite"
@@ -113,9 +113,7 @@ def try_step(
     old = optimizer.params_at_start()
     optimizer.add_to_params(step)
     ev = optimizer.evaluate(closure, grad=keep_graph, create_graph=keep_graph)
-    f0_f, new_f, predicted_f = torch.stack(
-        [loss.reshape(()), ev.loss.reshape(()), predicted_decrease.reshape(())]
-    ).to(torch.float64).tolist()
+    f0_f, new_f, predicted_f = tl.read_floats([loss, ev.loss, predicted_decrease])
     rho_f = _ratio(f0_f - new_f, predicted_f)
     accepted = predicted_f > 0 and math.isfinite(new_f) and new_f < f0_f and rho_f >= eta
     if not accepted:

@@ -265,10 +265,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             gmax_t = g[0].abs().max()
             if len(g) > 1:
                 gmax_t = torch.stack([gmax_t, *(x.abs().max() for x in g[1:])]).max()
-            dt = torch.promote_types(loss.dtype, gmax_t.dtype)  # upcasts only: exact
-            loss_f, gmax, gnorm = torch.stack(
-                [loss.reshape(()).to(dt), gmax_t.to(dt), tl.norm(g).to(dt)]
-            ).tolist()
+            loss_f, gmax, gnorm = tl.read_floats([loss, gmax_t, tl.norm(g)])
             if not (math.isfinite(loss_f) and math.isfinite(gmax)):
                 return loss, False  # the step raises NonFiniteLossError and is undone
             if scale.lr == 0 or gmax <= grp["tolerance_grad"]:

@@ -240,9 +240,8 @@ def solve_subproblem(
         # read its flags on the host at every iteration, so one more read costs no sync
         # that matters, and the comparison needs no tensor operations
         minv_g = norm.solve(grad)
-        nu2, kappa, cg_decrease = torch.stack(
-            [tl.dot(grad, minv_g), res.initial_curvature.to(decrease.dtype), decrease]
-        ).tolist()
+        nu2, kappa, cg_decrease = tl.read_floats(
+            [tl.dot(grad, minv_g), res.initial_curvature, decrease])
         alpha, cdecrease = _cauchy_step_length(nu2, kappa, float(radius))
         used = cdecrease > cg_decrease
         if used:
