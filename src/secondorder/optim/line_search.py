@@ -164,8 +164,8 @@ def _backtrack(
     _check_step(step)
     _check_positive_int("max_evals", max_evals)
     like = next((v for v in (loss0, reference, slope0) if isinstance(v, Tensor)), None)
-    if start_values is not None:  # the caller read phi(0) and phi'(0): no read here
-        # (reference is loss0 itself: backtracking's call)
+    if start_values is not None and reference is loss0:  # backtracking's call, with phi(0)
+        # and phi'(0) read by the caller: nothing to read here
         f0, slope = float(start_values[0]), float(start_values[1])
         return _backtrack_from(phi, f0, f0, slope, _as_loss(loss0, like), step=step, c1=c1,
                                shrink=shrink, max_evals=max_evals, need_grad=need_grad,
