@@ -380,3 +380,30 @@ def test_a_landing_point_with_a_nan_gradient_is_undone_inside_the_step():
     st = opt.state["global"]
     assert torch.equal(x.detach(), torch.tensor([1.5, -1.0], dtype=torch.float64))
     assert st["step_scale"] == 0.5 and len(st["lbfgs_s"]) == 0
+
+
+@pytest.mark.parametrize("line_search", ["strong_wolfe", "armijo"])
+def test_full_batch_start_floats_are_those_of_the_cached_evaluation(line_search):
+    # a full-batch step leaves float(loss) and max |g| of the evaluation the next step
+    # starts from (no read there); after a landing with a NaN gradient is undone they must be
+    # the start's again, not the landing's
+    x = torch.tensor([1.5, -1.0], dtype=torch.float64, requires_grad=True)
+
+    def closure():
+        return (_NaNGradientNearZero.apply(x) ** 2).sum()
+
+    opt = LBFGS([x], lr=10.0, line_search=line_search, full_batch=True, max_iter=3)
+    st = opt.state["global"]
+    seen_rollback = False
+    for _ in range(6):
+        before = st.get("step_scale", 1.0)
+        opt.step(closure)
+        seen_rollback |= st["step_scale"] < before
+        if "cache_floats" in st:
+            loss, g, _ = st["cache"]
+            assert st["cache_floats"][0] is loss
+            assert st["cache_floats"][1] == float(loss)
+            assert st["cache_floats"][2] == float(g[0].abs().max())
+    # Armijo accepts the NaN-gradient landing on its loss, and the step undoes it; the strong
+    # Wolfe search treats the NaN slope as an infinite loss and never lands there
+    assert seen_rollback == (line_search == "armijo")

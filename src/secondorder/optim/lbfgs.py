@@ -182,6 +182,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             self.reset_memory()
             st["step_scale"] *= 0.5
 
+        known = st.pop("cache_floats", None)  # (loss, float(loss), max |g|) with the cache
         orig_loss, loss, g = finite_start(self, closure, st, full_batch, rollback)
         if g is None:
             return orig_loss
@@ -193,8 +194,12 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         lr = scale.lr
         tol_change = grp["tolerance_change"]
         at_current = True  # (loss, g) are at the current parameters
-        gmax: float | None = None  # max |g|, when read together with the previous checks
-        loss_f: float | None = None  # float(loss), once read
+        # max |g| and float(loss) once read: with the landing checks, or by the previous
+        # step when its cached evaluation is the start of this one
+        gmax: float | None = None
+        loss_f: float | None = None
+        if known is not None and known[0] is loss:
+            loss_f, gmax = known[1], known[2]
         for it in range(grp["max_iter"]):
             if lr == 0 or (max_abs(g) if gmax is None else gmax) <= grp["tolerance_grad"]:
                 break
@@ -266,6 +271,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             if not (math.isfinite(new_f) and math.isfinite(gmax)):
                 self.set_params(x0)
                 rollback()
+                gmax = None  # (the landing's: (loss, g) are the start's again)
                 break
             st["step_scale"] = 1.0
             if y is not None:
@@ -278,6 +284,8 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 break
         if full_batch and at_current:
             st["cache"] = (loss, g, versions(self.params()))
+            if loss_f is not None and gmax is not None:
+                st["cache_floats"] = (loss, loss_f, gmax)
         return orig_loss
 
     def reset_memory(self) -> None:
@@ -287,6 +295,7 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         st["fresh"] = True
         st.pop("pending", None)
         st.pop("cache", None)
+        st.pop("cache_floats", None)
 
 
 def _max_abs_tensor(v: Sequence[Tensor]) -> Tensor:
