@@ -120,7 +120,8 @@ class HessianOperator(CurvatureOperator):
 
     def _init(self, xs, loss, grads) -> None:
         CurvatureOperator.__init__(self, xs)
-        self.loss = None if loss is None else loss.detach()
+        # (detached already when an optimizer's evaluation passes it: no second call)
+        self.loss = loss.detach() if loss is not None and loss.requires_grad else loss
         self._grads = grads
         self.gradient = tuple(
             torch.zeros_like(x) if g is None else g.detach() for x, g in zip(xs, grads, strict=True)

@@ -512,6 +512,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         c.gradients += 1
         c.gradient_samples += samples
         hessian = None
+        loss = loss.detach()  # (once: the operator, the watch and the result share it)
         if create_graph:
             hessian = HessianOperator.from_gradient(params, grads, loss)
             hessian.on_product = lambda: self.count_hvps(1, samples)
@@ -521,7 +522,7 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
             )
         self.watch_start(loss, gs, hessian)
-        return Evaluation(loss.detach(), gs, samples, hessian)
+        return Evaluation(loss, gs, samples, hessian)
 
     def call_closure(
         self, closure: Closure, *, need_grad: bool = True
