@@ -186,10 +186,12 @@ def all_finite(a: Sequence[Tensor]) -> Tensor:
 
 
 def read_floats(values: Sequence[Tensor]) -> list[float]:
-    """The values of one-element tensors (on one device) as Python floats, in one host read.
+    """The values of one-element floating-point tensors (on one device) as Python floats,
+    in one host read.
 
-    They are stacked in their common dtype (an upcast, which is exact), so each float is
-    what ``float()`` of that tensor alone gives. The conversions that would be no-ops (a
+    They are stacked in their common dtype (an upcast between floating dtypes, which is
+    exact), so each float is what ``float()`` of that tensor alone gives. (An integer mixed
+    with a narrow float would be rounded by the promotion: callers pass floats.) The conversions that would be no-ops (a
     reshape of a 0-dim tensor, a cast to its own dtype) are skipped: on a model of a few
     parameters each still costs a dispatch, and optimizers read such values every step.
     """

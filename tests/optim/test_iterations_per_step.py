@@ -48,9 +48,6 @@ def test_many_iterations_in_one_step_are_the_one_iteration_steps(name, make_prob
                                                                  full_batch):
     # the iterates of max_iter=25 (and of 7, which splits the run over several steps) are
     # those of 25 one-iteration steps bit for bit, and the optimizer state ends the same
-    if name == "lbfgs" and not full_batch:
-        pytest.skip("LBFGS without full_batch evaluates its start anew at every step "
-                    "(torch.optim.LBFGS's loop); the iterates then agree to rounding only")
     problem = make_problem()
     make = MAKERS[name]
     one, opt1 = _path(make, problem, full_batch, 1, 25)
@@ -114,29 +111,155 @@ def _nan_gradient_below(c: float):
     return loss
 
 
+def _one_iteration_steps(make, loss, x0, steps, **kw):
+    """Run ``steps`` one-iteration steps; return the iterates and the step that raised
+    (``None``), as a plain training loop would see them."""
+    x = x0.clone().requires_grad_(True)
+    opt = make([x], full_batch=True, **kw)
+    path = []
+    for k in range(steps):
+        try:
+            opt.step(lambda: loss(x))
+        except NonFiniteLossError:
+            return path, k, x.detach().clone()
+        path.append(x.detach().clone())
+    return path, None, x.detach().clone()
+
+
 @pytest.mark.parametrize("name", ["lbfgs", "newton_cg", "trust_region"])
-def test_a_later_iteration_at_a_non_finite_start_ends_the_step_and_the_next_step_raises(name):
-    # one iteration lands where the loss is finite but the gradient is NaN: a step of many
-    # iterations stops there without raising, as the one-iteration step that landed there
-    # did; the next step then raises and leaves everything as it was
+def test_a_later_iteration_at_a_non_finite_start_raises_and_undoes_only_itself(name):
+    # iteration 1 lands where the loss is finite but the gradient is NaN: iteration 2 starts
+    # there and raises, as the second one-iteration step does; iteration 1 stands (the
+    # callback saw it), and the optimizer state is that after it
     loss = _nan_gradient_below(1.5)
-    x = torch.tensor([2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    x0 = torch.tensor([2.0, 3.0], dtype=torch.float64)
     kw = {"radius": 10.0} if name == "trust_region" else {}
+    path, raised_at, x_end = _one_iteration_steps(MAKERS[name], loss, x0, 10, **kw)
+    x = x0.clone().requires_grad_(True)
     opt = MAKERS[name]([x], full_batch=True, max_iter=10, **kw)
-    calls = []
-    opt.step(lambda: loss(x), callback=lambda: calls.append(1))
+    seen = []
     if name == "lbfgs":
-        # L-BFGS checks every landing's gradient and goes back to its last finite iterate
-        assert torch.isfinite(torch.autograd.functional.jacobian(loss, x.detach())).all()
+        # L-BFGS checks every landing's gradient and goes back inside the iteration: no raise
+        assert raised_at is None
+        opt.step(lambda: loss(x), callback=lambda: seen.append(x.detach().clone()))
+        assert torch.equal(x.detach(), x_end)
         return
-    assert len(calls) == 1
-    assert float(x.detach()[0]) < 1.5  # at the point with the NaN gradient
-    at = x.detach().clone()
-    state = {k: v for k, v in opt.state["global"].items()}
+    assert raised_at == 1 and len(path) == 1
     with pytest.raises(NonFiniteLossError):
+        opt.step(lambda: loss(x), callback=lambda: seen.append(x.detach().clone()))
+    assert len(seen) == 1 and torch.equal(seen[0], path[0])
+    assert torch.equal(x.detach(), path[0])  # iteration 1 stands
+    state = dict(opt.state["global"])
+    with pytest.raises(NonFiniteLossError):  # and the next step raises as well
         opt.step(lambda: loss(x))
-    assert torch.equal(x.detach(), at)
+    assert torch.equal(x.detach(), path[0])
     assert opt.state["global"] == state
+
+
+class _NaNCurvatureBelow(torch.autograd.Function):
+    """``0``, with gradient 0 everywhere, whose gradient's derivative (the Hessian products)
+    is NaN where ``x[0] < c``: a finite loss and gradient with NaN curvature."""
+
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.save_for_backward(x)
+        ctx.c = c
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * _NaNBelow.apply(x, ctx.c), None
+
+
+class _NaNBelow(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.save_for_backward(x)
+        ctx.c = c
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.where(x[0] < ctx.c, float("nan"), 0.0), None
+
+
+@pytest.mark.parametrize("name", ["newton_cg", "trust_region"])
+def test_nan_curvature_at_a_later_iteration_raises_as_its_own_step_would(name):
+    # the Hessian products at a later iteration's start are watched as at a step's start
+    def loss(x):
+        return ((x - 1.0) ** 4).sum() + _NaNCurvatureBelow.apply(x, 1.5)
+
+    x0 = torch.tensor([3.0, 3.0], dtype=torch.float64)
+    kw = {"radius": 10.0} if name == "trust_region" else {}
+    path, raised_at, _ = _one_iteration_steps(MAKERS[name], loss, x0, 30, **kw)
+    assert raised_at is not None and raised_at >= 2  # the loop meets it at a later step
+    x = x0.clone().requires_grad_(True)
+    opt = MAKERS[name]([x], full_batch=True, max_iter=30, **kw)
+    seen = []
+    with pytest.raises(NonFiniteLossError):
+        opt.step(lambda: loss(x), callback=lambda: seen.append(x.detach().clone()))
+    assert len(seen) == raised_at
+    assert all(torch.equal(a, b) for a, b in zip(seen, path, strict=True))
+    assert torch.equal(x.detach(), path[-1])
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "newton_cg", "trust_region"])
+def test_an_exception_in_the_callback_keeps_every_finished_iteration(name):
+    # Ctrl-C in a long solve: the iterations done stand, as after a loop of steps
+    problem = rosenbrock()
+    x = problem.param()
+    opt = MAKERS[name]([x], full_batch=True, max_iter=100)
+    seen = []
+
+    def callback():
+        seen.append(x.detach().clone())
+        if len(seen) == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        opt.step(lambda: problem.loss(x), callback=callback)
+    assert torch.equal(x.detach(), seen[-1])
+    ref, _, _ = _one_iteration_steps(MAKERS[name], problem.loss, problem.x0, 5)
+    assert all(torch.equal(a, b) for a, b in zip(seen, ref, strict=True))
+
+
+def test_lbfgs_callback_that_writes_the_parameters_is_not_given_a_stale_gradient():
+    # a callback that projects the iterate: the next iteration (and step) evaluates anew
+    problem = rosenbrock()
+    x = problem.param()
+    opt = LBFGS([x], full_batch=True, max_iter=20)
+    calls = [0]
+
+    def project():
+        calls[0] += 1
+        with torch.no_grad():
+            x.clamp_(min=-1.0, max=0.5)
+
+    opt.step(lambda: problem.loss(x), callback=project)
+    assert calls[0] == 1  # the write ends the step
+    projected = float(problem.loss(x.detach()))
+    start_loss = opt.step(lambda: problem.loss(x), callback=project)
+    # the step starts from the loss at the projected point, not the one cached before
+    assert float(start_loss) == projected
+
+
+@pytest.mark.parametrize("cls", [NewtonCG, TrustRegion])
+def test_a_state_dict_without_max_iter_keeps_the_constructors(cls):
+    x = torch.tensor([3.0, -2.0], dtype=torch.float64, requires_grad=True)
+    old = cls([x]).state_dict()
+    for group in old["param_groups"]:
+        del group["max_iter"]  # saved before max_iter existed
+    opt = cls([x], max_iter=4)
+    opt.load_state_dict(old)
+    calls = []
+    opt.step(lambda: ((x - 1) ** 4).sum(), callback=lambda: calls.append(1))
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("name", ["lbfgs", "newton_cg", "trust_region"])

@@ -342,3 +342,51 @@ def test_the_watch_keeps_no_graph_alive():
     tr.watch([g])
     assert all(f.grad_fn is None and not f.requires_grad for f in tr._flags)
     assert tr.start_was_finite()
+
+
+class NestedAppender(SecondOrderOptimizer):
+    """Declares ``state_containers_replaced`` but appends to a nested list (broken promise),
+    or, with ``replace``, keeps it by assigning a new list (kept promise)."""
+
+    state_mutated_in_place = frozenset[str]()
+    state_containers_replaced = True
+
+    def __init__(self, params, replace=False):
+        super().__init__(params, {})
+        self.replace = replace
+        self.fail = False
+
+    def step(self, closure):  # type: ignore[override]
+        self.evaluate(closure)
+        st = self.state["global"]
+        history = st.setdefault("history", [])
+        if self.replace:
+            st["history"] = [*history, len(history)]
+        else:
+            history.append(len(history))
+        st["count"] = st.get("count", 0) + 1
+        if self.fail:
+            raise RuntimeError("fails after changing the state")
+
+
+def test_a_broken_state_containers_replaced_promise_is_named_by_the_check():
+    assert StepTransaction.check_in_place  # tests/optim/conftest.py
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = NestedAppender([w])
+    opt.step(lambda: loss_of(w))  # creates the list: nothing nested to check yet
+    with pytest.raises(AssertionError, match="NestedAppender.step changed a list.*'history'"):
+        opt.step(lambda: loss_of(w))
+
+
+def test_a_kept_state_containers_replaced_promise_undoes_a_failed_step():
+    # the snapshot is a shallow copy of each per-key dict: enough when nested containers
+    # are replaced, not changed
+    w = torch.zeros(5, dtype=DT, requires_grad=True)
+    opt = NestedAppender([w], replace=True)
+    for _ in range(3):
+        opt.step(lambda: loss_of(w))
+    before = dict(opt.state["global"])
+    opt.fail = True
+    with pytest.raises(RuntimeError, match="fails after changing"):
+        opt.step(lambda: loss_of(w))
+    assert opt.state["global"] == before and opt.state["global"]["history"] == [0, 1, 2]

@@ -39,14 +39,22 @@ steps replace their state tensors instead of writing into them), and one host sy
 :class:`~secondorder.optim.NewtonCG` and :class:`~secondorder.optim.TrustRegion` take
 ``max_iter`` (default 1) and run up to that many iterations in one ``step``, reusing the
 closure (``torch.optim.LBFGS``'s convention); ``step(closure, callback=f)`` calls ``f()``
-after each iteration, and ``f`` returning ``True`` ends the step there (for a full-batch
-solve to stop at a target, as ``scipy.optimize.minimize``'s and pytorch-minimize's
-callbacks do). The iterates are those of as many one-iteration steps; the step is one
-transaction (the start check and the undo are the step's, paid once), and an iteration
-after the first that would start from a non-finite point ends the step there instead, so
-the next step raises as a separate step would have. On small full-batch problems this saves
-the per-step cost (the transaction, the step hooks, the group checks): about 50
-microseconds per iteration on CPU (``benchmarks/full_batch_solvers.py``).
+after each iteration that moved the parameters (TrustRegion: each iteration, a rejected
+trial included), and ``f`` returning ``True`` ends the step there (for a full-batch solve
+to stop at a target, as ``scipy.optimize.minimize``'s and pytorch-minimize's callbacks do).
+The step then behaves as that many one-iteration steps: the same iterates, and each
+iteration is a transaction of its own (:meth:`SecondOrderOptimizer.commit_iteration`). An
+iteration whose start is not finite (its loss, gradient or a Hessian-vector product there)
+raises :class:`~secondorder.errors.NonFiniteLossError` and is undone alone; the iterations
+before it stand, and so does every iteration the callback has seen, if the callback raises
+(Ctrl-C in a long solve keeps the progress). The callback runs after the iteration's check:
+it never sees an iterate that is then undone. A callback may write the parameters (in
+place, so that their versions change, e.g. a projection under ``torch.no_grad()``): NewtonCG
+and TrustRegion then evaluate anew at the next iteration, and LBFGS ends the step (the next
+step evaluates anew). Under ``torch.distributed`` the callback must return the same answer
+on every rank. What this saves is the per-step cost, the step hooks and the
+group checks: 20-50 microseconds per iteration on a CPU problem of a few parameters
+(``benchmarks/full_batch_solvers.py``).
 
 **Low precision.** With float16 or bfloat16 parameters the closure, the gradient and the
 Hessian-vector products run in the parameters' dtype. The methods that accumulate small
@@ -223,6 +231,14 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     #: keeps the others by reference (:class:`StepTransaction`). ``None``, the default for
     #: a subclass that does not say, clones every tensor of the state at every step.
     state_mutated_in_place: frozenset[str] | None = None
+    #: ``True`` when ``step`` changes ``self.state`` only by assigning to (or removing)
+    #: entries of its per-key dicts (``state["global"]``, a parameter's dict), never by
+    #: changing a list or dict nested in them (it replaces those instead), and writes into
+    #: no state tensor (``state_mutated_in_place`` empty). The step transaction's snapshot
+    #: is then a shallow copy of each per-key dict: one dict copy per step (or per
+    #: iteration), however long the state. Under ``StepTransaction.check_in_place`` (on in
+    #: the test suite) a step that breaks the promise raises ``AssertionError``.
+    state_containers_replaced: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -277,6 +293,20 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
                 return out
 
             hessian._matvec = watched_product  # type: ignore[method-assign]
+
+    def commit_iteration(self) -> None:
+        """End an iteration of a step that runs several (``max_iter``, "iterations per step"
+        in the module docstring), as a step of its own would end.
+
+        Raises :class:`~secondorder.errors.NonFiniteLossError`, undoing this iteration only,
+        when its start was not finite; otherwise the iteration stands, and what follows (a
+        callback, the next iteration) runs in a new transaction: a non-finite start or an
+        exception there undoes nothing before it. Call it before a callback sees the
+        iterate. Outside a step it does nothing.
+        """
+        if self._transaction is not None:
+            self._transaction.check_start(self)
+            self._transaction = StepTransaction(self)
 
     def restart_step(self) -> None:
         """The step goes on from the current parameters as if it had just started there.

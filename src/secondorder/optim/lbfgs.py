@@ -150,9 +150,10 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
         st.setdefault("n_iter", 0)
         return st
 
-    #: steps replace their state tensors, never write into them (the step transaction
-    #: of :mod:`secondorder.optim.base` then copies none of them)
+    #: steps replace their state tensors and containers, never write into them (the step
+    #: transaction of :mod:`secondorder.optim.base` then copies one dict)
     state_mutated_in_place = frozenset[str]()
+    state_containers_replaced = True
 
     # ------------------------------------------------------------------ step
     def step(self, closure: Closure, overlap_closure: Closure | None = None, *,  # type: ignore[override]
@@ -261,7 +262,8 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 st["fresh"] = False
                 st["x_good"] = x0  # unchecked landing point: the next start may reject it
                 at_current = False
-                if callback is not None:
+                if t != 0 and callback is not None:
+                    self.commit_iteration()  # (module doc of optim.base)
                     callback()
                 break
             # one read for the landing checks and the next iteration's max |g|: the values
@@ -278,8 +280,16 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 mem.update(s, y)
             st["fresh"] = False
             loss, g, loss_f = new_loss, new_g, new_f
-            if callback is not None and callback():
-                break
+            if callback is not None or it + 1 < grp["max_iter"]:
+                self.commit_iteration()  # the iteration stands (module doc of optim.base)
+            if callback is not None and t != 0:
+                before = versions(self.params())
+                stop = callback()
+                if versions(self.params()) != before:  # the callback moved the parameters:
+                    at_current = False  # (loss, g) are not theirs; the next step evaluates
+                    break
+                if stop:
+                    break
             if smax <= tol_change or abs(change) < tol_change:
                 break
         if full_batch and at_current:

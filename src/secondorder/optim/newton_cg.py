@@ -195,9 +195,10 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         c.gradient_samples += n + k
         return loss.detach(), g, hess
 
-    #: steps replace their state tensors, never write into them (the step transaction
-    #: of :mod:`secondorder.optim.base` then copies none of them)
+    #: steps replace their state tensors and containers, never write into them (the step
+    #: transaction of :mod:`secondorder.optim.base` then copies one dict)
     state_mutated_in_place = frozenset[str]()
+    state_containers_replaced = True
 
     # ------------------------------------------------------------------ step
     def step(self, closure: Closure, hessian_closure: Closure | None = None, *,  # type: ignore[override]
@@ -209,7 +210,8 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
                 calling backward.
             hessian_closure: optional closure over a sub-batch whose Hessian is used.
             callback: called with no arguments after each iteration that moved the
-                parameters; returning ``True`` ends the step there.
+                parameters (and whose start was finite); returning ``True`` ends the step
+                there.
 
         Returns:
             The loss at the start of the step.
@@ -220,21 +222,25 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         """
         grp = self.shared_hyperparameters()
         first_loss = None
-        for _ in range(grp.get("max_iter", 1)):
+        n = grp.get("max_iter", self.defaults.get("max_iter", 1))
+        for it in range(n):
             loss, moved = self._iteration(closure, hessian_closure, grp)
             if first_loss is None:
                 first_loss = loss
-            if not moved or (callback is not None and callback()):
+            if not moved:
+                break
+            if callback is not None or it + 1 < n:  # (the last one: the step's own check)
+                self.commit_iteration()
+            if callback is not None and callback():
                 break
         return first_loss
 
     def _iteration(self, closure: Closure, hessian_closure: Closure | None,
                    grp: dict[str, Any]) -> tuple[Tensor, bool]:
         """One truncated Newton iteration: the loss at its start, and whether it moved the
-        parameters to a point the next iteration may start from (``False`` at a non-finite
-        start, which the first iteration's transaction then raises on and a later one
-        leaves for the next step, at a gradient below ``tolerance_grad``, and when the line
-        search landed on a non-finite loss and went back)."""
+        parameters (``False`` at a non-finite start, on which the iteration's transaction
+        then raises, at a gradient below ``tolerance_grad``, and when the line search found
+        no step or landed on a non-finite loss and went back)."""
         st = self.state["global"]
         frac = grp["hessian_fraction"]
         keep = (grp.get("full_batch", False) and hessian_closure is None and frac is None
@@ -294,12 +300,12 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         st.update(gnorm=gnorm, eta=eta, cg_iterations=res.iterations, cg_status=res.status)
         x0 = self.params_at_start()
         phi = LineObjective(self, closure, x0, p, keep_graph=keep)
-        _, new_loss, _ = search(
+        t, new_loss, _ = search(
             phi, grp["line_search"], loss, g, gtd, step=scale.lr, c1=grp["c1"], c2=grp["c2"],
             max_evals=grp["max_ls_evals"], start_values=start_values,
         )  # fmt: skip
         kept = phi.take_kept() if keep else None
-        moved = True
+        moved = t != 0
         if new_loss is None:  # fixed step: the next iteration checks the landing point
             st["x_good"] = x0
         elif not bool(torch.isfinite(new_loss)):

@@ -80,6 +80,29 @@ _SUBTRACTABLE = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.f
                            torch.complex64, torch.complex128})
 
 
+def _nested_containers(state: list[tuple[Any, Any]]) -> Iterable[tuple[str, Any, list]]:
+    """``(key, container, its items)`` for every list and dict nested below the state's
+    per-key values (those are copied by the snapshot; what is below them is promised not to
+    change by ``state_containers_replaced``)."""
+    for k, v in state:
+        yield from _containers_below(v, k if isinstance(k, str) else "", top=True)
+
+
+def _containers_below(obj: Any, key: str, top: bool) -> Iterable[tuple[str, Any, list]]:
+    if type(obj) is dict:
+        if not top:
+            yield key, obj, list(obj.items())
+        for k, v in obj.items():
+            if isinstance(v, (list, tuple, dict)):
+                yield from _containers_below(v, k if isinstance(k, str) else key, False)
+    elif isinstance(obj, (list, tuple)):
+        if type(obj) is list and not top:
+            yield key, obj, list(obj)
+        for v in obj:
+            if isinstance(v, (list, tuple, dict)):
+                yield from _containers_below(v, key, False)
+
+
 class _Unhandled(Exception):
     """Raised by :func:`_copy_keeping_tensors` on a type it does not copy itself."""
 
@@ -179,9 +202,24 @@ class StepTransaction:
         self._copy_of = {
             id(p): (p, p._version, c) for p, c in zip(params, self._params, strict=True)
         }
-        memo: dict[int, Any] = {id(p): p for p in params}  # the state's keys are not copied
         state = [(k, v) for k, v in optimizer.state.items() if k != "counters"]
-        in_place = type(optimizer).state_mutated_in_place
+        cls = type(optimizer)
+        in_place = cls.state_mutated_in_place
+        self._containers: list[tuple[str, Any, list[Any]]] = []
+        if cls.state_containers_replaced and in_place is not None and not in_place:
+            # the step writes only into the per-key dicts: a shallow copy of each is the
+            # snapshot (with check_in_place, tests also verify that promise)
+            self._state = [(k, dict(v) if type(v) is dict else v) for k, v in state]
+            self._kept: list[tuple[str, Tensor, int]] = []
+            if self.check_in_place:
+                _copy_keeping_tensors(state, "", {id(p): p for p in params}, self._kept, True)
+                self._containers = list(_nested_containers(state))
+            extra = optimizer.extra_state()
+            self._extra = None if extra is None else copy.deepcopy(extra)
+            self._flags: list[Tensor] = []
+            self.at_start = True
+            return
+        memo: dict[int, Any] = {id(p): p for p in params}  # the state's keys are not copied
         kept: list[tuple[str, Tensor, int]] = []
         copied = None
         if in_place is not None and not in_place:  # no tensor to clone: one pass, no deepcopy
@@ -196,7 +234,7 @@ class StepTransaction:
         self._state = copied
         extra = optimizer.extra_state()
         self._extra = None if extra is None else copy.deepcopy(extra)
-        self._flags: list[Tensor] = []
+        self._flags = []
         self.at_start = True
 
     def _copy_state(self, state: list[tuple[Any, Any]], memo: dict[int, Any],
@@ -249,7 +287,8 @@ class StepTransaction:
         return tuple(out)
 
     def check_kept_unchanged(self, optimizer: SecondOrderOptimizer) -> None:
-        """With :attr:`check_in_place`: raise when a tensor kept by reference was written."""
+        """With :attr:`check_in_place`: raise when a tensor kept by reference was written,
+        or (``state_containers_replaced``) a nested list or dict of the state was changed."""
         for key, t, version in self._kept:
             if t._version != version:
                 raise AssertionError(
@@ -257,6 +296,28 @@ class StepTransaction:
                     f"under {key!r}, which its state_mutated_in_place does not name: the "
                     "step transaction could not undo it"
                 )
+        for key, container, items in self._containers:
+            if type(container) is dict:
+                changed = len(container) != len(items) or any(
+                    k not in container or container[k] is not v for k, v in items)
+            else:
+                changed = len(container) != len(items) or any(
+                    a is not b for a, b in zip(container, items, strict=False))
+            if changed:
+                raise AssertionError(
+                    f"{type(optimizer).__name__}.step changed a {type(container).__name__} "
+                    f"nested in its state under {key!r} in place, but declares "
+                    "state_containers_replaced: the step transaction could not undo it"
+                )
+
+    def check_start(self, optimizer: SecondOrderOptimizer) -> None:
+        """Raise :class:`NonFiniteLossError` when something watched was not finite (one host
+        sync, none when nothing was watched); the flags are then cleared, so a second
+        check costs nothing."""
+        self.check_kept_unchanged(optimizer)
+        if not self.start_was_finite():
+            raise NonFiniteLossError(_non_finite_message(optimizer))
+        self._flags = []
 
     def watch(self, values: Iterable[Tensor | None]) -> None:
         """Record the finiteness of ``values`` for the start-point check (no host sync).
@@ -294,7 +355,9 @@ class StepTransaction:
         flags = self._flags
         if not flags:
             return True
-        return bool((flags[0] if len(flags) == 1 else torch.stack(flags).sum()) == 0)
+        if len(flags) == 1:
+            return flags[0].item() == 0
+        return all(v == 0 for v in torch.stack(flags).tolist())  # (no sum: two calls)
 
     def rollback(self, optimizer: SecondOrderOptimizer) -> None:
         """Put the parameters, the state and :meth:`~SecondOrderOptimizer.extra_state` back,
@@ -373,18 +436,18 @@ def _hooked_transaction(step: Callable[..., Any], self: SecondOrderOptimizer,
 def _transaction_step(step: Callable[..., Any], self: SecondOrderOptimizer,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``step(self, *args, **kwargs)`` as a :class:`StepTransaction`."""
-    self._transaction = transaction = StepTransaction(self)
+    self._transaction = StepTransaction(self)
     try:
         out = step(self, *args, **kwargs)
-        transaction.check_kept_unchanged(self)
-        if not transaction.start_was_finite():
-            raise NonFiniteLossError(_non_finite_message(self))
+        self._transaction.check_start(self)
         return out
     except NonFiniteLossError:
+        transaction = self._transaction  # the current iteration's (commit_iteration)
         transaction.check_kept_unchanged(self)
         transaction.rollback(self)
         raise
     except BaseException as exc:
+        transaction = self._transaction
         transaction.rollback(self)
         if isinstance(exc, Exception) and not transaction.start_was_finite():
             # e.g. an eigensolver failing on NaN curvature: name the cause

@@ -29,7 +29,6 @@ from torch import Tensor
 
 from secondorder import tensorlist as tl
 from secondorder.curvature.lanczos import lanczos
-from secondorder.errors import NonFiniteLossError
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure
 from secondorder.optim.curvature_source import CurvatureClosure, local_model
@@ -399,6 +398,10 @@ class TrustRegion(AdaptiveNormOptimizer):
         )
         super().__init__(params, defaults)
 
+    #: steps replace their state containers (the norm's state dict, the radius...), never
+    #: change them in place: the step transaction copies one dict
+    state_containers_replaced = True
+
     HYPERPARAMETERS = {
         **AdaptiveNormOptimizer.HYPERPARAMETERS,
         "radius": hyper.positive,
@@ -434,16 +437,16 @@ class TrustRegion(AdaptiveNormOptimizer):
         """
         hp = self.shared_hyperparameters()
         first_loss = None
-        for it in range(hp.get("max_iter", 1)):
-            try:
-                loss, go_on = self._iteration(closure, hp, hessian_closure, ggn_closure)
-            except NonFiniteLossError:
-                if it == 0:
-                    raise
-                break  # the iterate this iteration reached is not finite: the next step raises
+        n = hp.get("max_iter", self.defaults.get("max_iter", 1))
+        for it in range(n):
+            loss, go_on = self._iteration(closure, hp, hessian_closure, ggn_closure)
             if first_loss is None:
                 first_loss = loss
-            if not go_on or (callback is not None and callback()):
+            if not go_on:
+                break
+            if callback is not None or it + 1 < n:  # (the last one: the step's own check)
+                self.commit_iteration()
+            if callback is not None and callback():
                 break
         return first_loss
 
