@@ -191,9 +191,10 @@ def read_floats(values: Sequence[Tensor]) -> list[float]:
 
     They are stacked in their common dtype (an upcast between floating dtypes, which is
     exact), so each float is what ``float()`` of that tensor alone gives. (An integer mixed
-    with a narrow float would be rounded by the promotion: callers pass floats.) The conversions that would be no-ops (a
-    reshape of a 0-dim tensor, a cast to its own dtype) are skipped: on a model of a few
-    parameters each still costs a dispatch, and optimizers read such values every step.
+    with a narrow float would be rounded by the promotion: callers pass floats.) The
+    conversions that would be no-ops (a reshape of a 0-dim tensor, a cast to its own dtype)
+    are skipped: on a model of a few parameters each still costs a dispatch, and optimizers
+    read such values every step.
     """
     vals = [v if v.dim() == 0 else v.reshape(()) for v in values]
     dt = vals[0].dtype
