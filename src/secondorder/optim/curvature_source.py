@@ -164,9 +164,12 @@ def local_model(
         start: an :class:`~secondorder.optim.base.Evaluation` with a Hessian made at the
             current parameters before this step (a trust-region step's accepted trial,
             full-batch mode), used instead of a new evaluation of ``closure`` with
-            ``curvature="hessian"`` and no ``hessian_closure`` (and checked as the step's
-            start: :meth:`~secondorder.optim.base.SecondOrderOptimizer.watch_start`);
-            otherwise its graph is freed.
+            ``curvature="hessian"`` and no ``hessian_closure`` (its Hessian products are
+            watched as the step's start's,
+            :meth:`~secondorder.optim.base.SecondOrderOptimizer.watch_start`; the caller
+            checks its loss and gradient, as the trust region's
+            :func:`~secondorder.optim.model_step.check_finite_start` does); otherwise its
+            graph is freed.
 
     Returns:
         A :class:`LocalModel`; use it in a ``with`` block or call its ``free()`` when done.
@@ -184,7 +187,9 @@ def local_model(
         start = None
     if start is not None:
         ev = start
-        optimizer.watch_start(ev.loss, ev.grads, ev.hessian)
+        # its products are watched as the start's; its loss and gradient are read and
+        # checked by the caller right after (model_step.check_finite_start)
+        optimizer.watch_start(None, (), ev.hessian)
         op = ev.hessian
     elif curvature == "hessian" and hessian_closure is None:
         ev = optimizer.evaluate(closure, create_graph=True)

@@ -42,6 +42,7 @@ from torch import Tensor
 from secondorder import tensorlist as tl
 from secondorder.curvature.attention import double_differentiable_attention
 from secondorder.curvature.operators import HessianOperator
+from secondorder.errors import NonFiniteLossError
 from secondorder.optim import direction_groups as ds
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim import krylov
@@ -253,7 +254,7 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             start = None
         if start is not None:  # the previous step's accepted trial: the parameters are there
             loss, g, hess = start.loss, start.grads, start.hessian
-            self.watch_start(loss, g, hess)
+            self.watch_start(None, (), hess)  # (loss and gradient: read and checked below)
         else:
             loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
         if x_good is not None and not is_finite(loss, g):  # reject that step, start from x_good
@@ -272,8 +273,11 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             if len(g) > 1:
                 gmax_t = torch.stack([gmax_t, *(x.abs().max() for x in g[1:])]).max()
             loss_f, gmax, gnorm = tl.read_floats([loss, gmax_t, tl.norm(g)])
-            if not (math.isfinite(loss_f) and math.isfinite(gmax)):
-                return loss, False  # the step raises NonFiniteLossError and is undone
+            if not (math.isfinite(loss_f) and math.isfinite(gmax)):  # undone (optim.base)
+                raise NonFiniteLossError(
+                    f"NewtonCG: the loss ({loss_f}) or the gradient (max |g| = {gmax}) at the "
+                    "current parameters is not finite; the step was undone (parameters and "
+                    "optimizer state are as before it)")
             if scale.lr == 0 or gmax <= grp["tolerance_grad"]:
                 return loss, False
             if grp["forcing"] == "eisenstat_walker":
