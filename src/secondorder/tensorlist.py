@@ -198,8 +198,10 @@ def read_floats(values: Sequence[Tensor]) -> list[float]:
     """
     vals = [v if v.dim() == 0 else v.reshape(()) for v in values]
     dt = vals[0].dtype
-    if any(v.dtype is not dt for v in vals):
-        for v in vals[1:]:
-            dt = torch.promote_types(dt, v.dtype)
-        vals = [v.to(dt) for v in vals]
+    for v in vals:  # (a loop, not any(...): no generator frame per value)
+        if v.dtype is not dt:
+            for w in vals[1:]:
+                dt = torch.promote_types(dt, w.dtype)
+            vals = [w.to(dt) for w in vals]
+            break
     return torch.stack(vals).tolist()

@@ -184,7 +184,11 @@ class StepTransaction:
     ``None``). The others are kept by reference: a step that replaces them (an L-BFGS pair
     is appended as a new tuple, a moment is overwritten by a new tensor) leaves the old
     tensor intact, so putting the old containers back restores the state bit for bit. An
-    L-BFGS step thus costs one copy of the parameters, not ``2 m + 2``.
+    L-BFGS step thus costs one copy of the parameters, not ``2 m + 2``. An optimizer that
+    declares :attr:`SecondOrderOptimizer.state_containers_replaced` (it never changes a
+    nested container either) gets only a shallow copy of each per-key dict: a few
+    microseconds, cheap enough for one transaction per iteration
+    (:meth:`SecondOrderOptimizer.commit_iteration`).
 
     Attributes:
         at_start: the parameters have not moved yet in this step.
