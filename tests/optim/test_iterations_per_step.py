@@ -278,3 +278,70 @@ def test_max_iter_must_be_a_positive_integer(cls, bad):
     x = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match="max_iter"):
         cls([x], max_iter=bad)
+
+
+@pytest.mark.parametrize("name", ["newton_cg", "trust_region"])
+def test_a_callbacks_write_stands_when_a_later_iteration_is_undone(name):
+    # the callback projects the iterate; the next iteration starts at a NaN gradient and is
+    # undone: the projection stays, as after a training loop that projected between steps
+    loss = _nan_gradient_below(0.0)
+    x = torch.tensor([3.0, 3.0], dtype=torch.float64, requires_grad=True)
+    kw = {"radius": 10.0} if name == "trust_region" else {}
+    opt = MAKERS[name]([x], full_batch=True, max_iter=5, **kw)
+
+    def project():
+        with torch.no_grad():
+            x[0] = -1.0  # where the gradient is NaN: the next iteration raises
+
+    with pytest.raises(NonFiniteLossError):
+        opt.step(lambda: loss(x), callback=project)
+    assert float(x.detach()[0]) == -1.0
+
+
+def test_a_user_norm_with_a_list_in_its_state_is_undone_with_the_step():
+    # TrustRegion cannot vouch for a user's norm: its state is copied as a whole again
+    from secondorder.optim.norms import DiagonalNorm
+
+    class Logged(DiagonalNorm):
+        def __init__(self):
+            super().__init__("rmsprop")
+            self.history = []
+
+        def update(self, grad):
+            super().update(grad)
+            self.history.append(len(self.history))
+
+        def state_dict(self):
+            return {**super().state_dict(), "history": self.history}
+
+        def load_state_dict(self, state):
+            super().load_state_dict(state)
+            self.history = state.get("history", [])
+
+    x = torch.tensor([3.0, -2.0], dtype=torch.float64, requires_grad=True)
+    opt = TrustRegion([x], norm=Logged())
+    assert not opt.state_containers_replaced
+    opt.step(lambda: ((x - 1) ** 2).sum())
+    calls = [0]
+
+    def failing():
+        calls[0] += 1
+        if calls[0] == 2:  # the trial evaluation, after the norm's update
+            raise RuntimeError("trial fails")
+        return ((x - 1) ** 2).sum()
+
+    with pytest.raises(RuntimeError, match="trial fails"):
+        opt.step(failing)
+    assert opt.state["global"]["norm"]["history"] == [0]
+
+
+def test_the_state_containers_promise_is_not_inherited():
+    class MyNewton(NewtonCG):
+        pass
+
+    class MyPromisingNewton(NewtonCG):
+        state_containers_replaced = True
+
+    assert NewtonCG.state_containers_replaced
+    assert not MyNewton.state_containers_replaced
+    assert MyPromisingNewton.state_containers_replaced

@@ -26,7 +26,8 @@ Hessian-vector product of an operator built there, is NaN or infinite, or when t
 raises any exception, the parameters and ``self.state`` are put back exactly as they were
 before the step (the cost counters aside: they record the work done) and the step raises
 (:class:`~secondorder.errors.NonFiniteLossError` for a non-finite value). Catch it to skip
-a bad batch: the optimizer can go on as if that step had not been called. Points a step
+a bad batch: the optimizer can go on as if that step had not been called (in a step of
+several iterations, as if that iteration had not run: the ones before it stand). Points a step
 tries *beyond* its start (line-search or trust-region trials) may be non-finite: the
 algorithm rejects them, as documented by each optimizer. The start is every evaluation
 before the step first moves the parameters (:meth:`SecondOrderOptimizer.set_params`,
@@ -48,13 +49,16 @@ iteration whose start is not finite (its loss, gradient or a Hessian-vector prod
 raises :class:`~secondorder.errors.NonFiniteLossError` and is undone alone; the iterations
 before it stand, and so does every iteration the callback has seen, if the callback raises
 (Ctrl-C in a long solve keeps the progress). The callback runs after the iteration's check:
-it never sees an iterate that is then undone. A callback may write the parameters (in
-place, so that their versions change, e.g. a projection under ``torch.no_grad()``): NewtonCG
-and TrustRegion then evaluate anew at the next iteration, and LBFGS ends the step (the next
-step evaluates anew). Under ``torch.distributed`` the callback must return the same answer
-on every rank. What this saves is the per-step cost, the step hooks and the
-group checks: 20-50 microseconds per iteration on a CPU problem of a few parameters
-(``benchmarks/full_batch_solvers.py``).
+it never sees an iterate that is then undone (except the landing of a fixed step,
+``line_search=None``, which the next iteration checks as the next step would). A callback may
+write the parameters (in place, so that their versions change, e.g. a projection under
+``torch.no_grad()``); the write stands like an iteration: NewtonCG and TrustRegion evaluate
+anew at the next iteration, and LBFGS ends the step (the next step evaluates anew). It must
+not change the set of parameters (``requires_grad``, param groups); changes to the groups'
+hyperparameters (an LR scheduler's step) take effect at the next step. Under
+``torch.distributed`` the callback must return the same answer on every rank. What this
+saves is the per-step cost, the step hooks and the group checks: 20-50 microseconds per
+iteration on a CPU problem of a few parameters (``benchmarks/full_batch_solvers.py``).
 
 **Low precision.** With float16 or bfloat16 parameters the closure, the gradient and the
 Hessian-vector products run in the parameters' dtype. The methods that accumulate small
@@ -237,11 +241,15 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
     #: no state tensor (``state_mutated_in_place`` empty). The step transaction's snapshot
     #: is then a shallow copy of each per-key dict: one dict copy per step (or per
     #: iteration), however long the state. Under ``StepTransaction.check_in_place`` (on in
-    #: the test suite) a step that breaks the promise raises ``AssertionError``.
+    #: the test suite) a step that breaks the promise raises ``AssertionError``. A subclass
+    #: does not inherit it (each class makes the promise for its own step), and an instance
+    #: may withdraw it (``TrustRegion`` with a user's norm, whose state it cannot vouch for).
     state_containers_replaced: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "state_containers_replaced" not in cls.__dict__:  # a promise is not inherited:
+            cls.state_containers_replaced = False  # a subclass makes it for its own step
         step = cls.__dict__.get("step")
         if step is not None and not getattr(step, "transactional", False):
             cls.step = transactional(step)  # type: ignore[method-assign]
@@ -307,6 +315,22 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
         if self._transaction is not None:
             self._transaction.check_start(self)
             self._transaction = StepTransaction(self)
+
+    def call_iteration_callback(self, callback: Callable[[], Any]) -> tuple[bool, bool]:
+        """Call a step's ``callback`` after :meth:`commit_iteration`.
+
+        Returns:
+            ``(stop, wrote)``: whether it returned ``True``, and whether it wrote the
+            parameters (their in-place versions changed). A write stands like the iteration
+            before it: what follows runs in a new transaction, which an exception later in
+            the step does not undo past.
+        """
+        before = versions(self.params())
+        stop = bool(callback())
+        wrote = versions(self.params()) != before
+        if wrote:
+            self.commit_iteration()
+        return stop, wrote
 
     def restart_step(self) -> None:
         """The step goes on from the current parameters as if it had just started there.

@@ -264,7 +264,8 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                 at_current = False
                 if t != 0 and callback is not None:
                     self.commit_iteration()  # (module doc of optim.base)
-                    callback()
+                    if self.call_iteration_callback(callback)[1]:  # it wrote the parameters:
+                        st.pop("pending", None)  # a pair would straddle the write
                 break
             # one read for the landing checks and the next iteration's max |g|: the values
             # of is_finite(new_loss, new_g), max_abs(new_g), max_abs(s) and
@@ -283,10 +284,9 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
             if callback is not None or it + 1 < grp["max_iter"]:
                 self.commit_iteration()  # the iteration stands (module doc of optim.base)
             if callback is not None and t != 0:
-                before = versions(self.params())
-                stop = callback()
-                if versions(self.params()) != before:  # the callback moved the parameters:
-                    at_current = False  # (loss, g) are not theirs; the next step evaluates
+                stop, wrote = self.call_iteration_callback(callback)
+                if wrote:  # (loss, g) are not at the parameters: the next step evaluates
+                    at_current = False
                     break
                 if stop:
                     break

@@ -222,22 +222,23 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
                 losses.
         """
         grp = self.shared_hyperparameters()
+        scale = ds.GroupScale.of(self)  # (read once per step, as the other settings)
         first_loss = None
         n = grp.get("max_iter", self.defaults.get("max_iter", 1))
         for it in range(n):
-            loss, moved = self._iteration(closure, hessian_closure, grp)
+            loss, moved = self._iteration(closure, hessian_closure, grp, scale)
             if first_loss is None:
                 first_loss = loss
             if not moved:
                 break
             if callback is not None or it + 1 < n:  # (the last one: the step's own check)
                 self.commit_iteration()
-            if callback is not None and callback():
+            if callback is not None and self.call_iteration_callback(callback)[0]:
                 break
         return first_loss
 
     def _iteration(self, closure: Closure, hessian_closure: Closure | None,
-                   grp: dict[str, Any]) -> tuple[Tensor, bool]:
+                   grp: dict[str, Any], scale: ds.GroupScale) -> tuple[Tensor, bool]:
         """One truncated Newton iteration: the loss at its start, and whether it moved the
         parameters (``False`` at a non-finite start, on which the iteration's transaction
         then raises, at a gradient below ``tolerance_grad``, and when the line search found
@@ -264,7 +265,6 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             self.restart_step()
             self.reset_memory()
             loss, g, hess = self._evaluate_with_hessian(closure, hessian_closure, frac)
-        scale = ds.GroupScale.of(self)
         try:
             # the loss, max |g| and |g| in one read (the values of max_abs(g) and
             # float(tl.norm(g))); max |g| is finite exactly when every entry of g is
@@ -276,8 +276,9 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
             if not (math.isfinite(loss_f) and math.isfinite(gmax)):  # undone (optim.base)
                 raise NonFiniteLossError(
                     f"NewtonCG: the loss ({loss_f}) or the gradient (max |g| = {gmax}) at the "
-                    "current parameters is not finite; the step was undone (parameters and "
-                    "optimizer state are as before it)")
+                    "current parameters is not finite; the step (in a step of several "
+                    "iterations, this iteration) was undone: parameters and optimizer state are "
+                    "as before it")
             if scale.lr == 0 or gmax <= grp["tolerance_grad"]:
                 return loss, False
             if grp["forcing"] == "eisenstat_walker":

@@ -210,10 +210,11 @@ class StepTransaction:
         cls = type(optimizer)
         in_place = cls.state_mutated_in_place
         self._containers: list[tuple[str, Any, list[Any]]] = []
-        if cls.state_containers_replaced and in_place is not None and not in_place:
+        if optimizer.state_containers_replaced and in_place is not None and not in_place:
             # the step writes only into the per-key dicts: a shallow copy of each is the
             # snapshot (with check_in_place, tests also verify that promise)
-            self._state = [(k, dict(v) if type(v) is dict else v) for k, v in state]
+            self._state = [(k, dict(v) if type(v) is dict else list(v) if type(v) is list
+                            else v) for k, v in state]
             self._kept: list[tuple[str, Tensor, int]] = []
             if self.check_in_place:
                 _copy_keeping_tensors(state, "", {id(p): p for p in params}, self._kept, True)
@@ -464,6 +465,7 @@ def _transaction_step(step: Callable[..., Any], self: SecondOrderOptimizer,
 def _non_finite_message(optimizer: SecondOrderOptimizer) -> str:
     return (
         f"{type(optimizer).__name__}: the loss, the gradient or a Hessian-vector product at "
-        "the current parameters is NaN or infinite; the step was undone (parameters and "
-        "optimizer state are as before it)"
+        "the current parameters is NaN or infinite; the step (in a step of several "
+        "iterations, this iteration) was undone: parameters and optimizer state are as "
+        "before it"
     )

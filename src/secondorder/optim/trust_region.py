@@ -34,7 +34,7 @@ from secondorder.optim.base import Closure
 from secondorder.optim.curvature_source import CurvatureClosure, local_model
 from secondorder.optim.krylov import sqrt_gradient_forcing, steihaug_cg
 from secondorder.optim.model_step import AdaptiveNormOptimizer, try_step
-from secondorder.optim.norms import AdaptiveNorm
+from secondorder.optim.norms import AdaptiveNorm, DiagonalNorm, FullMatrixNorm, SphericalNorm
 from secondorder.tensorlist import TensorList
 
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -397,9 +397,14 @@ class TrustRegion(AdaptiveNormOptimizer):
             full_batch=full_batch, max_iter=max_iter,
         )
         super().__init__(params, defaults)
+        if type(self._norm) not in (SphericalNorm, DiagonalNorm, FullMatrixNorm):
+            # a user's norm may change its state dict's containers in place: the step
+            # transaction then copies the state as it does for any optimizer
+            self.state_containers_replaced = False
 
     #: steps replace their state containers (the norm's state dict, the radius...), never
-    #: change them in place: the step transaction copies one dict
+    #: change them in place: the step transaction copies one dict (withdrawn per instance
+    #: for a norm that is not one of this package's)
     state_containers_replaced = True
 
     HYPERPARAMETERS = {
@@ -446,7 +451,7 @@ class TrustRegion(AdaptiveNormOptimizer):
                 break
             if callback is not None or it + 1 < n:  # (the last one: the step's own check)
                 self.commit_iteration()
-            if callback is not None and callback():
+            if callback is not None and self.call_iteration_callback(callback)[0]:
                 break
         return first_loss
 
