@@ -84,21 +84,20 @@ def test_the_callback_ends_the_step(name):
     assert torch.equal(x2.detach(), calls[-1])
 
 
-class _NaNGradientBelow(torch.autograd.Function):
-    """``0``, whose gradient is NaN where ``x[0] < c`` and 0 elsewhere (differentiable
-    again, for Hessian-vector products)."""
+class _NaNBelow(torch.autograd.Function):
+    """Zeros shaped like ``x``, whose derivative is NaN where ``x[0] < c`` and 0 elsewhere
+    (differentiable again, for Hessian-vector products)."""
 
     @staticmethod
     def forward(ctx, x, c):
         ctx.save_for_backward(x)
         ctx.c = c
-        return x.new_zeros(())
+        return torch.zeros_like(x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        bad = torch.where(x[0] < ctx.c, float("nan"), 0.0)
-        return grad * bad * torch.ones_like(x), None
+        return grad * torch.where(x[0] < ctx.c, float("nan"), 0.0), None
 
 
 def _nan_gradient_below(c: float):
@@ -106,7 +105,7 @@ def _nan_gradient_below(c: float):
     ``x[0] < c``."""
 
     def loss(x: torch.Tensor) -> torch.Tensor:
-        return ((x - 1.0) ** 2).sum() + _NaNGradientBelow.apply(x, c)
+        return ((x - 1.0) ** 2).sum() + _NaNBelow.apply(x, c).sum()
 
     return loss
 
@@ -170,19 +169,6 @@ class _NaNCurvatureBelow(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return grad * _NaNBelow.apply(x, ctx.c), None
-
-
-class _NaNBelow(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, c):
-        ctx.save_for_backward(x)
-        ctx.c = c
-        return torch.zeros_like(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * torch.where(x[0] < ctx.c, float("nan"), 0.0), None
 
 
 @pytest.mark.parametrize("name", ["newton_cg", "trust_region"])

@@ -316,6 +316,30 @@ class SecondOrderOptimizer(torch.optim.Optimizer):
             self._transaction.check_start(self)
             self._transaction = StepTransaction(self)
 
+    def run_iterations(self, iteration: Callable[[], tuple[Tensor, bool]], max_iter: int,
+                       callback: Callable[[], Any] | None) -> Tensor:
+        """Run up to ``max_iter`` iterations of a step ("iterations per step" in the module
+        docstring): ``iteration()`` returns the loss at its start and whether it moved the
+        parameters (the step ends when it did not). Each iteration that is followed by
+        another or by the callback is committed (:meth:`commit_iteration`) before the
+        callback (:meth:`call_iteration_callback`) runs.
+
+        Returns:
+            The loss at the start of the first iteration (what ``step`` returns).
+        """
+        first_loss = None
+        for it in range(max_iter):
+            loss, moved = iteration()
+            if first_loss is None:
+                first_loss = loss
+            if not moved:
+                break
+            if callback is not None or it + 1 < max_iter:  # (the last: the step's own check)
+                self.commit_iteration()
+            if callback is not None and self.call_iteration_callback(callback)[0]:
+                break
+        return first_loss
+
     def call_iteration_callback(self, callback: Callable[[], Any]) -> tuple[bool, bool]:
         """Call a step's ``callback`` after :meth:`commit_iteration`.
 

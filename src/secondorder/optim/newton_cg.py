@@ -223,19 +223,9 @@ class NewtonCG(ds.SharedHyperparameters, SecondOrderOptimizer):
         """
         grp = self.shared_hyperparameters()
         scale = ds.GroupScale.of(self)  # (read once per step, as the other settings)
-        first_loss = None
-        n = grp.get("max_iter", self.defaults.get("max_iter", 1))
-        for it in range(n):
-            loss, moved = self._iteration(closure, hessian_closure, grp, scale)
-            if first_loss is None:
-                first_loss = loss
-            if not moved:
-                break
-            if callback is not None or it + 1 < n:  # (the last one: the step's own check)
-                self.commit_iteration()
-            if callback is not None and self.call_iteration_callback(callback)[0]:
-                break
-        return first_loss
+        return self.run_iterations(
+            lambda: self._iteration(closure, hessian_closure, grp, scale),
+            grp.get("max_iter", self.defaults.get("max_iter", 1)), callback)
 
     def _iteration(self, closure: Closure, hessian_closure: Closure | None,
                    grp: dict[str, Any], scale: ds.GroupScale) -> tuple[Tensor, bool]:

@@ -441,19 +441,9 @@ class TrustRegion(AdaptiveNormOptimizer):
                 "iterations per step").
         """
         hp = self.shared_hyperparameters()
-        first_loss = None
-        n = hp.get("max_iter", self.defaults.get("max_iter", 1))
-        for it in range(n):
-            loss, go_on = self._iteration(closure, hp, hessian_closure, ggn_closure)
-            if first_loss is None:
-                first_loss = loss
-            if not go_on:
-                break
-            if callback is not None or it + 1 < n:  # (the last one: the step's own check)
-                self.commit_iteration()
-            if callback is not None and self.call_iteration_callback(callback)[0]:
-                break
-        return first_loss
+        return self.run_iterations(
+            lambda: self._iteration(closure, hp, hessian_closure, ggn_closure),
+            hp.get("max_iter", self.defaults.get("max_iter", 1)), callback)
 
     def _iteration(self, closure: Closure, hp: dict[str, Any], hessian_closure: Closure | None,
                    ggn_closure: CurvatureClosure | None) -> tuple[Tensor, bool]:
