@@ -131,7 +131,9 @@ def test_subproblem_cauchy_floor_and_boundary():
     res = solve_subproblem(matvec, g, radius, norm, rtol=1e-10)
     s = res.step[0]
     assert float(torch.sqrt(s @ (m * s))) <= radius * (1 + 1e-12)
-    torch.testing.assert_close(res.predicted_decrease, -(g[0] @ s + 0.5 * s @ B @ s))
+    assert isinstance(res.predicted_decrease, float)
+    torch.testing.assert_close(torch.tensor(res.predicted_decrease, dtype=D),
+                               -(g[0] @ s + 0.5 * s @ B @ s))
     assert float(res.predicted_decrease) >= float(dec) - 1e-14
 
 
@@ -189,7 +191,7 @@ def test_cauchy_floor_when_steihaug_takes_no_product():
     res = solve_subproblem(lambda v: (A @ v[0],), g, 0.5, norm, rtol=2.0)
     step, dec = cauchy_point(lambda v: (A @ v[0],), g, 0.5, norm)
     assert res.iterations == 0 and res.used_cauchy is True
-    assert torch.equal(res.step[0], step[0]) and torch.equal(res.predicted_decrease, dec)
+    assert torch.equal(res.step[0], step[0]) and res.predicted_decrease == float(dec)
     off = solve_subproblem(lambda v: (A @ v[0],), g, 0.5, norm, rtol=2.0, cauchy_floor=False)
     assert float(tl.norm(off.step)) == 0.0 and off.used_cauchy is False
 
@@ -218,8 +220,8 @@ def test_subproblem_products_and_decrease_against_dense(norm_name, kind):
     res = solve_subproblem(matvec, g, radius, norm, rtol=1e-12, max_iter=50)
     s = res.step[0]
     assert len(calls) == res.iterations
-    torch.testing.assert_close(res.predicted_decrease, -(g[0] @ s + 0.5 * s @ B @ s),
-                               rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.tensor(res.predicted_decrease, dtype=D),
+                               -(g[0] @ s + 0.5 * s @ B @ s), rtol=1e-12, atol=1e-14)
     assert float(norm.norm(res.step)) <= radius * (1 + 1e-12)
     _, cdec = cauchy_point(lambda v: (B @ v[0],), g, radius, norm)
     assert float(res.predicted_decrease) >= float(cdec) - 1e-13

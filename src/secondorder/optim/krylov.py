@@ -10,13 +10,16 @@ vectors are tuples of tensors shaped like the parameters.
 - :func:`steihaug_cg`: Steihaug-Toint CG for the trust-region subproblem ([NocedalWright2006]
   Alg. 7.2) in the ellipsoidal norm ``||s||_M = sqrt(s^T M s)`` of [AdaptiveNorms] (eq. 7).
 
-Both run without host synchronization inside the loop: every scalar is a 0-dim tensor on
-the vectors' device, termination is a 0-dim boolean ``active`` flag, and each update is
+Both can run without host synchronization inside the loop: every scalar is a 0-dim tensor
+on the vectors' device, termination is a 0-dim boolean ``active`` flag, and each update is
 masked (a finished solve takes steps of length 0 and keeps its search direction). The host
-reads the flag only every ``check_every`` iterations. ``check_every=1`` (the default) is
-one sync per iteration, which costs nothing on a CPU; on an accelerator a larger value
-removes the syncs at the price of up to ``check_every - 1`` wasted (masked) products after
-termination. Results never depend on ``check_every``.
+reads the flag only every ``check_every`` iterations; a value above 1 removes the syncs on
+an accelerator at the price of up to ``check_every - 1`` wasted (masked) products after
+termination. ``check_every=1`` (the default) reads every iteration, which costs nothing on
+a CPU, so the iteration branches on the host instead of masking. :func:`truncated_cg`'s
+results never depend on ``check_every``; :func:`steihaug_cg` with ``check_every=1`` does
+its scalar arithmetic in Python floats (a third of the tensor operations: a trust-region
+step on a small model is dominated by them), which matches the masked loop to rounding.
 
 Lanczos tridiagonalization lives in :mod:`secondorder.curvature.lanczos` (spectra and the
 ARC subproblem both use it).
@@ -33,6 +36,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.optim.host_scalars import ieee_divide
 from secondorder.tensorlist import TensorList
 
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -77,6 +81,10 @@ class CGResult:
         initial_curvature: ``p_0^T A p_0`` of the first search direction (0-dim tensor),
             ``None`` when no product was taken. For :func:`steihaug_cg`, ``p_0 = -M^{-1} g``
             is the Cauchy direction, so this is the curvature the Cauchy point needs.
+        initial_residual_sqnorm: ``r_0^T M^{-1} r_0`` as a float, when the solve read it on
+            the host (:func:`steihaug_cg` with ``check_every=1`` or a forcing term), else
+            ``None``; for :func:`steihaug_cg` it is ``g^T M^{-1} g``, the Cauchy point's
+            ``nu^2``.
     """
 
     solution: TensorList
@@ -87,6 +95,7 @@ class CGResult:
     hits_boundary: bool = False
     iterates: dict[int, TensorList] = field(default_factory=dict)
     initial_curvature: Tensor | None = None
+    initial_residual_sqnorm: float | None = None
 
     @cached_property
     def residual_norm(self) -> Tensor:
@@ -107,6 +116,13 @@ def _check_common(rtol: float, atol: float, max_iter: int | None, check_every: i
         raise ValueError(f"Invalid max_iter value: {max_iter}; it must be >= 0")
     if check_every < 1:
         raise ValueError(f"Invalid check_every value: {check_every}; it must be >= 1")
+
+
+def _checked_rtol(rtol: float) -> float:
+    """A forcing term's answer, checked like a given ``rtol``."""
+    if not rtol >= 0:
+        raise ValueError(f"Invalid rtol value from the forcing term: {rtol}; it must be >= 0")
+    return rtol
 
 
 def _as_vector(vec: Sequence[Tensor], name: str) -> TensorList:
@@ -344,7 +360,7 @@ def steihaug_cg(
     radius: float | Tensor,
     *,
     metric: Sequence[Tensor] | None = None,
-    rtol: float = 1e-5,
+    rtol: float | Callable[[float], float] = 1e-5,
     atol: float = 0.0,
     max_iter: int | None = None,
     check_every: int = 1,
@@ -377,7 +393,10 @@ def steihaug_cg(
         radius: the trust-region radius (positive).
         metric: the diagonal of ``M``, tensors shaped like ``grad`` with positive entries
             (not checked, to avoid a host sync), or ``None``.
-        rtol: relative residual tolerance (in the ``M^{-1}``-norm).
+        rtol: relative residual tolerance (in the ``M^{-1}``-norm), or a forcing term: a
+            function of ``||g||_{M^{-1}}`` that returns it (e.g.
+            :func:`sqrt_gradient_forcing`; one read of that norm, which ``check_every=1``
+            makes anyway).
         atol: absolute residual tolerance.
         max_iter: most products (default: number of entries of ``grad``).
         check_every: read the termination flag on the host every this many iterations
@@ -398,17 +417,32 @@ def steihaug_cg(
         >>> res.status, res.solution[0]
         ('boundary', tensor([-0.6000, -0.8000], dtype=torch.float64))
     """
-    _check_common(rtol, atol, max_iter, check_every)
-    if not float(radius) > 0:
-        raise ValueError(f"Invalid radius value: {float(radius)}; it must be positive")
+    forcing = rtol if callable(rtol) else None
+    _check_common(0.0 if forcing is not None else rtol, atol, max_iter, check_every)
+    radius_f = float(radius)
+    if not radius_f > 0:
+        raise ValueError(f"Invalid radius value: {radius_f}; it must be positive")
     g = _as_vector(grad, "grad")
     like = g[0]
+    inv_metric = None
     if metric is not None:
         tl.check_like(metric, g, "metric")
         metric = tuple(m.detach() for m in metric)
         inv_metric = tuple(torch.reciprocal(m) for m in metric)
     if max_iter is None:
         max_iter = sum(t.numel() for t in g)
+    r = tl.neg(g)  # r = -(g + B s): the residual of B s = -g
+    z = r if metric is None else tl.mul(inv_metric, r)
+    rz = tl.dot(r, z)
+    if forcing is not None or check_every == 1:
+        rz_f = float(rz)
+        r_norm_f = math.sqrt(rz_f) if rz_f >= 0 else math.nan
+        if forcing is not None:
+            rtol = _checked_rtol(forcing(r_norm_f))
+        tol_f = max(rtol * r_norm_f, atol)
+        if check_every == 1:
+            return _steihaug_host(matvec, g, r, z, rz_f, tol_f, r_norm_f > tol_f,
+                                  radius_f * radius_f, max_iter, metric, inv_metric)
 
     def m_dot(a: TensorList, b: TensorList) -> Tensor:
         return tl.dot(a, b) if metric is None else tl.dot(a, tl.mul(metric, b))
@@ -416,16 +450,10 @@ def steihaug_cg(
     radius_t = torch.as_tensor(radius, dtype=like.dtype, device=like.device)
     radius2 = radius_t * radius_t
     s = tl.zeros_like(g)
-    r = tl.neg(g)  # r = -(g + B s): the residual of B s = -g
-    z = r if metric is None else tl.mul(inv_metric, r)
     p = z
-    rz = tl.dot(r, z)
     r_norm = torch.sqrt(rz)
     tol = torch.clamp(rtol * r_norm, min=atol)
     active = r_norm > tol
-    if check_every == 1:
-        return _steihaug_host(matvec, g, s, r, z, p, rz, tol, active, radius2, max_iter,
-                              m_dot, inv_metric if metric is not None else None)
     status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
     done_iters = torch.zeros((), dtype=torch.long, device=like.device)
     zero = torch.zeros((), dtype=like.dtype, device=like.device)
@@ -469,73 +497,103 @@ def steihaug_cg(
         rz = torch.where(active, rz_new, rz)
 
     code, iterations = (int(v) for v in torch.stack([status, done_iters]).tolist())
-    return _steihaug_result(s, r, p, code, iterations, initial_curvature)
+    return _steihaug_result(s, r, p, code, iterations, initial_curvature,
+                            rz_f if forcing is not None else None)
 
 
 def _steihaug_host(
     matvec: MatVec,
     g: TensorList,
-    s: TensorList,
     r: TensorList,
     z: TensorList,
-    p: TensorList,
-    rz: Tensor,
-    tol: Tensor,
-    active: Tensor,
-    radius2: Tensor,
+    rz: float,
+    tol: float,
+    active: bool,
+    radius2: float,
     max_iter: int,
-    m_dot: Callable[[TensorList, TensorList], Tensor],
+    metric: TensorList | None,
     inv_metric: TensorList | None,
 ) -> CGResult:
-    """:func:`steihaug_cg` with ``check_every=1``: the same arithmetic, decided on the host.
+    """:func:`steihaug_cg` with ``check_every=1``: the iteration decided on the host.
 
-    Reading the flags every iteration costs one sync anyway, so the iteration branches
-    instead of masking: the boundary roots and the model values along ``p`` are computed
-    only at the iteration that leaves the region or meets negative curvature. Every value
-    that reaches the result is computed by the same operations as in the masked loop, so
-    the results are the same bit for bit (``test_check_every_does_not_change_results``).
+    Reading the flags every iteration costs a sync anyway, so the scalars of the iteration
+    (``alpha``, ``beta``, the squared ``M``-norm of the iterate, the boundary roots) are
+    Python floats read from the device in two transfers per iteration, and the vectors are
+    updated with those numbers as the ``alpha`` of one fused kernel: a third of the tensor
+    operations of the masked loop, whose iterates it matches to rounding
+    (``test_steihaug_host_branching_equals_masked_loop``). The squared norm of the current
+    iterate is the one read when it was the candidate, so the boundary roots need only
+    ``s^T M p`` and ``p^T M p``.
     """
-    code, iterations, initial_curvature = _RUNNING, 0, None
-    if not bool(active):
-        code = _CONVERGED
-        max_iter = 0
+
+    def m_dot(a: TensorList, b: TensorList) -> Tensor:
+        return tl.dot(a, b) if metric is None else tl.dot(a, tl.mul(metric, b))
+
+    code, iterations, initial_curvature, rz0 = _RUNNING, 0, None, rz
+    s: TensorList | None = None  # the zero vector until the first update
+    ss = 0.0  # ||s||_M^2
+    p = z
+    if not active:
+        code, max_iter = _CONVERGED, 0
     for _ in range(max_iter):
         bp = tuple(matvec(p))
-        pbp = tl.dot(p, bp)
+        pbp_t = tl.dot(p, bp)
+        pbp = float(pbp_t)
         iterations += 1
         if initial_curvature is None:
-            initial_curvature = pbp
-        alpha = rz / pbp  # not used when pbp <= 0: that branch goes to the boundary
-        s_next = tl.add(s, p, alpha)
-        is_negative, is_outside = torch.stack([pbp <= 0, m_dot(s_next, s_next) >= radius2]
-                                              ).tolist()
-        if is_negative or is_outside:
-            ss, sp, pp = m_dot(s, s), m_dot(s, p), m_dot(p, p)
-            tau_lo, tau_hi = _boundary_roots(pp, sp, ss - radius2)
-            if is_negative:
-                rp = tl.dot(r, p)
-                m_lo = -tau_lo * rp + 0.5 * tau_lo * tau_lo * pbp
-                m_hi = -tau_hi * rp + 0.5 * tau_hi * tau_hi * pbp
-                step, code = torch.where(m_lo < m_hi, tau_lo, tau_hi), _NEGATIVE
+            initial_curvature = pbp_t
+        if pbp <= 0:  # negative curvature: to the boundary, the root of lower model value
+            if s is None:
+                sp, (pp, rp) = 0.0, tl.read_floats([m_dot(p, p), tl.dot(r, p)])
             else:
-                step, code = tau_hi, _BOUNDARY
-            s = tl.add(s, p, step)
-            r = tl.sub(r, tl.scale(bp, step))
+                sp, pp, rp = tl.read_floats([m_dot(s, p), m_dot(p, p), tl.dot(r, p)])
+            tau_lo, tau_hi = _boundary_roots_host(pp, sp, ss - radius2)
+            m_lo = -tau_lo * rp + 0.5 * tau_lo * tau_lo * pbp
+            m_hi = -tau_hi * rp + 0.5 * tau_hi * tau_hi * pbp
+            step, code = (tau_lo if m_lo < m_hi else tau_hi), _NEGATIVE
+            s = tl.scale(p, step) if s is None else tl.add(s, p, step)
+            r = tl.add(r, bp, -step)
             break
-        s = s_next
-        r = tl.sub(r, tl.scale(bp, alpha))
-        z = r if inv_metric is None else tl.mul(inv_metric, r)
-        rz_new = tl.dot(r, z)
-        if bool(torch.sqrt(rz_new) <= tol):
+        alpha = rz / pbp
+        s_next = tl.scale(p, alpha) if s is None else tl.add(s, p, alpha)
+        r_next = tl.add(r, bp, -alpha)
+        z_next = r_next if inv_metric is None else tl.mul(inv_metric, r_next)
+        ss_next, rz_next = tl.read_floats([m_dot(s_next, s_next), tl.dot(r_next, z_next)])
+        if ss_next >= radius2:  # leaves the region: stop on the boundary along p
+            if s is None:
+                sp, pp = 0.0, float(m_dot(p, p))
+            else:
+                sp, pp = tl.read_floats([m_dot(s, p), m_dot(p, p)])
+            tau = _boundary_roots_host(pp, sp, ss - radius2)[1]
+            s = tl.scale(p, tau) if s is None else tl.add(s, p, tau)
+            r = tl.add(r, bp, -tau)
+            code = _BOUNDARY
+            break
+        s, r, z, ss = s_next, r_next, z_next, ss_next
+        if rz_next >= 0 and math.sqrt(rz_next) <= tol:
             code = _CONVERGED
             break
-        p = tl.add(z, p, rz_new / rz)
-        rz = rz_new
-    return _steihaug_result(s, r, p, code, iterations, initial_curvature)
+        p = tl.add(z, p, rz_next / rz)
+        rz = rz_next
+    if s is None:
+        s = tl.zeros_like(g)
+    return _steihaug_result(s, r, p, code, iterations, initial_curvature, rz0)
+
+
+def _boundary_roots_host(a: float, b: float, c: float) -> tuple[float, float]:
+    """:func:`_boundary_roots` on Python floats (IEEE results where a divisor is zero:
+    ``a`` can underflow to 0 for a tiny ``p``)."""
+    d = b * b - a * c
+    disc = math.sqrt(d) if d > 0 else (0.0 if d <= 0 else math.nan)  # clamp(d, min=0) keeps NaN
+    q = -(b + (disc if b >= 0 else -disc))
+    r1 = ieee_divide(q, a)
+    r2 = ieee_divide(c, q) if q != 0 else -r1
+    return min(r1, r2), max(r1, r2)
 
 
 def _steihaug_result(s: TensorList, r: TensorList, p: TensorList, code: int,
-                     iterations: int, initial_curvature: Tensor | None) -> CGResult:
+                     iterations: int, initial_curvature: Tensor | None,
+                     initial_residual_sqnorm: float | None = None) -> CGResult:
     """The :class:`CGResult` of a Steihaug solve (masked or host-branching) that ended with
     status ``code``: ``p`` is the direction of negative curvature when that stopped it."""
     return CGResult(
@@ -547,6 +605,7 @@ def _steihaug_result(s: TensorList, r: TensorList, p: TensorList, code: int,
         hits_boundary=code in (_NEGATIVE, _BOUNDARY),
         iterates={},
         initial_curvature=initial_curvature,
+        initial_residual_sqnorm=initial_residual_sqnorm,
     )
 
 

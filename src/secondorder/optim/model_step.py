@@ -37,6 +37,7 @@ from secondorder.errors import NonFiniteLossError
 from secondorder.optim import hyperparameters as hyper
 from secondorder.optim.base import Closure, Evaluation, SecondOrderOptimizer
 from secondorder.optim.curvature_source import CURVATURES, LocalModel
+from secondorder.optim.host_scalars import ieee_divide
 from secondorder.optim.norms import AdaptiveNorm, make_norm, norm_of_group
 
 __all__ = ["AdaptiveNormOptimizer", "Trial", "check_finite_start", "try_step"]
@@ -85,7 +86,7 @@ def try_step(
     closure: Closure,
     loss: Tensor,
     step: Sequence[Tensor],
-    predicted_decrease: Tensor,
+    predicted_decrease: float | Tensor,
     eta: float,
     keep_graph: bool = False,
 ) -> Trial:
@@ -101,7 +102,7 @@ def try_step(
         closure: the loss closure (no backward).
         loss: ``f(w)``.
         step: ``s``.
-        predicted_decrease: ``m(0) - m(s)`` (0-dim tensor).
+        predicted_decrease: ``m(0) - m(s)`` (a float, or a 0-dim tensor read with the losses).
         eta: acceptance threshold on ``rho``.
         keep_graph: evaluate the trial point with its gradient and Hessian
             (``create_graph=True``) and return that evaluation when the step is accepted, for
@@ -113,8 +114,11 @@ def try_step(
     old = optimizer.params_at_start()
     optimizer.add_to_params(step)
     ev = optimizer.evaluate(closure, grad=keep_graph, create_graph=keep_graph)
-    f0_f, new_f, predicted_f = tl.read_floats([loss, ev.loss, predicted_decrease])
-    rho_f = _ratio(f0_f - new_f, predicted_f)
+    if isinstance(predicted_decrease, Tensor):
+        f0_f, new_f, predicted_f = tl.read_floats([loss, ev.loss, predicted_decrease])
+    else:
+        (f0_f, new_f), predicted_f = tl.read_floats([loss, ev.loss]), predicted_decrease
+    rho_f = ieee_divide(f0_f - new_f, predicted_f)
     accepted = predicted_f > 0 and math.isfinite(new_f) and new_f < f0_f and rho_f >= eta
     if not accepted:
         optimizer.set_params(old)
@@ -122,16 +126,6 @@ def try_step(
             ev.hessian.free()
         return Trial(predicted_f, rho_f, False)
     return Trial(predicted_f, rho_f, True, ev if keep_graph else None)
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    """``numerator / denominator`` in IEEE arithmetic, as a float64 tensor divides: a
-    zero denominator gives a signed infinity, or NaN for ``0 / 0`` (Python would raise)."""
-    if denominator != 0:
-        return numerator / denominator
-    if numerator == 0 or math.isnan(numerator):
-        return math.nan
-    return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
 class AdaptiveNormOptimizer(hyper.Hyperparameters, SecondOrderOptimizer):

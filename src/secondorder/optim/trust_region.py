@@ -57,14 +57,15 @@ class SubproblemResult:
 
     Attributes:
         step: the step ``s``.
-        predicted_decrease: ``m(0) - m(s) = -(g^T s + s^T B s / 2)`` (0-dim tensor).
+        predicted_decrease: ``m(0) - m(s) = -(g^T s + s^T B s / 2)`` (a float, computed on
+            the host from inner products read in one transfer).
         iterations: operator products taken by Steihaug's CG.
         status: the CG status (:data:`secondorder.optim.krylov.STATUSES`).
         used_cauchy: the Cauchy point beat Steihaug's step (decided on the host).
     """
 
     step: TensorList
-    predicted_decrease: Tensor
+    predicted_decrease: float
     iterations: int
     status: str
     used_cauchy: bool
@@ -192,8 +193,10 @@ def solve_subproblem(
     decrease ([Steihaug1983]; [Conn2000] Thm. 7.5.1), so this only guards against
     rounding, and the Cauchy point's curvature is Steihaug's first product
     (:attr:`~secondorder.optim.krylov.CGResult.initial_curvature`). The comparison is made
-    on the host in float64 (:func:`cauchy_point`'s operations on three numbers read in one
-    transfer), so the floor costs no tensor operation unless the Cauchy point wins.
+    on the host in float64 (:func:`cauchy_point`'s operations on ``nu^2 = g^T M^{-1} g``,
+    which Steihaug read, and on the curvature, read with the two inner products of the
+    decrease in one transfer), so the floor costs no tensor operation unless the Cauchy
+    point wins.
 
     Args:
         matvec: ``v -> B v``.
@@ -218,44 +221,52 @@ def solve_subproblem(
     if isinstance(rtol, str):
         if rtol != "sqrt_gradient":
             raise hyper.invalid("rtol", rtol, "'sqrt_gradient' or a float >= 0")
-        rtol = sqrt_gradient_forcing(float(torch.sqrt(tl.dot(grad, norm.solve(grad)))))
+        rtol = sqrt_gradient_forcing  # of ||g||_{M^-1}, which Steihaug reads anyway
     if norm.is_diagonal:
         res = steihaug_cg(matvec, grad, radius, metric=norm.metric(), rtol=rtol,
                           max_iter=max_iter)
-        step = res.solution
-        decrease = 0.5 * (tl.dot(step, res.residual) - tl.dot(grad, step))
+        step, cg_grad, cg_step = res.solution, grad, res.solution
     else:
         def transformed(u: TensorList) -> TensorList:
             return norm.inv_sqrt(tuple(matvec(norm.inv_sqrt(u))))
 
-        grad_u = norm.inv_sqrt(grad)
-        res = steihaug_cg(transformed, grad_u, radius, rtol=rtol, max_iter=max_iter)
-        u = res.solution
-        step = norm.inv_sqrt(u)
-        decrease = 0.5 * (tl.dot(u, res.residual) - tl.dot(grad_u, u))
+        cg_grad = norm.inv_sqrt(grad)
+        res = steihaug_cg(transformed, cg_grad, radius, rtol=rtol, max_iter=max_iter)
+        cg_step = res.solution
+        step = norm.inv_sqrt(cg_step)
+    # m(0) - m(s) = (s^T r - g^T s) / 2 in the variables CG ran in, read with the Cauchy
+    # floor's numbers in one transfer
+    products = [tl.dot(cg_step, res.residual), tl.dot(cg_grad, cg_step)]
+    floor_here = cauchy_floor and res.initial_curvature is not None
+    if floor_here:
+        products.append(res.initial_curvature)
+        if res.initial_residual_sqnorm is None:
+            products.append(tl.dot(grad, norm.solve(grad)))
+    values = tl.read_floats(products)
+    decrease = 0.5 * (values[0] - values[1])
     used = False
-    if cauchy_floor and res.initial_curvature is not None:
-        # cauchy_point's arithmetic on the host, from Steihaug's first product: the solve
-        # read its flags on the host at every iteration, so one more read costs no sync
-        # that matters, and the comparison needs no tensor operations
-        minv_g = norm.solve(grad)
-        nu2, kappa, cg_decrease = tl.read_floats(
-            [tl.dot(grad, minv_g), res.initial_curvature, decrease])
+    if floor_here:
+        # cauchy_point's arithmetic on the host, from Steihaug's first product (its
+        # direction is the Cauchy direction) and nu^2 = g^T M^{-1} g
+        kappa = values[2]
+        nu2 = res.initial_residual_sqnorm
+        if nu2 is None:
+            nu2 = values[3]
         alpha, cdecrease = _cauchy_step_length(nu2, kappa, float(radius))
-        used = cdecrease > cg_decrease
+        used = cdecrease > decrease
         if used:
-            step = tl.scale(minv_g, -alpha)
-            decrease = torch.tensor(cdecrease, dtype=decrease.dtype, device=decrease.device)
+            step, decrease = tl.scale(norm.solve(grad), -alpha), cdecrease
     elif cauchy_floor:  # no CG iteration (a zero gradient, or rtol >= 1): one product here
         cstep, cdecrease_t = cauchy_point(matvec, grad, radius, norm)
-        used = bool(cdecrease_t > decrease)
+        cdecrease = float(cdecrease_t)
+        used = cdecrease > decrease
         if used:
-            step, decrease = cstep, cdecrease_t
+            step, decrease = cstep, cdecrease
     if eigen_steps > 0:
-        estep, edecrease = eigen_point(matvec, grad, radius, norm, eigen_steps)
-        better = edecrease > decrease
-        step = tuple(torch.where(better, e, s) for e, s in zip(estep, step, strict=True))
-        decrease = torch.where(better, edecrease, decrease)
+        estep, edecrease_t = eigen_point(matvec, grad, radius, norm, eigen_steps)
+        edecrease = float(edecrease_t)
+        if edecrease > decrease:
+            step, decrease = estep, edecrease
     return SubproblemResult(step, decrease, res.iterations, res.status, used)
 
 
