@@ -178,6 +178,9 @@ def test_callback_may_return_a_tensor_and_martens_quadratic_from_residual():
 
 @pytest.mark.parametrize("case", ["converged", "negative", "callback", "max_iter"])
 def test_check_every_does_not_change_results(case):
+    # check_every=1 decides on the host in Python floats, the others in masked 0-dim
+    # tensors: the same exits and iterations; the iterates agree to rounding, amplified by
+    # the condition number over up to N iterations (measured: 6e-11 relative at worst)
     A = indefinite(N, 1) if case == "negative" else spd(N, 2, cond=100.0)
     b = rand(N, 3)
     kw = {"rtol": 1e-12}
@@ -191,8 +194,11 @@ def test_check_every_does_not_change_results(case):
     for other in (four, big):
         assert other.status == one.status and other.iterations == one.iterations
         torch.testing.assert_close(
-            tl.flatten(other.solution), tl.flatten(one.solution), rtol=0, atol=0
+            tl.flatten(other.solution), tl.flatten(one.solution), rtol=1e-8, atol=1e-12
         )
+    # the masked loops of any period compute the same thing
+    torch.testing.assert_close(tl.flatten(four.solution), tl.flatten(big.solution),
+                               rtol=0, atol=0)
 
 
 def test_keep_iterates_match_truncated_runs():

@@ -16,10 +16,10 @@ masked (a finished solve takes steps of length 0 and keeps its search direction)
 reads the flag only every ``check_every`` iterations; a value above 1 removes the syncs on
 an accelerator at the price of up to ``check_every - 1`` wasted (masked) products after
 termination. ``check_every=1`` (the default) reads every iteration, which costs nothing on
-a CPU, so the iteration branches on the host instead of masking. :func:`truncated_cg`'s
-results never depend on ``check_every``; :func:`steihaug_cg` with ``check_every=1`` does
-its scalar arithmetic in Python floats (a third of the tensor operations: a trust-region
-step on a small model is dominated by them), which matches the masked loop to rounding.
+a CPU, so the iteration branches on the host instead of masking, and its scalar arithmetic
+is done in Python floats: half the tensor operations or fewer (a Newton or trust-region
+step on a small model is dominated by them). The results match the masked loop's to
+rounding; the exits and iteration counts are the same.
 
 Lanczos tridiagonalization lives in :mod:`secondorder.curvature.lanczos` (spectra and the
 ARC subproblem both use it).
@@ -180,7 +180,7 @@ def truncated_cg(
             ``check_every > 1`` it may be called up to ``check_every - 1`` more times after
             termination with the final, unchanged ``x`` and ``r``.
         check_every: read the termination flag on the host every this many iterations
-            (see the module docstring); results do not depend on it.
+            (see the module docstring); results depend on it only through rounding.
         keep_iterates: iteration numbers whose iterate to keep in ``CGResult.iterates``
             (Martens' CG backtracking); only iterations actually reached are kept.
 
@@ -213,20 +213,23 @@ def truncated_cg(
         x = tuple(t.detach() for t in x0)
         r = tl.sub(b, tuple(matvec(x)))
     b_norm = tl.norm(b)
-    tol = torch.clamp(rtol * b_norm, min=atol).to(like.device)
     z = r if preconditioner is None else tuple(preconditioner(r))
     p = z
     rz = tl.dot(r, z)
-    active = (b_norm if r is b else tl.norm(r)) > tol  # (the same norm: not computed twice)
+    r_norm = b_norm if r is b else tl.norm(r)  # (the same norm: not computed twice)
     iterates: dict[int, TensorList] = {}
     if 0 in keep:
         iterates[0] = tl.clone(x)
     if check_every == 1:
+        b_norm_f, r_norm_f, rz_f = tl.read_floats([b_norm, r_norm, rz])
+        tol_f = max(rtol * b_norm_f, atol)
         x, r, p, code, iterations = _truncated_cg_host(
-            matvec, x, r, z, p, rz, tol, active, max_iter, preconditioner, callback, keep,
-            iterates,
+            matvec, x, r, p, rz_f, tol_f, r_norm_f > tol_f, max_iter, preconditioner,
+            callback, keep, iterates,
         )  # fmt: skip
         return _cg_result(x, r, p, code, iterations, iterates)
+    tol = torch.clamp(rtol * b_norm, min=atol).to(like.device)
+    active = r_norm > tol
     status = torch.where(active, _RUNNING, _CONVERGED).to(like.device)
     done_iters = torch.zeros((), dtype=torch.long, device=like.device)
 
@@ -284,61 +287,64 @@ def _truncated_cg_host(
     matvec: MatVec,
     x: TensorList,
     r: TensorList,
-    z: TensorList,
     p: TensorList,
-    rz: Tensor,
-    tol: Tensor,
-    active: Tensor,
+    rz: float,
+    tol: float,
+    active: bool,
     max_iter: int,
     preconditioner: Preconditioner | None,
     callback: CGCallback | None,
     keep: set[int],
     iterates: dict[int, TensorList],
 ) -> tuple[TensorList, TensorList, TensorList, int, int]:
-    """:func:`truncated_cg`'s loop for ``check_every=1``: the same arithmetic, decided on the host.
+    """:func:`truncated_cg`'s loop for ``check_every=1``: the iteration decided on the host.
 
-    One host read per iteration (the flags of the masked loop, read together), and no
-    masking: the iteration stops where the masked loop's ``active`` flag falls. The values
-    are computed by the same operations, so the results (and the callback's calls) are the
-    same bit for bit (``test_check_every_does_not_change_results``).
+    The scalars (``p^T A p``, ``alpha``, ``r^T z``, ``||r||``, ``beta``) are Python floats
+    read in two transfers per iteration (the curvature, then the residual's numbers with
+    the callback's answer), and each vector update is one fused kernel with ``alpha`` as
+    its scalar: half the tensor operations of the masked loop, whose iterates (and the
+    callback's calls) it matches to rounding (``test_check_every_does_not_change_results``).
+    The convergence test reads ``sqrt(r^T r)``, with ``r^T z`` itself when there is no
+    preconditioner.
 
     Returns:
         ``(x, r, p, status code, iterations)``; ``iterates`` is filled in place.
     """
-    if not bool(active):
+    if not active:
         return x, r, p, _CONVERGED, 0
-    code = _RUNNING
     for i in range(max_iter):
         ap = tuple(matvec(p))
-        pap = tl.dot(p, ap)
+        pap = float(tl.dot(p, ap))
         negative = pap <= 0
-        alpha = rz / pap
-        if i == 0:
-            # Nothing to return yet: step along p0 with |curvature| (docstring).
-            tau = torch.where(pap != 0, rz / pap.abs(), 1.0)
-            alpha = torch.where(negative, tau, alpha)
-        else:
-            alpha = torch.where(negative, 0.0, alpha)
-        x = tl.add(x, p, alpha)
-        r = tl.sub(r, tl.scale(ap, alpha))
-        flags = [negative, tl.norm(r) <= tol]
-        if callback is not None:
-            flags.append(torch.as_tensor(callback(i + 1, x, r), dtype=torch.bool,
-                                         device=pap.device))
-        stop = torch.stack(flags).tolist()
+        if not negative:
+            alpha: float | None = rz / pap
+        elif i == 0:  # nothing to return yet: step along p0 with |curvature| (docstring)
+            alpha = rz / abs(pap) if pap != 0 else 1.0
+        else:  # stop at the last iterate (the masked loop's step of length 0)
+            alpha = None
+        if alpha is not None:
+            x = tl.add(x, p, alpha)
+            r = tl.add(r, ap, -alpha)
         if (i + 1) in keep:
             iterates[i + 1] = x  # x is rebound, never written in place: no copy
-        if stop[0]:
+        stop = callback(i + 1, x, r) if callback is not None else False
+        if negative:
             return x, r, p, _NEGATIVE, i + 1
-        if stop[1]:
-            return x, r, p, _CONVERGED, i + 1
-        if callback is not None and stop[2]:
-            return x, r, p, _CALLBACK, i + 1
         z = r if preconditioner is None else tuple(preconditioner(r))
-        rz_new = tl.dot(r, z)
+        rz_new_t = tl.dot(r, z)
+        values = [rz_new_t] if preconditioner is None else [rz_new_t, tl.dot(r, r)]
+        n_norm = len(values)  # r^T r is the last of these
+        if isinstance(stop, Tensor):  # the callback's flag, in the same transfer
+            values.append(stop.to(rz_new_t.dtype))
+        read = tl.read_floats(values)
+        rz_new, rr = read[0], read[n_norm - 1]
+        if rr >= 0 and math.sqrt(rr) <= tol:
+            return x, r, p, _CONVERGED, i + 1
+        if (read[n_norm] != 0) if isinstance(stop, Tensor) else stop:
+            return x, r, p, _CALLBACK, i + 1
         p = tl.add(z, p, rz_new / rz)
         rz = rz_new
-    return x, r, p, code, max_iter
+    return x, r, p, _RUNNING, max_iter
 
 
 def _boundary_roots(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
