@@ -268,9 +268,10 @@ class LBFGS(ds.SharedHyperparameters, SecondOrderOptimizer):
                         st.pop("pending", None)  # a pair would straddle the write
                 break
             # one read for the landing checks and the next iteration's max |g|: the values
-            # of is_finite(new_loss, new_g), max_abs(new_g), max_abs(s) and
-            # float(new_loss - loss) (max |g| is finite exactly when every entry is)
-            new_f, gmax, smax, change = _landing_values(new_loss, new_g, s, loss)
+            # of is_finite(new_loss, new_g), max_abs(new_g) and max_abs(s) (max |g| is
+            # finite exactly when every entry is); the loss change on the host
+            new_f, gmax, smax = _landing_values(new_loss, new_g, s)
+            change = new_f - loss_f
             if not (math.isfinite(new_f) and math.isfinite(gmax)):
                 self.set_params(x0)
                 rollback()
@@ -316,12 +317,12 @@ def _max_abs_tensor(v: Sequence[Tensor]) -> Tensor:
     return torch.stack([x.abs().max() for x in v]).max()
 
 
-def _landing_values(new_loss: Tensor, new_g: Sequence[Tensor], s: Sequence[Tensor],
-                    loss: Tensor) -> tuple[float, float, float, float]:
-    """``(f(x + s), max |g(x + s)|, max |s|, f(x + s) - f(x))`` as floats, in one host read.
+def _landing_values(new_loss: Tensor, new_g: Sequence[Tensor], s: Sequence[Tensor]
+                    ) -> tuple[float, float, float]:
+    """``(f(x + s), max |g(x + s)|, max |s|)`` as floats, in one host read.
 
     Each value is what reading it alone gives (:func:`~secondorder.tensorlist.read_floats`).
     """
-    new_f, gmax, smax, change = tl.read_floats(
-        [new_loss, _max_abs_tensor(new_g), _max_abs_tensor(s), new_loss - loss])
-    return new_f, gmax, smax, change
+    new_f, gmax, smax = tl.read_floats(
+        [new_loss, _max_abs_tensor(new_g), _max_abs_tensor(s)])
+    return new_f, gmax, smax

@@ -50,7 +50,8 @@ def two_loop(
         ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no host sync).
     """
     if len(grad) == 1 and not grad[0].is_complex() and grad[0].is_contiguous():
-        return (_two_loop_one(grad[0], s_hist, y_hist, rho_hist, gamma),)
+        return (_two_loop_one(grad[0], s_hist, y_hist, rho_hist, gamma,
+                              host_scalars=grad[0].device.type == "cpu"),)
     q = tl.clone(grad)  # updated in place below: one allocation per call, not 2 per pair
     alphas = []
     for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
@@ -81,12 +82,18 @@ def _two_loop_one(
     y_hist: Sequence[Sequence[Tensor]],
     rho_hist: Sequence[Tensor],
     gamma: Tensor | float,
+    *,
+    host_scalars: bool = False,
 ) -> Tensor:
-    """:func:`two_loop` for one real contiguous tensor: the same operations in the same order
-    (so the same bits), on flat views, without the per-pair tensor-list calls.
+    """:func:`two_loop` for one real contiguous tensor, on flat views, without the per-pair
+    tensor-list calls.
 
+    With ``host_scalars=False``, the same operations in the same order (so the same bits);
     ``q -= a y`` is ``addcmul_(y, a, value=-1)``, which rounds as ``addcmul_(y, -a)``
-    (negation is exact) and saves the negation kernel.
+    (negation is exact) and saves the negation kernel. With ``host_scalars=True`` (a CPU
+    tensor, whose 0-dim values are read without a device sync) the coefficients ``a`` and
+    ``b`` are Python floats: per pair, two kernels instead of three in the first loop and
+    four in the second (the same recursion, rounded in float64 scalars).
     """
     q = (grad.detach() if grad.requires_grad else grad).clone()
     qf = q if q.dim() == 1 else q.view(-1)
@@ -94,6 +101,17 @@ def _two_loop_one(
         flat = [(s[0], y[0]) for s, y in zip(s_hist, y_hist, strict=True)]
     else:
         flat = [(s[0].reshape(-1), y[0].reshape(-1)) for s, y in zip(s_hist, y_hist, strict=True)]
+    if host_scalars:
+        *rhos, gamma_f = _read_scalars([*rho_hist, gamma])
+        alphas_f = []
+        for (s, y), rho in zip(reversed(flat), reversed(rhos), strict=True):
+            a_f = rho * float(torch.dot(s, qf))
+            qf.add_(y, alpha=-a_f)
+            alphas_f.append(a_f)
+        qf.mul_(gamma_f)
+        for (s, y), rho, a_f in zip(flat, rhos, reversed(alphas_f), strict=True):
+            qf.add_(s, alpha=a_f - rho * float(torch.dot(y, qf)))
+        return q
     alphas = []
     for (s, y), rho in zip(reversed(flat), reversed(rho_hist), strict=True):
         a = rho * torch.dot(s, qf)
@@ -103,6 +121,13 @@ def _two_loop_one(
     for (s, y), rho, a in zip(flat, rho_hist, reversed(alphas), strict=True):
         qf.addcmul_(s, a - rho * torch.dot(y, qf))
     return q
+
+
+def _read_scalars(values: Sequence[Tensor | float]) -> list[float]:
+    """Python floats of 0-dim tensors and floats (the tensors in one read)."""
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    read = iter(tl.read_floats(tensors) if tensors else ())
+    return [next(read) if isinstance(v, Tensor) else float(v) for v in values]
 
 
 class LBFGSMemory:
@@ -167,9 +192,10 @@ class LBFGSMemory:
         sy = tl.dot(s, y)
         ss = tl.dot(s, s)
         yy = tl.dot(y, y)
-        # the values of the tests below in one read (the same tensors as before, so the
-        # same decisions as separate float() reads)
-        sy_f, ss_f, yy_f, norms_f = torch.stack([sy, ss, yy, (ss * yy).sqrt()]).tolist()
+        # the values of the tests below in one read; |s| |y| on the host (float64: the
+        # tensor's value for float64 pairs)
+        sy_f, ss_f, yy_f = tl.read_floats([sy, ss, yy])
+        norms_f = math.sqrt(ss_f * yy_f)  # (never negative; NaN stays NaN)
         if not (math.isfinite(sy_f) and math.isfinite(yy_f)) or ss_f == 0.0:
             return False
         if sy_f <= self.curvature_eps * norms_f:
