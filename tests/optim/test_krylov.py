@@ -519,12 +519,15 @@ def test_steihaug_forcing_term_bad_answer():
 
 def test_steihaug_host_boundary_roots_match_the_tensor_ones():
     # the host path's roots of a tau^2 + 2 b tau + c = 0 are _boundary_roots' arithmetic
-    # on Python floats: the same float64 values, zero leading coefficient included
+    # on Python floats: the same float64 values, zero leading coefficient, infinities and
+    # NaN included
     from secondorder.optim.krylov import _boundary_roots, _boundary_roots_host
 
     gen = torch.Generator().manual_seed(0)
+    inf, nan = float("inf"), float("nan")
     cases = [(1.0, 0.0, 0.0), (2.0, 0.0, -1.0), (0.0, 0.0, -1.0), (0.0, 1.0, -1.0),
-             (1e-300, -1e150, -1.0), (3.0, -1e-8, -1e-20)]
+             (1e-300, -1e150, -1.0), (3.0, -1e-8, -1e-20), (1.0, 0.5, -inf), (1.0, -0.5, -inf),
+             (inf, 1.0, -1.0), (1.0, nan, -1.0), (nan, 0.0, -1.0), (1.0, 1e200, -1e200)]
     for _ in range(200):
         a, b, c = torch.randn(3, generator=gen, dtype=DT).tolist()
         cases.append((abs(a) + 1e-3, b, -abs(c)))
@@ -534,3 +537,73 @@ def test_steihaug_host_boundary_roots_match_the_tensor_ones():
         for got, want in ((lo, float(lo_t)), (hi, float(hi_t))):
             assert got == want or (got != got and want != want), (a, b, c, got, want)
         assert lo <= 0 <= hi or (lo != lo or hi != hi)
+
+
+def _host_and_masked(solve):
+    return solve(check_every=1), solve(check_every=2)
+
+
+def test_host_scalars_beyond_the_dtype_range_become_infinities():
+    # float16: alpha = r^T z / p^T B p = 1e5 exceeds the dtype's range. torch refuses such a
+    # Python float as a kernel's scalar; the host loop passes the infinity a float16 0-dim
+    # tensor would hold, so it ends where the masked loop ends (review finding: it raised)
+    B = torch.eye(4, dtype=torch.float16) * 1e-5
+    g = (torch.ones(4, dtype=torch.float16),)
+    host, masked = _host_and_masked(
+        lambda **kw: steihaug_cg(lambda v: (B @ v[0],), g, 10.0, **kw))
+    assert host.status == masked.status == "boundary"
+    assert torch.equal(host.solution[0], masked.solution[0])
+    assert torch.equal(host.solution[0], torch.full((4,), -5.0, dtype=torch.float16))
+    host, masked = _host_and_masked(
+        lambda **kw: truncated_cg(lambda v: (B @ v[0],), g, max_iter=2, **kw))
+    assert (host.status, host.iterations) == (masked.status, masked.iterations)
+    assert torch.equal(host.solution[0].isinf(), masked.solution[0].isinf())
+
+
+def test_truncated_cg_host_survives_a_zero_r_z():
+    # an indefinite preconditioner (outside the contract) can make r^T z = 0 with r != 0:
+    # the masked loop divides to NaN; the host loop must not raise ZeroDivisionError
+    A = torch.eye(2, dtype=DT)
+    P = torch.tensor([1.0, -1.0], dtype=DT)
+    b = (torch.ones(2, dtype=DT),)
+    host, masked = _host_and_masked(lambda **kw: truncated_cg(
+        lambda v: (A @ v[0],), b, preconditioner=lambda r: (P * r[0],), **kw))
+    assert (host.status, host.iterations) == (masked.status, masked.iterations)
+    assert bool(host.solution[0].isnan().all()) and bool(masked.solution[0].isnan().all())
+
+
+def test_steihaug_host_squares_the_radius_in_the_dtype():
+    # float32: radius 1e-31 squares to 0, so the region has no room: the masked loop stops
+    # on the boundary with s = 0, and so must the host loop (squaring in float64 let a step
+    # 20 times the radius through)
+    B = torch.eye(4) * 1e12
+    g = (torch.full((4,), 1e-18),)
+    host, masked = _host_and_masked(
+        lambda **kw: steihaug_cg(lambda v: (B @ v[0],), g, 1e-31, **kw))
+    assert host.status == masked.status == "boundary"
+    assert torch.equal(host.solution[0], masked.solution[0])
+
+
+def test_steihaug_host_with_an_infinite_radius_matches_the_masked_loop():
+    # radius inf: ||s + tau p||^2 = inf has NaN roots; Python's min/max would drop the NaN
+    A = indefinite(N, 0)
+    g = split(rand(N, 1))
+    host, masked = _host_and_masked(
+        lambda **kw: steihaug_cg(op(A), g, float("inf"), rtol=1e-12, **kw))
+    assert (host.status, host.iterations) == (masked.status, masked.iterations)
+    assert bool(tl.flatten(host.solution).isnan().all())
+    assert bool(tl.flatten(masked.solution).isnan().all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_callback_flag_on_the_cpu():
+    # a callback may return a CPU tensor for CUDA vectors (review finding: the host loop
+    # stacked it with CUDA numbers)
+    A, b = spd(N, 2).cuda(), split(rand(N, 3))
+
+    def matvec(vec):
+        return split(A @ tl.flatten(vec))
+
+    res = truncated_cg(matvec, tuple(t.cuda() for t in b), rtol=1e-14,
+                       callback=lambda i, x, r: torch.tensor(i >= 3))
+    assert res.status == "callback" and res.iterations == 3

@@ -411,3 +411,18 @@ def test_full_batch_start_floats_are_those_of_the_cached_evaluation(line_search)
     # Armijo accepts the NaN-gradient landing on its loss, and the step undoes it; the strong
     # Wolfe search treats the NaN slope as an infinite loss and never lands there
     assert seen_rollback == (line_search == "armijo")
+
+
+def test_two_loop_host_path_in_float16_beyond_range():
+    # float16 on the CPU: rho = 2500 and q = 1000 give a coefficient beyond float16's range;
+    # the host path must give the tensor path's infinities/NaN, not raise (review finding),
+    # so that LBFGS sees a non-descent direction and restarts from steepest descent
+    dt = torch.float16
+    s = (torch.full((4,), 1e-2, dtype=dt),)
+    y = (torch.full((4,), 1e-2, dtype=dt),)
+    sy = torch.dot(s[0], y[0])
+    rho, gamma = 1.0 / sy, sy / torch.dot(y[0], y[0])
+    g = (torch.full((4,), 1000.0, dtype=dt),)
+    host = two_loop(g, [s], [y], [rho], gamma)[0]
+    tensor_path = _two_loop_one(g[0], [s], [y], [rho], gamma, host_scalars=False)
+    assert torch.equal(host.isnan(), tensor_path.isnan()) and bool(host.isnan().all())

@@ -18,8 +18,11 @@ an accelerator at the price of up to ``check_every - 1`` wasted (masked) product
 termination. ``check_every=1`` (the default) reads every iteration, which costs nothing on
 a CPU, so the iteration branches on the host instead of masking, and its scalar arithmetic
 is done in Python floats: half the tensor operations or fewer (a Newton or trust-region
-step on a small model is dominated by them). The results match the masked loop's to
-rounding; the exits and iteration counts are the same.
+step on a small model is dominated by them). It makes the masked loop's decisions in the
+same order, on numbers that differ by rounding: in float64 the exits and iteration counts
+agree and the iterates agree to rounding; in float32 an exit decided by a near tie may come
+one iteration earlier or later. (A scalar beyond the dtype's range becomes an infinity, as
+a 0-dim tensor of that dtype would: :func:`~secondorder.optim.host_scalars.scalar_in_range`.)
 
 Lanczos tridiagonalization lives in :mod:`secondorder.curvature.lanczos` (spectra and the
 ARC subproblem both use it).
@@ -36,7 +39,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
-from secondorder.optim.host_scalars import ieee_divide
+from secondorder.optim.host_scalars import ieee_divide, scalar_in_range
 from secondorder.tensorlist import TensorList
 
 MatVec = Callable[[TensorList], Sequence[Tensor]]
@@ -81,10 +84,9 @@ class CGResult:
         initial_curvature: ``p_0^T A p_0`` of the first search direction (0-dim tensor),
             ``None`` when no product was taken. For :func:`steihaug_cg`, ``p_0 = -M^{-1} g``
             is the Cauchy direction, so this is the curvature the Cauchy point needs.
-        initial_residual_sqnorm: ``r_0^T M^{-1} r_0`` as a float, when the solve read it on
-            the host (:func:`steihaug_cg` with ``check_every=1`` or a forcing term), else
-            ``None``; for :func:`steihaug_cg` it is ``g^T M^{-1} g``, the Cauchy point's
-            ``nu^2``.
+        initial_residual_sqnorm: for :func:`steihaug_cg` with ``check_every=1`` or a
+            forcing term, ``g^T M^{-1} g`` (the Cauchy point's ``nu^2``) as the float the
+            solve read; ``None`` otherwise, and always for :func:`truncated_cg`.
     """
 
     solution: TensorList
@@ -312,6 +314,7 @@ def _truncated_cg_host(
     """
     if not active:
         return x, r, p, _CONVERGED, 0
+    largest = torch.finfo(p[0].dtype).max
     for i in range(max_iter):
         ap = tuple(matvec(p))
         pap = float(tl.dot(p, ap))
@@ -323,6 +326,7 @@ def _truncated_cg_host(
         else:  # stop at the last iterate (the masked loop's step of length 0)
             alpha = None
         if alpha is not None:
+            alpha = scalar_in_range(alpha, largest)
             x = tl.add(x, p, alpha)
             r = tl.add(r, ap, -alpha)
         if (i + 1) in keep:
@@ -335,15 +339,15 @@ def _truncated_cg_host(
         values = [rz_new_t] if preconditioner is None else [rz_new_t, tl.dot(r, r)]
         n_norm = len(values)  # r^T r is the last of these
         if isinstance(stop, Tensor):  # the callback's flag, in the same transfer
-            values.append(stop.to(rz_new_t.dtype))
+            values.append(stop.to(device=rz_new_t.device, dtype=rz_new_t.dtype))
         read = tl.read_floats(values)
         rz_new, rr = read[0], read[n_norm - 1]
         if rr >= 0 and math.sqrt(rr) <= tol:
             return x, r, p, _CONVERGED, i + 1
         if (read[n_norm] != 0) if isinstance(stop, Tensor) else stop:
             return x, r, p, _CALLBACK, i + 1
-        p = tl.add(z, p, rz_new / rz)
-        rz = rz_new
+        p = tl.add(z, p, scalar_in_range(ieee_divide(rz_new, rz), largest))
+        rz = rz_new  # (r^T z can be 0 with an indefinite preconditioner)
     return x, r, p, _RUNNING, max_iter
 
 
@@ -447,8 +451,12 @@ def steihaug_cg(
             rtol = _checked_rtol(forcing(r_norm_f))
         tol_f = max(rtol * r_norm_f, atol)
         if check_every == 1:
-            return _steihaug_host(matvec, g, r, z, rz_f, tol_f, r_norm_f > tol_f,
-                                  radius_f * radius_f, max_iter, metric, inv_metric)
+            # radius^2 rounded in the dtype, as the masked loop squares it (a radius whose
+            # square underflows in float32 must stay a zero-size region)
+            radius2_f = (radius_f * radius_f if like.dtype == torch.float64 else
+                         float(torch.tensor(radius_f, dtype=like.dtype).square()))
+            return _steihaug_host(matvec, g, r, z, rz_f, tol_f, r_norm_f > tol_f, radius2_f,
+                                  max_iter, metric, inv_metric)
 
     def m_dot(a: TensorList, b: TensorList) -> Tensor:
         return tl.dot(a, b) if metric is None else tl.dot(a, tl.mul(metric, b))
@@ -536,6 +544,7 @@ def _steihaug_host(
         return tl.dot(a, b) if metric is None else tl.dot(a, tl.mul(metric, b))
 
     code, iterations, initial_curvature, rz0 = _RUNNING, 0, None, rz
+    largest = torch.finfo(g[0].dtype).max  # (scalar_in_range: a kernel's float scalar)
     s: TensorList | None = None  # the zero vector until the first update
     ss = 0.0  # ||s||_M^2
     p = z
@@ -557,10 +566,11 @@ def _steihaug_host(
             m_lo = -tau_lo * rp + 0.5 * tau_lo * tau_lo * pbp
             m_hi = -tau_hi * rp + 0.5 * tau_hi * tau_hi * pbp
             step, code = (tau_lo if m_lo < m_hi else tau_hi), _NEGATIVE
+            step = scalar_in_range(step, largest)
             s = tl.scale(p, step) if s is None else tl.add(s, p, step)
             r = tl.add(r, bp, -step)
             break
-        alpha = rz / pbp
+        alpha = scalar_in_range(rz / pbp, largest)
         s_next = tl.scale(p, alpha) if s is None else tl.add(s, p, alpha)
         r_next = tl.add(r, bp, -alpha)
         z_next = r_next if inv_metric is None else tl.mul(inv_metric, r_next)
@@ -570,7 +580,7 @@ def _steihaug_host(
                 sp, pp = 0.0, float(m_dot(p, p))
             else:
                 sp, pp = tl.read_floats([m_dot(s, p), m_dot(p, p)])
-            tau = _boundary_roots_host(pp, sp, ss - radius2)[1]
+            tau = scalar_in_range(_boundary_roots_host(pp, sp, ss - radius2)[1], largest)
             s = tl.scale(p, tau) if s is None else tl.add(s, p, tau)
             r = tl.add(r, bp, -tau)
             code = _BOUNDARY
@@ -579,7 +589,7 @@ def _steihaug_host(
         if rz_next >= 0 and math.sqrt(rz_next) <= tol:
             code = _CONVERGED
             break
-        p = tl.add(z, p, rz_next / rz)
+        p = tl.add(z, p, scalar_in_range(rz_next / rz, largest))
         rz = rz_next
     if s is None:
         s = tl.zeros_like(g)
@@ -587,13 +597,16 @@ def _steihaug_host(
 
 
 def _boundary_roots_host(a: float, b: float, c: float) -> tuple[float, float]:
-    """:func:`_boundary_roots` on Python floats (IEEE results where a divisor is zero:
-    ``a`` can underflow to 0 for a tiny ``p``)."""
+    """:func:`_boundary_roots` on Python floats: its float64 values, IEEE results where a
+    divisor is zero (``a`` can underflow to 0 for a tiny ``p``) and NaN for both roots where
+    either is NaN (``c = -inf`` for an infinite radius)."""
     d = b * b - a * c
     disc = math.sqrt(d) if d > 0 else (0.0 if d <= 0 else math.nan)  # clamp(d, min=0) keeps NaN
     q = -(b + (disc if b >= 0 else -disc))
     r1 = ieee_divide(q, a)
     r2 = ieee_divide(c, q) if q != 0 else -r1
+    if r1 != r1 or r2 != r2:  # torch.minimum/maximum propagate NaN; min/max would drop it
+        return math.nan, math.nan
     return min(r1, r2), max(r1, r2)
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from secondorder import tensorlist as tl
+from secondorder.optim.host_scalars import scalar_in_range
 
 __all__ = ["CURVATURE_RULES", "LBFGSMemory", "two_loop"]
 
@@ -103,14 +104,15 @@ def _two_loop_one(
         flat = [(s[0].reshape(-1), y[0].reshape(-1)) for s, y in zip(s_hist, y_hist, strict=True)]
     if host_scalars:
         *rhos, gamma_f = _read_scalars([*rho_hist, gamma])
+        largest = torch.finfo(q.dtype).max  # (float16: a coefficient may exceed its range)
         alphas_f = []
         for (s, y), rho in zip(reversed(flat), reversed(rhos), strict=True):
-            a_f = rho * float(torch.dot(s, qf))
+            a_f = scalar_in_range(rho * float(torch.dot(s, qf)), largest)
             qf.add_(y, alpha=-a_f)
             alphas_f.append(a_f)
-        qf.mul_(gamma_f)
+        qf.mul_(scalar_in_range(gamma_f, largest))
         for (s, y), rho, a_f in zip(flat, rhos, reversed(alphas_f), strict=True):
-            qf.add_(s, alpha=a_f - rho * float(torch.dot(y, qf)))
+            qf.add_(s, alpha=scalar_in_range(a_f - rho * float(torch.dot(y, qf)), largest))
         return q
     alphas = []
     for (s, y), rho in zip(reversed(flat), reversed(rho_hist), strict=True):

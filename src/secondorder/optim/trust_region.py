@@ -57,8 +57,8 @@ class SubproblemResult:
 
     Attributes:
         step: the step ``s``.
-        predicted_decrease: ``m(0) - m(s) = -(g^T s + s^T B s / 2)`` (a float, computed on
-            the host from inner products read in one transfer).
+        predicted_decrease: ``m(0) - m(s) = -(g^T s + s^T B s / 2)``, a float computed on
+            the host.
         iterations: operator products taken by Steihaug's CG.
         status: the CG status (:data:`secondorder.optim.krylov.STATUSES`).
         used_cauchy: the Cauchy point beat Steihaug's step (decided on the host).
