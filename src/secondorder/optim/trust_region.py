@@ -235,24 +235,20 @@ def solve_subproblem(
         cg_step = res.solution
         step = norm.inv_sqrt(cg_step)
     # m(0) - m(s) = (s^T r - g^T s) / 2 in the variables CG ran in, read with the Cauchy
-    # floor's numbers in one transfer
+    # floor's curvature in one transfer
     products = [tl.dot(cg_step, res.residual), tl.dot(cg_grad, cg_step)]
     floor_here = cauchy_floor and res.initial_curvature is not None
     if floor_here:
         products.append(res.initial_curvature)
-        if res.initial_residual_sqnorm is None:
-            products.append(tl.dot(grad, norm.solve(grad)))
     values = tl.read_floats(products)
     decrease = 0.5 * (values[0] - values[1])
     used = False
     if floor_here:
         # cauchy_point's arithmetic on the host, from Steihaug's first product (its
-        # direction is the Cauchy direction) and nu^2 = g^T M^{-1} g
-        kappa = values[2]
-        nu2 = res.initial_residual_sqnorm
-        if nu2 is None:
-            nu2 = values[3]
-        alpha, cdecrease = _cauchy_step_length(nu2, kappa, float(radius))
+        # direction is the Cauchy direction) and nu^2 = g^T M^{-1} g, which the solve read
+        # (check_every=1: always)
+        alpha, cdecrease = _cauchy_step_length(res.initial_residual_sqnorm, values[2],
+                                               float(radius))
         used = cdecrease > decrease
         if used:
             step, decrease = tl.scale(norm.solve(grad), -alpha), cdecrease
