@@ -48,7 +48,8 @@ def two_loop(
             pair.
 
     Returns:
-        ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no host sync).
+        ``H grad`` where ``H`` is the L-BFGS inverse-Hessian approximation (no device sync:
+        on a CPU the coefficients are read as floats, which costs none).
     """
     if len(grad) == 1 and not grad[0].is_complex() and grad[0].is_contiguous():
         return (_two_loop_one(grad[0], s_hist, y_hist, rho_hist, gamma,
